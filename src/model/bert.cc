@@ -1,0 +1,293 @@
+#include "model/bert.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace et {
+
+void PackedBatch::add(const std::vector<int32_t>& seq, int32_t prompt_length) {
+  ids.insert(ids.end(), seq.begin(), seq.end());
+  cu_seqlens.push_back(static_cast<int32_t>(ids.size()));
+  max_seqlen = std::max(max_seqlen, static_cast<int>(seq.size()));
+  if (prompt_length > 0 && prompt_lengths.empty()) prompt_lengths.assign(size() - 1, 0);
+  if (!prompt_lengths.empty()) prompt_lengths.push_back(prompt_length);
+}
+
+namespace {
+
+struct Binder {
+  ParamStore& store;
+  std::string prefix, where;
+
+  Param* need(const std::string& name) {
+    Param* p = store.find(prefix + name);
+    ET_CHECK(p, where, ": missing weight '", prefix + name, "'");
+    return p;
+  }
+  Param* maybe(const std::string& name) { return store.find(prefix + name); }
+
+  Linear linear(const std::string& name, int64_t in, int64_t out, bool bias = true) {
+    Linear l;
+    l.name = prefix + name;
+    l.in = in;
+    l.out = out;
+    l.weight = need(name + ".weight");
+    ET_CHECK(l.weight->value.shape == Shape({out, in}), where, ": weight '", l.weight->name,
+             "' has shape ", shape_str(l.weight->value.shape), ", expected ",
+             shape_str({out, in}));
+    if (bias) {
+      l.bias = need(name + ".bias");
+      ET_CHECK(l.bias->value.numel() == out, where, ": bias '", l.bias->name, "' has ",
+               l.bias->value.numel(), " values, expected ", out);
+    }
+    return l;
+  }
+  Param* vec(const std::string& name, int64_t n) {
+    Param* p = need(name);
+    ET_CHECK(p->value.numel() == n, where, ": '", p->name, "' has ", p->value.numel(),
+             " values, expected ", n);
+    return p;
+  }
+  Param* table(const std::string& name, int64_t cols) {
+    Param* p = need(name);
+    ET_CHECK(p->value.ndim() == 2 && p->value.dim(1) == cols, where, ": '", p->name,
+             "' has shape ", shape_str(p->value.shape), ", expected [rows, ", cols, "]");
+    return p;
+  }
+};
+
+}  // namespace
+
+BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store,
+                              const std::string& where) {
+  BertEncoder e;
+  e.cfg = cfg;
+  Binder b{store, "", where};
+  for (const char* p : {"", "bert.", "roberta.", "distilbert.", "mpnet.", "model."}) {
+    if (store.find(std::string(p) + "embeddings.word_embeddings.weight")) {
+      b.prefix = p;
+      break;
+    }
+  }
+  const int64_t h = cfg.hidden, f = cfg.intermediate;
+  e.word = b.table("embeddings.word_embeddings.weight", h);
+  e.pos = b.table("embeddings.position_embeddings.weight", h);
+  if (cfg.family == Family::Bert || cfg.family == Family::XlmRoberta)
+    e.type = b.maybe("embeddings.token_type_embeddings.weight");
+  e.emb_ln_w = b.vec("embeddings.LayerNorm.weight", h);
+  e.emb_ln_b = b.vec("embeddings.LayerNorm.bias", h);
+  if (cfg.family == Family::MPNet) {
+    e.rel_bias = b.need("encoder.relative_attention_bias.weight");
+    ET_CHECK(e.rel_bias->value.shape == Shape({cfg.rel_buckets, cfg.heads}), where, ": '",
+             e.rel_bias->name, "' has shape ", shape_str(e.rel_bias->value.shape), ", expected ",
+             shape_str({cfg.rel_buckets, cfg.heads}));
+  }
+  for (int i = 0; i < cfg.layers; ++i) {
+    BertLayer L;
+    if (cfg.family == Family::DistilBert) {
+      std::string p = "transformer.layer." + std::to_string(i) + ".";
+      L.q = b.linear(p + "attention.q_lin", h, h);
+      L.k = b.linear(p + "attention.k_lin", h, h);
+      L.v = b.linear(p + "attention.v_lin", h, h);
+      L.o = b.linear(p + "attention.out_lin", h, h);
+      L.ln1_w = b.vec(p + "sa_layer_norm.weight", h);
+      L.ln1_b = b.vec(p + "sa_layer_norm.bias", h);
+      L.ffn_in = b.linear(p + "ffn.lin1", h, f);
+      L.ffn_out = b.linear(p + "ffn.lin2", f, h);
+      L.ln2_w = b.vec(p + "output_layer_norm.weight", h);
+      L.ln2_b = b.vec(p + "output_layer_norm.bias", h);
+    } else {
+      std::string p = "encoder.layer." + std::to_string(i) + ".";
+      if (cfg.family == Family::MPNet) {
+        L.q = b.linear(p + "attention.attn.q", h, h);
+        L.k = b.linear(p + "attention.attn.k", h, h);
+        L.v = b.linear(p + "attention.attn.v", h, h);
+        L.o = b.linear(p + "attention.attn.o", h, h);
+        L.ln1_w = b.vec(p + "attention.LayerNorm.weight", h);
+        L.ln1_b = b.vec(p + "attention.LayerNorm.bias", h);
+      } else {
+        L.q = b.linear(p + "attention.self.query", h, h);
+        L.k = b.linear(p + "attention.self.key", h, h);
+        L.v = b.linear(p + "attention.self.value", h, h);
+        L.o = b.linear(p + "attention.output.dense", h, h);
+        L.ln1_w = b.vec(p + "attention.output.LayerNorm.weight", h);
+        L.ln1_b = b.vec(p + "attention.output.LayerNorm.bias", h);
+      }
+      L.ffn_in = b.linear(p + "intermediate.dense", h, f);
+      L.ffn_out = b.linear(p + "output.dense", f, h);
+      L.ln2_w = b.vec(p + "output.LayerNorm.weight", h);
+      L.ln2_b = b.vec(p + "output.LayerNorm.bias", h);
+    }
+    e.layers.push_back(L);
+  }
+  if (b.maybe("pooler.dense.weight")) {
+    e.pooler = b.linear("pooler.dense", h, h);
+    e.has_pooler = true;
+  }
+  return e;
+}
+
+std::vector<Linear*> bert_linears(BertEncoder& enc) {
+  std::vector<Linear*> out;
+  for (BertLayer& L : enc.layers)
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.ffn_in, &L.ffn_out}) out.push_back(l);
+  if (enc.has_pooler) out.push_back(&enc.pooler);
+  return out;
+}
+
+// Position ids: 0.. for BERT/DistilBERT; for RoBERTa-style models transformers counts
+// non-padding tokens from pad_id + 1 and gives padding tokens pad_id.
+static std::vector<int32_t> position_ids(const ModelConfig& cfg, const PackedBatch& b) {
+  std::vector<int32_t> pos(b.ids.size());
+  for (int s = 0; s < b.size(); ++s) {
+    int32_t count = 0;
+    for (int32_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) {
+      if (cfg.position_offset == 0) {
+        pos[t] = t - b.cu_seqlens[s];
+      } else if (b.ids[t] == cfg.pad_id) {
+        pos[t] = cfg.pad_id;
+      } else {
+        pos[t] = cfg.position_offset + count++;
+      }
+    }
+  }
+  return pos;
+}
+
+Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch& batch,
+                    BertSaved* saved, Rng* rng) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = batch.tokens(), H = c.hidden;
+  std::vector<int32_t> pos = position_ids(c, batch);
+  const int64_t max_pos = enc.pos->value.dim(0);
+  for (size_t t = 0; t < pos.size(); ++t) {
+    ET_CHECK(pos[t] < max_pos, "sequence too long for ", family_name(c.family),
+             ": position ", pos[t], " needs more than the model's ", max_pos,
+             " position embeddings (lower max_seq_length)");
+  }
+  Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
+  Tensor positions = be.upload(cpu_from_i32(pos, {T}));
+  Tensor types;
+  Tensor emb = be.empty({T, H});
+  be.embedding_forward(ids, enc.word->value, emb, false);
+  be.embedding_forward(positions, enc.pos->value, emb, true);
+  if (enc.type) {
+    types = be.zeros({T}, DType::I32);
+    be.embedding_forward(types, enc.type->value, emb, true);
+  }
+  Tensor x = be.empty({T, H}), mean = be.empty({T}), rstd = be.empty({T});
+  be.layernorm_forward(emb, enc.emb_ln_w->value, &enc.emb_ln_b->value, c.norm_eps, x, mean, rstd);
+
+  AttentionArgs attn;
+  attn.cu_seqlens = batch.cu_seqlens;
+  attn.max_seqlen = batch.max_seqlen;
+  attn.n_heads = attn.n_kv_heads = c.heads;
+  attn.head_dim = c.head_dim;
+  attn.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  if (enc.rel_bias) {
+    attn.rel_bias = &enc.rel_bias->value;
+    attn.rel_buckets = c.rel_buckets;
+  }
+  if (be.device() != Device::CPU) attn.cu_seqlens_dev = be.upload(cpu_from_i32(batch.cu_seqlens, {batch.size() + 1}));
+  if (saved) {
+    saved->ids = ids;
+    saved->positions = positions;
+    saved->types = types;
+    saved->emb = emb;
+    saved->emb_mean = mean;
+    saved->emb_rstd = rstd;
+    saved->attn = attn;
+    saved->layers.assign(enc.layers.size(), {});
+  }
+  for (size_t i = 0; i < enc.layers.size(); ++i) {
+    const BertLayer& L = enc.layers[i];
+    BertLayerSaved* s = saved ? &saved->layers[i] : nullptr;
+    Tensor q = linear_forward(be, L.q, x, s ? &s->q : nullptr, rng);
+    Tensor k = linear_forward(be, L.k, x, s ? &s->k : nullptr, rng);
+    Tensor v = linear_forward(be, L.v, x, s ? &s->v : nullptr, rng);
+    Tensor ctx = be.empty({T, H}), lse = be.empty({T, c.heads});
+    be.attention_forward(attn, q, k, v, ctx, lse);
+    Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
+    Tensor res1 = be.empty({T, H}), x1 = be.empty({T, H});
+    Tensor m1 = be.empty({T}), r1 = be.empty({T});
+    be.add(a, x, res1);
+    be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
+    Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
+    Tensor h = be.empty(h_pre.shape);
+    be.act_forward(c.act, h_pre, h);
+    Tensor f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
+    Tensor res2 = be.empty({T, H}), out = be.empty({T, H});
+    Tensor m2 = be.empty({T}), r2 = be.empty({T});
+    be.add(f, x1, res2);
+    be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
+    if (s) {
+      s->x = x;
+      s->qt = q;
+      s->kt = k;
+      s->vt = v;
+      s->ctx = ctx;
+      s->lse = lse;
+      s->res1 = res1;
+      s->ln1_mean = m1;
+      s->ln1_rstd = r1;
+      s->x1 = x1;
+      s->h_pre = h_pre;
+      s->h = h;
+      s->res2 = res2;
+      s->ln2_mean = m2;
+      s->ln2_rstd = r2;
+    }
+    x = out;
+  }
+  return x;
+}
+
+static Tensor* grad_of(Param* p) { return p && p->trainable ? &p->grad : nullptr; }
+
+void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
+                   const Tensor& d_hidden) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = d_hidden.dim(0), H = c.hidden;
+  Tensor dx = be.empty({T, H});
+  be.copy(dx, d_hidden);
+  Tensor d_res = be.empty({T, H}), dx1 = be.empty({T, H});
+  for (size_t i = enc.layers.size(); i-- > 0;) {
+    const BertLayer& L = enc.layers[i];
+    const BertLayerSaved& s = saved.layers[i];
+    // x' = LN2(W2 act(W1 x1) + x1)
+    be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res,
+                          grad_of(L.ln2_w), grad_of(L.ln2_b));
+    Tensor dh = be.empty(s.h.shape);
+    linear_backward(be, L.ffn_out, s.ffn_out, d_res, &dh, false);
+    be.act_backward(c.act, s.h_pre, dh, dh);
+    be.copy(dx1, d_res);
+    linear_backward(be, L.ffn_in, s.ffn_in, dh, &dx1, true);
+    // x1 = LN1(Wo attn(q, k, v) + x)
+    be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, d_res,
+                          grad_of(L.ln1_w), grad_of(L.ln1_b));
+    Tensor dctx = be.empty({T, H});
+    linear_backward(be, L.o, s.o, d_res, &dctx, false);
+    Tensor dq = be.empty({T, H}), dk = be.empty({T, H}), dv = be.empty({T, H});
+    be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq, dk, dv,
+                          grad_of(enc.rel_bias));
+    be.copy(dx, d_res);
+    linear_backward(be, L.q, s.q, dq, &dx, true);
+    linear_backward(be, L.k, s.k, dk, &dx, true);
+    linear_backward(be, L.v, s.v, dv, &dx, true);
+  }
+  Tensor* dw = grad_of(enc.word);
+  Tensor* dp = grad_of(enc.pos);
+  Tensor* dt = grad_of(enc.type);
+  Tensor* dlnw = grad_of(enc.emb_ln_w);
+  Tensor* dlnb = grad_of(enc.emb_ln_b);
+  if (!dw && !dp && !dt && !dlnw && !dlnb) return;
+  be.layernorm_backward(dx, saved.emb, enc.emb_ln_w->value, saved.emb_mean, saved.emb_rstd, d_res,
+                        dlnw, dlnb);
+  if (dw) be.embedding_backward(saved.ids, d_res, *dw);
+  if (dp) be.embedding_backward(saved.positions, d_res, *dp);
+  if (dt) be.embedding_backward(saved.types, d_res, *dt);
+}
+
+}  // namespace et

@@ -1,0 +1,80 @@
+// The BERT family encoder (BERT, XLM-RoBERTa, DistilBERT, MPNet): post-LayerNorm transformer,
+// learned absolute positions (+ token types for BERT/XLM-R, + MPNet's relative attention bias).
+//
+//   x0 = LN(word[ids] + pos[positions] (+ type[0]))
+//   per layer:  a  = Wo attn(Wq x, Wk x, Wv x) ;  x1 = LN1(a + x)
+//               f  = W2 act(W1 x1)              ;  x' = LN2(f + x1)
+// on a packed batch [T, hidden]. Forward optionally saves what backward needs.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/linear.h"
+
+namespace et {
+
+struct TensorFile;
+
+// A packed batch of token sequences (host side): sequence b is ids[cu_seqlens[b] ..
+// cu_seqlens[b+1]).
+struct PackedBatch {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> cu_seqlens{0};
+  int max_seqlen = 0;
+  // Leading tokens of each sequence excluded from pooling (prompt tokens when the pooling
+  // has include_prompt = false); empty means none.
+  std::vector<int32_t> prompt_lengths;
+
+  int size() const { return static_cast<int>(cu_seqlens.size()) - 1; }
+  int64_t tokens() const { return static_cast<int64_t>(ids.size()); }
+  void add(const std::vector<int32_t>& seq, int32_t prompt_length = 0);
+};
+
+struct BertLayer {
+  Linear q, k, v, o, ffn_in, ffn_out;
+  Param *ln1_w = nullptr, *ln1_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr;
+};
+
+struct BertEncoder {
+  ModelConfig cfg;
+  Param *word = nullptr, *pos = nullptr, *type = nullptr;
+  Param *emb_ln_w = nullptr, *emb_ln_b = nullptr;
+  Param* rel_bias = nullptr;  // MPNet: [buckets, heads]
+  std::vector<BertLayer> layers;
+  Linear pooler;              // BERT/XLM-R/MPNet pooler: unused by sentence embeddings, kept
+                              // so LoRA targets and merged exports match transformers' model
+  bool has_pooler = false;
+};
+
+struct BertLayerSaved {
+  Tensor x;
+  LinearSaved q, k, v, o, ffn_in, ffn_out;
+  Tensor qt, kt, vt, ctx, lse;
+  Tensor res1, ln1_mean, ln1_rstd, x1;
+  Tensor h_pre, h;
+  Tensor res2, ln2_mean, ln2_rstd;
+};
+
+struct BertSaved {
+  Tensor ids, positions, types;
+  Tensor emb, emb_mean, emb_rstd;
+  AttentionArgs attn;
+  std::vector<BertLayerSaved> layers;
+};
+
+// Binds the encoder's modules to parameters in `store` (names as transformers writes them,
+// optionally under a prefix such as "bert."); missing tensors are errors naming them.
+BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where);
+// Every Linear of the encoder, in a stable order (for LoRA targeting and merging).
+std::vector<Linear*> bert_linears(BertEncoder& enc);
+
+// Returns the last hidden state [T, hidden].
+Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch& batch,
+                    BertSaved* saved, Rng* rng);
+// Accumulates parameter gradients from d_hidden [T, hidden].
+void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
+                   const Tensor& d_hidden);
+
+}  // namespace et

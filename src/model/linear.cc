@@ -1,0 +1,73 @@
+#include "model/linear.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace et {
+
+Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,
+                      Rng* rng) {
+  ET_CHECK(x.dim(-1) == l.in, "linear ", l.weight->name, ": input has ", x.dim(-1),
+           " features, expected ", l.in);
+  const int64_t n = x.numel() / l.in;
+  Tensor x2 = x.reshape({n, l.in});
+  Tensor y = be.empty({n, l.out});
+  be.matmul(x2, false, l.weight->value, true, y);
+  if (l.bias) be.add_bias(y, l.bias->value);
+  if (saved) saved->x = x2;
+  if (l.lora_a) {
+    Tensor xl = x2, mask;
+    if (rng && l.lora_dropout > 0) {
+      Tensor host = cpu_empty(x2.shape);
+      float* m = host.f32();
+      const float keep = 1.0f / (1.0f - l.lora_dropout);
+      for (int64_t i = 0; i < host.numel(); ++i) m[i] = rng->uniform() < l.lora_dropout ? 0 : keep;
+      mask = be.upload(host);
+      xl = be.empty(x2.shape);
+      be.mul(x2, mask, xl);
+    }
+    const int64_t r = l.lora_a->value.dim(0);
+    Tensor xa = be.empty({n, r});
+    be.matmul(xl, false, l.lora_a->value, true, xa);
+    be.matmul(xa, false, l.lora_b->value, true, y, l.lora_scaling, 1.0f);
+    if (saved) {
+      saved->mask = mask;
+      saved->x_lora = xl;
+      saved->xa = xa;
+    }
+  }
+  return y;
+}
+
+// dW += dy^T x;  db += sum dy;  dB += s dy^T xa;  dA += (s dy B)^T x_lora;
+// dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
+void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
+                     Tensor* dx, bool accumulate) {
+  const int64_t n = dy.numel() / l.out;
+  Tensor g = dy.reshape({n, l.out});
+  if (l.weight->trainable) be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
+  if (l.bias && l.bias->trainable) be.bias_backward(g, l.bias->grad);
+  if (dx) {
+    Tensor d2 = dx->reshape({n, l.in});
+    be.matmul(g, false, l.weight->value, false, d2, 1.0f, accumulate ? 1.0f : 0.0f);
+  }
+  if (!l.lora_a) return;
+  const int64_t r = l.lora_a->value.dim(0);
+  Tensor dxa = be.empty({n, r});
+  be.matmul(g, false, l.lora_b->value, false, dxa, l.lora_scaling, 0.0f);
+  if (l.lora_b->trainable) be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
+  if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
+  if (dx) {
+    Tensor d2 = dx->reshape({n, l.in});
+    if (!s.mask.defined()) {
+      be.matmul(dxa, false, l.lora_a->value, false, d2, 1.0f, 1.0f);
+    } else {
+      Tensor t = be.empty({n, l.in});
+      be.matmul(dxa, false, l.lora_a->value, false, t);
+      be.mul(t, s.mask, t);
+      be.add(d2, t, d2);
+    }
+  }
+}
+
+}  // namespace et

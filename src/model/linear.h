@@ -1,0 +1,45 @@
+// The one Linear unit of every model: y = x W^T + b + s * dropout(x) A^T B^T.
+//   W [out, in] frozen or trainable, b [out] optional,
+//   LoRA (optional): A [r, in], B [out, r], s = lora_alpha / r (or / sqrt(r) with rsLoRA).
+// The rest of the model does not know which training mode it is in.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/param.h"
+#include "ops/backend.h"
+
+namespace et {
+
+struct Rng;
+
+struct Linear {
+  std::string name;  // module path, e.g. "encoder.layer.0.attention.self.query"
+  Param* weight = nullptr;
+  Param* bias = nullptr;
+  Param* lora_a = nullptr;
+  Param* lora_b = nullptr;
+  float lora_scaling = 0.0f;
+  float lora_dropout = 0.0f;
+  int64_t in = 0, out = 0;
+};
+
+// What backward needs: the input, the LoRA dropout mask (0 or 1/(1-p); undefined without
+// dropout), the input of the LoRA branch (x * mask) and x_lora A^T.
+struct LinearSaved {
+  Tensor x;
+  Tensor mask;
+  Tensor x_lora;
+  Tensor xa;
+};
+
+// y = linear(x) for x [n, in] -> [n, out]. With `saved`, keeps what backward needs;
+// `rng` drives LoRA dropout (training only; null means no dropout).
+Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,
+                      Rng* rng);
+// Accumulates gradients of trainable W, b, A, B; writes (or adds to, when `accumulate`) dx.
+void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
+                     Tensor* dx, bool accumulate);
+
+}  // namespace et

@@ -1,0 +1,115 @@
+// The op interface: every numeric operation the models need, forward and backward, on tensors
+// that live on the backend's device. The CPU backend (ops/cpu) is the fp32 reference; the CUDA
+// backend implements the same contract with bf16 storage and fp32 accumulation.
+//
+// Conventions (all tensors row-major, contiguous):
+//   - activations are packed: [T, C] with T = total tokens of the batch, no padding;
+//   - sequence b occupies rows [cu_seqlens[b], cu_seqlens[b+1]);
+//   - "accumulate" outputs (parameter gradients) are added to; other outputs are overwritten.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace et {
+
+// Variable-length multi-head attention over a packed batch.
+//   q: [T, Hq*D], k, v: [T, Hkv*D] (Hq % Hkv == 0: grouped-query attention),
+//   out: [T, Hq*D], lse: [T, Hq] (log-sum-exp of each query row's scaled scores, for backward).
+// score(i, j) = scale * q_i . k_j + bias(h, j - i), restricted to j <= i when causal and to
+// |i - j| <= window when window >= 0 (positions within a sequence).
+struct AttentionArgs {
+  std::vector<int32_t> cu_seqlens;  // host copy, batch + 1 entries
+  Tensor cu_seqlens_dev;            // the same on the device (I32); CPU backend ignores it
+  int max_seqlen = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  int window = -1;
+  // MPNet relative position bias: table [num_buckets, n_heads] indexed by the T5-style
+  // bidirectional bucket of (j - i) with max_distance.
+  const Tensor* rel_bias = nullptr;
+  int rel_buckets = 0, rel_max_distance = 128;
+};
+
+enum class PoolMode : uint8_t { Cls, Mean, Max, MeanSqrtLen, WeightedMean, LastToken };
+
+// Elementwise activations: GeluErf = x/2 (1 + erf(x/sqrt2)); GeluTanh = the tanh approximation
+// x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); SiLU = x sigmoid(x).
+enum class Act : uint8_t { Identity, Tanh, ReLU, Sigmoid, GeluErf, GeluTanh, SiLU };
+
+struct Backend {
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual const char* name() const = 0;
+
+  // Memory.
+  virtual Tensor empty(const Shape& shape, DType dtype = DType::F32) const = 0;
+  virtual Tensor zeros(const Shape& shape, DType dtype = DType::F32) const = 0;
+  virtual Tensor upload(const Tensor& host) const = 0;    // host -> device (same dtype)
+  virtual Tensor download(const Tensor& dev) const = 0;   // device -> host (F32 for floats)
+  virtual void fill(Tensor& t, float value) const = 0;
+  virtual void copy(Tensor& dst, const Tensor& src) const = 0;
+
+  // C[m, n] = alpha * op(A) @ op(B) + beta * C, op = transpose when the flag is set.
+  virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+                      float alpha = 1.0f, float beta = 0.0f) const = 0;
+  // y[i, :] += bias;   dbias += sum_i dy[i, :]
+  virtual void add_bias(Tensor& y, const Tensor& bias) const = 0;
+  virtual void bias_backward(const Tensor& dy, Tensor& dbias) const = 0;
+  // y = a + b, y = a * b (elementwise; y may alias a);   y *= s
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& y) const = 0;
+  virtual void mul(const Tensor& a, const Tensor& b, Tensor& y) const = 0;
+  virtual void scale(Tensor& y, float s) const = 0;
+
+  // LayerNorm over the last dim: y = (x - mean) * rstd * w + b; mean, rstd: [rows].
+  virtual void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps,
+                                 Tensor& y, Tensor& mean, Tensor& rstd) const = 0;
+  // dx overwritten; dw, db accumulated (null when frozen).
+  virtual void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                  const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                  Tensor* db) const = 0;
+
+  // Elementwise activation y = f(x) (GELU of BERT is Act::GeluErf); dx = f'(x) * dy.
+  virtual void act_forward(Act act, const Tensor& x, Tensor& y) const = 0;
+  virtual void act_backward(Act act, const Tensor& x, const Tensor& dy, Tensor& dx) const = 0;
+
+  // y[t, :] (+)= table[ids[t], :];  dtable[ids[t], :] += dy[t, :]
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y,
+                                 bool accumulate) const = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) const = 0;
+
+  virtual void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, Tensor& out, Tensor& lse) const = 0;
+  // dq, dk, dv overwritten; d_rel_bias accumulated when non-null.
+  virtual void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+                                  const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                                  Tensor* d_rel_bias) const = 0;
+
+  // Pooling of each sequence's token rows into one row of out [B, C]. `skip[b]` leading tokens
+  // of sequence b are excluded (prompt tokens when include_prompt is false).
+  // argmax: [B, C] I32 (Max mode only) remembers the chosen row for backward.
+  virtual void pool_forward(PoolMode mode, const Tensor& x, const std::vector<int32_t>& cu_seqlens,
+                            const std::vector<int32_t>& skip, Tensor& out,
+                            Tensor* argmax) const = 0;
+  // dx overwritten (rows not pooled get zero).
+  virtual void pool_backward(PoolMode mode, const Tensor& dout,
+                             const std::vector<int32_t>& cu_seqlens,
+                             const std::vector<int32_t>& skip, const Tensor* argmax,
+                             Tensor& dx) const = 0;
+
+  // Row-wise L2 normalisation y = x / max(|x|, 1e-12); norms: [rows].
+  virtual void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const = 0;
+  virtual void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,
+                               Tensor& dx) const = 0;
+};
+
+// Bucket of a relative position (key - query) for MPNet's bias, as transformers'
+// MPNetEncoder.relative_position_bucket (bidirectional, half the buckets per direction,
+// exact below max_exact = buckets/4, logarithmic up to max_distance).
+int relative_position_bucket(int relative_position, int num_buckets, int max_distance);
+
+}  // namespace et

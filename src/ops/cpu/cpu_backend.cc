@@ -1,0 +1,505 @@
+#include "ops/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+
+namespace et {
+
+namespace {
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+
+void check_same(const Tensor& a, const Tensor& b, const char* op) {
+  ET_CHECK(a.numel() == b.numel(), op, ": size mismatch ", shape_str(a.shape), " vs ",
+           shape_str(b.shape));
+}
+
+int64_t cols_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape.back(); }
+int64_t rows_of(const Tensor& t) { return t.numel() / std::max<int64_t>(cols_of(t), 1); }
+
+float act_value(Act act, float x) {
+  switch (act) {
+    case Act::Identity: return x;
+    case Act::Tanh: return std::tanh(x);
+    case Act::ReLU: return x > 0 ? x : 0;
+    case Act::Sigmoid: return 1.0f / (1.0f + std::exp(-x));
+    case Act::GeluErf: return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2));
+    case Act::GeluTanh: {
+      float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.0f + std::tanh(u));
+    }
+    case Act::SiLU: return x / (1.0f + std::exp(-x));
+  }
+  return x;
+}
+
+float act_grad(Act act, float x) {
+  switch (act) {
+    case Act::Identity: return 1;
+    case Act::Tanh: {
+      float t = std::tanh(x);
+      return 1 - t * t;
+    }
+    case Act::ReLU: return x > 0 ? 1.0f : 0.0f;
+    case Act::Sigmoid: {
+      float s = 1.0f / (1.0f + std::exp(-x));
+      return s * (1 - s);
+    }
+    case Act::GeluErf:
+      return 0.5f * (1.0f + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
+    case Act::GeluTanh: {
+      float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+      float t = std::tanh(u);
+      float du = kSqrt2OverPi * (1.0f + 3.0f * 0.044715f * x * x);
+      return 0.5f * (1.0f + t) + 0.5f * x * (1 - t * t) * du;
+    }
+    case Act::SiLU: {
+      float s = 1.0f / (1.0f + std::exp(-x));
+      return s * (1 + x * (1 - s));
+    }
+  }
+  return 1;
+}
+
+struct CpuBackend final : Backend {
+  Device device() const override { return Device::CPU; }
+  const char* name() const override { return "cpu"; }
+
+  Tensor empty(const Shape& shape, DType dtype) const override { return cpu_empty(shape, dtype); }
+  Tensor zeros(const Shape& shape, DType dtype) const override { return cpu_zeros(shape, dtype); }
+  Tensor upload(const Tensor& host) const override { return cpu_clone(host); }
+  Tensor download(const Tensor& dev) const override { return cpu_clone(dev); }
+  void fill(Tensor& t, float value) const override {
+    float* p = t.f32();
+    std::fill(p, p + t.numel(), value);
+  }
+  void copy(Tensor& dst, const Tensor& src) const override {
+    ET_CHECK(dst.nbytes() == src.nbytes(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
+             shape_str(src.shape));
+    if (dst.data != src.data) std::memcpy(dst.data, src.data, src.nbytes());
+  }
+
+  void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
+              float beta) const override {
+    ET_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul: operands must be 2-D");
+    int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
+    int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
+    ET_CHECK(k == kb && c.dim(0) == m && c.dim(1) == n, "matmul: shapes ", shape_str(a.shape),
+             (ta ? "^T" : ""), " x ", shape_str(b.shape), (tb ? "^T" : ""), " -> ",
+             shape_str(c.shape), " do not match");
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      if (beta == 0) fill(c, 0);
+      else scale(c, beta);
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.f32(),
+                static_cast<int>(a.dim(1)), b.f32(), static_cast<int>(b.dim(1)), beta, c.f32(),
+                static_cast<int>(n));
+  }
+
+  void add_bias(Tensor& y, const Tensor& bias) const override {
+    int64_t n = cols_of(y), r = rows_of(y);
+    ET_CHECK(bias.numel() == n, "add_bias: bias has ", bias.numel(), " values for ", n, " columns");
+    float* p = y.f32();
+    const float* bp = bias.f32();
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < n; ++j) p[i * n + j] += bp[j];
+  }
+
+  void bias_backward(const Tensor& dy, Tensor& db) const override {
+    int64_t n = cols_of(dy), r = rows_of(dy);
+    ET_CHECK(db.numel() == n, "bias_backward: size mismatch");
+    const float* p = dy.f32();
+    float* o = db.f32();
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < n; ++j) o[j] += p[i * n + j];
+  }
+
+  void add(const Tensor& a, const Tensor& b, Tensor& y) const override {
+    check_same(a, b, "add");
+    check_same(a, y, "add");
+    const float *pa = a.f32(), *pb = b.f32();
+    float* py = y.f32();
+    for (int64_t i = 0, n = a.numel(); i < n; ++i) py[i] = pa[i] + pb[i];
+  }
+
+  void mul(const Tensor& a, const Tensor& b, Tensor& y) const override {
+    check_same(a, b, "mul");
+    check_same(a, y, "mul");
+    const float *pa = a.f32(), *pb = b.f32();
+    float* py = y.f32();
+    for (int64_t i = 0, n = a.numel(); i < n; ++i) py[i] = pa[i] * pb[i];
+  }
+
+  void scale(Tensor& y, float s) const override {
+    float* p = y.f32();
+    for (int64_t i = 0, n = y.numel(); i < n; ++i) p[i] *= s;
+  }
+
+  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
+                         Tensor& mean, Tensor& rstd) const override {
+    int64_t n = cols_of(x), r = rows_of(x);
+    const float *px = x.f32(), *pw = w.f32(), *pb = b ? b->f32() : nullptr;
+    float *py = y.f32(), *pm = mean.f32(), *ps = rstd.f32();
+#pragma omp parallel for if (r > 64)
+    for (int64_t i = 0; i < r; ++i) {
+      const float* row = px + i * n;
+      double mu = 0, var = 0;
+      for (int64_t j = 0; j < n; ++j) mu += row[j];
+      mu /= static_cast<double>(n);
+      for (int64_t j = 0; j < n; ++j) var += (row[j] - mu) * (row[j] - mu);
+      var /= static_cast<double>(n);
+      float s = static_cast<float>(1.0 / std::sqrt(var + eps));
+      pm[i] = static_cast<float>(mu);
+      ps[i] = s;
+      for (int64_t j = 0; j < n; ++j) {
+        float v = (row[j] - pm[i]) * s * pw[j];
+        py[i * n + j] = pb ? v + pb[j] : v;
+      }
+    }
+  }
+
+  // xhat = (x - mean) rstd;  dxhat = dy w;
+  // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));  dw += sum dy xhat;  db += sum dy.
+  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
+    int64_t n = cols_of(x), r = rows_of(x);
+    const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *pm = mean.f32(),
+                *ps = rstd.f32();
+    float* pdx = dx.f32();
+    float* pdw = dw ? dw->f32() : nullptr;
+    float* pdb = db ? db->f32() : nullptr;
+    for (int64_t i = 0; i < r; ++i) {
+      const float* g = pdy + i * n;
+      const float* row = px + i * n;
+      double a = 0, bsum = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        float xh = (row[j] - pm[i]) * ps[i];
+        float d = g[j] * pw[j];
+        a += d;
+        bsum += d * xh;
+        if (pdw) pdw[j] += g[j] * xh;
+        if (pdb) pdb[j] += g[j];
+      }
+      float ma = static_cast<float>(a / n), mb = static_cast<float>(bsum / n);
+      for (int64_t j = 0; j < n; ++j) {
+        float xh = (row[j] - pm[i]) * ps[i];
+        pdx[i * n + j] = ps[i] * (g[j] * pw[j] - ma - xh * mb);
+      }
+    }
+  }
+
+  void act_forward(Act act, const Tensor& x, Tensor& y) const override {
+    check_same(x, y, "act_forward");
+    const float* px = x.f32();
+    float* py = y.f32();
+    int64_t n = x.numel();
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) py[i] = act_value(act, px[i]);
+  }
+
+  void act_backward(Act act, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
+    check_same(x, dy, "act_backward");
+    check_same(x, dx, "act_backward");
+    const float *px = x.f32(), *pdy = dy.f32();
+    float* pdx = dx.f32();
+    int64_t n = x.numel();
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) pdx[i] = act_grad(act, px[i]) * pdy[i];
+  }
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y,
+                         bool accumulate) const override {
+    int64_t n = cols_of(table), vocab = rows_of(table), t = ids.numel();
+    ET_CHECK(y.numel() == t * n, "embedding_forward: output size mismatch");
+    const int32_t* pi = ids.i32();
+    const float* pt = table.f32();
+    float* py = y.f32();
+    for (int64_t i = 0; i < t; ++i) {
+      ET_CHECK(pi[i] >= 0 && pi[i] < vocab, "token id ", pi[i], " at position ", i,
+               " is outside the embedding table of ", vocab, " rows");
+      const float* src = pt + static_cast<int64_t>(pi[i]) * n;
+      float* dst = py + i * n;
+      if (accumulate) {
+        for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
+      } else {
+        std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      }
+    }
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) const override {
+    int64_t n = cols_of(dtable), t = ids.numel();
+    const int32_t* pi = ids.i32();
+    const float* pd = dy.f32();
+    float* pt = dtable.f32();
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t j = 0; j < n; ++j) pt[static_cast<int64_t>(pi[i]) * n + j] += pd[i * n + j];
+  }
+
+  // Scores of one query row against the keys of its sequence; masked keys get -inf.
+  static void scores_row(const AttentionArgs& a, const float* qi, const float* kbase,
+                         int64_t kstride, int len, int i, int h, float* s) {
+    const int d = a.head_dim;
+    const float* bias = a.rel_bias ? a.rel_bias->f32() : nullptr;
+    for (int j = 0; j < len; ++j) {
+      bool masked = (a.causal && j > i) || (a.window >= 0 && std::abs(i - j) > a.window);
+      if (masked) {
+        s[j] = -std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const float* kj = kbase + j * kstride;
+      float dot = 0;
+      for (int c = 0; c < d; ++c) dot += qi[c] * kj[c];
+      float v = dot * a.scale;
+      if (bias) {
+        int bucket = relative_position_bucket(j - i, a.rel_buckets, a.rel_max_distance);
+        v += bias[bucket * a.n_heads + h];
+      }
+      s[j] = v;
+    }
+  }
+
+  void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k,
+                         const Tensor& v, Tensor& out, Tensor& lse) const override {
+    const int hq = a.n_heads, hk = a.n_kv_heads, d = a.head_dim, group = hq / hk;
+    const int64_t qs = static_cast<int64_t>(hq) * d, ks = static_cast<int64_t>(hk) * d;
+    const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32();
+    float *po = out.f32(), *pl = lse.f32();
+    const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < nseq; ++b) {
+      for (int h = 0; h < hq; ++h) {
+        const int64_t start = a.cu_seqlens[b];
+        const int len = a.cu_seqlens[b + 1] - a.cu_seqlens[b];
+        const int kvh = h / group;
+        std::vector<float> s(static_cast<size_t>(len));
+        for (int i = 0; i < len; ++i) {
+          const float* qi = pq + (start + i) * qs + h * d;
+          scores_row(a, qi, pk + start * ks + kvh * d, ks, len, i, h, s.data());
+          float m = -std::numeric_limits<float>::infinity();
+          for (int j = 0; j < len; ++j) m = std::max(m, s[j]);
+          double l = 0;
+          for (int j = 0; j < len; ++j) l += (s[j] = std::exp(s[j] - m));
+          float* oi = po + (start + i) * qs + h * d;
+          std::fill(oi, oi + d, 0.0f);
+          for (int j = 0; j < len; ++j) {
+            float p = static_cast<float>(s[j] / l);
+            const float* vj = pv + (start + j) * ks + kvh * d;
+            for (int c = 0; c < d; ++c) oi[c] += p * vj[c];
+          }
+          pl[(start + i) * hq + h] = m + static_cast<float>(std::log(l));
+        }
+      }
+    }
+  }
+
+  // P = exp(S - lse); dP = dO V^T; dS = P (dP - rowsum(dO * O)); dQ = scale dS K;
+  // dK = scale dS^T Q; dV = P^T dO; d_bias[bucket(j - i), h] += dS.
+  void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k,
+                          const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
+                          Tensor* d_rel_bias) const override {
+    const int hq = a.n_heads, hk = a.n_kv_heads, d = a.head_dim, group = hq / hk;
+    const int64_t qs = static_cast<int64_t>(hq) * d, ks = static_cast<int64_t>(hk) * d;
+    const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32(), *po = out.f32(), *pl = lse.f32(),
+                *pdo = dout.f32();
+    float *pdq = dq.f32(), *pdk = dk.f32(), *pdv = dv.f32();
+    float* pdb = d_rel_bias ? d_rel_bias->f32() : nullptr;
+    fill(dq, 0);
+    fill(dk, 0);
+    fill(dv, 0);
+    const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
+    // Parallel over sequences only: heads of one group write the same dK/dV rows.
+#pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < nseq; ++b) {
+      const int64_t start = a.cu_seqlens[b];
+      const int len = a.cu_seqlens[b + 1] - a.cu_seqlens[b];
+      std::vector<float> s(static_cast<size_t>(len));
+      std::vector<double> dbias_local(pdb ? static_cast<size_t>(a.rel_buckets) * hq : 0, 0.0);
+      for (int h = 0; h < hq; ++h) {
+        const int kvh = h / group;
+        for (int i = 0; i < len; ++i) {
+          const float* qi = pq + (start + i) * qs + h * d;
+          const float* oi = po + (start + i) * qs + h * d;
+          const float* doi = pdo + (start + i) * qs + h * d;
+          scores_row(a, qi, pk + start * ks + kvh * d, ks, len, i, h, s.data());
+          const float li = pl[(start + i) * hq + h];
+          float dsum = 0;
+          for (int c = 0; c < d; ++c) dsum += doi[c] * oi[c];
+          float* dqi = pdq + (start + i) * qs + h * d;
+          for (int j = 0; j < len; ++j) {
+            if (std::isinf(s[j])) continue;
+            float p = std::exp(s[j] - li);
+            const float* kj = pk + (start + j) * ks + kvh * d;
+            const float* vj = pv + (start + j) * ks + kvh * d;
+            float dp = 0;
+            for (int c = 0; c < d; ++c) dp += doi[c] * vj[c];
+            float ds = p * (dp - dsum);
+            float* dkj = pdk + (start + j) * ks + kvh * d;
+            float* dvj = pdv + (start + j) * ks + kvh * d;
+            for (int c = 0; c < d; ++c) {
+              dqi[c] += a.scale * ds * kj[c];
+              dkj[c] += a.scale * ds * qi[c];
+              dvj[c] += p * doi[c];
+            }
+            if (pdb) {
+              int bucket = relative_position_bucket(j - i, a.rel_buckets, a.rel_max_distance);
+              dbias_local[static_cast<size_t>(bucket) * hq + h] += ds;
+            }
+          }
+        }
+      }
+      if (pdb) {
+#pragma omp critical
+        for (size_t x = 0; x < dbias_local.size(); ++x) pdb[x] += static_cast<float>(dbias_local[x]);
+      }
+    }
+  }
+
+  void pool_forward(PoolMode mode, const Tensor& x, const std::vector<int32_t>& cu,
+                    const std::vector<int32_t>& skip, Tensor& out, Tensor* argmax) const override {
+    const int64_t c = cols_of(x);
+    const int nseq = static_cast<int>(cu.size()) - 1;
+    ET_CHECK(out.numel() == nseq * c, "pool_forward: output size mismatch");
+    const float* px = x.f32();
+    float* po = out.f32();
+    for (int b = 0; b < nseq; ++b) {
+      const int start = cu[b], len = cu[b + 1] - cu[b];
+      const int first = mode == PoolMode::Cls || mode == PoolMode::LastToken
+                            ? 0
+                            : std::min(skip.empty() ? 0 : skip[b], len);
+      float* o = po + b * c;
+      std::fill(o, o + c, 0.0f);
+      if (len == 0) continue;
+      switch (mode) {
+        case PoolMode::Cls: std::memcpy(o, px + start * c, c * sizeof(float)); break;
+        case PoolMode::LastToken:
+          std::memcpy(o, px + (start + len - 1) * c, c * sizeof(float));
+          break;
+        case PoolMode::Max: {
+          int32_t* am = argmax->i32() + b * c;
+          for (int64_t j = 0; j < c; ++j) {
+            // masked (prompt) tokens take part with the value -1e9, as sentence-transformers does
+            float best = first > 0 ? -1e9f : -std::numeric_limits<float>::infinity();
+            int32_t arg = -1;
+            for (int t = first; t < len; ++t) {
+              float v = px[(start + t) * c + j];
+              if (v > best) {
+                best = v;
+                arg = start + t;
+              }
+            }
+            o[j] = best;
+            am[j] = arg;
+          }
+          break;
+        }
+        case PoolMode::Mean: case PoolMode::MeanSqrtLen: case PoolMode::WeightedMean: {
+          double wsum = 0;
+          for (int t = first; t < len; ++t) {
+            float w = mode == PoolMode::WeightedMean ? static_cast<float>(t + 1) : 1.0f;
+            wsum += w;
+            const float* row = px + (start + t) * c;
+            for (int64_t j = 0; j < c; ++j) o[j] += w * row[j];
+          }
+          double denom = std::max(wsum, 1e-9);
+          if (mode == PoolMode::MeanSqrtLen) denom = std::sqrt(denom);
+          for (int64_t j = 0; j < c; ++j) o[j] = static_cast<float>(o[j] / denom);
+          break;
+        }
+      }
+    }
+  }
+
+  void pool_backward(PoolMode mode, const Tensor& dout, const std::vector<int32_t>& cu,
+                     const std::vector<int32_t>& skip, const Tensor* argmax,
+                     Tensor& dx) const override {
+    const int64_t c = cols_of(dx);
+    const int nseq = static_cast<int>(cu.size()) - 1;
+    const float* pd = dout.f32();
+    float* px = dx.f32();
+    fill(dx, 0);
+    for (int b = 0; b < nseq; ++b) {
+      const int start = cu[b], len = cu[b + 1] - cu[b];
+      if (len == 0) continue;
+      const int first = mode == PoolMode::Cls || mode == PoolMode::LastToken
+                            ? 0
+                            : std::min(skip.empty() ? 0 : skip[b], len);
+      const float* g = pd + b * c;
+      switch (mode) {
+        case PoolMode::Cls: std::memcpy(px + start * c, g, c * sizeof(float)); break;
+        case PoolMode::LastToken:
+          std::memcpy(px + (start + len - 1) * c, g, c * sizeof(float));
+          break;
+        case PoolMode::Max: {
+          const int32_t* am = argmax->i32() + b * c;
+          for (int64_t j = 0; j < c; ++j)
+            if (am[j] >= 0) px[am[j] * c + j] += g[j];
+          break;
+        }
+        case PoolMode::Mean: case PoolMode::MeanSqrtLen: case PoolMode::WeightedMean: {
+          double wsum = 0;
+          for (int t = first; t < len; ++t)
+            wsum += mode == PoolMode::WeightedMean ? static_cast<double>(t + 1) : 1.0;
+          double denom = std::max(wsum, 1e-9);
+          if (mode == PoolMode::MeanSqrtLen) denom = std::sqrt(denom);
+          for (int t = first; t < len; ++t) {
+            float w = static_cast<float>(
+                (mode == PoolMode::WeightedMean ? static_cast<double>(t + 1) : 1.0) / denom);
+            for (int64_t j = 0; j < c; ++j) px[(start + t) * c + j] = w * g[j];
+          }
+          break;
+        }
+      }
+    }
+  }
+
+  void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const override {
+    int64_t n = cols_of(x), r = rows_of(x);
+    const float* px = x.f32();
+    float *py = y.f32(), *pn = norms.f32();
+    for (int64_t i = 0; i < r; ++i) {
+      double s = 0;
+      for (int64_t j = 0; j < n; ++j) s += static_cast<double>(px[i * n + j]) * px[i * n + j];
+      float nv = static_cast<float>(std::sqrt(s));
+      pn[i] = nv;
+      float denom = std::max(nv, 1e-12f);
+      for (int64_t j = 0; j < n; ++j) py[i * n + j] = px[i * n + j] / denom;
+    }
+  }
+
+  // y = x / max(|x|, eps): dx = (dy - y (y . dy)) / |x| when |x| > eps, else dy / eps.
+  void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,
+                       Tensor& dx) const override {
+    int64_t n = cols_of(y), r = rows_of(y);
+    const float *pdy = dy.f32(), *py = y.f32(), *pn = norms.f32();
+    float* pdx = dx.f32();
+    for (int64_t i = 0; i < r; ++i) {
+      if (pn[i] <= 1e-12f) {
+        for (int64_t j = 0; j < n; ++j) pdx[i * n + j] = pdy[i * n + j] / 1e-12f;
+        continue;
+      }
+      double dot = 0;
+      for (int64_t j = 0; j < n; ++j) dot += static_cast<double>(py[i * n + j]) * pdy[i * n + j];
+      for (int64_t j = 0; j < n; ++j)
+        pdx[i * n + j] = (pdy[i * n + j] - py[i * n + j] * static_cast<float>(dot)) / pn[i];
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace et

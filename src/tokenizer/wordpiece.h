@@ -1,0 +1,32 @@
+// WordPiece (BERT): greedy longest-match-first over a vocabulary, continuation pieces carry a
+// prefix ("##"); a word longer than max_input_chars_per_word, or one that cannot be covered,
+// becomes the unknown token as a whole (as tokenizers' WordPiece model does).
+#pragma once
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/pre_tokenizer.h"
+
+namespace et {
+
+struct WordPiece {
+  std::unordered_map<std::string, int32_t> vocab;
+  std::string unk_token = "[UNK]";
+  std::string prefix = "##";
+  int max_input_chars_per_word = 100;
+};
+
+struct Piece {
+  int32_t id;
+  Span span;  // NormString index range
+};
+
+WordPiece parse_wordpiece(const json& model, const std::string& where);
+// vocab.txt: one token per line, id = line number.
+WordPiece wordpiece_from_vocab_txt(const std::string& path);
+void wordpiece_tokenize(const WordPiece& wp, const NormString& s, Span word,
+                        std::vector<Piece>& out);
+
+}  // namespace et

@@ -1,0 +1,45 @@
+#include "fixtures.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+namespace et::test {
+
+std::string fixtures_root() {
+  if (const char* env = std::getenv("EMBEDTUNE_FIXTURES")) return env;
+  return std::string(EMBEDTUNE_SOURCE_DIR) + "/../shared/fixtures";
+}
+
+std::string model_fixture(const std::string& arch) { return fixtures_root() + "/models/" + arch; }
+
+const std::vector<std::string>& bert_family_archs() {
+  static const std::vector<std::string> archs = {"bert", "xlm-roberta", "distilbert", "mpnet"};
+  return archs;
+}
+
+std::string temp_dir(const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() /
+           ("embedtune_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
+
+double rel_error(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  if (std::isnan(num)) return INFINITY;
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+double rel_error(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.numel(), b.numel());
+  if (a.numel() != b.numel()) return INFINITY;
+  return rel_error(a.f32(), b.f32(), a.numel());
+}
+
+}  // namespace et::test
