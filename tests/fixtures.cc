@@ -1,5 +1,7 @@
 #include "fixtures.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 

@@ -12,6 +12,7 @@ namespace {
 
 struct Case {
   std::string arch, layout;
+  friend void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << "/" << c.layout; }
 };
 
 std::vector<Case> cases() {

@@ -1,5 +1,7 @@
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -72,6 +74,7 @@ int run_encode(const EncodeOptions& o) {
   Tensor all = cpu_empty({n, dim});
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens = 0;
+  const bool tty = isatty(fileno(stderr));
   for (int64_t b = 0; b < n; b += o.batch_size) {
     int64_t e = std::min<int64_t>(n, b + o.batch_size);
     PackedBatch batch;
@@ -97,12 +100,12 @@ int run_encode(const EncodeOptions& o) {
       emb = y;
     }
     std::memcpy(all.f32() + b * dim, emb.f32(), emb.nbytes());
-    std::fprintf(stderr, "\rencoded %lld/%lld", static_cast<long long>(e), static_cast<long long>(n));
+    if (tty) std::fprintf(stderr, "\rencoded %lld/%lld", static_cast<long long>(e), static_cast<long long>(n));
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_embeddings(o.output, all);
-  std::fprintf(stderr, "\rencoded %lld texts (%lld tokens) in %.2f s (%.0f tokens/s) -> %s [%lld x %lld]\n",
-               static_cast<long long>(n), static_cast<long long>(tokens), secs,
+  std::fprintf(stderr, "%sencoded %lld texts (%lld tokens) in %.2f s (%.0f tokens/s) -> %s [%lld x %lld]\n",
+               tty ? "\r" : "", static_cast<long long>(n), static_cast<long long>(tokens), secs,
                secs > 0 ? tokens / secs : 0.0, o.output.c_str(), static_cast<long long>(n),
                static_cast<long long>(dim));
   return 0;

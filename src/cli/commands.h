@@ -14,5 +14,6 @@ using Run = std::function<int()>;
 
 Run add_encode(CLI::App& app);
 Run add_info(CLI::App& app);
+Run add_init(CLI::App& app);
 
 }  // namespace et::cli

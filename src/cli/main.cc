@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   };
   reg(et::cli::add_encode, "encode", "Embed texts with a model and write the embeddings");
   reg(et::cli::add_info, "info", "Describe a model folder");
+  reg(et::cli::add_init, "init", "Create a randomly initialised model of a preset architecture");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -166,6 +166,7 @@ std::unique_ptr<SentenceModel> load_sentence_model(const std::string& dir, const
     m->pooling.modes = {PoolMode::Mean};
   }
 
+  m->transformer_dir = transformer_dir;
   std::string cfg_file = path_join(transformer_dir, "config.json");
   m->hf_config = read_json_file(cfg_file);
   m->cfg = parse_model_config(m->hf_config, cfg_file);

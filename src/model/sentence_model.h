@@ -34,6 +34,7 @@ struct ModuleEntry {
 
 struct SentenceModel {
   std::string dir;
+  std::string transformer_dir;  // folder of the Transformer module (tokenizer files live here)
   ModelConfig cfg;
   json hf_config;          // config.json as read (written back on export)
   ParamStore params;       // every transformer weight, under its file name
@@ -78,6 +79,11 @@ Tensor embed_forward(const Backend& be, const SentenceModel& m, const PackedBatc
 // Backpropagates d_emb [B, dim] into the gradients of all trainable parameters.
 void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved& saved,
                     const Tensor& d_emb);
+
+// Writes the model as a sentence-transformers folder (classic layout, safetensors weights,
+// tokenizer files copied from the source folder), atomically: `dir` is replaced only once the
+// whole folder is written.
+void save_sentence_model(const Backend& be, const SentenceModel& m, const std::string& dir);
 
 PoolMode parse_pool_mode(const std::string& s, const std::string& where);
 const char* pool_mode_name(PoolMode m);

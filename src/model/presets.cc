@@ -1,0 +1,141 @@
+#include "model/presets.h"
+
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include "model/sentence_model.h"
+#include "ops/cpu/cpu_backend.h"
+
+namespace et {
+
+namespace {
+
+struct Preset {
+  const char* name;
+  int hidden, layers, heads, intermediate, vocab;
+};
+
+const Preset kPresets[] = {
+    {"tiny-bert", 64, 2, 4, 128, 30522},     {"minilm-l6", 384, 6, 12, 1536, 30522},
+    {"minilm-l12", 384, 12, 12, 1536, 30522}, {"bge-small", 384, 12, 12, 1536, 30522},
+    {"bge-base", 768, 12, 12, 3072, 30522},  {"bge-large", 1024, 24, 16, 4096, 30522},
+};
+
+void fill_normal(Tensor& t, Rng& rng, float std) {
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); i += 2) {
+    double u1 = std::max(rng.uniform(), 1e-300), u2 = rng.uniform();
+    double r = std::sqrt(-2.0 * std::log(u1));
+    p[i] = static_cast<float>(std * r * std::cos(2 * M_PI * u2));
+    if (i + 1 < t.numel()) p[i + 1] = static_cast<float>(std * r * std::sin(2 * M_PI * u2));
+  }
+}
+
+Tensor filled(const Shape& s, float v) {
+  Tensor t = cpu_empty(s);
+  std::fill(t.f32(), t.f32() + t.numel(), v);
+  return t;
+}
+
+}  // namespace
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> out;
+  for (const Preset& p : kPresets) out.push_back(p.name);
+  return out;
+}
+
+json preset_config(const std::string& name, int vocab_size) {
+  for (const Preset& p : kPresets) {
+    if (name != p.name) continue;
+    return {{"architectures", {"BertModel"}},
+            {"model_type", "bert"},
+            {"hidden_size", p.hidden},
+            {"num_hidden_layers", p.layers},
+            {"num_attention_heads", p.heads},
+            {"intermediate_size", p.intermediate},
+            {"hidden_act", "gelu"},
+            {"hidden_dropout_prob", 0.1},
+            {"attention_probs_dropout_prob", 0.1},
+            {"max_position_embeddings", 512},
+            {"type_vocab_size", 2},
+            {"layer_norm_eps", 1e-12},
+            {"initializer_range", 0.02},
+            {"pad_token_id", 0},
+            {"vocab_size", vocab_size > 0 ? vocab_size : p.vocab}};
+  }
+  std::string names;
+  for (const Preset& p : kPresets) names += std::string(names.empty() ? "" : ", ") + p.name;
+  fail("unknown preset '", name, "' (available: ", names, ")");
+}
+
+std::vector<std::pair<std::string, Tensor>> random_bert_weights(const json& c, uint64_t seed) {
+  Rng rng(seed);
+  const int64_t h = c["hidden_size"], f = c["intermediate_size"], v = c["vocab_size"],
+                P = c["max_position_embeddings"], tv = c["type_vocab_size"];
+  const float std = c.value("initializer_range", 0.02f);
+  std::vector<std::pair<std::string, Tensor>> w;
+  auto normal = [&](const std::string& name, const Shape& s) {
+    Tensor t = cpu_empty(s);
+    fill_normal(t, rng, std);
+    w.emplace_back(name, t);
+    return t;
+  };
+  auto linear = [&](const std::string& name, int64_t in, int64_t out) {
+    normal(name + ".weight", {out, in});
+    w.emplace_back(name + ".bias", filled({out}, 0));
+  };
+  auto norm = [&](const std::string& name) {
+    w.emplace_back(name + ".weight", filled({h}, 1));
+    w.emplace_back(name + ".bias", filled({h}, 0));
+  };
+  Tensor word = normal("embeddings.word_embeddings.weight", {v, h});
+  int pad = c.value("pad_token_id", 0);
+  std::fill(word.f32() + pad * h, word.f32() + (pad + 1) * h, 0.0f);
+  normal("embeddings.position_embeddings.weight", {P, h});
+  normal("embeddings.token_type_embeddings.weight", {tv, h});
+  norm("embeddings.LayerNorm");
+  for (int i = 0; i < c["num_hidden_layers"].get<int>(); ++i) {
+    std::string p = "encoder.layer." + std::to_string(i) + ".";
+    linear(p + "attention.self.query", h, h);
+    linear(p + "attention.self.key", h, h);
+    linear(p + "attention.self.value", h, h);
+    linear(p + "attention.output.dense", h, h);
+    norm(p + "attention.output.LayerNorm");
+    linear(p + "intermediate.dense", h, f);
+    linear(p + "output.dense", f, h);
+    norm(p + "output.LayerNorm");
+  }
+  linear("pooler.dense", h, h);
+  return w;
+}
+
+void create_random_model(const std::string& preset, const std::string& vocab_txt,
+                         const std::string& out_dir, uint64_t seed) {
+  std::string vocab = read_text_file(vocab_txt);
+  int n = 0;
+  std::istringstream in(vocab);
+  for (std::string line; std::getline(in, line);) ++n;
+  json cfg = preset_config(preset, n);
+  std::string tmp = out_dir + ".init";
+  make_dirs(tmp);
+  write_json_atomic(path_join(tmp, "config.json"), cfg);
+  write_safetensors(path_join(tmp, "model.safetensors"), random_bert_weights(cfg, seed));
+  write_text_atomic(path_join(tmp, "vocab.txt"), vocab);
+  write_json_atomic(path_join(tmp, "tokenizer_config.json"),
+                    json{{"do_lower_case", true}, {"model_max_length", 512},
+                         {"tokenizer_class", "BertTokenizer"}});
+  auto be = make_cpu_backend();
+  auto m = load_sentence_model(tmp, *be);
+  m->normalize = true;
+  m->max_seq_length = 256;
+  save_sentence_model(*be, *m, out_dir);
+  std::error_code ec;
+  std::filesystem::remove_all(tmp, ec);
+}
+
+}  // namespace et
