@@ -71,6 +71,7 @@ BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store,
       break;
     }
   }
+  e.prefix = b.prefix;
   const int64_t h = cfg.hidden, f = cfg.intermediate;
   e.word = b.table("embeddings.word_embeddings.weight", h);
   e.pos = b.table("embeddings.position_embeddings.weight", h);

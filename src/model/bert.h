@@ -39,6 +39,7 @@ struct BertLayer {
 
 struct BertEncoder {
   ModelConfig cfg;
+  std::string prefix;  // of the weight names in the file ("" or e.g. "bert.")
   Param *word = nullptr, *pos = nullptr, *type = nullptr;
   Param *emb_ln_w = nullptr, *emb_ln_b = nullptr;
   Param* rel_bias = nullptr;  // MPNet: [buckets, heads]

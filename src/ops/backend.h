@@ -101,6 +101,14 @@ struct Backend {
                              const std::vector<int32_t>& skip, const Tensor* argmax,
                              Tensor& dx) const = 0;
 
+  // Decoupled-weight-decay Adam (torch.optim.AdamW), bias-corrected, step >= 1:
+  //   p -= lr wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+  //   p -= (lr / (1 - b1^step)) m / (sqrt(v) / sqrt(1 - b2^step) + eps)
+  virtual void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
+                          float beta2, float eps, float weight_decay, int64_t step) const = 0;
+  // sum of squares of all elements (for the global gradient norm)
+  virtual double sum_squares(const Tensor& t) const = 0;
+
   // Row-wise L2 normalisation y = x / max(|x|, 1e-12); norms: [rows].
   virtual void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const = 0;
   virtual void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,

@@ -465,6 +465,30 @@ struct CpuBackend final : Backend {
     }
   }
 
+  void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int64_t step) const override {
+    check_same(p, g, "adamw_step");
+    float *pp = p.f32(), *pm = m.f32(), *pv = v.f32();
+    const float* pg = g.f32();
+    const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
+    const float step_size = static_cast<float>(lr / bc1);
+    const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+    for (int64_t i = 0, n = p.numel(); i < n; ++i) {
+      pp[i] *= 1.0f - lr * weight_decay;
+      pm[i] = beta1 * pm[i] + (1 - beta1) * pg[i];
+      pv[i] = beta2 * pv[i] + (1 - beta2) * pg[i] * pg[i];
+      pp[i] -= step_size * pm[i] / (std::sqrt(pv[i]) / bc2_sqrt + eps);
+    }
+  }
+
+  double sum_squares(const Tensor& t) const override {
+    const float* p = t.f32();
+    double s = 0;
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) s += static_cast<double>(p[i]) * p[i];
+    return s;
+  }
+
   void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const override {
     int64_t n = cols_of(x), r = rows_of(x);
     const float* px = x.f32();

@@ -1,0 +1,78 @@
+#include "train/step.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "train/losses.h"
+
+namespace et {
+
+std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode mode) {
+  for (Param& p : m.params.params) {
+    p.trainable = false;
+    p.grad = Tensor{};
+  }
+  std::vector<Param*> out;
+  auto on = [&](Param* p) {
+    if (!p || p->trainable) return;
+    p->trainable = true;
+    p->grad = be.zeros(p->value.shape);
+    out.push_back(p);
+  };
+  BertEncoder& e = m.encoder;
+  if (mode == TrainMode::Full) {
+    for (Param* p : {e.word, e.pos, e.type, e.emb_ln_w, e.emb_ln_b, e.rel_bias}) on(p);
+    for (BertLayer& L : e.layers) {
+      for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.ffn_in, &L.ffn_out}) {
+        on(l->weight);
+        on(l->bias);
+      }
+      for (Param* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b}) on(p);
+    }
+    for (DenseModule& d : m.dense) {
+      for (Param& p : d.params.params) p.trainable = false;
+      on(d.linear.weight);
+      on(d.linear.bias);
+    }
+  } else {
+    for (BertLayer& L : e.layers)
+      for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.ffn_in, &L.ffn_out}) {
+        on(l->lora_a);
+        on(l->lora_b);
+      }
+    ET_CHECK(!out.empty(), "LoRA training: the model has no adapters");
+  }
+  return out;
+}
+
+void zero_grads(const Backend& be, const std::vector<Param*>& params) {
+  for (Param* p : params) be.fill(p->grad, 0.0f);
+}
+
+double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,
+                        const LossSpec& spec, double grad_scale, Rng* rng) {
+  ET_CHECK(cols.size() >= 2, "a training batch needs at least two columns (anchor, positive)");
+  const int rows = cols[0].size();
+  PackedBatch all;
+  for (const PackedBatch& c : cols) {
+    ET_CHECK(c.size() == rows, "training batch columns have different row counts");
+    for (int i = 0; i < c.size(); ++i) {
+      std::vector<int32_t> seq(c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]);
+      all.add(seq, c.prompt_lengths.empty() ? 0 : c.prompt_lengths[i]);
+    }
+  }
+  EmbedSaved saved;
+  Tensor emb = be.download(embed_forward(be, m, all, &saved, rng));
+  const int64_t d = emb.dim(1);
+  std::vector<Tensor> parts;
+  for (size_t c = 0; c < cols.size(); ++c) parts.push_back(emb.rows(c * rows, (c + 1) * rows));
+  LossOutput lo = mnrl_loss(parts, spec.scale);
+  Tensor d_emb = cpu_empty(emb.shape);
+  for (size_t c = 0; c < cols.size(); ++c)
+    for (int64_t i = 0; i < rows * d; ++i)
+      d_emb.f32()[c * rows * d + i] = static_cast<float>(lo.grads[c].f32()[i] * grad_scale);
+  embed_backward(be, m, saved, be.upload(d_emb));
+  return lo.loss;
+}
+
+}  // namespace et
