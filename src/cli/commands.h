@@ -3,6 +3,8 @@
 #pragma once
 
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -15,5 +17,9 @@ using Run = std::function<int()>;
 Run add_encode(CLI::App& app);
 Run add_info(CLI::App& app);
 Run add_init(CLI::App& app);
+Run add_train(CLI::App& app);
+
+// `embedtune train CONFIG.toml ...`: the file's settings as flags placed before the others.
+std::vector<std::string> expand_train_config(const std::vector<std::string>& args);
 
 }  // namespace et::cli

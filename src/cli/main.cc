@@ -18,9 +18,18 @@ int main(int argc, char** argv) {
   };
   reg(et::cli::add_encode, "encode", "Embed texts with a model and write the embeddings");
   reg(et::cli::add_info, "info", "Describe a model folder");
+  reg(et::cli::add_train, "train", "Fine-tune a model (LoRA or full) on text pairs/triplets");
   reg(et::cli::add_init, "init", "Create a randomly initialised model of a preset architecture");
+  std::vector<std::string> args;
   try {
-    app.parse(argc, argv);
+    args = et::cli::expand_train_config(std::vector<std::string>(argv, argv + argc));
+  } catch (const et::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  try {
+    std::vector<std::string> rev(args.rbegin(), args.rend() - 1);  // CLI11 takes them reversed
+    app.parse(rev);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

@@ -320,13 +320,16 @@ struct CpuBackend final : Backend {
     fill(dk, 0);
     fill(dv, 0);
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
-    // Parallel over sequences only: heads of one group write the same dK/dV rows.
+    // Parallel over sequences only: heads of one group write the same dK/dV rows. The bias
+    // gradient is summed per sequence, then over sequences in order (deterministic).
+    const size_t nbias = pdb ? static_cast<size_t>(a.rel_buckets) * hq : 0;
+    std::vector<double> dbias(nbias * static_cast<size_t>(std::max(nseq, 0)), 0.0);
 #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < nseq; ++b) {
       const int64_t start = a.cu_seqlens[b];
       const int len = a.cu_seqlens[b + 1] - a.cu_seqlens[b];
       std::vector<float> s(static_cast<size_t>(len));
-      std::vector<double> dbias_local(pdb ? static_cast<size_t>(a.rel_buckets) * hq : 0, 0.0);
+      double* dbias_local = dbias.data() + nbias * b;
       for (int h = 0; h < hq; ++h) {
         const int kvh = h / group;
         for (int i = 0; i < len; ++i) {
@@ -360,11 +363,9 @@ struct CpuBackend final : Backend {
           }
         }
       }
-      if (pdb) {
-#pragma omp critical
-        for (size_t x = 0; x < dbias_local.size(); ++x) pdb[x] += static_cast<float>(dbias_local[x]);
-      }
     }
+    for (int b = 0; b < nseq; ++b)
+      for (size_t x = 0; x < nbias; ++x) pdb[x] += static_cast<float>(dbias[nbias * b + x]);
   }
 
   void pool_forward(PoolMode mode, const Tensor& x, const std::vector<int32_t>& cu,

@@ -1,0 +1,258 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdarg>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.h"
+#include "io/dataset.h"
+#include "train/checkpoint.h"
+
+namespace et {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Progress and logs: a live line on a terminal, plain lines otherwise; every line also goes to
+// <output>/train.log and every logging step to <output>/train_log.jsonl.
+struct Reporter {
+  std::FILE* text = nullptr;
+  std::FILE* jsonl = nullptr;
+  bool tty = false, quiet = false;
+
+  Reporter(const std::string& out, bool append, bool q) : quiet(q) {
+    text = std::fopen(path_join(out, "train.log").c_str(), append ? "a" : "w");
+    jsonl = std::fopen(path_join(out, "train_log.jsonl").c_str(), append ? "a" : "w");
+    ET_CHECK(text && jsonl, out, ": cannot open log files for writing");
+    tty = isatty(fileno(stderr));
+  }
+  ~Reporter() {
+    std::fclose(text);
+    std::fclose(jsonl);
+  }
+  void line(const std::string& s) {
+    if (!quiet) std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", s.c_str());
+    std::fprintf(text, "%s\n", s.c_str());
+    std::fflush(text);
+  }
+  void live(const std::string& s) {
+    if (tty && !quiet) std::fprintf(stderr, "\r\033[K%s", s.c_str());
+  }
+  void record(const json& j) {
+    std::fprintf(jsonl, "%s\n", j.dump().c_str());
+    std::fflush(jsonl);
+  }
+};
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof(buf), f, ap);
+  va_end(ap);
+  return buf;
+}
+
+std::string duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int t = static_cast<int>(s + 0.5);
+  return t >= 3600 ? fmt("%dh%02dm", t / 3600, t / 60 % 60) : fmt("%dm%02ds", t / 60, t % 60);
+}
+
+json run_settings(const TrainConfig& c, const TextDataset& ds) {
+  return {{"train_file", c.train_file},
+          {"rows", ds.rows.size()},
+          {"columns", ds.columns},
+          {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
+          {"per_device_train_batch_size", c.per_device_train_batch_size},
+          {"gradient_accumulation_steps", c.gradient_accumulation_steps},
+          {"seed", c.seed},
+          {"batch_sampler", c.batch_sampler == BatchSampler::Batch ? "batch_sampler" : "no_duplicates"},
+          {"dataloader_drop_last", c.dataloader_drop_last}};
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainConfig& c, const Backend& be) {
+  ET_CHECK(c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1");
+  ET_CHECK(c.learning_rate > 0, "learning_rate must be positive");
+  ET_CHECK(!c.output_dir.empty(), "an output folder is required");
+  make_dirs(c.output_dir);
+  TextDataset ds = read_text_dataset(c.train_file, c.columns);
+  auto model = load_sentence_model(c.model, be);
+  SentenceModel& m = *model;
+  if (c.max_seq_length > 0) {
+    ET_CHECK(c.max_seq_length <= m.cfg.max_positions - m.cfg.position_offset, "max_seq_length ",
+             c.max_seq_length, " exceeds the model's ", m.cfg.max_positions - m.cfg.position_offset);
+    m.max_seq_length = c.max_seq_length;
+  }
+  LoraConfig lora = c.lora;
+  if (c.mode == TrainMode::Lora) {
+    if (!c.init_adapter.empty()) {
+      lora = load_adapter(be, m, c.init_adapter);
+    } else {
+      if (lora.target_modules.empty() && lora.target_regex.empty())
+        lora.target_modules = default_lora_targets(m.cfg.family);
+      apply_lora(be, m, lora, c.seed);
+    }
+  }
+  std::vector<Param*> params = set_trainable(be, m, c.mode);
+  OptimizerState opt;
+  int64_t n_trainable = 0;
+  for (Param* p : params) {
+    opt.m.push_back(be.zeros(p->value.shape));
+    opt.v.push_back(be.zeros(p->value.shape));
+    n_trainable += p->value.numel();
+  }
+
+  const int64_t batches_per_epoch =
+      static_cast<int64_t>(epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler,
+                                         c.seed, 0, c.dataloader_drop_last)
+                               .size());
+  ET_CHECK(batches_per_epoch > 0, c.train_file, ": too few rows for one batch of ",
+           c.per_device_train_batch_size);
+  const int64_t accum = c.gradient_accumulation_steps;
+  const int64_t steps_per_epoch = (batches_per_epoch + accum - 1) / accum;
+  const int64_t total = c.max_steps > 0 ? c.max_steps : steps_per_epoch * c.num_train_epochs;
+  ET_CHECK(total > 0, "nothing to train: num_train_epochs and max_steps give 0 steps");
+  const int64_t warmup = warmup_steps_for(c.warmup_steps, c.warmup_ratio, total);
+
+  TrainerState st;
+  st.rng.reseed(c.seed ^ 0x5eedULL);
+  st.settings = run_settings(c, ds);
+  std::string resumed_from;
+  if (c.resume) {
+    resumed_from = latest_checkpoint(c.output_dir);
+    if (!resumed_from.empty()) load_checkpoint(be, resumed_from, params, opt, st);
+  }
+  Reporter rep(c.output_dir, !resumed_from.empty(), c.quiet);
+  rep.line(fmt("embedtune train: %s (%s, %lld parameters, %lld trainable), %zu rows x %zu columns",
+               c.model.c_str(), c.mode == TrainMode::Lora ? "LoRA" : "full fine-tuning",
+               static_cast<long long>(m.num_parameters()), static_cast<long long>(n_trainable),
+               ds.rows.size(), ds.columns.size()));
+  rep.line(fmt("steps %lld (%lld per epoch), batch %d x %lld accumulation, lr %g %s, warmup %lld, device %s",
+               static_cast<long long>(total), static_cast<long long>(steps_per_epoch),
+               c.per_device_train_batch_size, static_cast<long long>(accum), c.learning_rate,
+               lr_schedule_name(c.lr_scheduler_type), static_cast<long long>(warmup), be.name()));
+  if (!resumed_from.empty())
+    rep.line(fmt("resumed from %s at step %lld", resumed_from.c_str(), static_cast<long long>(st.step)));
+
+  auto t0 = Clock::now();
+  const int64_t start_step = st.step, start_tokens = st.tokens;
+  double window_loss = 0, last_loss = 0;
+  int64_t window_n = 0, micro_in_step = 0;
+  zero_grads(be, params);
+  auto checkpoint = [&]() {
+    std::string dir = path_join(path_join(c.output_dir, "checkpoints"),
+                                "checkpoint-" + std::to_string(st.step));
+    make_dirs(path_join(c.output_dir, "checkpoints"));
+    save_checkpoint(be, dir, params, opt, st);
+    prune_checkpoints(c.output_dir, c.save_total_limit);
+    rep.line(fmt("saved checkpoint %s", dir.c_str()));
+  };
+  bool stopped = false;
+  while (st.step < total && !stopped) {
+    auto batches = epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler, c.seed,
+                                 st.epoch, c.dataloader_drop_last);
+    const int64_t nb = static_cast<int64_t>(batches.size());
+    for (; st.micro < nb && st.step < total; ++st.micro) {
+      std::vector<PackedBatch> cols;
+      for (size_t col = 0; col < ds.columns.size(); ++col) {
+        std::vector<std::string> texts;
+        for (int32_t r : batches[st.micro]) texts.push_back(ds.rows[r][col]);
+        cols.push_back(tokenize_texts(m, texts));
+        st.tokens += cols.back().tokens();
+      }
+      // The last step of an epoch may have fewer micro-batches; average over those it has.
+      const int64_t first = (st.micro / accum) * accum;
+      const int64_t in_step = std::min(accum, nb - first);
+      double loss = train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step), &st.rng);
+      ET_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", st.step + 1,
+               " (lower the learning rate?)");
+      window_loss += loss / static_cast<double>(in_step);
+      if (++micro_in_step < in_step) continue;
+      micro_in_step = 0;
+      // Optimizer step: clip by global norm (torch clip_grad_norm_), schedule, AdamW.
+      double sq = 0;
+      for (Param* p : params) sq += be.sum_squares(p->grad);
+      const double gnorm = std::sqrt(sq);
+      if (c.max_grad_norm > 0 && gnorm > 0) {
+        const double coef = c.max_grad_norm / (gnorm + 1e-6);
+        if (coef < 1)
+          for (Param* p : params) be.scale(p->grad, static_cast<float>(coef));
+      }
+      const double lr = c.learning_rate * lr_multiplier(c.lr_scheduler_type, st.step, warmup, total);
+      for (size_t i = 0; i < params.size(); ++i)
+        be.adamw_step(params[i]->value, params[i]->grad, opt.m[i], opt.v[i], static_cast<float>(lr),
+                      static_cast<float>(c.adam_beta1), static_cast<float>(c.adam_beta2),
+                      static_cast<float>(c.adam_epsilon), static_cast<float>(c.weight_decay),
+                      st.step + 1);
+      zero_grads(be, params);
+      ++st.step;
+      ++window_n;
+      last_loss = window_loss / static_cast<double>(window_n);
+      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double tps = secs > 0 ? static_cast<double>(st.tokens - start_tokens) / secs : 0;
+      const double eta = st.step > start_step
+                             ? secs / static_cast<double>(st.step - start_step) * static_cast<double>(total - st.step)
+                             : NAN;
+      std::string status = fmt("step %lld/%lld  epoch %d  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  ETA %s",
+                               static_cast<long long>(st.step), static_cast<long long>(total),
+                               st.epoch + 1, last_loss, lr, gnorm, tps, duration(eta).c_str());
+      rep.live(status);
+      if (st.step % c.logging_steps == 0 || st.step == total) {
+        rep.line(status);
+        rep.record({{"step", st.step}, {"epoch", st.epoch + static_cast<double>(st.micro + 1) / nb},
+                    {"loss", last_loss}, {"learning_rate", lr}, {"grad_norm", gnorm},
+                    {"tokens", st.tokens}, {"tokens_per_second", tps}, {"elapsed_seconds", secs}});
+        window_loss = 0;
+        window_n = 0;
+      }
+      if (c.save_steps > 0 && st.step % c.save_steps == 0 && st.step < total) {
+        ++st.micro;  // the checkpoint resumes after this micro-batch
+        checkpoint();
+        --st.micro;
+      }
+      if (c.stop_after_steps > 0 && st.step >= c.stop_after_steps) {
+        stopped = true;
+        break;
+      }
+    }
+    if (!stopped && st.micro >= nb) {
+      ++st.epoch;
+      st.micro = 0;
+    }
+  }
+  TrainResult r;
+  r.steps = st.step;
+  r.tokens = st.tokens;
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.last_loss = last_loss;
+  if (stopped) {
+    rep.line(fmt("stopped after step %lld", static_cast<long long>(st.step)));
+    return r;
+  }
+  if (c.mode == TrainMode::Lora) {
+    r.adapter_dir = path_join(c.output_dir, "adapter");
+    save_adapter(be, m, lora, r.adapter_dir);
+    rep.line("saved PEFT adapter to " + r.adapter_dir);
+    merge_lora(be, m);
+  }
+  r.merged_dir = path_join(c.output_dir, "merged");
+  save_sentence_model(be, m, r.merged_dir);
+  rep.line("saved sentence-transformers model to " + r.merged_dir);
+  json summary = {{"steps", r.steps}, {"tokens", r.tokens}, {"seconds", r.seconds},
+                  {"tokens_per_second", r.seconds > 0 ? static_cast<double>(r.tokens - start_tokens) / r.seconds : 0},
+                  {"final_loss", r.last_loss}, {"adapter", r.adapter_dir}, {"merged", r.merged_dir}};
+  write_json_atomic(path_join(c.output_dir, "train_summary.json"), summary);
+  rep.line(fmt("done: %lld steps in %s, final loss %.4f, %.0f tokens/s", static_cast<long long>(r.steps),
+               duration(r.seconds).c_str(), r.last_loss, summary["tokens_per_second"].get<double>()));
+  return r;
+}
+
+}  // namespace et

@@ -1,0 +1,288 @@
+// The training toolbox: loss fixtures, schedules, samplers, datasets, checkpoints and resume,
+// adapter and merged-model round trips.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "core/error.h"
+#include "fixtures.h"
+#include "io/dataset.h"
+#include "io/safetensors.h"
+#include "model/sentence_model.h"
+#include "ops/cpu/cpu_backend.h"
+#include "train/checkpoint.h"
+#include "train/losses.h"
+#include "train/trainer.h"
+
+namespace et::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(Losses, MnrlMatchesSentenceTransformers) {
+  std::string dir = fixtures_root() + "/losses";
+  SKIP_WITHOUT_FIXTURES(dir);
+  TensorFile f = read_safetensors(dir + "/expected.safetensors");
+  json meta = read_json_file(dir + "/meta.json");
+  int checked = 0;
+  for (const char* name : {"mnrl_pair", "mnrl_triplet"}) {
+    ASSERT_TRUE(meta.contains(name) && meta[name].contains("columns")) << name;
+    std::vector<Tensor> cols;
+    for (const auto& c : meta[name]["columns"]) cols.push_back(to_f32(f.at("input." + c.get<std::string>())));
+    double scale = meta[name]["params"].value("scale", 20.0);
+    LossOutput out = mnrl_loss(cols, scale);
+    float ref = f.at(std::string(name) + ".loss").f32()[0];
+    EXPECT_NEAR(out.loss, ref, 1e-5 * std::abs(ref)) << name;
+    for (size_t i = 0; i < cols.size(); ++i) {
+      std::string key = std::string(name) + ".grad." + meta[name]["columns"][i].get<std::string>();
+      EXPECT_LT(rel_error(out.grads[i], to_f32(f.at(key))), 1e-5) << key;
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+}
+
+TEST(Schedule, TransformersFormulas) {
+  // linear, 10 steps, 2 warm-up: 0, 0.5, then down from 1 to 0 over steps 2..10
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::Linear, 0, 2, 10), 0.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::Linear, 1, 2, 10), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::Linear, 2, 2, 10), 1.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::Linear, 6, 2, 10), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::Linear, 10, 2, 10), 0.0);
+  EXPECT_NEAR(lr_multiplier(LrSchedule::Cosine, 6, 2, 10), 0.5, 1e-12);
+  EXPECT_NEAR(lr_multiplier(LrSchedule::Cosine, 4, 2, 10), 0.5 * (1 + std::cos(M_PI / 4)), 1e-12);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::ConstantWithWarmup, 1, 4, 10), 0.25);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::ConstantWithWarmup, 7, 4, 10), 1.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(LrSchedule::Constant, 0, 4, 10), 1.0);
+  EXPECT_EQ(warmup_steps_for(0, 0.1, 95), 10);  // ceil(9.5)
+  EXPECT_EQ(warmup_steps_for(3, 0.5, 95), 3);
+  EXPECT_THROW(parse_lr_schedule("polynomial_fancy"), Error);
+}
+
+TextDataset dataset_with_duplicates() {
+  TextDataset ds;
+  ds.columns = {"anchor", "positive"};
+  for (int i = 0; i < 40; ++i) {
+    // every 4 rows share a positive: such rows must never meet in one NO_DUPLICATES batch
+    char q[16], p[16];  // (snprintf: string concatenation trips GCC 12's -Wrestrict bug 105329)
+    std::snprintf(q, sizeof(q), "q%d", i);
+    std::snprintf(p, sizeof(p), "p%d", i / 4);
+    ds.rows.push_back({q, p});
+    ds.lines.push_back(i + 1);
+  }
+  return ds;
+}
+
+TEST(Sampler, NoDuplicatesKeepsTextsUniqueAndCoversEveryRow) {
+  TextDataset ds = dataset_with_duplicates();
+  auto batches = epoch_batches(ds, 8, BatchSampler::NoDuplicates, 7, 0, false);
+  std::multiset<int32_t> seen;
+  for (const auto& b : batches) {
+    std::set<std::string> texts;
+    for (int32_t r : b) {
+      for (const auto& t : ds.rows[r]) EXPECT_TRUE(texts.insert(t).second) << "duplicate " << t;
+      seen.insert(r);
+    }
+  }
+  EXPECT_EQ(seen.size(), 40u);
+  EXPECT_EQ(std::set<int32_t>(seen.begin(), seen.end()).size(), 40u);
+  EXPECT_EQ(batches, epoch_batches(ds, 8, BatchSampler::NoDuplicates, 7, 0, false));
+  EXPECT_NE(batches, epoch_batches(ds, 8, BatchSampler::NoDuplicates, 7, 1, false));
+  // The plain sampler: contiguous batches of the shuffled order, last one partial.
+  auto plain = epoch_batches(ds, 16, BatchSampler::Batch, 7, 0, false);
+  ASSERT_EQ(plain.size(), 3u);
+  EXPECT_EQ(plain[2].size(), 8u);
+  EXPECT_EQ(epoch_batches(ds, 16, BatchSampler::Batch, 7, 0, true).size(), 2u);
+}
+
+TEST(Dataset, JsonlCsvTsvAndColumnMapping) {
+  std::string dir = temp_dir("dataset");
+  write_text_atomic(dir + "/a.jsonl",
+                    "{\"question\": \"q1\", \"context\": \"c1\", \"id\": 3}\n\n"
+                    "{\"question\": \"q2\", \"context\": \"c2\", \"id\": 4}\n");
+  TextDataset j = read_text_dataset(dir + "/a.jsonl", {"question", "context"});
+  ASSERT_EQ(j.rows.size(), 2u);
+  EXPECT_EQ(j.rows[1][1], "c2");
+  write_text_atomic(dir + "/b.csv",
+                    "anchor,positive,negative\n\"a, with comma\",\"multi\nline \"\"quoted\"\"\",n1\r\nx,y,z\n");
+  TextDataset c = read_text_dataset(dir + "/b.csv");
+  ASSERT_EQ(c.columns, (std::vector<std::string>{"anchor", "positive", "negative"}));
+  ASSERT_EQ(c.rows.size(), 2u);
+  EXPECT_EQ(c.rows[0][0], "a, with comma");
+  EXPECT_EQ(c.rows[0][1], "multi\nline \"quoted\"");
+  EXPECT_EQ(c.lines[1], 4u);
+  write_text_atomic(dir + "/c.tsv", "anchor\tpositive\nhello\tworld\n");
+  EXPECT_EQ(read_text_dataset(dir + "/c.tsv").rows[0][1], "world");
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(Dataset, BadRowsNameFileAndLine) {
+  std::string dir = temp_dir("dataset_bad");
+  write_text_atomic(dir + "/a.jsonl", "{\"anchor\": \"x\", \"positive\": \"y\"}\n{\"anchor\": \"x\"}\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/a.jsonl"); }).find("a.jsonl:2: missing column 'positive'"),
+            std::string::npos);
+  write_text_atomic(dir + "/b.jsonl", "{\"anchor\": \"x\", \"positive\": 5}\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/b.jsonl", {"anchor", "positive"}); })
+                .find("b.jsonl:1: column 'positive' must be a string"),
+            std::string::npos);
+  write_text_atomic(dir + "/c.jsonl", "{\"anchor\": \"x\", \"positive\": \"y\"}\n{broken\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/c.jsonl"); }).find("c.jsonl:2: invalid JSON"),
+            std::string::npos);
+  write_text_atomic(dir + "/d.csv", "anchor,positive\na,b\nc\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/d.csv"); }).find("d.csv:3: 1 fields"),
+            std::string::npos);
+  write_text_atomic(dir + "/e.csv", "anchor,positive\n\"a,b\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/e.csv"); }).find("unterminated"), std::string::npos);
+  write_text_atomic(dir + "/f.tsv", "anchor\tpositive\nok\tbad \xff\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/f.tsv"); }).find("f.tsv:2: column 'positive' is not valid UTF-8"),
+            std::string::npos);
+  write_text_atomic(dir + "/g.jsonl", "{\"q\": \"x\", \"d\": \"y\"}\n");
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/g.jsonl"); }).find("--columns"), std::string::npos);
+}
+
+// A small training set over the fixture's synthetic vocabulary ("w0".."w506").
+std::string write_pairs(const std::string& dir, int rows) {
+  std::string s;
+  for (int i = 0; i < rows; ++i) {
+    std::string a, p;
+    for (int k = 0; k < 3 + i % 4; ++k) a += " w" + std::to_string((i * 7 + k * 13) % 500);
+    for (int k = 0; k < 6 + i % 5; ++k) p += " w" + std::to_string((i * 11 + k * 17) % 500);
+    s += json{{"anchor", a}, {"positive", p}}.dump() + "\n";
+  }
+  write_text_atomic(dir + "/pairs.jsonl", s);
+  return dir + "/pairs.jsonl";
+}
+
+TrainConfig small_run(const std::string& model, const std::string& data, const std::string& out) {
+  TrainConfig c;
+  c.model = model;
+  c.train_file = data;
+  c.output_dir = out;
+  c.learning_rate = 1e-3;
+  c.per_device_train_batch_size = 4;
+  c.gradient_accumulation_steps = 2;
+  c.max_steps = 6;
+  c.warmup_ratio = 0.2;
+  c.save_steps = 3;
+  c.lora.r = 4;
+  c.lora.alpha = 8;
+  c.lora.dropout = 0.1;
+  c.quiet = true;
+  return c;
+}
+
+TEST(Trainer, ResumeEqualsUninterrupted) {
+  std::string root = model_fixture("mpnet");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string dir = temp_dir("resume");
+  std::string data = write_pairs(dir, 30);
+  auto be = make_cpu_backend();
+  for (TrainMode mode : {TrainMode::Lora, TrainMode::Full}) {
+    std::string tag = mode == TrainMode::Lora ? "lora" : "full";
+    TrainConfig a = small_run(root + "/model", data, dir + "/a_" + tag);
+    a.mode = mode;
+    run_training(a, *be);
+    TrainConfig b = small_run(root + "/model", data, dir + "/b_" + tag);
+    b.mode = mode;
+    b.stop_after_steps = 3;
+    TrainResult rb = run_training(b, *be);
+    EXPECT_EQ(rb.steps, 3);
+    EXPECT_FALSE(file_exists(dir + "/b_" + tag + "/merged/model.safetensors"));
+    b.stop_after_steps = -1;
+    b.resume = true;
+    run_training(b, *be);
+    std::string f = mode == TrainMode::Lora ? "/adapter/adapter_model.safetensors" : "/merged/model.safetensors";
+    TensorFile ta = read_safetensors(dir + "/a_" + tag + f);
+    TensorFile tb = read_safetensors(dir + "/b_" + tag + f);
+    ASSERT_EQ(ta.tensors.size(), tb.tensors.size());
+    TensorFile base = read_safetensors(root + "/model/model.safetensors");
+    double moved = 0;
+    for (const auto& [name, t] : ta.tensors) {
+      EXPECT_EQ(rel_error(tb.at(name), t), 0.0) << tag << " " << name;
+      if (base.has(name)) moved += rel_error(t, base.at(name));
+    }
+    if (mode == TrainMode::Full) {
+      EXPECT_GT(moved, 0.0);  // training changed the weights
+    }
+  }
+  // Changed settings are refused on resume, naming the setting.
+  TrainConfig c = small_run(root + "/model", data, dir + "/b_lora");
+  c.resume = true;
+  c.per_device_train_batch_size = 5;
+  EXPECT_NE(error_of([&] { run_training(c, *be); }).find("per_device_train_batch_size"),
+            std::string::npos);
+}
+
+TEST(Trainer, OutputsLoadBackWithTheSameEmbeddings) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string dir = temp_dir("roundtrip");
+  std::string data = write_pairs(dir, 16);
+  auto be = make_cpu_backend();
+  TrainConfig c = small_run(root + "/model", data, dir + "/out");
+  c.lora.dropout = 0;
+  TrainResult r = run_training(c, *be);
+  json log_first = json::parse(read_text_file(dir + "/out/train_log.jsonl").substr(0, read_text_file(dir + "/out/train_log.jsonl").find('\n')));
+  EXPECT_TRUE(log_first.contains("loss") && log_first.contains("tokens_per_second"));
+  // base + adapter (as peft applies it) == merged folder
+  auto with_adapter = load_sentence_model(root + "/model", *be);
+  load_adapter(*be, *with_adapter, r.adapter_dir);
+  auto merged = load_sentence_model(r.merged_dir, *be);
+  auto base = load_sentence_model(root + "/model", *be);
+  json inputs = read_json_file(root + "/inputs.json");
+  PackedBatch b;
+  for (const auto& ids : inputs["positive"]) b.add(ids.get<std::vector<int32_t>>());
+  Tensor e1 = embed_forward(*be, *with_adapter, b, nullptr, nullptr);
+  Tensor e2 = embed_forward(*be, *merged, b, nullptr, nullptr);
+  Tensor e0 = embed_forward(*be, *base, b, nullptr, nullptr);
+  EXPECT_LT(rel_error(e2, e1), 1e-5);
+  EXPECT_GT(rel_error(e1, e0), 1e-4);  // the adapter is not a no-op
+  // The adapter folder is PEFT's: prefixed keys, LoRA config fields.
+  json cfg = read_json_file(r.adapter_dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  EXPECT_EQ(cfg["r"], 4);
+  TensorFile ad = read_safetensors(r.adapter_dir + "/adapter_model.safetensors");
+  EXPECT_TRUE(ad.has("base_model.model.encoder.layer.0.attention.self.query.lora_A.weight"));
+  // Merged folder keeps the modules and configs.
+  EXPECT_EQ(merged->pooling.modes, base->pooling.modes);
+  EXPECT_TRUE(merged->normalize);
+  EXPECT_EQ(merged->max_seq_length, base->max_seq_length);
+}
+
+TEST(Checkpoint, PartialFoldersAreIgnoredAndPruned) {
+  std::string out = temp_dir("ckpt");
+  auto be = make_cpu_backend();
+  Param p{"w", cpu_from({1, 2, 3}, {3}), Tensor{}, true};
+  std::vector<Param*> ps{&p};
+  OptimizerState opt{{cpu_zeros({3})}, {cpu_zeros({3})}};
+  TrainerState st;
+  st.settings = {{"seed", 1}};
+  for (int step : {2, 4, 6}) {
+    st.step = step;
+    save_checkpoint(*be, out + "/checkpoints/checkpoint-" + std::to_string(step), ps, opt, st);
+  }
+  fs::create_directories(out + "/checkpoints/checkpoint-8.partial");
+  EXPECT_EQ(latest_checkpoint(out), out + "/checkpoints/checkpoint-6");
+  prune_checkpoints(out, 2);
+  EXPECT_FALSE(dir_exists(out + "/checkpoints/checkpoint-2"));
+  EXPECT_TRUE(dir_exists(out + "/checkpoints/checkpoint-4"));
+  p.value.f32()[0] = 9;
+  TrainerState st2;
+  st2.settings = st.settings;
+  load_checkpoint(*be, out + "/checkpoints/checkpoint-6", ps, opt, st2);
+  EXPECT_EQ(st2.step, 6);
+  EXPECT_EQ(p.value.f32()[0], 1.0f);
+}
+
+}  // namespace
+}  // namespace et::test
