@@ -101,5 +101,44 @@ TEST(Cli, BadInputsExitNonZeroWithContext) {
   EXPECT_NE(out.find("--prompt-name"), std::string::npos);
 }
 
+TEST(Cli, TrainFromTomlWithFlagOverrides) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  if (!file_exists(bin())) GTEST_SKIP() << "skipped: no binary at " << bin();
+  std::string dir = temp_dir("cli_train");
+  std::string rows;
+  char q[64], c[64];  // (snprintf: string concatenation trips GCC 12's -Wrestrict bug 105329)
+  for (int i = 0; i < 12; ++i) {
+    std::snprintf(q, sizeof(q), "w%d w%d", i, i + 40);
+    std::snprintf(c, sizeof(c), "w%d w9 w%d", i + 80, i + 3);
+    rows += json{{"question", q}, {"context", c}}.dump() + "\n";
+  }
+  write_text_atomic(dir + "/pairs.jsonl", rows);
+  write_text_atomic(dir + "/run.toml",
+                    "model = \"" + root + "/model\"\ntrain_file = \"" + dir +
+                        "/pairs.jsonl\"\noutput_dir = \"" + dir +
+                        "/out\"\ncolumns = [\"question\", \"context\"]\n"
+                        "learning_rate = 1e-3\nper_device_train_batch_size = 4\nmax_steps = 50\n"
+                        "[lora]\nr = 2\nalpha = 4\n");
+  std::string out;
+  int rc = run(bin() + " train " + dir + "/run.toml --max_steps 3 --logging_steps 1", &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("step 3/3"), std::string::npos) << out;  // the flag overrode the file
+  json cfg = read_json_file(dir + "/out/adapter/adapter_config.json");
+  EXPECT_EQ(cfg["r"], 2);
+  EXPECT_TRUE(file_exists(dir + "/out/merged/model.safetensors"));
+  EXPECT_NE(read_text_file(dir + "/out/train.log").find("step 3/3"), std::string::npos);
+  out.clear();
+  write_text_atomic(dir + "/bad.toml", "learning_rate = = 3\n");
+  EXPECT_NE(run(bin() + " train " + dir + "/bad.toml", &out), 0);
+  EXPECT_NE(out.find("bad.toml: invalid TOML"), std::string::npos) << out;
+  out.clear();
+  EXPECT_NE(run(bin() + " train --model " + root + "/model --train " + dir +
+                    "/pairs.jsonl --output " + dir + "/o2",
+                &out),
+            0);
+  EXPECT_NE(out.find("--columns"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace et::test

@@ -14,13 +14,14 @@
 #include "io/text_input.h"
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
+#include "train/lora.h"
 
 namespace et::cli {
 
 namespace {
 
 struct EncodeOptions {
-  std::string model, input, output, prompt_name, prompt, text_field = "text";
+  std::string model, adapter, input, output, prompt_name, prompt, text_field = "text";
   bool has_prompt = false;
   int batch_size = 32;
   bool normalize = false;
@@ -57,6 +58,7 @@ int run_encode(const EncodeOptions& o) {
   ET_CHECK(o.batch_size > 0, "--batch-size must be positive");
   auto be = make_cpu_backend();
   auto m = load_sentence_model(o.model, *be);
+  if (!o.adapter.empty()) load_adapter(*be, *m, o.adapter);
   std::string prompt;
   if (o.has_prompt) {
     prompt = o.prompt;
@@ -117,6 +119,7 @@ Run add_encode(CLI::App& app) {
   auto o = std::make_shared<EncodeOptions>();
   app.add_option("--model", o->model, "Model folder (sentence-transformers or transformers)")
       ->required();
+  app.add_option("--adapter", o->adapter, "PEFT LoRA adapter folder applied to the model");
   app.add_option("--input", o->input,
                  "Input: .txt (one text per line), .jsonl (a text field per row, or "
                  "\"input_ids\" arrays of pre-tokenized ids)")

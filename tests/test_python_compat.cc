@@ -1,0 +1,69 @@
+// Runs only where Python with sentence-transformers and peft is installed (the GPU machine):
+// the adapter and merged folder that `embedtune train` writes must load there and give
+// embedtune's embeddings.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "fixtures.h"
+
+namespace et::test {
+namespace {
+
+int sh(const std::string& cmd, std::string* out) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(PythonCompat, AdapterAndMergedLoadInSentenceTransformers) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string probe;
+  if (sh("python3 -c 'import sentence_transformers, peft'", &probe) != 0)
+    GTEST_SKIP() << "skipped: no Python with sentence-transformers and peft";
+  const char* b = std::getenv("EMBEDTUNE_BIN");
+  std::string bin = b ? b : std::string(EMBEDTUNE_SOURCE_DIR) + "/build/embedtune";
+  std::string dir = temp_dir("pycompat");
+  std::string rows, texts;
+  char q[64], c[64];
+  for (int i = 0; i < 16; ++i) {
+    std::snprintf(q, sizeof(q), "w%d w%d w%d", i, i + 40, i * 3);
+    std::snprintf(c, sizeof(c), "w%d w9 w%d w%d", i + 80, i + 3, i * 5);
+    rows += json{{"anchor", q}, {"positive", c}}.dump() + "\n";
+    texts += std::string(q) + "\n" + c + "\n";
+  }
+  write_text_atomic(dir + "/pairs.jsonl", rows);
+  write_text_atomic(dir + "/texts.txt", texts);
+  std::string out;
+  ASSERT_EQ(sh(bin + " train --model " + root + "/model --train " + dir + "/pairs.jsonl --output " +
+                   dir + "/out --max_steps 4 --learning_rate 5e-3 --per_device_train_batch_size 4 " +
+                   "--lora_target_modules query,key,value,dense --quiet",
+               &out),
+            0)
+      << out;
+  ASSERT_EQ(sh(bin + " encode --model " + root + "/model --adapter " + dir + "/out/adapter --input " +
+                   dir + "/texts.txt --output " + dir + "/emb_adapter.npy",
+               &out),
+            0)
+      << out;
+  ASSERT_EQ(sh(bin + " encode --model " + dir + "/out/merged --input " + dir + "/texts.txt --output " +
+                   dir + "/emb_merged.npy",
+               &out),
+            0)
+      << out;
+  out.clear();
+  int rc = sh("python3 " + std::string(EMBEDTUNE_SOURCE_DIR) + "/tests/python/check_st_compat.py " +
+                  root + "/model " + dir + "/out/adapter " + dir + "/out/merged " + dir +
+                  "/texts.txt " + dir + "/emb_adapter.npy " + dir + "/emb_merged.npy",
+              &out);
+  std::printf("%s", out.c_str());
+  EXPECT_EQ(rc, 0) << out;
+}
+
+}  // namespace
+}  // namespace et::test
