@@ -57,7 +57,9 @@ TEST(PythonCompat, AdapterAndMergedLoadInSentenceTransformers) {
             0)
       << out;
   out.clear();
-  int rc = sh("python3 " + std::string(EMBEDTUNE_SOURCE_DIR) + "/tests/python/check_st_compat.py " +
+  std::string script = "tests/python/check_st_compat.py";  // relative to the repository root
+  if (!file_exists(script)) script = std::string(EMBEDTUNE_SOURCE_DIR) + "/" + script;
+  int rc = sh("python3 " + script + " " +
                   root + "/model " + dir + "/out/adapter " + dir + "/out/merged " + dir +
                   "/texts.txt " + dir + "/emb_adapter.npy " + dir + "/emb_merged.npy",
               &out);

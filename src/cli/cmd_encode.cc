@@ -14,6 +14,7 @@
 #include "io/text_input.h"
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cuda/cuda_backend.h"
 #include "train/lora.h"
 
 namespace et::cli {
@@ -24,6 +25,7 @@ struct EncodeOptions {
   std::string model, adapter, input, output, prompt_name, prompt, text_field = "text";
   bool has_prompt = false;
   int batch_size = 32;
+  std::string device = "cpu";
   bool normalize = false;
 };
 
@@ -56,7 +58,7 @@ void write_embeddings(const std::string& path, const Tensor& emb) {
 
 int run_encode(const EncodeOptions& o) {
   ET_CHECK(o.batch_size > 0, "--batch-size must be positive");
-  auto be = make_cpu_backend();
+  auto be = make_backend(o.device);
   auto m = load_sentence_model(o.model, *be);
   if (!o.adapter.empty()) load_adapter(*be, *m, o.adapter);
   std::string prompt;
@@ -98,7 +100,7 @@ int run_encode(const EncodeOptions& o) {
     Tensor emb = be->download(embed_forward(*be, *m, batch, nullptr, nullptr));
     if (o.normalize && !m->normalize) {
       Tensor y = cpu_empty(emb.shape), norms = cpu_empty({emb.dim(0)});
-      be->l2norm_forward(emb, y, norms);
+      make_cpu_backend()->l2norm_forward(emb, y, norms);
       emb = y;
     }
     std::memcpy(all.f32() + b * dim, emb.f32(), emb.nbytes());
@@ -134,6 +136,7 @@ Run add_encode(CLI::App& app) {
       ->each([o](const std::string&) { o->has_prompt = true; });
   app.add_option("--batch-size", o->batch_size, "Texts per forward pass")->capture_default_str();
   app.add_flag("--normalize", o->normalize, "L2-normalise embeddings (if the model does not)");
+  app.add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   return [o]() { return run_encode(*o); };
 }
 

@@ -7,7 +7,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "ops/cpu/cpu_backend.h"
+#include "ops/cuda/cuda_backend.h"
 #include "train/trainer.h"
 
 namespace et::cli {
@@ -133,7 +133,7 @@ Run add_train(CLI::App& app) {
   app.add_option("--max_seq_length", c->max_seq_length, "Truncate texts to N tokens (default: the model's)");
   app.add_option("--scale", c->loss.scale, "MultipleNegativesRankingLoss scale")->capture_default_str();
   app.add_flag("--resume", c->resume, "Continue from the newest checkpoint in the output folder");
-  app.add_option("--device", x->device, "cpu")->check(CLI::IsMember({"cpu"}))->capture_default_str();
+  app.add_option("--device", x->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   app.add_flag("--quiet", c->quiet, "Only write the logs to the output folder");
   return [c, x]() {
     c->mode = x->mode == "full" ? TrainMode::Full : TrainMode::Lora;
@@ -142,7 +142,7 @@ Run add_train(CLI::App& app) {
     c->lora.target_modules = x->targets;
     ET_CHECK(c->logging_steps > 0, "--logging_steps must be positive");
     ET_CHECK(c->per_device_train_batch_size > 0, "--per_device_train_batch_size must be positive");
-    auto be = make_cpu_backend();
+    auto be = make_backend(x->device);
     run_training(*c, *be);
     return 0;
   };

@@ -114,6 +114,20 @@ std::vector<std::pair<std::string, Tensor>> random_bert_weights(const json& c, u
   return w;
 }
 
+std::unique_ptr<SentenceModel> random_model_in_memory(const std::string& preset, const Backend& be,
+                                                      uint64_t seed) {
+  auto m = std::make_unique<SentenceModel>();
+  m->hf_config = preset_config(preset);
+  m->cfg = parse_model_config(m->hf_config, preset);
+  for (auto& [name, t] : random_bert_weights(m->hf_config, seed)) m->params.add(name, be.upload(t));
+  m->encoder = bind_bert_encoder(m->cfg, m->params, preset);
+  m->pooling.modes = {PoolMode::Mean};
+  m->normalize = true;
+  m->max_seq_length = m->cfg.max_positions;
+  m->dir = "<" + preset + ">";
+  return m;
+}
+
 void create_random_model(const std::string& preset, const std::string& vocab_txt,
                          const std::string& out_dir, uint64_t seed) {
   std::string vocab = read_text_file(vocab_txt);

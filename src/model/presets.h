@@ -2,6 +2,7 @@
 // `embedtune init` and `embedtune bench`, where weight values do not matter but shapes do.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,13 @@ std::vector<std::string> preset_names();
 // Weights of a BERT model initialised as transformers does (normal(0, 0.02) matrices and
 // embeddings, zero biases, unit LayerNorm weights, zero padding row).
 std::vector<std::pair<std::string, Tensor>> random_bert_weights(const json& config, uint64_t seed);
+
+struct SentenceModel;
+struct Backend;
+// A randomly initialised model of a preset held in memory only (mean pooling + Normalize, no
+// tokenizer): for benchmarks, which feed token ids directly.
+std::unique_ptr<SentenceModel> random_model_in_memory(const std::string& preset, const Backend& be,
+                                                      uint64_t seed);
 
 // Writes a complete sentence-transformers folder (mean pooling + Normalize) with random
 // weights and the WordPiece vocabulary `vocab_txt`.

@@ -113,6 +113,10 @@ struct Backend {
   virtual void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const = 0;
   virtual void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,
                                Tensor& dx) const = 0;
+
+  // Peak bytes of device memory in use (0 where not tracked), and waiting for queued work.
+  virtual size_t peak_bytes() const { return 0; }
+  virtual void synchronize() const {}
 };
 
 // Bucket of a relative position (key - query) for MPNet's bias, as transformers'

@@ -1,0 +1,73 @@
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "ops/cuda/cuda_backend.h"
+#include "train/benchmark.h"
+
+namespace et::cli {
+
+Run add_bench(CLI::App& app) {
+  struct Opts {
+    std::vector<std::string> only;
+    std::string scenario, mode = "lora", device = "cuda", out;
+    int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
+  };
+  auto o = std::make_shared<Opts>();
+  app.add_option("--only", o->only, "Presets to run (minilm-l6, bge-base, ...)")->delimiter(',');
+  app.add_option("--scenario", o->scenario, "fixed or real (default: both)");
+  app.add_option("--seq-len", o->seq_len, "Override the sequence length of every configuration");
+  app.add_option("--pairs", o->pairs, "Override the pairs per batch of every configuration");
+  app.add_option("--mode", o->mode, "lora or full")->check(CLI::IsMember({"lora", "full"}))->capture_default_str();
+  app.add_option("--steps", o->steps, "Timed steps (median reported)")->capture_default_str();
+  app.add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
+  app.add_option("--device", o->device, "cuda or cpu")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  app.add_option("--out", o->out, "Also write the JSON lines to this file");
+  return [o]() {
+    auto be = make_backend(o->device);
+    std::vector<json> results;
+    for (BenchConfig c : default_bench_configs()) {
+      if (!o->only.empty() && std::find(o->only.begin(), o->only.end(), c.preset) == o->only.end()) continue;
+      if (!o->scenario.empty() && c.scenario != o->scenario) continue;
+      if (o->seq_len > 0) c.seq_len = o->seq_len;
+      if (o->pairs > 0) c.pairs = o->pairs;
+      c.mode = o->mode == "full" ? TrainMode::Full : TrainMode::Lora;
+      c.steps = o->steps;
+      c.warmup = o->warmup;
+      json r;
+      try {
+        r = run_bench(c, *be);
+      } catch (const Error& e) {
+        r = {{"arch", c.preset}, {"scenario", c.scenario}, {"seq_len", c.seq_len}, {"pairs", c.pairs},
+             {"error", e.what()}};
+      }
+      std::printf("%s\n", r.dump().c_str());
+      std::fflush(stdout);
+      results.push_back(r);
+    }
+    std::printf("%-12s %-6s %5s %5s %9s %9s %10s %7s %8s\n", "arch", "scen", "L", "B", "step_ms",
+                "pairs/s", "tok/s", "GiB", "TFLOP/s");
+    std::string lines;
+    for (const json& r : results) {
+      lines += r.dump() + "\n";
+      if (r.contains("error")) {
+        std::printf("%-12s %-6s %5d %5d ERROR %s\n", r["arch"].get<std::string>().c_str(),
+                    r["scenario"].get<std::string>().c_str(), r["seq_len"].get<int>(),
+                    r["pairs"].get<int>(), r["error"].get<std::string>().substr(0, 60).c_str());
+        continue;
+      }
+      std::printf("%-12s %-6s %5d %5d %9.1f %9.1f %10.0f %7.2f %8.1f\n",
+                  r["arch"].get<std::string>().c_str(), r["scenario"].get<std::string>().c_str(),
+                  r["seq_len"].get<int>(), r["pairs"].get<int>(), r["step_s"].get<double>() * 1000,
+                  r["pairs_per_s"].get<double>(), r["real_tokens_per_s"].get<double>(),
+                  r["peak_mem_gib"].get<double>(), r["model_tflops"].get<double>());
+    }
+    if (!o->out.empty()) write_text_atomic(o->out, lines);
+    return 0;
+  };
+}
+
+}  // namespace et::cli

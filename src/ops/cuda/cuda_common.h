@@ -1,0 +1,45 @@
+// Error checking and small device helpers shared by the CUDA kernels.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+
+#define ET_CUDA(call)                                                                   \
+  do {                                                                                  \
+    cudaError_t err_ = (call);                                                          \
+    if (err_ != cudaSuccess)                                                            \
+      ::et::fail("CUDA error '", cudaGetErrorString(err_), "' in ", #call, " at ", __FILE__, \
+                 ":", __LINE__);                                                        \
+  } while (0)
+
+#define ET_CUBLAS(call)                                                                   \
+  do {                                                                                    \
+    cublasStatus_t st_ = (call);                                                          \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      ::et::fail("cuBLAS error ", static_cast<int>(st_), " (", cublasGetStatusString(st_), \
+                 ") in ", #call, " at ", __FILE__, ":", __LINE__);                        \
+  } while (0)
+
+// After every launch: a launch error (bad configuration) is reported where it happened.
+#define ET_LAUNCH_CHECK() ET_CUDA(cudaGetLastError())
+
+namespace et::cuda {
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline unsigned blocks_for(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535LL * 32 ? 65535LL * 32 : b));
+}
+
+}  // namespace et::cuda

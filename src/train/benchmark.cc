@@ -1,0 +1,136 @@
+#include "train/benchmark.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "model/presets.h"
+#include "model/sentence_model.h"
+#include "train/lora.h"
+
+namespace et {
+
+std::vector<BenchConfig> default_bench_configs() {
+  return {{"minilm-l6", "fixed", 128, 256}, {"minilm-l6", "real", 256, 256},
+          {"bge-base", "fixed", 128, 128},  {"bge-base", "fixed", 512, 64},
+          {"bge-base", "real", 512, 128}};
+}
+
+namespace {
+
+std::vector<int32_t> lengths(const BenchConfig& c, bool anchor, Rng& rng) {
+  std::vector<int32_t> out;
+  for (int i = 0; i < c.pairs; ++i) {
+    if (c.scenario == "fixed") {
+      out.push_back(c.seq_len);
+    } else if (anchor) {
+      out.push_back(8 + static_cast<int32_t>(rng.below(25)));
+    } else {
+      double u1 = std::max(rng.uniform(), 1e-300), u2 = rng.uniform();
+      double z = std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2);
+      double x = std::exp(z * 0.6 + std::log(180.0));
+      out.push_back(static_cast<int32_t>(std::clamp(x, 16.0, static_cast<double>(c.seq_len))));
+    }
+  }
+  return out;
+}
+
+PackedBatch random_column(const std::vector<int32_t>& lens, int vocab, Rng& rng) {
+  PackedBatch b;
+  for (int32_t l : lens) {
+    std::vector<int32_t> ids(static_cast<size_t>(l));
+    for (auto& x : ids) x = 5 + static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab - 5)));
+    b.add(ids);
+  }
+  return b;
+}
+
+// Matrix FLOPs of one step: 2 per multiply-add of every linear layer (forward), the same
+// again for the input gradient, and again for weight gradients when the weights train;
+// attention: 4 L^2 h per layer forward (QK^T and PV), twice that backward.
+double step_flops(const SentenceModel& m, const std::vector<PackedBatch>& cols, TrainMode mode) {
+  const double h = m.cfg.hidden, f = m.cfg.intermediate, layers = m.cfg.layers;
+  double tokens = 0, sq = 0;
+  for (const auto& c : cols) {
+    tokens += static_cast<double>(c.tokens());
+    for (int i = 0; i < c.size(); ++i) {
+      double l = c.cu_seqlens[i + 1] - c.cu_seqlens[i];
+      sq += l * l;
+    }
+  }
+  const double linear = layers * (4 * h * h + 2 * h * f);
+  const double passes = mode == TrainMode::Full ? 6 : 4;
+  return passes * linear * tokens + 12 * sq * h * layers;
+}
+
+}  // namespace
+
+json run_bench(const BenchConfig& c, const Backend& be) {
+  ET_CHECK(c.scenario == "fixed" || c.scenario == "real", "bench scenario must be fixed or real");
+  auto m = random_model_in_memory(c.preset, be, 0);
+  ET_CHECK(c.seq_len <= m->cfg.max_positions, "seq_len ", c.seq_len, " exceeds the model's ",
+           m->cfg.max_positions, " positions");
+  if (c.mode == TrainMode::Lora) {
+    LoraConfig l;
+    l.r = 16;
+    l.alpha = 32;
+    l.target_modules = {"query", "key", "value", "dense"};  // as baseline_st.py
+    apply_lora(be, *m, l, c.seed);
+  }
+  auto params = set_trainable(be, *m, c.mode);
+  std::vector<Tensor> mom, vel;
+  int64_t trainable = 0;
+  for (Param* p : params) {
+    mom.push_back(be.zeros(p->value.shape, DType::F32));
+    vel.push_back(be.zeros(p->value.shape, DType::F32));
+    trainable += p->value.numel();
+  }
+  Rng rng(c.seed);
+  std::vector<std::vector<PackedBatch>> batches;
+  double real_tokens = 0, flops = 0;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<PackedBatch> cols{random_column(lengths(c, true, rng), m->cfg.vocab, rng),
+                                  random_column(lengths(c, false, rng), m->cfg.vocab, rng)};
+    real_tokens += static_cast<double>(cols[0].tokens() + cols[1].tokens()) / 4;
+    flops += step_flops(*m, cols, c.mode) / 4;
+    batches.push_back(std::move(cols));
+  }
+  double loss = 0;
+  auto step = [&](int i) {
+    loss = train_step_grads(be, *m, batches[i % batches.size()], LossSpec{}, 1.0, nullptr);
+    for (size_t j = 0; j < params.size(); ++j) {
+      be.adamw_step(params[j]->value, params[j]->grad, mom[j], vel[j], 2e-4f, 0.9f, 0.999f, 1e-8f,
+                    0.01f, i + 1);
+      be.fill(params[j]->grad, 0.0f);
+    }
+  };
+  for (int i = 0; i < c.warmup; ++i) step(i);
+  be.synchronize();
+  std::vector<double> times;
+  for (int i = 0; i < c.steps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    step(c.warmup + i);
+    be.synchronize();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2];
+  return {{"arch", c.preset},
+          {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
+          {"scenario", c.scenario},
+          {"seq_len", c.seq_len},
+          {"pairs", c.pairs},
+          {"device", be.name()},
+          {"step_s", med},
+          {"pairs_per_s", c.pairs / med},
+          {"real_tokens_per_s", real_tokens / med},
+          {"peak_mem_gib", static_cast<double>(be.peak_bytes()) / (1 << 30)},
+          {"model_tflops", flops / med / 1e12},
+          {"trainable", trainable},
+          {"total", m->num_parameters()},
+          {"loss", loss}};
+}
+
+}  // namespace et

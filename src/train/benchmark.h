@@ -1,0 +1,31 @@
+// Training-step benchmark on random-init models of real architectures, with the
+// configurations of ../shared/tools/baseline_st.py (sentence-transformers + PEFT): pairs of
+// (anchor, positive) token sequences, MultipleNegativesRankingLoss, AdamW.
+//   fixed: every sequence has exactly seq_len tokens;
+//   real:  anchors 8..32 tokens, positives log-normal around 180 tokens, in [16, seq_len].
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "io/files.h"
+#include "ops/backend.h"
+#include "train/step.h"
+
+namespace et {
+
+struct BenchConfig {
+  std::string preset, scenario;
+  int seq_len = 128, pairs = 64;
+  TrainMode mode = TrainMode::Lora;
+  int steps = 20, warmup = 5;
+  uint64_t seed = 1;
+};
+
+// The default table (baseline_st.py's CONFIGS for the architectures embedtune implements).
+std::vector<BenchConfig> default_bench_configs();
+// Runs one configuration and returns its JSON record: step_s (median), real_tokens_per_s,
+// pairs_per_s, peak_mem_gib, model_tflops (matrix FLOPs of the step per second), loss.
+json run_bench(const BenchConfig& c, const Backend& be);
+
+}  // namespace et

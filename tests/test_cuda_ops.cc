@@ -1,0 +1,287 @@
+// The CUDA backend against the CPU reference: every op on random inputs (never all zeros) with
+// a per-op tolerance, then whole models on the fixtures. Skips visibly without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "fixtures.h"
+#include "io/safetensors.h"
+#include "model/sentence_model.h"
+#include "ops/cpu/cpu_backend.h"
+#include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/device_info.h"
+#include "train/lora.h"
+#include "train/step.h"
+
+namespace et::test {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "skipped: no GPU"
+
+struct Both {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_cuda_backend(0);
+  std::mt19937 rng{1234};
+
+  Tensor rand(const Shape& s, float lo = -1, float hi = 1) {
+    Tensor t = cpu_empty(s);
+    std::uniform_real_distribution<float> u(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
+    return t;
+  }
+  Tensor up(const Tensor& h) { return gpu->upload(h); }
+  Tensor down(const Tensor& d) { return gpu->download(d); }
+  // Poisoned device output of a shape: every element must be written by the op.
+  Tensor poisoned(const Shape& s) {
+    Tensor t = gpu->empty(s, DType::F32);
+    gpu->fill(t, NAN);
+    return t;
+  }
+};
+
+void expect_close(const Tensor& cuda_host, const Tensor& ref, double tol, const std::string& what) {
+  double e = rel_error(cuda_host, ref);
+  EXPECT_LT(e, tol) << what;
+  EXPECT_TRUE(std::isfinite(e)) << what << ": output has unwritten or non-finite elements";
+}
+
+TEST(CudaOps, MatmulAllTransposes) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const int64_t m = 77, k = 130, n = 45;
+      Tensor a = b.rand(ta ? Shape{k, m} : Shape{m, k}), bb = b.rand(tb ? Shape{n, k} : Shape{k, n});
+      Tensor c0 = b.rand({m, n});
+      Tensor ref = cpu_clone(c0);
+      b.cpu->matmul(a, ta, bb, tb, ref, 0.7f, 0.5f);
+      Tensor c = b.up(c0);
+      b.gpu->matmul(b.up(a), ta, b.up(bb), tb, c, 0.7f, 0.5f);
+      expect_close(b.down(c), ref, 3e-3, "matmul");  // TF32 products
+    }
+}
+
+TEST(CudaOps, ElementwiseBiasActivations) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  Tensor x = b.rand({300, 96}, -3, 3), y = b.rand({300, 96}), bias = b.rand({96});
+  Tensor r = cpu_empty(x.shape), d = b.poisoned(x.shape);
+  b.cpu->add(x, y, r);
+  b.gpu->add(b.up(x), b.up(y), d);
+  expect_close(b.down(d), r, 1e-7, "add");
+  b.cpu->mul(x, y, r);
+  b.gpu->mul(b.up(x), b.up(y), d);
+  expect_close(b.down(d), r, 1e-7, "mul");
+  Tensor xr = cpu_clone(x), xd = b.up(x);
+  b.cpu->add_bias(xr, bias);
+  b.gpu->add_bias(xd, b.up(bias));
+  expect_close(b.down(xd), xr, 1e-7, "add_bias");
+  Tensor dbr = b.rand({96}), dbd = b.up(dbr);
+  b.cpu->bias_backward(y, dbr);
+  b.gpu->bias_backward(b.up(y), dbd);
+  expect_close(b.down(dbd), dbr, 1e-5, "bias_backward");
+  for (Act act : {Act::Identity, Act::Tanh, Act::ReLU, Act::Sigmoid, Act::GeluErf, Act::GeluTanh, Act::SiLU}) {
+    b.cpu->act_forward(act, x, r);
+    b.gpu->act_forward(act, b.up(x), d);
+    expect_close(b.down(d), r, 1e-5, "act_forward " + std::to_string(static_cast<int>(act)));
+    b.cpu->act_backward(act, x, y, r);
+    b.gpu->act_backward(act, b.up(x), b.up(y), d);
+    expect_close(b.down(d), r, 1e-5, "act_backward " + std::to_string(static_cast<int>(act)));
+  }
+}
+
+TEST(CudaOps, LayerNormAndL2Norm) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  for (int64_t n : {64, 384, 1000}) {
+    Tensor x = b.rand({257, n}, -2, 3), w = b.rand({n}, 0.5, 1.5), bias = b.rand({n}), dy = b.rand({257, n});
+    Tensor y = cpu_empty(x.shape), mu = cpu_empty({257}), rs = cpu_empty({257});
+    b.cpu->layernorm_forward(x, w, &bias, 1e-12f, y, mu, rs);
+    Tensor yd = b.poisoned(x.shape), mud = b.poisoned({257}), rsd = b.poisoned({257});
+    Tensor bd = b.up(bias);
+    b.gpu->layernorm_forward(b.up(x), b.up(w), &bd, 1e-12f, yd, mud, rsd);
+    expect_close(b.down(yd), y, 1e-5, "layernorm_forward");
+    Tensor dx = cpu_empty(x.shape), dw = b.rand({n}), db = b.rand({n});
+    Tensor dxd = b.poisoned(x.shape), dwd = b.up(dw), dbd = b.up(db);
+    b.cpu->layernorm_backward(dy, x, w, mu, rs, dx, &dw, &db);
+    b.gpu->layernorm_backward(b.up(dy), b.up(x), b.up(w), mud, rsd, dxd, &dwd, &dbd);
+    expect_close(b.down(dxd), dx, 1e-5, "layernorm_backward dx");
+    expect_close(b.down(dwd), dw, 1e-5, "layernorm_backward dw");
+    expect_close(b.down(dbd), db, 1e-5, "layernorm_backward db");
+    Tensor nr = cpu_empty({257}), nd = b.poisoned({257});
+    b.cpu->l2norm_forward(x, y, nr);
+    b.gpu->l2norm_forward(b.up(x), yd, nd);
+    expect_close(b.down(yd), y, 1e-6, "l2norm_forward");
+    b.cpu->l2norm_backward(dy, y, nr, dx);
+    b.gpu->l2norm_backward(b.up(dy), yd, nd, dxd);
+    expect_close(b.down(dxd), dx, 1e-5, "l2norm_backward");
+  }
+}
+
+TEST(CudaOps, EmbeddingPoolingOptimizer) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  std::vector<int32_t> ids;
+  std::uniform_int_distribution<int> u(0, 49);
+  for (int i = 0; i < 333; ++i) ids.push_back(u(b.rng));
+  Tensor hid = cpu_from_i32(ids, {333}), table = b.rand({50, 40}), y0 = b.rand({333, 40});
+  Tensor yr = cpu_clone(y0), yd = b.up(y0);
+  b.cpu->embedding_forward(hid, table, yr, true);
+  b.gpu->embedding_forward(b.up(hid), b.up(table), yd, true);
+  expect_close(b.down(yd), yr, 1e-7, "embedding_forward");
+  Tensor dt = b.rand({50, 40}), dtd = b.up(dt);
+  b.cpu->embedding_backward(hid, y0, dt);
+  b.gpu->embedding_backward(b.up(hid), b.up(y0), dtd);
+  expect_close(b.down(dtd), dt, 1e-5, "embedding_backward");
+  std::vector<int32_t> cu{0, 5, 5, 37, 38, 120};
+  std::vector<int32_t> skip{2, 0, 3, 1, 10};
+  Tensor x = b.rand({120, 24}), dout = b.rand({5, 24});
+  for (PoolMode m : {PoolMode::Cls, PoolMode::Mean, PoolMode::Max, PoolMode::MeanSqrtLen,
+                     PoolMode::WeightedMean, PoolMode::LastToken}) {
+    for (const auto& sk : {std::vector<int32_t>{}, skip}) {
+      Tensor o = cpu_empty({5, 24}), am = cpu_empty({5, 24}, DType::I32);
+      Tensor od = b.poisoned({5, 24}), amd = b.gpu->empty({5, 24}, DType::I32);
+      b.cpu->pool_forward(m, x, cu, sk, o, &am);
+      b.gpu->pool_forward(m, b.up(x), cu, sk, od, &amd);
+      std::string what = std::string("pool ") + pool_mode_name(m) + (sk.empty() ? "" : " skip");
+      expect_close(b.down(od), o, 1e-6, what);
+      Tensor dx = cpu_empty({120, 24}), dxd = b.poisoned({120, 24});
+      b.cpu->pool_backward(m, dout, cu, sk, &am, dx);
+      b.gpu->pool_backward(m, b.up(dout), cu, sk, &amd, dxd);
+      expect_close(b.down(dxd), dx, 1e-6, what + " backward");
+    }
+  }
+  Tensor p = b.rand({1000}), g = b.rand({1000}), m0 = b.rand({1000}, -0.1, 0.1), v0 = b.rand({1000}, 0, 0.1);
+  Tensor pr = cpu_clone(p), mr = cpu_clone(m0), vr = cpu_clone(v0);
+  Tensor pd = b.up(p), md = b.up(m0), vd = b.up(v0);
+  for (int step = 1; step <= 3; ++step) {
+    b.cpu->adamw_step(pr, g, mr, vr, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+    b.gpu->adamw_step(pd, b.up(g), md, vd, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+  }
+  expect_close(b.down(pd), pr, 1e-6, "adamw");
+  EXPECT_NEAR(b.gpu->sum_squares(b.up(g)), b.cpu->sum_squares(g), 1e-6 * b.cpu->sum_squares(g));
+}
+
+struct AttnCase {
+  std::vector<int32_t> lens;
+  int hq, hk, d;
+  bool causal;
+  int window;
+  bool bias;
+};
+
+TEST(CudaOps, AttentionForwardBackward) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const AttnCase cases[] = {
+      {{5, 64, 1, 130, 33}, 4, 4, 16, false, -1, false},
+      {{200, 17}, 2, 2, 64, false, -1, true},  // MPNet-style relative bias
+      {{100, 65}, 4, 2, 32, true, -1, false},  // causal, grouped-query
+      {{150, 40}, 4, 1, 128, false, 16, false},  // sliding window, one kv head
+      {{70}, 2, 1, 256, true, 8, false},
+  };
+  for (const AttnCase& c : cases) {
+    AttentionArgs a;
+    a.cu_seqlens = {0};
+    for (int l : c.lens) a.cu_seqlens.push_back(a.cu_seqlens.back() + l);
+    const int64_t T = a.cu_seqlens.back();
+    a.n_heads = c.hq;
+    a.n_kv_heads = c.hk;
+    a.head_dim = c.d;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    a.causal = c.causal;
+    a.window = c.window;
+    Tensor table = b.rand({32, c.hq});
+    if (c.bias) {
+      a.rel_bias = &table;
+      a.rel_buckets = 32;
+    }
+    Tensor q = b.rand({T, c.hq * c.d}, -2, 2), k = b.rand({T, c.hk * c.d}, -2, 2),
+           v = b.rand({T, c.hk * c.d}), dout = b.rand({T, c.hq * c.d});
+    Tensor out = cpu_empty(q.shape), lse = cpu_empty({T, c.hq});
+    b.cpu->attention_forward(a, q, k, v, out, lse);
+    AttentionArgs ag = a;
+    Tensor table_d = b.up(table);
+    if (c.bias) ag.rel_bias = &table_d;
+    Tensor outd = b.poisoned(q.shape), lsed = b.poisoned({T, c.hq});
+    Tensor qd = b.up(q), kd = b.up(k), vd = b.up(v);
+    b.gpu->attention_forward(ag, qd, kd, vd, outd, lsed);
+    std::string what = "attention d=" + std::to_string(c.d);
+    expect_close(b.down(outd), out, 1e-5, what + " out");
+    expect_close(b.down(lsed), lse, 1e-5, what + " lse");
+    Tensor dq = cpu_empty(q.shape), dk = cpu_empty(k.shape), dv = cpu_empty(v.shape);
+    Tensor dbias = b.rand({32, c.hq}), dbias_d = b.up(dbias);
+    b.cpu->attention_backward(a, q, k, v, out, lse, dout, dq, dk, dv, c.bias ? &dbias : nullptr);
+    Tensor dqd = b.poisoned(q.shape), dkd = b.poisoned(k.shape), dvd = b.poisoned(v.shape);
+    b.gpu->attention_backward(ag, qd, kd, vd, outd, lsed, b.up(dout), dqd, dkd, dvd,
+                              c.bias ? &dbias_d : nullptr);
+    expect_close(b.down(dqd), dq, 1e-4, what + " dq");
+    expect_close(b.down(dkd), dk, 1e-4, what + " dk");
+    expect_close(b.down(dvd), dv, 1e-4, what + " dv");
+    if (c.bias) expect_close(b.down(dbias_d), dbias, 1e-4, what + " d_rel_bias");
+  }
+}
+
+// Whole models: the CUDA path against the CPU path on the fixtures (embeddings, loss, every
+// gradient of full fine-tuning and of LoRA).
+class CudaModel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaModel, MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::string root = model_fixture(GetParam());
+  SKIP_WITHOUT_FIXTURES(root);
+  json inputs = read_json_file(root + "/inputs.json");
+  std::vector<PackedBatch> cols;
+  for (const char* c : {"anchor", "positive", "negative"}) {
+    PackedBatch pb;
+    for (const auto& ids : inputs[c]) pb.add(ids.get<std::vector<int32_t>>());
+    cols.push_back(pb);
+  }
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (TrainMode mode : {TrainMode::Full, TrainMode::Lora}) {
+    auto mc = load_sentence_model(root + "/model", *cpu);
+    auto mg = load_sentence_model(root + "/model", *gpu);
+    if (mode == TrainMode::Lora) {
+      load_adapter(*cpu, *mc, root + "/adapter");
+      load_adapter(*gpu, *mg, root + "/adapter");
+    }
+    Tensor ec = embed_forward(*cpu, *mc, cols[1], nullptr, nullptr);
+    Tensor eg = gpu->download(embed_forward(*gpu, *mg, cols[1], nullptr, nullptr));
+    for (int64_t r = 0; r < ec.dim(0); ++r) {
+      const int64_t d = ec.dim(1);
+      double dot = 0, na = 0, nb = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        dot += ec.f32()[r * d + j] * eg.f32()[r * d + j];
+        na += ec.f32()[r * d + j] * ec.f32()[r * d + j];
+        nb += eg.f32()[r * d + j] * eg.f32()[r * d + j];
+      }
+      EXPECT_GE(dot / std::sqrt(na * nb), 0.999) << "row " << r;
+    }
+    auto pc = set_trainable(*cpu, *mc, mode);
+    auto pg = set_trainable(*gpu, *mg, mode);
+    double lc = train_step_grads(*cpu, *mc, cols, LossSpec{}, 1.0, nullptr);
+    double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, nullptr);
+    EXPECT_NEAR(lg, lc, 1e-2 * std::abs(lc));
+    ASSERT_EQ(pc.size(), pg.size());
+    for (size_t i = 0; i < pc.size(); ++i) {
+      Tensor ref = pc[i]->grad;
+      double ref_norm = std::sqrt(cpu->sum_squares(ref));
+      double err = rel_error(gpu->download(pg[i]->grad), ref);
+      EXPECT_LT(err * ref_norm, 3e-2 * ref_norm + 1e-6) << pc[i]->name;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BertFamily, CudaModel, ::testing::ValuesIn(bert_family_archs()),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& ch : s)
+                             if (ch == '-') ch = '_';
+                           return s;
+                         });
+
+}  // namespace
+}  // namespace et::test
