@@ -12,10 +12,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 ldd $D/embedtune | grep "not found" && echo "missing libraries"
 export EMBEDTUNE_FIXTURES=$PWD/$D/fixtures EMBEDTUNE_BIN=$PWD/$D/embedtune
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  $D/embedtune_tests --gtest_filter="${TEST_FILTER:-Cuda*:PythonCompat*}" >"$OUT/tests.log" 2>&1
+  $D/embedtune_tests --gtest_filter="${TEST_FILTER:-*Cuda*:*PythonCompat*}" >"$OUT/tests.log" 2>&1
   echo "tests exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|rel err|OK$|FAILED$" "$OUT/tests.log" | head -40
 fi
 $D/embedtune bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${BENCH_ARGS:-} --out "$OUT/embedtune_bench.jsonl" 2>&1 | tail -8
+if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized per op)
+  EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
+fi
 if [ "${SKIP_BASELINE:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only minilm-l6,bge-base --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9
 fi

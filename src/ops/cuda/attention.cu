@@ -16,6 +16,8 @@
 //              dQ_i = scale sum_j dS_ij k_j           (kernel over query tiles)
 //              dK_j = scale sum_i dS_ij q_i,  dV_j = sum_i P_ij dO_i   (kernel over key tiles)
 #include <cfloat>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -397,10 +399,17 @@ void set_smem(K kernel, size_t bytes) {
 
 }  // namespace
 
+bool attention_use_tc(const AttentionArgs& a) {
+  const char* env = std::getenv("EMBEDTUNE_ATTENTION");
+  if (env && std::string(env) == "scalar") return false;
+  return attention_tc_supported(a);
+}
+
 void attention_forward(const AttentionArgs& a, const float* q, const float* k, const float* v,
                        float* out, float* lse, const int32_t* tiles, int n_tiles,
                        const int32_t* cu) {
   if (n_tiles == 0) return;
+  if (attention_use_tc(a)) return attention_forward_tc(a, q, k, v, out, lse, tiles, n_tiles, cu);
   Params p = make_params(a);
   size_t smem = sizeof(float) * (kAttnTileRows * p.d + 2 * kChunk * (p.d + 1));
   dispatch_dim(p.d, [&](auto dpl) {
@@ -420,6 +429,9 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
   const int64_t rows = a.cu_seqlens.back();
   attn_delta_kernel<<<blocks_for(rows * p.hq * 32, 256), 256>>>(out, dout, delta, rows, p.hq, p.d);
   ET_LAUNCH_CHECK();
+  if (attention_use_tc(a))
+    return attention_backward_tc(a, q, k, v, lse, dout, delta, dq, dk, dv, d_rel_bias, tiles,
+                                 n_tiles, cu);
   size_t smem_q = sizeof(float) * (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) +
                                    (d_rel_bias ? p.buckets : 0));
   dispatch_dim(p.d, [&](auto dpl) {

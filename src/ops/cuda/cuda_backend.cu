@@ -4,7 +4,12 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -371,7 +376,48 @@ const int32_t* I(const Tensor& t) {
   return static_cast<const int32_t*>(t.data);
 }
 
+// EMBEDTUNE_PROFILE=1: every op synchronizes before and after and adds its wall time to a
+// per-op total, printed when the backend is destroyed (for finding where a step's time goes;
+// the synchronization itself costs time, so totals are upper bounds).
+struct Profiler {
+  bool on = std::getenv("EMBEDTUNE_PROFILE") != nullptr;
+  std::map<std::string, std::pair<double, int64_t>> totals;
+  ~Profiler() {
+    if (!on || totals.empty()) return;
+    std::vector<std::pair<double, std::string>> rows;
+    double all = 0;
+    for (auto& [k, v] : totals) {
+      rows.emplace_back(v.first, k);
+      all += v.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "op profile (synchronized wall time):\n");
+    for (auto& [t, k] : rows)
+      std::fprintf(stderr, "  %-22s %9.1f ms %6.1f%%  %8lld calls\n", k.c_str(), t * 1e3, 100 * t / all,
+                   static_cast<long long>(totals[k].second));
+  }
+};
+
+struct OpScope {
+  Profiler* p;
+  const char* name;
+  std::chrono::steady_clock::time_point t0;
+  OpScope(Profiler* prof, const char* n) : p(prof), name(n) {
+    if (!p->on) return;
+    cudaDeviceSynchronize();
+    t0 = std::chrono::steady_clock::now();
+  }
+  ~OpScope() {
+    if (!p->on) return;
+    cudaDeviceSynchronize();
+    auto& e = p->totals[name];
+    e.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    e.second += 1;
+  }
+};
+
 struct CudaBackend final : Backend {
+  std::unique_ptr<Profiler> prof = std::make_unique<Profiler>();
   std::shared_ptr<Pool> pool = std::make_shared<Pool>();
   cublasHandle_t blas = nullptr;
   int device_index = 0;
@@ -407,18 +453,21 @@ struct CudaBackend final : Backend {
     return t;
   }
   Tensor upload(const Tensor& host) const override {
+    OpScope scope_(prof.get(), "upload");
     ET_CHECK(host.device == Device::CPU, "upload: tensor is not on the host");
     Tensor t = empty(host.shape, host.dtype);
     if (host.nbytes()) ET_CUDA(cudaMemcpy(t.data, host.data, host.nbytes(), cudaMemcpyHostToDevice));
     return t;
   }
   Tensor download(const Tensor& dev) const override {
+    OpScope scope_(prof.get(), "download");
     if (dev.device == Device::CPU) return cpu_clone(dev);
     Tensor h = cpu_empty(dev.shape, dev.dtype);
     if (dev.nbytes()) ET_CUDA(cudaMemcpy(h.data, dev.data, dev.nbytes(), cudaMemcpyDeviceToHost));
     return h;
   }
   void fill(Tensor& t, float value) const override {
+    OpScope scope_(prof.get(), "fill");
     int64_t n = t.numel();
     if (value == 0.0f) {
       ET_CUDA(cudaMemsetAsync(t.data, 0, t.nbytes()));
@@ -428,6 +477,7 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void copy(Tensor& dst, const Tensor& src) const override {
+    OpScope scope_(prof.get(), "copy");
     ET_CHECK(dst.nbytes() == src.nbytes(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
              shape_str(src.shape));
     if (dst.data != src.data && src.nbytes())
@@ -437,6 +487,7 @@ struct CudaBackend final : Backend {
   // Row-major C[m,n] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
   void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
               float beta) const override {
+    OpScope scope_(prof.get(), "matmul");
     ET_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul: operands must be 2-D");
     int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
     int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
@@ -450,12 +501,14 @@ struct CudaBackend final : Backend {
                           W(c), static_cast<int>(n)));
   }
   void add_bias(Tensor& y, const Tensor& bias) const override {
+    OpScope scope_(prof.get(), "add_bias");
     int64_t n = y.numel(), cols = cols_of(y);
     ET_CHECK(bias.numel() == cols, "add_bias: bias size mismatch");
     add_bias_kernel<<<blocks_for(n, 256), 256>>>(W(y), F(bias), n, cols);
     ET_LAUNCH_CHECK();
   }
   void bias_backward(const Tensor& dy, Tensor& db) const override {
+    OpScope scope_(prof.get(), "bias_backward");
     int64_t rows = rows_of(dy), cols = cols_of(dy);
     ET_CHECK(db.numel() == cols, "bias_backward: size mismatch");
     dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>((rows + 63) / 64));
@@ -463,21 +516,25 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void add(const Tensor& a, const Tensor& b, Tensor& y) const override {
+    OpScope scope_(prof.get(), "add");
     ET_CHECK(a.numel() == b.numel() && a.numel() == y.numel(), "add: size mismatch");
     add_kernel<<<blocks_for(a.numel(), 256), 256>>>(F(a), F(b), W(y), a.numel());
     ET_LAUNCH_CHECK();
   }
   void mul(const Tensor& a, const Tensor& b, Tensor& y) const override {
+    OpScope scope_(prof.get(), "mul");
     ET_CHECK(a.numel() == b.numel() && a.numel() == y.numel(), "mul: size mismatch");
     mul_kernel<<<blocks_for(a.numel(), 256), 256>>>(F(a), F(b), W(y), a.numel());
     ET_LAUNCH_CHECK();
   }
   void scale(Tensor& y, float s) const override {
+    OpScope scope_(prof.get(), "scale");
     scale_kernel<<<blocks_for(y.numel(), 256), 256>>>(W(y), s, y.numel());
     ET_LAUNCH_CHECK();
   }
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
                          Tensor& mean, Tensor& rstd) const override {
+    OpScope scope_(prof.get(), "layernorm_forward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
     layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(F(x), F(w), b ? F(*b) : nullptr, eps,
@@ -486,6 +543,7 @@ struct CudaBackend final : Backend {
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
                           const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
+    OpScope scope_(prof.get(), "layernorm_backward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
@@ -500,16 +558,19 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void act_forward(Act act, const Tensor& x, Tensor& y) const override {
+    OpScope scope_(prof.get(), "act_forward");
     act_forward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(act), F(x), W(y), x.numel());
     ET_LAUNCH_CHECK();
   }
   void act_backward(Act act, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
+    OpScope scope_(prof.get(), "act_backward");
     act_backward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(act), F(x), F(dy), W(dx),
                                                               x.numel());
     ET_LAUNCH_CHECK();
   }
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y,
                          bool accumulate) const override {
+    OpScope scope_(prof.get(), "embedding_forward");
     int64_t t = ids.numel();
     int n = static_cast<int>(cols_of(table));
     const int64_t vocab = rows_of(table);
@@ -523,6 +584,7 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) const override {
+    OpScope scope_(prof.get(), "embedding_backward");
     int64_t t = ids.numel();
     int n = static_cast<int>(cols_of(dtable));
     embedding_backward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), F(dy), W(dtable), t, n);
@@ -546,6 +608,7 @@ struct CudaBackend final : Backend {
   }
   void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                          Tensor& out, Tensor& lse) const override {
+    OpScope scope_(prof.get(), "attention_forward");
     int n = 0;
     Tensor tiles = tiles_of(a, &n), cu = cu_of(a);
     cuda::attention_forward(a, F(q), F(k), F(v), W(out), W(lse), I(tiles), n, I(cu));
@@ -553,6 +616,7 @@ struct CudaBackend final : Backend {
   void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
                           Tensor& dk, Tensor& dv, Tensor* d_rel_bias) const override {
+    OpScope scope_(prof.get(), "attention_backward");
     int n = 0;
     Tensor tiles = tiles_of(a, &n), cu = cu_of(a);
     Tensor delta = empty({lse.numel()}, DType::F32);
@@ -562,6 +626,7 @@ struct CudaBackend final : Backend {
 
   void pool_forward(PoolMode mode, const Tensor& x, const std::vector<int32_t>& cu,
                     const std::vector<int32_t>& skip, Tensor& out, Tensor* argmax) const override {
+    OpScope scope_(prof.get(), "pool_forward");
     const int nseq = static_cast<int>(cu.size()) - 1;
     const int c = static_cast<int>(cols_of(x));
     Tensor dcu = upload(cpu_from_i32(cu, {nseq + 1}));
@@ -574,6 +639,7 @@ struct CudaBackend final : Backend {
   }
   void pool_backward(PoolMode mode, const Tensor& dout, const std::vector<int32_t>& cu,
                      const std::vector<int32_t>& skip, const Tensor* argmax, Tensor& dx) const override {
+    OpScope scope_(prof.get(), "pool_backward");
     const int nseq = static_cast<int>(cu.size()) - 1;
     const int c = static_cast<int>(cols_of(dx));
     fill(dx, 0);
@@ -587,6 +653,7 @@ struct CudaBackend final : Backend {
   }
   void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int64_t step) const override {
+    OpScope scope_(prof.get(), "adamw_step");
     const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
     const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
     adamw_kernel<<<blocks_for(p.numel(), 256), 256>>>(W(p), F(g), W(m), W(v), lr, beta1, beta2, eps,
@@ -595,6 +662,7 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   double sum_squares(const Tensor& t) const override {
+    OpScope scope_(prof.get(), "sum_squares");
     Tensor acc = zeros({1}, DType::F64);
     sum_squares_kernel<<<std::min(blocks_for(t.numel(), 256), 1024u), 256>>>(
         F(t), t.numel(), static_cast<double*>(acc.data));
@@ -604,6 +672,7 @@ struct CudaBackend final : Backend {
     return out;
   }
   void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const override {
+    OpScope scope_(prof.get(), "l2norm_forward");
     int64_t rows = rows_of(x);
     l2norm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(F(x), W(y), W(norms), rows,
                                                                 static_cast<int>(cols_of(x)));
@@ -611,6 +680,7 @@ struct CudaBackend final : Backend {
   }
   void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,
                        Tensor& dx) const override {
+    OpScope scope_(prof.get(), "l2norm_backward");
     int64_t rows = rows_of(y);
     l2norm_backward_kernel<<<blocks_for(rows * 32, 256), 256>>>(F(dy), F(y), F(norms), W(dx), rows,
                                                                  static_cast<int>(cols_of(y)));
