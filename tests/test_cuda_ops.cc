@@ -275,11 +275,15 @@ TEST_P(CudaModel, MatchesCpu) {
     double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, nullptr);
     EXPECT_NEAR(lg, lc, 1e-2 * std::abs(lc));
     ASSERT_EQ(pc.size(), pg.size());
+    // Gradients that are zero in exact arithmetic (the attention key bias) only carry rounding
+    // noise: their error is judged against the largest gradient of the model instead.
+    double max_norm = 0;
+    for (Param* p : pc) max_norm = std::max(max_norm, std::sqrt(cpu->sum_squares(p->grad)));
     for (size_t i = 0; i < pc.size(); ++i) {
       Tensor ref = pc[i]->grad;
       double ref_norm = std::sqrt(cpu->sum_squares(ref));
       double err = rel_error(gpu->download(pg[i]->grad), ref);
-      EXPECT_LT(err * ref_norm, 3e-2 * ref_norm + 1e-6) << pc[i]->name;
+      EXPECT_LT(err * ref_norm, 3e-2 * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
     }
   }
 }

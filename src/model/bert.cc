@@ -168,17 +168,23 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
              ": position ", pos[t], " needs more than the model's ", max_pos,
              " position embeddings (lower max_seq_length)");
   }
+  const int64_t vocab = enc.word->value.dim(0);
+  for (size_t t = 0; t < batch.ids.size(); ++t) {
+    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ", t,
+             " is outside the embedding table of ", vocab, " rows");
+  }
   Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
   Tensor positions = be.upload(cpu_from_i32(pos, {T}));
   Tensor types;
-  Tensor emb = be.empty({T, H});
+  const DType act = be.act_dtype();
+  Tensor emb = be.empty({T, H}, act);
   be.embedding_forward(ids, enc.word->value, emb, false);
   be.embedding_forward(positions, enc.pos->value, emb, true);
   if (enc.type) {
     types = be.zeros({T}, DType::I32);
     be.embedding_forward(types, enc.type->value, emb, true);
   }
-  Tensor x = be.empty({T, H}), mean = be.empty({T}), rstd = be.empty({T});
+  Tensor x = be.empty({T, H}, act), mean = be.empty({T}, DType::F32), rstd = be.empty({T}, DType::F32);
   be.layernorm_forward(emb, enc.emb_ln_w->value, &enc.emb_ln_b->value, c.norm_eps, x, mean, rstd);
 
   AttentionArgs attn;
@@ -208,19 +214,19 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
     Tensor q = linear_forward(be, L.q, x, s ? &s->q : nullptr, rng);
     Tensor k = linear_forward(be, L.k, x, s ? &s->k : nullptr, rng);
     Tensor v = linear_forward(be, L.v, x, s ? &s->v : nullptr, rng);
-    Tensor ctx = be.empty({T, H}), lse = be.empty({T, c.heads});
+    Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
     be.attention_forward(attn, q, k, v, ctx, lse);
     Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
-    Tensor res1 = be.empty({T, H}), x1 = be.empty({T, H});
-    Tensor m1 = be.empty({T}), r1 = be.empty({T});
+    Tensor res1 = be.empty({T, H}, act), x1 = be.empty({T, H}, act);
+    Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
     be.add(a, x, res1);
     be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
     Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
-    Tensor h = be.empty(h_pre.shape);
+    Tensor h = be.empty(h_pre.shape, act);
     be.act_forward(c.act, h_pre, h);
     Tensor f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
-    Tensor res2 = be.empty({T, H}), out = be.empty({T, H});
-    Tensor m2 = be.empty({T}), r2 = be.empty({T});
+    Tensor res2 = be.empty({T, H}, act), out = be.empty({T, H}, act);
+    Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
     be.add(f, x1, res2);
     be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
     if (s) {
@@ -251,16 +257,17 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
                    const Tensor& d_hidden) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = d_hidden.dim(0), H = c.hidden;
-  Tensor dx = be.empty({T, H});
+  const DType act = be.act_dtype();
+  Tensor dx = be.empty({T, H}, act);
   be.copy(dx, d_hidden);
-  Tensor d_res = be.empty({T, H}), dx1 = be.empty({T, H});
+  Tensor d_res = be.empty({T, H}, act), dx1 = be.empty({T, H}, act);
   for (size_t i = enc.layers.size(); i-- > 0;) {
     const BertLayer& L = enc.layers[i];
     const BertLayerSaved& s = saved.layers[i];
     // x' = LN2(W2 act(W1 x1) + x1)
     be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res,
                           grad_of(L.ln2_w), grad_of(L.ln2_b));
-    Tensor dh = be.empty(s.h.shape);
+    Tensor dh = be.empty(s.h.shape, act);
     linear_backward(be, L.ffn_out, s.ffn_out, d_res, &dh, false);
     be.act_backward(c.act, s.h_pre, dh, dh);
     be.copy(dx1, d_res);
@@ -268,9 +275,9 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
     // x1 = LN1(Wo attn(q, k, v) + x)
     be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, d_res,
                           grad_of(L.ln1_w), grad_of(L.ln1_b));
-    Tensor dctx = be.empty({T, H});
+    Tensor dctx = be.empty({T, H}, act);
     linear_backward(be, L.o, s.o, d_res, &dctx, false);
-    Tensor dq = be.empty({T, H}), dk = be.empty({T, H}), dv = be.empty({T, H});
+    Tensor dq = be.empty({T, H}, act), dk = be.empty({T, H}, act), dv = be.empty({T, H}, act);
     be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq, dk, dv,
                           grad_of(enc.rel_bias));
     be.copy(dx, d_res);

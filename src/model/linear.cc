@@ -11,7 +11,7 @@ Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, Linea
            " features, expected ", l.in);
   const int64_t n = x.numel() / l.in;
   Tensor x2 = x.reshape({n, l.in});
-  Tensor y = be.empty({n, l.out});
+  Tensor y = be.empty({n, l.out}, x.dtype);
   be.matmul(x2, false, l.weight->value, true, y);
   if (l.bias) be.add_bias(y, l.bias->value);
   if (saved) saved->x = x2;
@@ -23,11 +23,11 @@ Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, Linea
       const float keep = 1.0f / (1.0f - l.lora_dropout);
       for (int64_t i = 0; i < host.numel(); ++i) m[i] = rng->uniform() < l.lora_dropout ? 0 : keep;
       mask = be.upload(host);
-      xl = be.empty(x2.shape);
+      xl = be.empty(x2.shape, x2.dtype);
       be.mul(x2, mask, xl);
     }
     const int64_t r = l.lora_a->value.dim(0);
-    Tensor xa = be.empty({n, r});
+    Tensor xa = be.empty({n, r}, x2.dtype);
     be.matmul(xl, false, l.lora_a->value, true, xa);
     be.matmul(xa, false, l.lora_b->value, true, y, l.lora_scaling, 1.0f);
     if (saved) {
@@ -53,7 +53,7 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   }
   if (!l.lora_a) return;
   const int64_t r = l.lora_a->value.dim(0);
-  Tensor dxa = be.empty({n, r});
+  Tensor dxa = be.empty({n, r}, dy.dtype);
   be.matmul(g, false, l.lora_b->value, false, dxa, l.lora_scaling, 0.0f);
   if (l.lora_b->trainable) be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
   if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
@@ -62,7 +62,7 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     if (!s.mask.defined()) {
       be.matmul(dxa, false, l.lora_a->value, false, d2, 1.0f, 1.0f);
     } else {
-      Tensor t = be.empty({n, l.in});
+      Tensor t = be.empty({n, l.in}, dy.dtype);
       be.matmul(dxa, false, l.lora_a->value, false, t);
       be.mul(t, s.mask, t);
       be.add(d2, t, d2);

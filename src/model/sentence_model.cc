@@ -334,8 +334,8 @@ void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved&
     g = dx;
   }
   const int64_t T = s.batch.tokens(), H = m.cfg.hidden;
-  Tensor d_hidden = be.zeros({T, H});
-  Tensor part = be.empty({T, H});
+  Tensor d_hidden = be.zeros({T, H}, be.act_dtype());
+  Tensor part = be.empty({T, H}, be.act_dtype());
   for (size_t i = 0; i < m.pooling.modes.size(); ++i) {
     Tensor gi = column_slice(be, g, static_cast<int64_t>(i) * H, H);
     be.pool_backward(m.pooling.modes[i], gi, s.batch.cu_seqlens, s.batch.prompt_lengths,

@@ -45,6 +45,10 @@ struct Backend {
   virtual Device device() const = 0;
   virtual const char* name() const = 0;
 
+  // Storage type of activations (F32 on the CPU, BF16 on CUDA). Parameters, their gradients
+  // and optimizer state are always F32; ops accept either type for activations.
+  virtual DType act_dtype() const { return DType::F32; }
+
   // Memory.
   virtual Tensor empty(const Shape& shape, DType dtype = DType::F32) const = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype = DType::F32) const = 0;

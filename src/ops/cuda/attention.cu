@@ -21,6 +21,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <cuda_bf16.h>
+
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
 
@@ -157,15 +159,16 @@ __global__ void attn_fwd_kernel(Params p, const float* __restrict__ q, const flo
 }
 
 // delta[t, h] = dO[t, h, :] . O[t, h, :]
-__global__ void attn_delta_kernel(const float* __restrict__ out, const float* __restrict__ dout,
+template <typename T>
+__global__ void attn_delta_kernel(const T* __restrict__ out, const T* __restrict__ dout,
                                   float* __restrict__ delta, int64_t rows, int hq, int d) {
   int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (w >= rows * hq) return;
-  const float* o = out + w * d;
-  const float* g = dout + w * d;
+  const T* o = out + w * d;
+  const T* g = dout + w * d;
   float s = 0;
-  for (int c = lane; c < d; c += 32) s += o[c] * g[c];
+  for (int c = lane; c < d; c += 32) s += static_cast<float>(o[c]) * static_cast<float>(g[c]);
   s = warp_sum(s);
   if (lane == 0) delta[w] = s;
 }
@@ -399,6 +402,18 @@ void set_smem(K kernel, size_t bytes) {
 
 }  // namespace
 
+void attention_delta(const void* out, const void* dout, bool bf16, float* delta, int64_t rows,
+                     int heads, int head_dim) {
+  const unsigned grid = blocks_for(rows * heads * 32, 256);
+  if (bf16)
+    attn_delta_kernel<<<grid, 256>>>(static_cast<const __nv_bfloat16*>(out),
+                                     static_cast<const __nv_bfloat16*>(dout), delta, rows, heads, head_dim);
+  else
+    attn_delta_kernel<<<grid, 256>>>(static_cast<const float*>(out), static_cast<const float*>(dout),
+                                     delta, rows, heads, head_dim);
+  ET_LAUNCH_CHECK();
+}
+
 bool attention_use_tc(const AttentionArgs& a) {
   const char* env = std::getenv("EMBEDTUNE_ATTENTION");
   if (env && std::string(env) == "scalar") return false;
@@ -409,7 +424,6 @@ void attention_forward(const AttentionArgs& a, const float* q, const float* k, c
                        float* out, float* lse, const int32_t* tiles, int n_tiles,
                        const int32_t* cu) {
   if (n_tiles == 0) return;
-  if (attention_use_tc(a)) return attention_forward_tc(a, q, k, v, out, lse, tiles, n_tiles, cu);
   Params p = make_params(a);
   size_t smem = sizeof(float) * (kAttnTileRows * p.d + 2 * kChunk * (p.d + 1));
   dispatch_dim(p.d, [&](auto dpl) {
@@ -427,11 +441,7 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
   if (n_tiles == 0) return;
   Params p = make_params(a);
   const int64_t rows = a.cu_seqlens.back();
-  attn_delta_kernel<<<blocks_for(rows * p.hq * 32, 256), 256>>>(out, dout, delta, rows, p.hq, p.d);
-  ET_LAUNCH_CHECK();
-  if (attention_use_tc(a))
-    return attention_backward_tc(a, q, k, v, lse, dout, delta, dq, dk, dv, d_rel_bias, tiles,
-                                 n_tiles, cu);
+  attention_delta(out, dout, false, delta, rows, p.hq, p.d);
   size_t smem_q = sizeof(float) * (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) +
                                    (d_rel_bias ? p.buckets : 0));
   dispatch_dim(p.d, [&](auto dpl) {

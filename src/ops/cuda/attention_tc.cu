@@ -36,6 +36,7 @@ struct TcParams {
   int causal, window;
   const float* bias;
   int buckets, max_distance;
+  int dkv_atomic;  // dK/dV rows receive several heads' contributions (grouped-query attention)
 };
 
 __device__ __forceinline__ int tc_bucket(int rel, int num_buckets, int max_distance) {
@@ -55,7 +56,8 @@ __device__ __forceinline__ bool masked(const TcParams& p, int i, int j, int len)
   return i >= len || j >= len || (p.causal && j > i) || (p.window >= 0 && abs(i - j) > p.window);
 }
 
-// rows [r0, r0 + 64) of a [len, stride] slice at column col -> bf16 [64][D + 8] (zeros past len)
+// rows [r0, r0 + 64) of a [len, stride] slice at column col -> bf16 [64][D + 8] (zeros past
+// len); 16-byte loads (4 floats or 8 bf16 values).
 template <int D>
 __device__ __forceinline__ void load_tile(bf16* dst, const float* src, int64_t stride, int col,
                                           int r0, int len) {
@@ -71,6 +73,20 @@ __device__ __forceinline__ void load_tile(bf16* dst, const float* src, int64_t s
   }
 }
 
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int col,
+                                          int r0, int len) {
+  for (int idx = threadIdx.x; idx < 64 * D / 8; idx += blockDim.x) {
+    int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r0 + r < len) v = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + col + c);
+    *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = v;
+  }
+}
+
+__device__ __forceinline__ void store_val(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_val(bf16* p, float v) { *p = __float2bfloat16(v); }
+
 using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
 using FragAc = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
@@ -84,10 +100,10 @@ struct FwdSmem {
                                   sizeof(float) * (NW * 16 * LS + NW * 16 * LO);
 };
 
-template <int D>
+template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
-    attn_fwd_tc_kernel(TcParams p, const float* __restrict__ q, const float* __restrict__ k,
-                       const float* __restrict__ v, float* __restrict__ out, float* __restrict__ lse,
+    attn_fwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
+                       const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse,
                        const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
   using S = FwdSmem<D>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -185,7 +201,7 @@ __global__ void __launch_bounds__(NW * 32)
   if (i < len) {
     const float inv = l > 0 ? 1.0f / l : 0.0f;
     for (int c = half * (D / 2); c < (half + 1) * (D / 2); ++c)
-      out[(start + i) * p.qs + h * D + c] = Ow[r * S::LO + c] * inv;
+      store_val(&out[(start + i) * p.qs + h * D + c], Ow[r * S::LO + c] * inv);
     if (half == 0) lse[(start + i) * p.hq + h] = m + logf(l);
   }
 }
@@ -197,11 +213,11 @@ struct BwdSmem {
                                   sizeof(float) * (2 * NW * 16 * LS + NW * 16 * LO + 2 * 64 + 64);
 };
 
-template <int D>
+template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
-    attn_bwd_tc_kernel(TcParams p, const float* __restrict__ q, const float* __restrict__ k,
-                       const float* __restrict__ v, const float* __restrict__ lse,
-                       const float* __restrict__ dout, const float* __restrict__ delta,
+    attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
+                       const T* __restrict__ v, const float* __restrict__ lse,
+                       const T* __restrict__ dout, const float* __restrict__ delta,
                        float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
                        float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
                        const int32_t* __restrict__ cu) {
@@ -346,8 +362,8 @@ __global__ void __launch_bounds__(NW * 32)
       int rr = idx / D, c = idx % D, jj = key0 + warp * 16 + rr;
       if (jj >= len) continue;
       float* o = &dst[(start + jj) * p.ks + kvh * D + c];
-      if (p.group == 1) *o = mul * Tww[rr * S::LO + c];
-      else atomicAdd(o, mul * Tww[rr * S::LO + c]);
+      if (p.dkv_atomic) atomicAdd(o, mul * Tww[rr * S::LO + c]);
+      else *o = mul * Tww[rr * S::LO + c];
     }
   }
   if (d_bias) {
@@ -369,6 +385,7 @@ TcParams tc_params(const AttentionArgs& a) {
   p.bias = a.rel_bias ? a.rel_bias->f32() : nullptr;
   p.buckets = a.rel_buckets;
   p.max_distance = a.rel_max_distance;
+  p.dkv_atomic = p.group > 1;
   return p;
 }
 
@@ -396,35 +413,42 @@ bool attention_tc_supported(const AttentionArgs& a) {
          (!a.rel_bias || a.rel_buckets <= 64);
 }
 
-void attention_forward_tc(const AttentionArgs& a, const float* q, const float* k, const float* v,
-                          float* out, float* lse, const int32_t* tiles, int n_tiles,
+void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
+                          void* out, bool bf16_io, float* lse, const int32_t* tiles, int n_tiles,
                           const int32_t* cu) {
   TcParams p = tc_params(a);
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
-    allow_smem(attn_fwd_tc_kernel<D>, FwdSmem<D>::bytes);
-    attn_fwd_tc_kernel<D><<<dim3(n_tiles, p.hq), NW * 32, FwdSmem<D>::bytes>>>(p, q, k, v, out, lse,
-                                                                               tiles, cu);
+    auto launch = [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      allow_smem(attn_fwd_tc_kernel<D, T>, FwdSmem<D>::bytes);
+      attn_fwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, FwdSmem<D>::bytes>>>(
+          p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+          static_cast<T*>(out), lse, tiles, cu);
+    };
+    if (bf16_io) launch(static_cast<bf16*>(nullptr));
+    else launch(static_cast<float*>(nullptr));
   });
   ET_LAUNCH_CHECK();
 }
 
-void attention_backward_tc(const AttentionArgs& a, const float* q, const float* k, const float* v,
-                           const float* lse, const float* dout, const float* delta, float* dq,
-                           float* dk, float* dv, float* d_rel_bias, const int32_t* tiles,
-                           int n_tiles, const int32_t* cu) {
+void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
+                           const void* dout, bool bf16_in, const float* lse, const float* delta,
+                           float* dq, float* dk, float* dv, bool dkv_zeroed, float* d_rel_bias,
+                           const int32_t* tiles, int n_tiles, const int32_t* cu) {
   TcParams p = tc_params(a);
-  const int64_t rows = a.cu_seqlens.back();
-  ET_CUDA(cudaMemsetAsync(dq, 0, sizeof(float) * rows * p.qs));
-  if (p.group > 1) {
-    ET_CUDA(cudaMemsetAsync(dk, 0, sizeof(float) * rows * p.ks));
-    ET_CUDA(cudaMemsetAsync(dv, 0, sizeof(float) * rows * p.ks));
-  }
+  p.dkv_atomic = dkv_zeroed;
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
-    allow_smem(attn_bwd_tc_kernel<D>, BwdSmem<D>::bytes);
-    attn_bwd_tc_kernel<D><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
-        p, q, k, v, lse, dout, delta, dq, dk, dv, d_rel_bias, tiles, cu);
+    auto launch = [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      allow_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes);
+      attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
+          p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
+          static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);
+    };
+    if (bf16_in) launch(static_cast<bf16*>(nullptr));
+    else launch(static_cast<float*>(nullptr));
   });
   ET_LAUNCH_CHECK();
 }

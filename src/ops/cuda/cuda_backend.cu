@@ -2,6 +2,7 @@
 // mode, fp32 accumulation everywhere). Elementwise and row-wise kernels are one thread per
 // element or one warp per row; see each kernel's comment for its formula.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -83,31 +84,49 @@ struct Pool {
   }
 };
 
+// ---- operands --------------------------------------------------------------------------
+
+using bf16 = __nv_bfloat16;
+
+// A float operand stored as fp32 or bf16 (activations are bf16, parameters fp32); kernels read
+// and write through it in fp32. The branch is uniform across a launch.
+struct Ptr {
+  void* p;
+  int bf;
+  __device__ __forceinline__ float get(int64_t i) const {
+    return bf ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
+  }
+  __device__ __forceinline__ void set(int64_t i, float v) const {
+    if (bf) static_cast<bf16*>(p)[i] = __float2bfloat16(v);
+    else static_cast<float*>(p)[i] = v;
+  }
+};
+
 // ---- elementwise kernels -----------------------------------------------------------------
 
 #define GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-__global__ void fill_kernel(float* y, float v, int64_t n) { GRID_STRIDE(i, n) y[i] = v; }
-__global__ void add_kernel(const float* a, const float* b, float* y, int64_t n) {
-  GRID_STRIDE(i, n) y[i] = a[i] + b[i];
-}
-__global__ void mul_kernel(const float* a, const float* b, float* y, int64_t n) {
-  GRID_STRIDE(i, n) y[i] = a[i] * b[i];
-}
-__global__ void scale_kernel(float* y, float s, int64_t n) { GRID_STRIDE(i, n) y[i] *= s; }
-__global__ void add_bias_kernel(float* y, const float* b, int64_t n, int64_t cols) {
-  GRID_STRIDE(i, n) y[i] += b[i % cols];
+__global__ void fill_kernel(Ptr y, float v, int64_t n) { GRID_STRIDE(i, n) y.set(i, v); }
+__global__ void add_kernel(Ptr a, Ptr b, Ptr y, int64_t n) { GRID_STRIDE(i, n) y.set(i, a.get(i) + b.get(i)); }
+__global__ void mul_kernel(Ptr a, Ptr b, Ptr y, int64_t n) { GRID_STRIDE(i, n) y.set(i, a.get(i) * b.get(i)); }
+__global__ void scale_kernel(Ptr y, float s, int64_t n) { GRID_STRIDE(i, n) y.set(i, y.get(i) * s); }
+__global__ void convert_kernel(Ptr src, Ptr dst, int64_t n) { GRID_STRIDE(i, n) dst.set(i, src.get(i)); }
+// y[r, c] += b[c]: a 2-D grid (columns fastest) avoids a 64-bit modulo per element.
+__global__ void add_bias_kernel(Ptr y, const float* b, int64_t rows, int cols) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) y.set(r * cols + c, y.get(r * cols + c) + b[c]);
 }
 
 // dbias[c] += sum_r dy[r, c]: blocks take 64-row slabs, one thread per column, then one
 // atomic add per (slab, column).
-__global__ void bias_backward_kernel(const float* dy, float* db, int64_t rows, int64_t cols) {
+__global__ void bias_backward_kernel(Ptr dy, float* db, int64_t rows, int64_t cols) {
   int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
   int64_t r0 = static_cast<int64_t>(blockIdx.y) * 64, r1 = min(rows, r0 + 64);
   float s = 0;
-  for (int64_t r = r0; r < r1; ++r) s += dy[r * cols + c];
+  for (int64_t r = r0; r < r1; ++r) s += dy.get(r * cols + c);
   atomicAdd(&db[c], s);
 }
 
@@ -153,30 +172,32 @@ __device__ __forceinline__ float act_df(int act, float x) {
   }
 }
 
-__global__ void act_forward_kernel(int act, const float* x, float* y, int64_t n) {
-  GRID_STRIDE(i, n) y[i] = act_f(act, x[i]);
+__global__ void act_forward_kernel(int act, Ptr x, Ptr y, int64_t n) {
+  GRID_STRIDE(i, n) y.set(i, act_f(act, x.get(i)));
 }
-__global__ void act_backward_kernel(int act, const float* x, const float* dy, float* dx, int64_t n) {
-  GRID_STRIDE(i, n) dx[i] = act_df(act, x[i]) * dy[i];
+__global__ void act_backward_kernel(int act, Ptr x, Ptr dy, Ptr dx, int64_t n) {
+  GRID_STRIDE(i, n) dx.set(i, act_df(act, x.get(i)) * dy.get(i));
 }
 
 // ---- row-wise kernels (one warp per row) ------------------------------------------------
 
-__global__ void layernorm_forward_kernel(const float* x, const float* w, const float* b, float eps,
-                                         float* y, float* mean, float* rstd, int64_t rows, int n) {
+__global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, float eps, Ptr y,
+                                         float* mean, float* rstd, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  const float* xr = x + r * n;
   float s = 0;
-  for (int c = lane; c < n; c += 32) s += xr[c];
+  for (int c = lane; c < n; c += 32) s += x.get(r * n + c);
   float mu = warp_sum(s) / n;
   float v = 0;
-  for (int c = lane; c < n; c += 32) v += (xr[c] - mu) * (xr[c] - mu);
+  for (int c = lane; c < n; c += 32) {
+    float d = x.get(r * n + c) - mu;
+    v += d * d;
+  }
   float rs = rsqrtf(warp_sum(v) / n + eps);
   for (int c = lane; c < n; c += 32) {
-    float o = (xr[c] - mu) * rs * w[c];
-    y[r * n + c] = b ? o + b[c] : o;
+    float o = (x.get(r * n + c) - mu) * rs * w[c];
+    y.set(r * n + c, b ? o + b[c] : o);
   }
   if (lane == 0) {
     mean[r] = mu;
@@ -186,32 +207,31 @@ __global__ void layernorm_forward_kernel(const float* x, const float* w, const f
 
 // dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)); dw, db accumulated per block in shared
 // memory, then added once per block.
-__global__ void layernorm_backward_kernel(const float* dy, const float* x, const float* w,
-                                          const float* mean, const float* rstd, float* dx,
-                                          float* dw, float* db, int64_t rows, int n) {
+__global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const float* mean,
+                                          const float* rstd, Ptr dx, float* dw, float* db,
+                                          int64_t rows, int n) {
   extern __shared__ float acc[];  // [2n]
   for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
   __syncthreads();
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
-    const float* g = dy + r * n;
-    const float* xr = x + r * n;
     const float mu = mean[r], rs = rstd[r];
     float a = 0, bsum = 0;
     for (int c = lane; c < n; c += 32) {
-      float xh = (xr[c] - mu) * rs;
-      float d = g[c] * w[c];
+      float g = dy.get(r * n + c);
+      float xh = (x.get(r * n + c) - mu) * rs;
+      float d = g * w[c];
       a += d;
       bsum += d * xh;
-      if (dw) atomicAdd(&acc[c], g[c] * xh);
-      if (db) atomicAdd(&acc[n + c], g[c]);
+      if (dw) atomicAdd(&acc[c], g * xh);
+      if (db) atomicAdd(&acc[n + c], g);
     }
     a = warp_sum(a) / n;
     bsum = warp_sum(bsum) / n;
     for (int c = lane; c < n; c += 32) {
-      float xh = (xr[c] - mu) * rs;
-      dx[r * n + c] = rs * (g[c] * w[c] - a - xh * bsum);
+      float xh = (x.get(r * n + c) - mu) * rs;
+      dx.set(r * n + c, rs * (dy.get(r * n + c) * w[c] - a - xh * bsum));
     }
   }
   __syncthreads();
@@ -221,50 +241,48 @@ __global__ void layernorm_backward_kernel(const float* dy, const float* x, const
   }
 }
 
-__global__ void l2norm_forward_kernel(const float* x, float* y, float* norms, int64_t rows, int n) {
+__global__ void l2norm_forward_kernel(Ptr x, Ptr y, float* norms, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
   float s = 0;
-  for (int c = lane; c < n; c += 32) s += x[r * n + c] * x[r * n + c];
+  for (int c = lane; c < n; c += 32) s += x.get(r * n + c) * x.get(r * n + c);
   float nv = sqrtf(warp_sum(s));
   float den = fmaxf(nv, 1e-12f);
-  for (int c = lane; c < n; c += 32) y[r * n + c] = x[r * n + c] / den;
+  for (int c = lane; c < n; c += 32) y.set(r * n + c, x.get(r * n + c) / den);
   if (lane == 0) norms[r] = nv;
 }
 
-__global__ void l2norm_backward_kernel(const float* dy, const float* y, const float* norms,
-                                       float* dx, int64_t rows, int n) {
+__global__ void l2norm_backward_kernel(Ptr dy, Ptr y, const float* norms, Ptr dx, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
   float nv = norms[r];
   if (nv <= 1e-12f) {
-    for (int c = lane; c < n; c += 32) dx[r * n + c] = dy[r * n + c] / 1e-12f;
+    for (int c = lane; c < n; c += 32) dx.set(r * n + c, dy.get(r * n + c) / 1e-12f);
     return;
   }
   float dot = 0;
-  for (int c = lane; c < n; c += 32) dot += y[r * n + c] * dy[r * n + c];
+  for (int c = lane; c < n; c += 32) dot += y.get(r * n + c) * dy.get(r * n + c);
   dot = warp_sum(dot);
-  for (int c = lane; c < n; c += 32) dx[r * n + c] = (dy[r * n + c] - y[r * n + c] * dot) / nv;
+  for (int c = lane; c < n; c += 32) dx.set(r * n + c, (dy.get(r * n + c) - y.get(r * n + c) * dot) / nv);
 }
 
 // ---- embeddings, pooling, optimizer ------------------------------------------------------
 
-__global__ void embedding_forward_kernel(const int32_t* ids, const float* table, float* y,
-                                         int64_t t, int n, int accumulate) {
+__global__ void embedding_forward_kernel(const int32_t* ids, const float* table, Ptr y, int64_t t,
+                                         int n, int accumulate) {
   GRID_STRIDE(i, t * n) {
     float v = table[static_cast<int64_t>(ids[i / n]) * n + i % n];
-    y[i] = accumulate ? y[i] + v : v;
+    y.set(i, accumulate ? y.get(i) + v : v);
   }
 }
-__global__ void embedding_backward_kernel(const int32_t* ids, const float* dy, float* dtable,
-                                          int64_t t, int n) {
-  GRID_STRIDE(i, t * n) atomicAdd(&dtable[static_cast<int64_t>(ids[i / n]) * n + i % n], dy[i]);
+__global__ void embedding_backward_kernel(const int32_t* ids, Ptr dy, float* dtable, int64_t t, int n) {
+  GRID_STRIDE(i, t * n) atomicAdd(&dtable[static_cast<int64_t>(ids[i / n]) * n + i % n], dy.get(i));
 }
 
 // One thread per (sequence, column). mode: PoolMode as int.
-__global__ void pool_forward_kernel(int mode, const float* x, const int32_t* cu, const int32_t* skip,
+__global__ void pool_forward_kernel(int mode, Ptr x, const int32_t* cu, const int32_t* skip,
                                     float* out, int32_t* argmax, int nseq, int c) {
   GRID_STRIDE(idx, static_cast<int64_t>(nseq) * c) {
     int b = static_cast<int>(idx / c), j = static_cast<int>(idx % c);
@@ -275,16 +293,16 @@ __global__ void pool_forward_kernel(int mode, const float* x, const int32_t* cu,
       continue;
     }
     if (mode == 0) {  // cls
-      *o = x[static_cast<int64_t>(start) * c + j];
+      *o = x.get(static_cast<int64_t>(start) * c + j);
     } else if (mode == 5) {  // last token
-      *o = x[static_cast<int64_t>(start + len - 1) * c + j];
+      *o = x.get(static_cast<int64_t>(start + len - 1) * c + j);
     } else {
       int first = skip ? min(skip[b], len) : 0;
       if (mode == 2) {  // max; masked prompt tokens count as -1e9 (sentence-transformers)
         float best = first > 0 ? -1e9f : -INFINITY;
         int arg = -1;
         for (int t = first; t < len; ++t) {
-          float v = x[static_cast<int64_t>(start + t) * c + j];
+          float v = x.get(static_cast<int64_t>(start + t) * c + j);
           if (v > best) {
             best = v;
             arg = start + t;
@@ -297,7 +315,7 @@ __global__ void pool_forward_kernel(int mode, const float* x, const int32_t* cu,
         for (int t = first; t < len; ++t) {
           float w = mode == 4 ? static_cast<float>(t + 1) : 1.0f;
           wsum += w;
-          s += w * x[static_cast<int64_t>(start + t) * c + j];
+          s += w * x.get(static_cast<int64_t>(start + t) * c + j);
         }
         double den = fmax(wsum, 1e-9);
         if (mode == 3) den = sqrt(den);
@@ -308,19 +326,19 @@ __global__ void pool_forward_kernel(int mode, const float* x, const int32_t* cu,
 }
 
 __global__ void pool_backward_kernel(int mode, const float* dout, const int32_t* cu,
-                                     const int32_t* skip, const int32_t* argmax, float* dx,
-                                     int nseq, int c) {
+                                     const int32_t* skip, const int32_t* argmax, Ptr dx, int nseq,
+                                     int c) {
   GRID_STRIDE(idx, static_cast<int64_t>(nseq) * c) {
     int b = static_cast<int>(idx / c), j = static_cast<int>(idx % c);
     int start = cu[b], len = cu[b + 1] - cu[b];
     if (len == 0) continue;
     float g = dout[idx];
     if (mode == 0) {
-      dx[static_cast<int64_t>(start) * c + j] = g;
+      dx.set(static_cast<int64_t>(start) * c + j, g);
     } else if (mode == 5) {
-      dx[static_cast<int64_t>(start + len - 1) * c + j] = g;
+      dx.set(static_cast<int64_t>(start + len - 1) * c + j, g);
     } else if (mode == 2) {
-      if (argmax[idx] >= 0) dx[static_cast<int64_t>(argmax[idx]) * c + j] = g;
+      if (argmax[idx] >= 0) dx.set(static_cast<int64_t>(argmax[idx]) * c + j, g);
     } else {
       int first = skip ? min(skip[b], len) : 0;
       double wsum = 0;
@@ -328,8 +346,7 @@ __global__ void pool_backward_kernel(int mode, const float* dout, const int32_t*
       double den = fmax(wsum, 1e-9);
       if (mode == 3) den = sqrt(den);
       for (int t = first; t < len; ++t)
-        dx[static_cast<int64_t>(start + t) * c + j] =
-            static_cast<float>((mode == 4 ? t + 1.0 : 1.0) / den * g);
+        dx.set(static_cast<int64_t>(start + t) * c + j, static_cast<float>((mode == 4 ? t + 1.0 : 1.0) / den * g));
     }
   }
 }
@@ -365,14 +382,26 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* out) {
 int64_t cols_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape.back(); }
 int64_t rows_of(const Tensor& t) { return t.numel() / std::max<int64_t>(cols_of(t), 1); }
 
+void check_device(const Tensor& t) {
+  ET_CHECK(t.device == Device::CUDA, "CUDA op: tensor of shape ", shape_str(t.shape), " is on the host");
+}
+// fp32 tensors (parameters, gradients, statistics)
 const float* F(const Tensor& t) {
-  ET_CHECK(t.device == Device::CUDA && t.dtype == DType::F32, "CUDA op: expected an F32 device tensor, got ",
-           dtype_name(t.dtype), t.device == Device::CUDA ? " on the GPU" : " on the host");
+  check_device(t);
+  ET_CHECK(t.dtype == DType::F32, "CUDA op: expected an F32 tensor, got ", dtype_name(t.dtype));
   return static_cast<const float*>(t.data);
 }
 float* W(Tensor& t) { return const_cast<float*>(F(t)); }
+// fp32 or bf16 tensors (activations)
+Ptr P(const Tensor& t) {
+  check_device(t);
+  ET_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16, "CUDA op: expected an F32 or BF16 tensor, got ",
+           dtype_name(t.dtype));
+  return Ptr{t.data, t.dtype == DType::BF16};
+}
 const int32_t* I(const Tensor& t) {
-  ET_CHECK(t.device == Device::CUDA && t.dtype == DType::I32, "CUDA op: expected an I32 device tensor");
+  check_device(t);
+  ET_CHECK(t.dtype == DType::I32, "CUDA op: expected an I32 tensor");
   return static_cast<const int32_t*>(t.data);
 }
 
@@ -421,12 +450,15 @@ struct CudaBackend final : Backend {
   std::shared_ptr<Pool> pool = std::make_shared<Pool>();
   cublasHandle_t blas = nullptr;
   int device_index = 0;
+  DType act = DType::BF16;
 
   explicit CudaBackend(int dev) : device_index(dev) {
     ET_CUDA(cudaSetDevice(dev));
     ET_CUBLAS(cublasCreate(&blas));
-    // TF32 tensor-core products with fp32 accumulation (as torch's allow_tf32).
+    // fp32 x fp32 products run as TF32 on tensor cores with fp32 accumulation (torch's
+    // allow_tf32); products with a bf16 operand run in bf16 with fp32 accumulation.
     ET_CUBLAS(cublasSetMathMode(blas, CUBLAS_TF32_TENSOR_OP_MATH));
+    if (const char* e = std::getenv("EMBEDTUNE_ACT_DTYPE"); e && std::string(e) == "f32") act = DType::F32;
   }
   ~CudaBackend() override {
     if (blas) cublasDestroy(blas);
@@ -434,6 +466,7 @@ struct CudaBackend final : Backend {
 
   Device device() const override { return Device::CUDA; }
   const char* name() const override { return "cuda"; }
+  DType act_dtype() const override { return act; }
 
   Tensor empty(const Shape& shape, DType dtype) const override {
     Tensor t;
@@ -452,6 +485,13 @@ struct CudaBackend final : Backend {
     ET_CUDA(cudaMemsetAsync(t.data, 0, t.nbytes()));
     return t;
   }
+  Tensor convert(const Tensor& t, DType to) const {
+    if (t.dtype == to) return t;
+    Tensor out = empty(t.shape, to);
+    convert_kernel<<<blocks_for(t.numel(), 256), 256>>>(P(t), P(out), t.numel());
+    ET_LAUNCH_CHECK();
+    return out;
+  }
   Tensor upload(const Tensor& host) const override {
     OpScope scope_(prof.get(), "upload");
     ET_CHECK(host.device == Device::CPU, "upload: tensor is not on the host");
@@ -462,8 +502,9 @@ struct CudaBackend final : Backend {
   Tensor download(const Tensor& dev) const override {
     OpScope scope_(prof.get(), "download");
     if (dev.device == Device::CPU) return cpu_clone(dev);
-    Tensor h = cpu_empty(dev.shape, dev.dtype);
-    if (dev.nbytes()) ET_CUDA(cudaMemcpy(h.data, dev.data, dev.nbytes(), cudaMemcpyDeviceToHost));
+    Tensor src = dev.dtype == DType::BF16 ? convert(dev, DType::F32) : dev;
+    Tensor h = cpu_empty(src.shape, src.dtype);
+    if (src.nbytes()) ET_CUDA(cudaMemcpy(h.data, src.data, src.nbytes(), cudaMemcpyDeviceToHost));
     return h;
   }
   void fill(Tensor& t, float value) const override {
@@ -473,18 +514,25 @@ struct CudaBackend final : Backend {
       ET_CUDA(cudaMemsetAsync(t.data, 0, t.nbytes()));
       return;
     }
-    fill_kernel<<<blocks_for(n, 256), 256>>>(W(t), value, n);
+    fill_kernel<<<blocks_for(n, 256), 256>>>(P(t), value, n);
     ET_LAUNCH_CHECK();
   }
   void copy(Tensor& dst, const Tensor& src) const override {
     OpScope scope_(prof.get(), "copy");
-    ET_CHECK(dst.nbytes() == src.nbytes(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
+    ET_CHECK(dst.numel() == src.numel(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
              shape_str(src.shape));
+    if (dst.dtype != src.dtype) {
+      convert_kernel<<<blocks_for(src.numel(), 256), 256>>>(P(src), P(dst), src.numel());
+      ET_LAUNCH_CHECK();
+      return;
+    }
     if (dst.data != src.data && src.nbytes())
       ET_CUDA(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice));
   }
 
-  // Row-major C[m,n] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+  // Row-major C[m,n] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T. All fp32: TF32
+  // tensor cores. Any bf16 operand: both inputs in bf16 (an fp32 one is rounded first), C in
+  // its own type, fp32 accumulation.
   void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
               float beta) const override {
     OpScope scope_(prof.get(), "matmul");
@@ -495,16 +543,30 @@ struct CudaBackend final : Backend {
              (ta ? "^T" : ""), " x ", shape_str(b.shape), (tb ? "^T" : ""), " -> ",
              shape_str(c.shape), " do not match");
     if (m == 0 || n == 0) return;
-    ET_CUBLAS(cublasSgemm(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                          static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                          F(b), static_cast<int>(b.dim(1)), F(a), static_cast<int>(a.dim(1)), &beta,
-                          W(c), static_cast<int>(n)));
+    const bool all_f32 = a.dtype == DType::F32 && b.dtype == DType::F32 && c.dtype == DType::F32;
+    if (all_f32) {
+      ET_CUBLAS(cublasSgemm(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                            F(b), static_cast<int>(b.dim(1)), F(a), static_cast<int>(a.dim(1)), &beta,
+                            W(c), static_cast<int>(n)));
+      return;
+    }
+    Tensor a16 = convert(a, DType::BF16), b16 = convert(b, DType::BF16);
+    P(c);
+    ET_CUBLAS(cublasGemmEx(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                           b16.data, CUDA_R_16BF, static_cast<int>(b.dim(1)), a16.data, CUDA_R_16BF,
+                           static_cast<int>(a.dim(1)), &beta, c.data,
+                           c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(n),
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   void add_bias(Tensor& y, const Tensor& bias) const override {
     OpScope scope_(prof.get(), "add_bias");
-    int64_t n = y.numel(), cols = cols_of(y);
+    int64_t rows = rows_of(y), cols = cols_of(y);
     ET_CHECK(bias.numel() == cols, "add_bias: bias size mismatch");
-    add_bias_kernel<<<blocks_for(n, 256), 256>>>(W(y), F(bias), n, cols);
+    if (rows == 0) return;
+    dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(std::min<int64_t>(rows, 8192)));
+    add_bias_kernel<<<grid, 256>>>(P(y), F(bias), rows, static_cast<int>(cols));
     ET_LAUNCH_CHECK();
   }
   void bias_backward(const Tensor& dy, Tensor& db) const override {
@@ -512,24 +574,24 @@ struct CudaBackend final : Backend {
     int64_t rows = rows_of(dy), cols = cols_of(dy);
     ET_CHECK(db.numel() == cols, "bias_backward: size mismatch");
     dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>((rows + 63) / 64));
-    if (rows > 0) bias_backward_kernel<<<grid, 256>>>(F(dy), W(db), rows, cols);
+    if (rows > 0) bias_backward_kernel<<<grid, 256>>>(P(dy), W(db), rows, cols);
     ET_LAUNCH_CHECK();
   }
   void add(const Tensor& a, const Tensor& b, Tensor& y) const override {
     OpScope scope_(prof.get(), "add");
     ET_CHECK(a.numel() == b.numel() && a.numel() == y.numel(), "add: size mismatch");
-    add_kernel<<<blocks_for(a.numel(), 256), 256>>>(F(a), F(b), W(y), a.numel());
+    add_kernel<<<blocks_for(a.numel(), 256), 256>>>(P(a), P(b), P(y), a.numel());
     ET_LAUNCH_CHECK();
   }
   void mul(const Tensor& a, const Tensor& b, Tensor& y) const override {
     OpScope scope_(prof.get(), "mul");
     ET_CHECK(a.numel() == b.numel() && a.numel() == y.numel(), "mul: size mismatch");
-    mul_kernel<<<blocks_for(a.numel(), 256), 256>>>(F(a), F(b), W(y), a.numel());
+    mul_kernel<<<blocks_for(a.numel(), 256), 256>>>(P(a), P(b), P(y), a.numel());
     ET_LAUNCH_CHECK();
   }
   void scale(Tensor& y, float s) const override {
     OpScope scope_(prof.get(), "scale");
-    scale_kernel<<<blocks_for(y.numel(), 256), 256>>>(W(y), s, y.numel());
+    scale_kernel<<<blocks_for(y.numel(), 256), 256>>>(P(y), s, y.numel());
     ET_LAUNCH_CHECK();
   }
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
@@ -537,8 +599,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "layernorm_forward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
-    layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(F(x), F(w), b ? F(*b) : nullptr, eps,
-                                                                   W(y), W(mean), W(rstd), rows, n);
+    layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), F(w), b ? F(*b) : nullptr, eps,
+                                                                   P(y), W(mean), W(rstd), rows, n);
     ET_LAUNCH_CHECK();
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
@@ -552,19 +614,19 @@ struct CudaBackend final : Backend {
       ET_CUDA(cudaFuncSetAttribute(layernorm_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(smem)));
     if (rows > 0)
-      layernorm_backward_kernel<<<blocks, 256, smem>>>(F(dy), F(x), F(w), F(mean), F(rstd), W(dx),
+      layernorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
                                                        dw ? W(*dw) : nullptr, db ? W(*db) : nullptr,
                                                        rows, n);
     ET_LAUNCH_CHECK();
   }
-  void act_forward(Act act, const Tensor& x, Tensor& y) const override {
+  void act_forward(Act a, const Tensor& x, Tensor& y) const override {
     OpScope scope_(prof.get(), "act_forward");
-    act_forward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(act), F(x), W(y), x.numel());
+    act_forward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(y), x.numel());
     ET_LAUNCH_CHECK();
   }
-  void act_backward(Act act, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
+  void act_backward(Act a, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
     OpScope scope_(prof.get(), "act_backward");
-    act_backward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(act), F(x), F(dy), W(dx),
+    act_backward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(dy), P(dx),
                                                               x.numel());
     ET_LAUNCH_CHECK();
   }
@@ -573,21 +635,14 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "embedding_forward");
     int64_t t = ids.numel();
     int n = static_cast<int>(cols_of(table));
-    const int64_t vocab = rows_of(table);
-    // Ids are validated on the host copy before upload by callers that take user input; here a
-    // bad id would read out of bounds, so check the values once more cheaply on the host.
-    Tensor h = download(ids);
-    for (int64_t i = 0; i < t; ++i)
-      ET_CHECK(h.i32()[i] >= 0 && h.i32()[i] < vocab, "token id ", h.i32()[i], " at position ", i,
-               " is outside the embedding table of ", vocab, " rows");
-    embedding_forward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), F(table), W(y), t, n, accumulate);
+    embedding_forward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), F(table), P(y), t, n, accumulate);
     ET_LAUNCH_CHECK();
   }
   void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) const override {
     OpScope scope_(prof.get(), "embedding_backward");
     int64_t t = ids.numel();
     int n = static_cast<int>(cols_of(dtable));
-    embedding_backward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), F(dy), W(dtable), t, n);
+    embedding_backward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), P(dy), W(dtable), t, n);
     ET_LAUNCH_CHECK();
   }
 
@@ -611,7 +666,20 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "attention_forward");
     int n = 0;
     Tensor tiles = tiles_of(a, &n), cu = cu_of(a);
-    cuda::attention_forward(a, F(q), F(k), F(v), W(out), W(lse), I(tiles), n, I(cu));
+    if (n == 0) return;
+    const bool bf = q.dtype == DType::BF16;
+    ET_CHECK(k.dtype == q.dtype && v.dtype == q.dtype && out.dtype == q.dtype,
+             "attention: q, k, v and out must share a dtype");
+    if (attention_use_tc(a)) {
+      P(q);
+      attention_forward_tc(a, q.data, k.data, v.data, out.data, bf, W(lse), I(tiles), n, I(cu));
+      return;
+    }
+    // fp32 CUDA-core kernels for other head sizes
+    Tensor q32 = convert(q, DType::F32), k32 = convert(k, DType::F32), v32 = convert(v, DType::F32);
+    Tensor o32 = bf ? empty(out.shape, DType::F32) : out;
+    cuda::attention_forward(a, F(q32), F(k32), F(v32), W(o32), W(lse), I(tiles), n, I(cu));
+    if (bf) copy(out, o32);
   }
   void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
@@ -619,9 +687,41 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "attention_backward");
     int n = 0;
     Tensor tiles = tiles_of(a, &n), cu = cu_of(a);
+    if (n == 0) return;
+    const bool bf = q.dtype == DType::BF16;
     Tensor delta = empty({lse.numel()}, DType::F32);
-    cuda::attention_backward(a, F(q), F(k), F(v), F(out), F(lse), F(dout), W(dq), W(dk), W(dv),
-                             d_rel_bias ? W(*d_rel_bias) : nullptr, W(delta), I(tiles), n, I(cu));
+    float* dbias = d_rel_bias ? W(*d_rel_bias) : nullptr;
+    if (attention_use_tc(a)) {
+      P(q);
+      ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype, "attention: out, dout dtype mismatch");
+      attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
+      // fp32 gradient buffers: dq always takes atomic adds; dk/dv do with grouped heads.
+      const bool atomic_kv = a.n_heads != a.n_kv_heads;
+      Tensor dq32 = dq.dtype == DType::F32 ? dq : empty(dq.shape, DType::F32);
+      Tensor dk32 = dk.dtype == DType::F32 ? dk : empty(dk.shape, DType::F32);
+      Tensor dv32 = dv.dtype == DType::F32 ? dv : empty(dv.shape, DType::F32);
+      ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));
+      if (atomic_kv) {
+        ET_CUDA(cudaMemsetAsync(dk32.data, 0, dk32.nbytes()));
+        ET_CUDA(cudaMemsetAsync(dv32.data, 0, dv32.nbytes()));
+      }
+      attention_backward_tc(a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
+                            W(dk32), W(dv32), atomic_kv, dbias, I(tiles), n, I(cu));
+      if (dq.dtype != DType::F32) copy(dq, dq32);
+      if (dk.dtype != DType::F32) copy(dk, dk32);
+      if (dv.dtype != DType::F32) copy(dv, dv32);
+      return;
+    }
+    auto f32 = [&](const Tensor& t) { return convert(t, DType::F32); };
+    Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(out), g32 = f32(dout);
+    Tensor dq32 = dq.dtype == DType::F32 ? dq : empty(dq.shape, DType::F32);
+    Tensor dk32 = dk.dtype == DType::F32 ? dk : empty(dk.shape, DType::F32);
+    Tensor dv32 = dv.dtype == DType::F32 ? dv : empty(dv.shape, DType::F32);
+    cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32), W(dk32),
+                             W(dv32), dbias, W(delta), I(tiles), n, I(cu));
+    if (dq.dtype != DType::F32) copy(dq, dq32);
+    if (dk.dtype != DType::F32) copy(dk, dk32);
+    if (dv.dtype != DType::F32) copy(dv, dv32);
   }
 
   void pool_forward(PoolMode mode, const Tensor& x, const std::vector<int32_t>& cu,
@@ -633,7 +733,7 @@ struct CudaBackend final : Backend {
     Tensor dskip;
     if (!skip.empty()) dskip = upload(cpu_from_i32(skip, {nseq}));
     pool_forward_kernel<<<blocks_for(static_cast<int64_t>(nseq) * c, 256), 256>>>(
-        static_cast<int>(mode), F(x), I(dcu), skip.empty() ? nullptr : I(dskip), W(out),
+        static_cast<int>(mode), P(x), I(dcu), skip.empty() ? nullptr : I(dskip), W(out),
         argmax ? static_cast<int32_t*>(argmax->data) : nullptr, nseq, c);
     ET_LAUNCH_CHECK();
   }
@@ -648,7 +748,7 @@ struct CudaBackend final : Backend {
     if (!skip.empty()) dskip = upload(cpu_from_i32(skip, {nseq}));
     pool_backward_kernel<<<blocks_for(static_cast<int64_t>(nseq) * c, 256), 256>>>(
         static_cast<int>(mode), F(dout), I(dcu), skip.empty() ? nullptr : I(dskip),
-        argmax ? I(*argmax) : nullptr, W(dx), nseq, c);
+        argmax ? I(*argmax) : nullptr, P(dx), nseq, c);
     ET_LAUNCH_CHECK();
   }
   void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
@@ -674,7 +774,7 @@ struct CudaBackend final : Backend {
   void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const override {
     OpScope scope_(prof.get(), "l2norm_forward");
     int64_t rows = rows_of(x);
-    l2norm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(F(x), W(y), W(norms), rows,
+    l2norm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), P(y), W(norms), rows,
                                                                 static_cast<int>(cols_of(x)));
     ET_LAUNCH_CHECK();
   }
@@ -682,7 +782,7 @@ struct CudaBackend final : Backend {
                        Tensor& dx) const override {
     OpScope scope_(prof.get(), "l2norm_backward");
     int64_t rows = rows_of(y);
-    l2norm_backward_kernel<<<blocks_for(rows * 32, 256), 256>>>(F(dy), F(y), F(norms), W(dx), rows,
+    l2norm_backward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(dy), P(y), F(norms), P(dx), rows,
                                                                  static_cast<int>(cols_of(y)));
     ET_LAUNCH_CHECK();
   }
