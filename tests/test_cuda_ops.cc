@@ -275,16 +275,21 @@ TEST_P(CudaModel, MatchesCpu) {
     double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, nullptr);
     EXPECT_NEAR(lg, lc, 1e-2 * std::abs(lc));
     ASSERT_EQ(pc.size(), pg.size());
-    // Gradients that are zero in exact arithmetic (the attention key bias) only carry rounding
-    // noise: their error is judged against the largest gradient of the model instead.
-    double max_norm = 0;
+    // All gradients together within 3e-2 relative norm (bf16 activations). Each parameter on
+    // its own within 6e-2: sums over many tokens (biases, token-type rows) of the tiny fixture
+    // models cancel heavily, which magnifies bf16 rounding. Gradients that are zero in exact
+    // arithmetic (the attention key bias) are judged against the largest gradient instead.
+    double max_norm = 0, num = 0, den = 0;
     for (Param* p : pc) max_norm = std::max(max_norm, std::sqrt(cpu->sum_squares(p->grad)));
     for (size_t i = 0; i < pc.size(); ++i) {
       Tensor ref = pc[i]->grad;
       double ref_norm = std::sqrt(cpu->sum_squares(ref));
       double err = rel_error(gpu->download(pg[i]->grad), ref);
-      EXPECT_LT(err * ref_norm, 3e-2 * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
+      num += err * err * ref_norm * ref_norm;
+      den += ref_norm * ref_norm;
+      EXPECT_LT(err * ref_norm, 6e-2 * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
     }
+    EXPECT_LT(std::sqrt(num / den), 3e-2) << "all gradients";
   }
 }
 

@@ -2,6 +2,7 @@
 // errors that name the file and field for broken folders.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "core/error.h"
@@ -9,6 +10,7 @@
 #include "io/safetensors.h"
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
+#include "train/step.h"
 
 namespace et::test {
 namespace {
@@ -62,27 +64,44 @@ TEST(ModelFolder, PlainTransformersFolderGetsMeanPooling) {
   EXPECT_FALSE(m->has_st_config);
 }
 
-TEST(ModelFolder, PoolingModesAndDense) {
-  SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
-  std::string d = copy_model("bert", "pool_dense");
-  write_json_atomic(d + "/1_Pooling/config.json",
-                    json{{"pooling_mode_cls_token", true}, {"pooling_mode_max_tokens", true},
-                         {"pooling_mode_mean_tokens", true}, {"word_embedding_dimension", 64}});
+// The bert fixture with the given pooling config, a Dense module (in = 64 * modes, out 8,
+// tanh) and optionally Normalize.
+std::string model_with_dense(const std::string& name, const json& pooling, int modes,
+                             bool normalize, Tensor* w_out = nullptr, Tensor* b_out = nullptr) {
+  std::string d = copy_model("bert", name);
+  write_json_atomic(d + "/1_Pooling/config.json", pooling);
   fs::create_directories(d + "/2_Dense");
+  const int64_t in = 64 * modes;
   write_json_atomic(d + "/2_Dense/config.json",
-                    json{{"in_features", 192}, {"out_features", 8}, {"bias", true},
+                    json{{"in_features", in}, {"out_features", 8}, {"bias", true},
                          {"activation_function", "torch.nn.modules.activation.Tanh"}});
-  Tensor w = cpu_empty({8, 192}), b = cpu_empty({8});
-  for (int64_t i = 0; i < w.numel(); ++i) w.f32()[i] = 0.01f * static_cast<float>((i * 7) % 13 - 6);
+  Tensor w = cpu_empty({8, in}), b = cpu_empty({8});
+  for (int64_t i = 0; i < w.numel(); ++i) w.f32()[i] = 0.05f * static_cast<float>((i * 7) % 13 - 6);
   for (int64_t i = 0; i < 8; ++i) b.f32()[i] = 0.1f * static_cast<float>(i) - 0.3f;
   write_safetensors(d + "/2_Dense/model.safetensors", {{"linear.weight", w}, {"linear.bias", b}});
-  write_json_atomic(d + "/modules.json",
-                    json::array({{{"idx", 0}, {"name", "0"}, {"path", ""},
-                                  {"type", "sentence_transformers.models.Transformer"}},
-                                 {{"idx", 1}, {"name", "1"}, {"path", "1_Pooling"},
-                                  {"type", "sentence_transformers.models.Pooling"}},
-                                 {{"idx", 2}, {"name", "2"}, {"path", "2_Dense"},
-                                  {"type", "sentence_transformers.models.Dense"}}}));
+  json mods = json::array({{{"idx", 0}, {"name", "0"}, {"path", ""},
+                            {"type", "sentence_transformers.models.Transformer"}},
+                           {{"idx", 1}, {"name", "1"}, {"path", "1_Pooling"},
+                            {"type", "sentence_transformers.models.Pooling"}},
+                           {{"idx", 2}, {"name", "2"}, {"path", "2_Dense"},
+                            {"type", "sentence_transformers.models.Dense"}}});
+  if (normalize)
+    mods.push_back({{"idx", 3}, {"name", "3"}, {"path", "3_Normalize"},
+                    {"type", "sentence_transformers.models.Normalize"}});
+  write_json_atomic(d + "/modules.json", mods);
+  if (w_out) *w_out = w;
+  if (b_out) *b_out = b;
+  return d;
+}
+
+TEST(ModelFolder, PoolingModesAndDense) {
+  SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
+  Tensor w, b;
+  std::string d = model_with_dense(
+      "pool_dense",
+      json{{"pooling_mode_cls_token", true}, {"pooling_mode_max_tokens", true},
+           {"pooling_mode_mean_tokens", true}, {"word_embedding_dimension", 64}},
+      3, false, &w, &b);
   auto be = make_cpu_backend();
   auto m = load_sentence_model(d, *be);
   ASSERT_EQ(m->pooling.modes.size(), 3u);
@@ -113,6 +132,56 @@ TEST(ModelFolder, PoolingModesAndDense) {
       double acc = b.f32()[o];
       for (int i = 0; i < 192; ++i) acc += w.f32()[o * 192 + i] * feat[i];
       EXPECT_NEAR(e.f32()[s * 8 + o], std::tanh(acc), 1e-5);
+    }
+  }
+}
+
+// Backward of every pooling mode (with and without prompt exclusion), Dense(tanh) and
+// Normalize against central finite differences of L = sum(R * embeddings).
+TEST(ModelFolder, BackwardMatchesFiniteDifferences) {
+  SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
+  auto be = make_cpu_backend();
+  for (const char* mode : {"cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"}) {
+    for (bool include_prompt : {true, false}) {
+      std::string d = model_with_dense(std::string("fd_") + mode,
+                                       json{{"pooling_mode", mode}, {"include_prompt", include_prompt}},
+                                       1, true);
+      auto m = load_sentence_model(d, *be);
+      auto params = set_trainable(*be, *m, TrainMode::Full);
+      PackedBatch batch;
+      batch.add({2, 17, 301, 45, 9, 3}, include_prompt ? 0 : 2);
+      batch.add({2, 88, 3}, include_prompt ? 0 : 1);
+      batch.add({2, 5, 6, 7, 8, 9, 10, 11, 3}, include_prompt ? 0 : 3);
+      Tensor r = cpu_empty({3, 8});
+      for (int64_t i = 0; i < r.numel(); ++i) r.f32()[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f);
+      auto loss = [&]() {
+        Tensor e = embed_forward(*be, *m, batch, nullptr, nullptr);
+        double l = 0;
+        for (int64_t i = 0; i < e.numel(); ++i) l += static_cast<double>(e.f32()[i]) * r.f32()[i];
+        return l;
+      };
+      EmbedSaved saved;
+      embed_forward(*be, *m, batch, &saved, nullptr);
+      embed_backward(*be, *m, saved, r);
+      for (const char* name : {"linear.weight", "encoder.layer.1.output.dense.weight",
+                               "encoder.layer.0.attention.self.query.weight",
+                               "embeddings.LayerNorm.weight"}) {
+        Param* p = m->params.find(name);
+        if (!p) p = m->dense[0].params.find(name);
+        ASSERT_NE(p, nullptr) << name;
+        for (int64_t idx : {int64_t{0}, int64_t{37}, p->value.numel() - 1}) {
+          float* x = p->value.f32() + idx;
+          const float orig = *x, eps = 1e-2f;
+          *x = orig + eps;
+          double lp = loss();
+          *x = orig - eps;
+          double lm = loss();
+          *x = orig;
+          double fd = (lp - lm) / (2 * eps), an = p->grad.f32()[idx];
+          EXPECT_NEAR(an, fd, 2e-3 + 2e-2 * std::abs(fd))
+              << mode << (include_prompt ? "" : " (prompt excluded) ") << name << "[" << idx << "]";
+        }
+      }
     }
   }
 }

@@ -37,8 +37,10 @@ class Training : public ::testing::TestWithParam<std::string> {};
 TEST_P(Training, FullFineTuningGradients) {
   std::string root = model_fixture(GetParam());
   SKIP_WITHOUT_FIXTURES(root);
+  for (const char* layout : {"model", "model_saved_by_reference"}) {
+  SCOPED_TRACE(layout);
   auto be = make_cpu_backend();
-  auto m = load_sentence_model(root + "/model", *be);
+  auto m = load_sentence_model(root + "/" + layout, *be);
   auto params = set_trainable(*be, *m, TrainMode::Full);
   double loss = train_step_grads(*be, *m, fixture_columns(root), LossSpec{}, 1.0, nullptr);
   TensorFile exp = read_safetensors(root + "/expected.safetensors");
@@ -57,6 +59,7 @@ TEST_P(Training, FullFineTuningGradients) {
     ++checked;
   }
   EXPECT_EQ(checked, static_cast<int>(params.size()));
+  }
 }
 
 TEST_P(Training, LoraEmbeddingsLossAndGradients) {
