@@ -16,6 +16,13 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "tests exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|rel err|OK$|FAILED$" "$OUT/tests.log" | head -40
 fi
 $D/embedtune bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${BENCH_ARGS:-} --out "$OUT/embedtune_bench.jsonl" 2>&1 | tail -8
+if [ "${TRAIN_DEMO:-0}" = 1 ]; then  # real text end to end on the GPU (random-init bge-small)
+  $D/embedtune init --preset bge-small --vocab $D/data/vocab.txt --output /tmp/et-bge-small >/dev/null
+  $D/embedtune train --model /tmp/et-bge-small --train $D/data/train.jsonl --output /tmp/et-run \
+    --device cuda --max_steps 60 --per_device_train_batch_size 64 --learning_rate 2e-4 \
+    --logging_steps 20 --save_steps 50 --max_seq_length 256 2>&1 | tail -8
+  cp /tmp/et-run/train_log.jsonl "$OUT/train_demo_log.jsonl"
+fi
 if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized per op)
   EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
 fi

@@ -8,4 +8,6 @@ rm -rf .device && mkdir -p .device/fixtures
 cp build/embedtune build/embedtune_tests .device/
 cp -r "$FIX/models" "$FIX/losses" "$FIX/ir_metrics" .device/fixtures/
 cp ../shared/tools/baseline_st.py .device/
+mkdir -p .device/data
+cp ../shared/data/tokenizers/vocab.txt ../shared/data/legal-rag/train.jsonl .device/data/
 du -sh .device

@@ -13,6 +13,7 @@
 #include "ops/cuda/device_info.h"
 #include "train/lora.h"
 #include "train/step.h"
+#include "train/trainer.h"
 
 namespace et::test {
 namespace {
@@ -90,6 +91,55 @@ TEST(CudaOps, ElementwiseBiasActivations) {
     b.gpu->act_backward(act, b.up(x), b.up(y), d);
     expect_close(b.down(d), r, 1e-5, "act_backward " + std::to_string(static_cast<int>(act)));
   }
+}
+
+// The same ops on bf16 activations (the CUDA backend's storage type): about 1e-2.
+TEST(CudaOps, Bf16Activations) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  auto bf = [&](const Tensor& host) {
+    Tensor d = b.gpu->empty(host.shape, DType::BF16);
+    b.gpu->copy(d, b.up(host));
+    return d;
+  };
+  // reference inputs rounded to bf16 the same way, so only the op's own error remains
+  auto rounded = [&](const Tensor& host) { return b.down(bf(host)); };
+  Tensor x = rounded(b.rand({256, 96}, -3, 3)), y = rounded(b.rand({256, 96})), bias = b.rand({96});
+  Tensor r = cpu_empty(x.shape), d = b.gpu->empty(x.shape, DType::BF16);
+  b.cpu->add(x, y, r);
+  b.gpu->add(bf(x), bf(y), d);
+  expect_close(b.down(d), r, 1e-2, "bf16 add");
+  Tensor xr = cpu_clone(x), xd = bf(x);
+  b.cpu->add_bias(xr, bias);
+  b.gpu->add_bias(xd, b.up(bias));
+  expect_close(b.down(xd), xr, 1e-2, "bf16 add_bias");
+  for (Act act : {Act::GeluErf, Act::GeluTanh, Act::Tanh, Act::SiLU}) {
+    b.cpu->act_forward(act, x, r);
+    b.gpu->act_forward(act, bf(x), d);
+    expect_close(b.down(d), r, 1e-2, "bf16 act_forward");
+    b.cpu->act_backward(act, x, y, r);
+    b.gpu->act_backward(act, bf(x), bf(y), d);
+    expect_close(b.down(d), r, 1e-2, "bf16 act_backward");
+  }
+  Tensor w = b.rand({96}, 0.5, 1.5), mu = cpu_empty({256}), rs = cpu_empty({256});
+  Tensor mud = b.gpu->empty({256}, DType::F32), rsd = b.gpu->empty({256}, DType::F32);
+  Tensor bd = b.up(bias);
+  b.cpu->layernorm_forward(x, w, &bias, 1e-12f, r, mu, rs);
+  b.gpu->layernorm_forward(bf(x), b.up(w), &bd, 1e-12f, d, mud, rsd);
+  expect_close(b.down(d), r, 1e-2, "bf16 layernorm_forward");
+  Tensor dw = cpu_zeros({96}), dwd = b.gpu->zeros({96}, DType::F32);
+  b.cpu->layernorm_backward(y, x, w, mu, rs, r, &dw, nullptr);
+  b.gpu->layernorm_backward(bf(y), bf(x), b.up(w), mud, rsd, d, &dwd, nullptr);
+  expect_close(b.down(d), r, 1e-2, "bf16 layernorm_backward dx");
+  expect_close(b.down(dwd), dw, 1e-2, "bf16 layernorm_backward dw");
+  // bf16 activations times fp32 weights, fp32 and bf16 results
+  Tensor wm = b.rand({40, 96}), c = cpu_empty({256, 40});
+  b.cpu->matmul(x, false, wm, true, c);
+  Tensor c32 = b.gpu->empty({256, 40}, DType::F32), c16 = b.gpu->empty({256, 40}, DType::BF16);
+  b.gpu->matmul(bf(x), false, b.up(wm), true, c32);
+  b.gpu->matmul(bf(x), false, b.up(wm), true, c16);
+  expect_close(b.down(c32), c, 1e-2, "bf16 matmul -> f32");
+  expect_close(b.down(c16), c, 1e-2, "bf16 matmul -> bf16");
 }
 
 TEST(CudaOps, LayerNormAndL2Norm) {
@@ -300,6 +350,58 @@ INSTANTIATE_TEST_SUITE_P(BertFamily, CudaModel, ::testing::ValuesIn(bert_family_
                              if (ch == '-') ch = '_';
                            return s;
                          });
+
+// `train --device cuda` end to end: checkpoints, resume, outputs in the same formats.
+TEST(CudaTrainer, TrainsResumesAndMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string dir = temp_dir("cuda_trainer");
+  std::string rows;
+  char a[96], p[96];
+  for (int i = 0; i < 24; ++i) {
+    std::snprintf(a, sizeof(a), "w%d w%d w%d", i, (i * 7) % 500, (i * 13) % 500);
+    std::snprintf(p, sizeof(p), "w%d w%d w%d w%d w%d", i + 100, (i * 11) % 500, i + 3, i * 2, i + 40);
+    rows += json{{"anchor", a}, {"positive", p}}.dump() + "\n";
+  }
+  write_text_atomic(dir + "/pairs.jsonl", rows);
+  auto cfg = [&](const std::string& out) {
+    TrainConfig c;
+    c.model = root + "/model";
+    c.train_file = dir + "/pairs.jsonl";
+    c.output_dir = dir + "/" + out;
+    c.learning_rate = 1e-3;
+    c.per_device_train_batch_size = 8;
+    c.max_steps = 6;
+    c.save_steps = 3;
+    c.lora.r = 4;
+    c.lora.alpha = 8;
+    c.quiet = true;
+    return c;
+  };
+  auto gpu = make_cuda_backend(0);
+  auto cpu = make_cpu_backend();
+  run_training(cfg("gpu_a"), *gpu);
+  TrainConfig b = cfg("gpu_b");
+  b.stop_after_steps = 3;
+  run_training(b, *gpu);
+  b.stop_after_steps = -1;
+  b.resume = true;
+  run_training(b, *gpu);
+  run_training(cfg("cpu"), *cpu);
+  TensorFile ta = read_safetensors(dir + "/gpu_a/adapter/adapter_model.safetensors");
+  TensorFile tb = read_safetensors(dir + "/gpu_b/adapter/adapter_model.safetensors");
+  TensorFile tc = read_safetensors(dir + "/cpu/adapter/adapter_model.safetensors");
+  TensorFile base = read_safetensors(root + "/model/model.safetensors");
+  for (const auto& [name, t] : ta.tensors) {
+    // GPU gradients use atomic additions (attention dQ), so runs agree to rounding, not bits;
+    // bf16 activations put the CUDA run a little further from the fp32 CPU run.
+    EXPECT_LT(rel_error(to_f32(tb.at(name)), to_f32(t)), 2e-2) << "resumed vs uninterrupted " << name;
+    EXPECT_LT(rel_error(to_f32(t), to_f32(tc.at(name))), 2e-1) << "cuda vs cpu " << name;
+  }
+  auto merged = load_sentence_model(dir + "/gpu_a/merged", *cpu);
+  EXPECT_TRUE(merged->normalize);
+}
 
 }  // namespace
 }  // namespace et::test

@@ -172,6 +172,77 @@ __device__ __forceinline__ float act_df(int act, float x) {
   }
 }
 
+// Vectorised bf16 paths: 8 values (16 bytes) per thread and access, for the common case of
+// bf16 operands whose size is a multiple of 8.
+struct Vec8 {
+  float v[8];
+  __device__ __forceinline__ void load(const bf16* p) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = __bfloat1622float2(h[i]);
+      v[2 * i] = f.x;
+      v[2 * i + 1] = f.y;
+    }
+  }
+  __device__ __forceinline__ void store(bf16* p) const {
+    uint4 raw;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+};
+
+__global__ void act_forward_bf16x8(int act, const bf16* x, bf16* y, int64_t n8) {
+  GRID_STRIDE(i, n8) {
+    Vec8 a;
+    a.load(x + 8 * i);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a.v[k] = act_f(act, a.v[k]);
+    a.store(y + 8 * i);
+  }
+}
+__global__ void act_backward_bf16x8(int act, const bf16* x, const bf16* dy, bf16* dx, int64_t n8) {
+  GRID_STRIDE(i, n8) {
+    Vec8 a, g;
+    a.load(x + 8 * i);
+    g.load(dy + 8 * i);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a.v[k] = act_df(act, a.v[k]) * g.v[k];
+    a.store(dx + 8 * i);
+  }
+}
+__global__ void add_bf16x8(const bf16* a, const bf16* b, bf16* y, int64_t n8) {
+  GRID_STRIDE(i, n8) {
+    Vec8 x, z;
+    x.load(a + 8 * i);
+    z.load(b + 8 * i);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x.v[k] += z.v[k];
+    x.store(y + 8 * i);
+  }
+}
+__global__ void add_bias_bf16x8(bf16* y, const float* b, int64_t n8, int cols8) {
+  GRID_STRIDE(i, n8) {
+    Vec8 x;
+    x.load(y + 8 * i);
+    const float* bb = b + 8 * (i % cols8);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x.v[k] += bb[k];
+    x.store(y + 8 * i);
+  }
+}
+__global__ void f32_to_bf16x8(const float* x, bf16* y, int64_t n8) {
+  GRID_STRIDE(i, n8) {
+    Vec8 a;
+    float4 p = reinterpret_cast<const float4*>(x)[2 * i], q = reinterpret_cast<const float4*>(x)[2 * i + 1];
+    a.v[0] = p.x, a.v[1] = p.y, a.v[2] = p.z, a.v[3] = p.w, a.v[4] = q.x, a.v[5] = q.y, a.v[6] = q.z, a.v[7] = q.w;
+    a.store(y + 8 * i);
+  }
+}
+
 __global__ void act_forward_kernel(int act, Ptr x, Ptr y, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, act_f(act, x.get(i)));
 }
@@ -488,10 +559,20 @@ struct CudaBackend final : Backend {
   Tensor convert(const Tensor& t, DType to) const {
     if (t.dtype == to) return t;
     Tensor out = empty(t.shape, to);
-    convert_kernel<<<blocks_for(t.numel(), 256), 256>>>(P(t), P(out), t.numel());
+    const int64_t n = t.numel();
+    if (t.dtype == DType::F32 && to == DType::BF16 && n % 8 == 0)
+      f32_to_bf16x8<<<blocks_for(n / 8, 256), 256>>>(F(t), static_cast<bf16*>(out.data), n / 8);
+    else
+      convert_kernel<<<blocks_for(n, 256), 256>>>(P(t), P(out), n);
     ET_LAUNCH_CHECK();
     return out;
   }
+  static bool bf16x8(std::initializer_list<const Tensor*> ts) {
+    for (const Tensor* t : ts)
+      if (t->dtype != DType::BF16 || t->numel() % 8 != 0) return false;
+    return true;
+  }
+  static bf16* B16(const Tensor& t) { return static_cast<bf16*>(t.data); }
   Tensor upload(const Tensor& host) const override {
     OpScope scope_(prof.get(), "upload");
     ET_CHECK(host.device == Device::CPU, "upload: tensor is not on the host");
@@ -565,6 +646,12 @@ struct CudaBackend final : Backend {
     int64_t rows = rows_of(y), cols = cols_of(y);
     ET_CHECK(bias.numel() == cols, "add_bias: bias size mismatch");
     if (rows == 0) return;
+    if (y.dtype == DType::BF16 && cols % 8 == 0) {
+      add_bias_bf16x8<<<blocks_for(y.numel() / 8, 256), 256>>>(B16(y), F(bias), y.numel() / 8,
+                                                                 static_cast<int>(cols / 8));
+      ET_LAUNCH_CHECK();
+      return;
+    }
     dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(std::min<int64_t>(rows, 8192)));
     add_bias_kernel<<<grid, 256>>>(P(y), F(bias), rows, static_cast<int>(cols));
     ET_LAUNCH_CHECK();
@@ -580,6 +667,11 @@ struct CudaBackend final : Backend {
   void add(const Tensor& a, const Tensor& b, Tensor& y) const override {
     OpScope scope_(prof.get(), "add");
     ET_CHECK(a.numel() == b.numel() && a.numel() == y.numel(), "add: size mismatch");
+    if (bf16x8({&a, &b, &y})) {
+      add_bf16x8<<<blocks_for(a.numel() / 8, 256), 256>>>(B16(a), B16(b), B16(y), a.numel() / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     add_kernel<<<blocks_for(a.numel(), 256), 256>>>(P(a), P(b), P(y), a.numel());
     ET_LAUNCH_CHECK();
   }
@@ -621,11 +713,23 @@ struct CudaBackend final : Backend {
   }
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
     OpScope scope_(prof.get(), "act_forward");
+    if (bf16x8({&x, &y})) {
+      act_forward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x), B16(y),
+                                                                   x.numel() / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     act_forward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(y), x.numel());
     ET_LAUNCH_CHECK();
   }
   void act_backward(Act a, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
     OpScope scope_(prof.get(), "act_backward");
+    if (bf16x8({&x, &dy, &dx})) {
+      act_backward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x), B16(dy),
+                                                                    B16(dx), x.numel() / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     act_backward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(dy), P(dx),
                                                               x.numel());
     ET_LAUNCH_CHECK();
