@@ -1,21 +1,19 @@
-// Tensor-core variable-length attention (head_dim a multiple of 16, at most 128): the same
-// algorithm as attention.cu (FlashAttention-2: online softmax forward, recomputing backward),
-// with the four matrix products of each tile on bf16 tensor cores (WMMA 16x16x16, fp32
-// accumulation). Inputs are fp32 in memory and rounded to bf16 as tiles enter shared memory;
-// softmax statistics, accumulators and outputs stay fp32.
+// Tensor-core variable-length attention (head_dim 16/32/64/128): the algorithm of
+// attention.cu (FlashAttention-2, Dao 2023: online softmax forward, recomputing backward) with
+// every matrix product of a tile on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation)
+// and the scores, probabilities and output accumulators kept in registers. Inputs (bf16 or
+// fp32) are rounded to bf16 as tiles enter shared memory; statistics stay fp32.
 //
 // Forward: a block = 4 warps = 64 query rows of one (sequence, head); key/value tiles of 64
 // rows stream through shared memory. Each warp computes its 16 x 64 score tile S = Q K^T,
-// turns it into probabilities with the running max/sum of each row (two lanes per row), and
-// accumulates O += P V into a 16 x D fp32 tile kept in shared memory (so that rows can be
-// rescaled when their max grows).
+// updates the running max/sum of its rows, rescales its output accumulators and adds P V
+// with P taken directly from the score registers.
 //
 // Backward: a block owns 64 key rows (16 per warp) and streams query tiles of 64 rows:
 //   S^T = K Q^T, P^T = exp(scale S^T + bias - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //   dV += P^T dO, dK += dS^T Q (register accumulators), dQ += dS K (fp32 atomics, since every
 //   key tile contributes to every query row).
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
@@ -24,7 +22,6 @@ namespace et::cuda {
 
 namespace {
 
-using namespace nvcuda;
 using bf16 = __nv_bfloat16;
 
 constexpr int BM = 64, BN = 64, NW = 4;
@@ -87,44 +84,83 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
 __device__ __forceinline__ void store_val(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_val(bf16* p, float v) { *p = __float2bfloat16(v); }
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragAc = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+// ---- warp-level tensor-core primitives (PTX ISA: mma.sync m16n8k16, ldmatrix) ------------
+// Fragment layouts (g = lane / 4, t = lane % 4):
+//   A 16x16 (row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B 16x8 (k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
+//   C 16x8 (fp32):       c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+// so the accumulators of two adjacent 16x8 tiles of S are, packed to bf16, exactly the A
+// fragment of P for the next product (FlashAttention-2's register reuse).
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const bf16* p) {
+  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const bf16* p) {
+  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+// Address of this lane's row for an A fragment at (r0, c0) of a row-major tile.
+__device__ __forceinline__ const bf16* a_addr(const bf16* tile, int ld, int r0, int c0, int lane) {
+  return tile + (r0 + (lane % 16)) * ld + c0 + (lane / 16) * 8;
+}
+// B fragments of two adjacent n-blocks [n0, n0+16) from a tile stored [n][k] (B = tile^T).
+__device__ __forceinline__ const bf16* bt_addr(const bf16* tile, int ld, int n0, int k0, int lane) {
+  return tile + (n0 + (lane % 8) + (lane / 16) * 8) * ld + k0 + ((lane / 8) % 2) * 8;
+}
+// B fragments of two adjacent n-blocks from a tile stored [k][n] (use with ldsm_x4_t).
+__device__ __forceinline__ const bf16* b_addr(const bf16* tile, int ld, int k0, int n0, int lane) {
+  return tile + (k0 + (lane % 8) + ((lane / 8) % 2) * 8) * ld + n0 + (lane / 16) * 8;
+}
 
 template <int D>
 struct FwdSmem {
-  static constexpr int LD = D + 8, LS = BN + 4, LP = BN + 8, LO = D + 4;
-  static constexpr size_t bytes = sizeof(bf16) * (3 * 64 * LD + NW * 16 * LP) +
-                                  sizeof(float) * (NW * 16 * LS + NW * 16 * LO);
+  static constexpr int LD = D + 8;
+  static constexpr size_t bytes = sizeof(bf16) * 3 * 64 * LD;
 };
 
+// Forward. Warp w owns query rows row0 + 16w .. +16 of the tile; this lane holds rows g and
+// g + 8 of them, and of every 16x8 tile the columns 2t, 2t + 1.
 template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
     attn_fwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse,
                        const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
-  using S = FwdSmem<D>;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int LD = FwdSmem<D>::LD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Ks = Qs + 64 * S::LD;
-  bf16* Vs = Ks + 64 * S::LD;
-  bf16* Ps = Vs + 64 * S::LD;
-  float* Ss = reinterpret_cast<float*>(Ps + NW * 16 * S::LP);
-  float* Os = Ss + NW * 16 * S::LS;
+  bf16* Ks = Qs + 64 * LD;
+  bf16* Vs = Ks + 64 * LD;
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  bf16* Pw = Ps + warp * 16 * S::LP;
-  float* Sw = Ss + warp * 16 * S::LS;
-  float* Ow = Os + warp * 16 * S::LO;
   load_tile<D>(Qs, q + start * p.qs, p.qs, h * D, row0, len);
-  for (int idx = lane; idx < 16 * S::LO; idx += 32) Ow[idx] = 0;
-  const int r = lane >> 1, half = lane & 1;  // this lane's row of the warp's 16, and half
-  const int i = row0 + warp * 16 + r;
-  float m = -INFINITY, l = 0;
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[kk], a_addr(Qs, LD, warp * 16, kk * 16, lane));
+  float o[D / 8][4];
+#pragma unroll
+  for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
+  const int irow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
   int kv_begin = 0, kv_end = len;
   if (p.causal) kv_end = min(len, row0 + BM);
   if (p.window >= 0) {
@@ -136,83 +172,102 @@ __global__ void __launch_bounds__(NW * 32)
     load_tile<D>(Ks, k + start * p.ks, p.ks, kvh * D, c0, len);
     load_tile<D>(Vs, v + start * p.ks, p.ks, kvh * D, c0, len);
     __syncthreads();
-    // S = Q_w K^T  (16 x 64)
+    float s[8][4];
 #pragma unroll
-    for (int nf = 0; nf < BN / 16; ++nf) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        FragA a;
-        FragBc b;
-        wmma::load_matrix_sync(a, Qs + warp * 16 * S::LD + kk * 16, S::LD);
-        wmma::load_matrix_sync(b, Ks + nf * 16 * S::LD + kk * 16, S::LD);
-        wmma::mma_sync(acc, a, b, acc);
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        ldsm_x4(b, bt_addr(Ks, LD, np * 16, kk * 16, lane));
+        mma16816(s[2 * np], qf[kk], b[0], b[1]);
+        mma16816(s[2 * np + 1], qf[kk], b[2], b[3]);
       }
-      wmma::store_matrix_sync(Sw + nf * 16, acc, S::LS, wmma::mem_row_major);
-    }
-    __syncwarp();
-    // online softmax on this lane's half row (32 scores)
-    float s[32];
-    float cmax = -INFINITY;
+    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int t = 0; t < 32; ++t) {
-      int j = c0 + half * 32 + t;
-      float x = -INFINITY;
-      if (!masked(p, i, j, len)) {
-        x = Sw[r * S::LS + half * 32 + t] * p.scale;
-        if (p.bias) x += p.bias[tc_bucket(j - i, p.buckets, p.max_distance) * p.hq + h];
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
+        float x = -INFINITY;
+        if (!masked(p, i, key, len)) {
+          x = s[j][e] * p.scale;
+          if (p.bias) x += p.bias[tc_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+        }
+        s[j][e] = x;
+        mx[e / 2] = fmaxf(mx[e / 2], x);
       }
-      s[t] = x;
-      cmax = fmaxf(cmax, x);
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r]);
+      corr[r] = m_new == -INFINITY ? 1.0f : __expf(m[r] - m_new);
+      m[r] = m_new;
+      l[r] *= corr[r];
     }
-    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 1));
-    const float m_new = fmaxf(m, cmax);
-    const float corr = m_new == -INFINITY ? 1.0f : __expf(m - m_new);
-    float psum = 0;
 #pragma unroll
-    for (int t = 0; t < 32; ++t) {
-      float pv = m_new == -INFINITY ? 0.0f : __expf(s[t] - m_new);
-      psum += pv;
-      Pw[r * S::LP + half * 32 + t] = __float2bfloat16(pv);
-    }
-    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
-    l = l * corr + psum;
-    m = m_new;
-    for (int c = half * (D / 2); c < (half + 1) * (D / 2); ++c) Ow[r * S::LO + c] *= corr;
-    __syncwarp();
-    // O_w += P_w V  (16 x D)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-    for (int nf = 0; nf < D / 16; ++nf) {
-      FragC acc;
-      wmma::load_matrix_sync(acc, Ow + nf * 16, S::LO, wmma::mem_row_major);
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        FragA a;
-        FragB b;
-        wmma::load_matrix_sync(a, Pw + kk * 16, S::LP);
-        wmma::load_matrix_sync(b, Vs + kk * 16 * S::LD + nf * 16, S::LD);
-        wmma::mma_sync(acc, a, b, acc);
+      for (int e = 0; e < 4; ++e) {
+        const float mm = m[e / 2];
+        const float pv = mm == -INFINITY ? 0.0f : __expf(s[j][e] - mm);
+        s[j][e] = pv;
+        l[e / 2] += pv;
       }
-      wmma::store_matrix_sync(Ow + nf * 16, acc, S::LO, wmma::mem_row_major);
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      o[nb][0] *= corr[0];
+      o[nb][1] *= corr[0];
+      o[nb][2] *= corr[1];
+      o[nb][3] *= corr[1];
     }
-    __syncwarp();
+    // O += P V, P straight from the S accumulators
+#pragma unroll
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t pa[4] = {pack2(s[2 * kc][0], s[2 * kc][1]), pack2(s[2 * kc][2], s[2 * kc][3]),
+                        pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                        pack2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Vs, LD, kc * 16, np * 16, lane));
+        mma16816(o[2 * np], pa, b[0], b[1]);
+        mma16816(o[2 * np + 1], pa, b[2], b[3]);
+      }
+    }
   }
-  if (i < len) {
-    const float inv = l > 0 ? 1.0f / l : 0.0f;
-    for (int c = half * (D / 2); c < (half + 1) * (D / 2); ++c)
-      store_val(&out[(start + i) * p.qs + h * D + c], Ow[r * S::LO + c] * inv);
-    if (half == 0) lse[(start + i) * p.hq + h] = m + logf(l);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = irow[r];
+    if (i >= len) continue;
+    const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
+    T* orow = out + (start + i) * p.qs + h * D;
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      store_val(orow + nb * 8 + 2 * t, o[nb][2 * r] * inv);
+      store_val(orow + nb * 8 + 2 * t + 1, o[nb][2 * r + 1] * inv);
+    }
+    if (t == 0) lse[(start + i) * p.hq + h] = m[r] + logf(l[r]);
   }
 }
 
 template <int D>
 struct BwdSmem {
-  static constexpr int LD = D + 8, LS = 64 + 4, LP = 64 + 8, LO = D + 4;
-  static constexpr size_t bytes = sizeof(bf16) * (4 * 64 * LD + NW * 16 * LP + 64 * LP) +
-                                  sizeof(float) * (2 * NW * 16 * LS + NW * 16 * LO + 2 * 64 + 64);
+  static constexpr int LD = D + 8, LS = 64 + 8;
+  static constexpr size_t bytes = sizeof(bf16) * (4 * 64 * LD + 64 * LS) + sizeof(float) * (2 * 64 + 64);
 };
 
+// Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
+// stream through shared memory. dK, dV accumulate in registers; dS^T goes through shared
+// memory so that every warp can form its 16 query rows of dQ = dS K.
 template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
     attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
@@ -221,40 +276,31 @@ __global__ void __launch_bounds__(NW * 32)
                        float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
                        float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
                        const int32_t* __restrict__ cu) {
-  using S = BwdSmem<D>;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  constexpr int LD = BwdSmem<D>::LD, LS = BwdSmem<D>::LS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + 64 * S::LD;
-  bf16* Qs = Vs + 64 * S::LD;
-  bf16* Gs = Qs + 64 * S::LD;          // dO tile
-  bf16* Pt = Gs + 64 * S::LD;          // per warp P^T [16][LP]
-  bf16* dSt = Pt + NW * 16 * S::LP;    // dS^T of the block [64 keys][LP]
-  float* St = reinterpret_cast<float*>(dSt + 64 * S::LP);  // per warp S^T, then P^T (fp32)
-  float* dPt = St + NW * 16 * S::LS;   // per warp dP^T
-  float* Tw = dPt + NW * 16 * S::LS;   // per warp 16 x D staging for dQ / dK / dV
-  float* lse_s = Tw + NW * 16 * S::LO;
+  bf16* Vs = Ks + 64 * LD;
+  bf16* Qs = Vs + 64 * LD;
+  bf16* Gs = Qs + 64 * LD;
+  bf16* dSt = Gs + 64 * LD;  // [64 keys][LS]
+  float* lse_s = reinterpret_cast<float*>(dSt + 64 * LS);
   float* del_s = lse_s + 64;
-  float* bias_acc = del_s + 64;        // [buckets <= 64]
+  float* bias_acc = del_s + 64;
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  float* Stw = St + warp * 16 * S::LS;
-  float* dPtw = dPt + warp * 16 * S::LS;
-  bf16* Ptw = Pt + warp * 16 * S::LP;
-  float* Tww = Tw + warp * 16 * S::LO;
   load_tile<D>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
   load_tile<D>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
   if (d_bias)
     for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) bias_acc[b] = 0;
-  FragC dK[D / 16], dV[D / 16];
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
-  for (int nf = 0; nf < D / 16; ++nf) {
-    wmma::fill_fragment(dK[nf], 0.0f);
-    wmma::fill_fragment(dV[nf], 0.0f);
-  }
-  const int r = lane >> 1, half = lane & 1;
-  const int j = key0 + warp * 16 + r;  // this lane's key row
+  for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[nb][e] = dv_acc[nb][e] = 0;
+  const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
   int q_begin = 0, q_end = len;
   if (p.causal) q_begin = key0 / BM * BM;
   if (p.window >= 0) {
@@ -271,100 +317,122 @@ __global__ void __launch_bounds__(NW * 32)
       del_s[threadIdx.x] = i < len ? delta[(start + i) * p.hq + h] : 0.0f;
     }
     __syncthreads();
-    // S^T_w = K_w Q^T and dP^T_w = V_w dO^T  (16 x 64 each)
+    float st[8][4], dpt[8][4];
 #pragma unroll
-    for (int nf = 0; nf < 4; ++nf) {
-      FragC s_acc, p_acc;
-      wmma::fill_fragment(s_acc, 0.0f);
-      wmma::fill_fragment(p_acc, 0.0f);
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        FragA a;
-        FragBc b;
-        wmma::load_matrix_sync(a, Ks + warp * 16 * S::LD + kk * 16, S::LD);
-        wmma::load_matrix_sync(b, Qs + nf * 16 * S::LD + kk * 16, S::LD);
-        wmma::mma_sync(s_acc, a, b, s_acc);
-        wmma::load_matrix_sync(a, Vs + warp * 16 * S::LD + kk * 16, S::LD);
-        wmma::load_matrix_sync(b, Gs + nf * 16 * S::LD + kk * 16, S::LD);
-        wmma::mma_sync(p_acc, a, b, p_acc);
+      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4], va[4];
+      ldsm_x4(ka, a_addr(Ks, LD, warp * 16, kk * 16, lane));
+      ldsm_x4(va, a_addr(Vs, LD, warp * 16, kk * 16, lane));
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        ldsm_x4(b, bt_addr(Qs, LD, np * 16, kk * 16, lane));
+        mma16816(st[2 * np], ka, b[0], b[1]);
+        mma16816(st[2 * np + 1], ka, b[2], b[3]);
+        ldsm_x4(b, bt_addr(Gs, LD, np * 16, kk * 16, lane));
+        mma16816(dpt[2 * np], va, b[0], b[1]);
+        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
       }
-      wmma::store_matrix_sync(Stw + nf * 16, s_acc, S::LS, wmma::mem_row_major);
-      wmma::store_matrix_sync(dPtw + nf * 16, p_acc, S::LS, wmma::mem_row_major);
     }
-    __syncwarp();
-    // P^T and dS^T on this lane's half row (32 queries of key j)
-#pragma unroll 4
-    for (int t = 0; t < 32; ++t) {
-      const int qi = half * 32 + t, i = c0 + qi;
-      float pv = 0, ds = 0;
-      if (!masked(p, i, j, len)) {
-        float x = Stw[r * S::LS + qi] * p.scale;
-        int bucket = 0;
-        if (p.bias) {
-          bucket = tc_bucket(j - i, p.buckets, p.max_distance);
-          x += p.bias[bucket * p.hq + h];
+    // P^T and dS^T (in place of S^T and dP^T)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
+        float pv = 0, ds = 0;
+        if (!masked(p, i, key, len)) {
+          float x = st[j][e] * p.scale;
+          int bucket = 0;
+          if (p.bias) {
+            bucket = tc_bucket(key - i, p.buckets, p.max_distance);
+            x += p.bias[bucket * p.hq + h];
+          }
+          pv = __expf(x - lse_s[qi]);
+          ds = pv * (dpt[j][e] - del_s[qi]);
+          if (d_bias) atomicAdd(&bias_acc[bucket], ds);
         }
-        pv = __expf(x - lse_s[qi]);
-        ds = pv * (dPtw[r * S::LS + qi] - del_s[qi]);
-        if (d_bias) atomicAdd(&bias_acc[bucket], ds);
+        st[j][e] = pv;
+        dpt[j][e] = ds;
       }
-      Ptw[r * S::LP + qi] = __float2bfloat16(pv);
-      dSt[(warp * 16 + r) * S::LP + qi] = __float2bfloat16(ds);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) = pack2(dpt[j][0], dpt[j][1]);
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g + 8) * LS + 8 * j + 2 * t) = pack2(dpt[j][2], dpt[j][3]);
     }
-    __syncthreads();  // dSt complete for the dQ product below
-    // dV_w += P^T_w dO,  dK_w += dS^T_w Q
+    // dV_w += P^T dO,  dK_w += dS^T Q  (A fragments straight from the accumulators)
 #pragma unroll
-    for (int nf = 0; nf < D / 16; ++nf) {
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t pa[4] = {pack2(st[2 * kc][0], st[2 * kc][1]), pack2(st[2 * kc][2], st[2 * kc][3]),
+                        pack2(st[2 * kc + 1][0], st[2 * kc + 1][1]),
+                        pack2(st[2 * kc + 1][2], st[2 * kc + 1][3])};
+      uint32_t da[4] = {pack2(dpt[2 * kc][0], dpt[2 * kc][1]), pack2(dpt[2 * kc][2], dpt[2 * kc][3]),
+                        pack2(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
+                        pack2(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        FragA a;
-        FragB b;
-        wmma::load_matrix_sync(a, Ptw + kk * 16, S::LP);
-        wmma::load_matrix_sync(b, Gs + kk * 16 * S::LD + nf * 16, S::LD);
-        wmma::mma_sync(dV[nf], a, b, dV[nf]);
-        wmma::load_matrix_sync(a, dSt + warp * 16 * S::LP + kk * 16, S::LP);
-        wmma::load_matrix_sync(b, Qs + kk * 16 * S::LD + nf * 16, S::LD);
-        wmma::mma_sync(dK[nf], a, b, dK[nf]);
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Gs, LD, kc * 16, np * 16, lane));
+        mma16816(dv_acc[2 * np], pa, b[0], b[1]);
+        mma16816(dv_acc[2 * np + 1], pa, b[2], b[3]);
+        ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, np * 16, lane));
+        mma16816(dk_acc[2 * np], da, b[0], b[1]);
+        mma16816(dk_acc[2 * np + 1], da, b[2], b[3]);
       }
     }
-    // dQ rows [c0 + 16 w, +16) += scale * dS K: dS[q][key] = dSt[key][q] (a col-major view)
+    __syncthreads();  // dS^T of all warps in place
+    // dQ rows c0 + 16w .. +16 = dS K: A = dS (from dS^T, transposed load), B = K [key][d]
+    float dq_acc[D / 8][4];
 #pragma unroll
-    for (int nf = 0; nf < D / 16; ++nf) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+    for (int nb = 0; nb < D / 8; ++nb) dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        FragAc a;
-        FragB b;
-        wmma::load_matrix_sync(a, dSt + kk * 16 * S::LP + warp * 16, S::LP);
-        wmma::load_matrix_sync(b, Ks + kk * 16 * S::LD + nf * 16, S::LD);
-        wmma::mma_sync(acc, a, b, acc);
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t a[4];
+      ldsm_x4_t(a, dSt + (kc * 16 + (lane % 8) + (lane / 16) * 8) * LS + warp * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, np * 16, lane));
+        mma16816(dq_acc[2 * np], a, b[0], b[1]);
+        mma16816(dq_acc[2 * np + 1], a, b[2], b[3]);
       }
-      wmma::store_matrix_sync(Tww + nf * 16, acc, S::LO, wmma::mem_row_major);
     }
-    __syncwarp();
-    for (int idx = lane; idx < 16 * D; idx += 32) {
-      int rr = idx / D, c = idx % D, i = c0 + warp * 16 + rr;
-      if (i < len) atomicAdd(&dq[(start + i) * p.qs + h * D + c], p.scale * Tww[rr * S::LO + c]);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = c0 + warp * 16 + g + 8 * r;
+      if (i >= len) continue;
+      float* dqrow = dq + (start + i) * p.qs + h * D;
+#pragma unroll
+      for (int nb = 0; nb < D / 8; ++nb) {
+        atomicAdd(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r]);
+        atomicAdd(dqrow + nb * 8 + 2 * t + 1, p.scale * dq_acc[nb][2 * r + 1]);
+      }
     }
   }
-  // write dK (scaled) and dV of this warp's 16 key rows
 #pragma unroll
-  for (int which = 0; which < 2; ++which) {
-    __syncwarp();
+  for (int r = 0; r < 2; ++r) {
+    const int jj = jrow[r];
+    if (jj >= len) continue;
+    float* dkrow = dk + (start + jj) * p.ks + kvh * D;
+    float* dvrow = dv + (start + jj) * p.ks + kvh * D;
 #pragma unroll
-    for (int nf = 0; nf < D / 16; ++nf)
-      wmma::store_matrix_sync(Tww + nf * 16, which == 0 ? dK[nf] : dV[nf], S::LO, wmma::mem_row_major);
-    __syncwarp();
-    float* dst = which == 0 ? dk : dv;
-    const float mul = which == 0 ? p.scale : 1.0f;
-    for (int idx = lane; idx < 16 * D; idx += 32) {
-      int rr = idx / D, c = idx % D, jj = key0 + warp * 16 + rr;
-      if (jj >= len) continue;
-      float* o = &dst[(start + jj) * p.ks + kvh * D + c];
-      if (p.dkv_atomic) atomicAdd(o, mul * Tww[rr * S::LO + c]);
-      else *o = mul * Tww[rr * S::LO + c];
-    }
+    for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = nb * 8 + 2 * t + e;
+        const float kvk = p.scale * dk_acc[nb][2 * r + e], kvv = dv_acc[nb][2 * r + e];
+        if (p.dkv_atomic) {
+          atomicAdd(dkrow + c, kvk);
+          atomicAdd(dvrow + c, kvv);
+        } else {
+          dkrow[c] = kvk;
+          dvrow[c] = kvv;
+        }
+      }
   }
   if (d_bias) {
     __syncthreads();
