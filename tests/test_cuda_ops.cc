@@ -140,12 +140,12 @@ TEST(CudaOps, Bf16Activations) {
   b.gpu->matmul(bf(x), false, b.up(wm), true, c16);
   expect_close(b.down(c32), c, 1e-2, "bf16 matmul -> f32");
   expect_close(b.down(c16), c, 1e-2, "bf16 matmul -> bf16");
-  // LoRA weight-gradient shape (A^T B, K = many tokens): the split-K path, with accumulation
+  // LoRA weight-gradient shape (A^T B, K = many tokens), with accumulation
   Tensor xa = rounded(b.rand({10000, 16})), dy = rounded(b.rand({10000, 40}));
   Tensor g0 = b.rand({40, 16}), gr = cpu_clone(g0), gd = b.up(g0);
   b.cpu->matmul(dy, true, xa, false, gr, 0.5f, 1.0f);
   b.gpu->matmul(bf(dy), true, bf(xa), false, gd, 0.5f, 1.0f);
-  expect_close(b.down(gd), gr, 1e-2, "bf16 split-K matmul");
+  expect_close(b.down(gd), gr, 1e-2, "bf16 A^T B matmul");
 }
 
 TEST(CudaOps, LayerNormAndL2Norm) {

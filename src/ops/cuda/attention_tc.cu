@@ -261,28 +261,31 @@ __global__ void __launch_bounds__(NW * 32)
 
 template <int D>
 struct BwdSmem {
-  static constexpr int LD = D + 8;
-  static constexpr size_t bytes = sizeof(bf16) * 4 * 64 * LD + sizeof(float) * (2 * 64 + 64);
+  static constexpr int LD = D + 8, LS = 64 + 8;
+  static constexpr size_t bytes = sizeof(bf16) * (4 * 64 * LD + 64 * LS) + sizeof(float) * (2 * 64 + 64);
 };
 
-// Backward, dK and dV. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8);
-// query tiles stream through shared memory; dK, dV accumulate in registers and are written
-// once (no atomics unless grouped-query heads share the rows).
+// Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
+// stream through shared memory. dK, dV accumulate in registers; dS^T goes through shared
+// memory so that every warp can form its 16 query rows of dQ = dS K.
 template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
-    attn_bwd_dkv_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
-                           const T* __restrict__ v, const float* __restrict__ lse,
-                           const T* __restrict__ dout, const float* __restrict__ delta,
-                           float* __restrict__ dk, float* __restrict__ dv,
-                           const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
-  constexpr int LD = BwdSmem<D>::LD;
+    attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
+                       const T* __restrict__ v, const float* __restrict__ lse,
+                       const T* __restrict__ dout, const float* __restrict__ delta,
+                       float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
+                       float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
+                       const int32_t* __restrict__ cu) {
+  constexpr int LD = BwdSmem<D>::LD, LS = BwdSmem<D>::LS;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
   bf16* Qs = Vs + 64 * LD;
   bf16* Gs = Qs + 64 * LD;
-  float* lse_s = reinterpret_cast<float*>(Gs + 64 * LD);
+  bf16* dSt = Gs + 64 * LD;  // [64 keys][LS]
+  float* lse_s = reinterpret_cast<float*>(dSt + 64 * LS);
   float* del_s = lse_s + 64;
+  float* bias_acc = del_s + 64;
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
@@ -290,6 +293,8 @@ __global__ void __launch_bounds__(NW * 32)
   const int len = cu[seq + 1] - cu[seq];
   load_tile<D>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
   load_tile<D>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
+  if (d_bias)
+    for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) bias_acc[b] = 0;
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
   for (int nb = 0; nb < D / 8; ++nb)
@@ -342,13 +347,23 @@ __global__ void __launch_bounds__(NW * 32)
         float pv = 0, ds = 0;
         if (!masked(p, i, key, len)) {
           float x = st[j][e] * p.scale;
-          if (p.bias) x += p.bias[tc_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+          int bucket = 0;
+          if (p.bias) {
+            bucket = tc_bucket(key - i, p.buckets, p.max_distance);
+            x += p.bias[bucket * p.hq + h];
+          }
           pv = __expf(x - lse_s[qi]);
           ds = pv * (dpt[j][e] - del_s[qi]);
+          if (d_bias) atomicAdd(&bias_acc[bucket], ds);
         }
         st[j][e] = pv;
         dpt[j][e] = ds;
       }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) = pack2(dpt[j][0], dpt[j][1]);
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g + 8) * LS + 8 * j + 2 * t) = pack2(dpt[j][2], dpt[j][3]);
+    }
     // dV_w += P^T dO,  dK_w += dS^T Q  (A fragments straight from the accumulators)
 #pragma unroll
     for (int kc = 0; kc < 4; ++kc) {
@@ -367,6 +382,34 @@ __global__ void __launch_bounds__(NW * 32)
         ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, np * 16, lane));
         mma16816(dk_acc[2 * np], da, b[0], b[1]);
         mma16816(dk_acc[2 * np + 1], da, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // dS^T of all warps in place
+    // dQ rows c0 + 16w .. +16 = dS K: A = dS (from dS^T, transposed load), B = K [key][d]
+    float dq_acc[D / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
+#pragma unroll
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t a[4];
+      ldsm_x4_t(a, dSt + (kc * 16 + (lane % 8) + (lane / 16) * 8) * LS + warp * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, np * 16, lane));
+        mma16816(dq_acc[2 * np], a, b[0], b[1]);
+        mma16816(dq_acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = c0 + warp * 16 + g + 8 * r;
+      if (i >= len) continue;
+      float* dqrow = dq + (start + i) * p.qs + h * D;
+#pragma unroll
+      for (int nb = 0; nb < D / 8; ++nb) {
+        atomicAdd(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r]);
+        atomicAdd(dqrow + nb * 8 + 2 * t + 1, p.scale * dq_acc[nb][2 * r + 1]);
       }
     }
   }
@@ -390,124 +433,6 @@ __global__ void __launch_bounds__(NW * 32)
           dvrow[c] = kvv;
         }
       }
-  }
-}
-
-// Backward, dQ (and the relative-bias gradient). Like the forward: warp w owns query rows
-// row0 + 16w .. +16; key/value tiles stream through shared memory; S and dP = dO V^T are
-// recomputed, dS = P (dP - D), and dQ += dS K accumulates in registers from the dS
-// registers; each dQ row is written once.
-template <int D, typename T>
-__global__ void __launch_bounds__(NW * 32)
-    attn_bwd_dq_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
-                          const T* __restrict__ v, const float* __restrict__ lse,
-                          const T* __restrict__ dout, const float* __restrict__ delta,
-                          float* __restrict__ dq, float* __restrict__ d_bias,
-                          const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
-  constexpr int LD = FwdSmem<D>::LD;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Gs = Qs + 64 * LD;
-  bf16* Ks = Gs + 64 * LD;
-  bf16* Vs = Ks + 64 * LD;
-  float* bias_acc = reinterpret_cast<float*>(Vs + 64 * LD);
-  const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
-  const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
-  const int64_t start = cu[seq];
-  const int len = cu[seq + 1] - cu[seq];
-  load_tile<D>(Qs, q + start * p.qs, p.qs, h * D, row0, len);
-  load_tile<D>(Gs, dout + start * p.qs, p.qs, h * D, row0, len);
-  if (d_bias)
-    for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) bias_acc[b] = 0;
-  __syncthreads();
-  uint32_t qf[D / 16][4], gf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    ldsm_x4(qf[kk], a_addr(Qs, LD, warp * 16, kk * 16, lane));
-    ldsm_x4(gf[kk], a_addr(Gs, LD, warp * 16, kk * 16, lane));
-  }
-  const int irow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
-  float lse_r[2], del_r[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lse_r[r] = irow[r] < len ? lse[(start + irow[r]) * p.hq + h] : 0.0f;
-    del_r[r] = irow[r] < len ? delta[(start + irow[r]) * p.hq + h] : 0.0f;
-  }
-  float acc[D / 8][4];
-#pragma unroll
-  for (int nb = 0; nb < D / 8; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0;
-  int kv_begin = 0, kv_end = len;
-  if (p.causal) kv_end = min(len, row0 + BM);
-  if (p.window >= 0) {
-    kv_begin = max(0, row0 - p.window) / BN * BN;
-    kv_end = min(kv_end, row0 + BM + p.window);
-  }
-  for (int c0 = kv_begin; c0 < kv_end; c0 += BN) {
-    __syncthreads();
-    load_tile<D>(Ks, k + start * p.ks, p.ks, kvh * D, c0, len);
-    load_tile<D>(Vs, v + start * p.ks, p.ks, kvh * D, c0, len);
-    __syncthreads();
-    float s[8][4], dp[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t b[4];
-        ldsm_x4(b, bt_addr(Ks, LD, np * 16, kk * 16, lane));
-        mma16816(s[2 * np], qf[kk], b[0], b[1]);
-        mma16816(s[2 * np + 1], qf[kk], b[2], b[3]);
-        ldsm_x4(b, bt_addr(Vs, LD, np * 16, kk * 16, lane));
-        mma16816(dp[2 * np], gf[kk], b[0], b[1]);
-        mma16816(dp[2 * np + 1], gf[kk], b[2], b[3]);
-      }
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
-        float ds = 0;
-        if (!masked(p, i, key, len)) {
-          float x = s[j][e] * p.scale;
-          int bucket = 0;
-          if (p.bias) {
-            bucket = tc_bucket(key - i, p.buckets, p.max_distance);
-            x += p.bias[bucket * p.hq + h];
-          }
-          const float pv = __expf(x - lse_r[e / 2]);
-          ds = pv * (dp[j][e] - del_r[e / 2]);
-          if (d_bias) atomicAdd(&bias_acc[bucket], ds);
-        }
-        s[j][e] = ds;
-      }
-#pragma unroll
-    for (int kc = 0; kc < 4; ++kc) {
-      uint32_t da[4] = {pack2(s[2 * kc][0], s[2 * kc][1]), pack2(s[2 * kc][2], s[2 * kc][3]),
-                        pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                        pack2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-#pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
-        uint32_t b[4];
-        ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, np * 16, lane));
-        mma16816(acc[2 * np], da, b[0], b[1]);
-        mma16816(acc[2 * np + 1], da, b[2], b[3]);
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = irow[r];
-    if (i >= len) continue;
-    float* dqrow = dq + (start + i) * p.qs + h * D;
-#pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb) {
-      dqrow[nb * 8 + 2 * t] = p.scale * acc[nb][2 * r];
-      dqrow[nb * 8 + 2 * t + 1] = p.scale * acc[nb][2 * r + 1];
-    }
   }
   if (d_bias) {
     __syncthreads();
@@ -585,15 +510,10 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      const T *tq = static_cast<const T*>(q), *tk = static_cast<const T*>(k),
-              *tv = static_cast<const T*>(v), *tg = static_cast<const T*>(dout);
-      const size_t dq_smem = 4 * 64 * FwdSmem<D>::LD * sizeof(bf16) + 64 * sizeof(float);
-      allow_smem(attn_bwd_dq_tc_kernel<D, T>, dq_smem);
-      attn_bwd_dq_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, dq_smem>>>(
-          p, tq, tk, tv, lse, tg, delta, dq, d_rel_bias, tiles, cu);
-      allow_smem(attn_bwd_dkv_tc_kernel<D, T>, BwdSmem<D>::bytes);
-      attn_bwd_dkv_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
-          p, tq, tk, tv, lse, tg, delta, dk, dv, tiles, cu);
+      allow_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes);
+      attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
+          p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
+          static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);
     };
     if (bf16_in) launch(static_cast<bf16*>(nullptr));
     else launch(static_cast<float*>(nullptr));

@@ -434,15 +434,6 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, float
   }
 }
 
-// c = alpha * sum_s part[s] + beta * c  (the reduction of a split-K product)
-__global__ void splitk_reduce_kernel(const float* part, int splits, int64_t n, float alpha, float beta, Ptr c) {
-  GRID_STRIDE(i, n) {
-    float acc = 0;
-    for (int s = 0; s < splits; ++s) acc += part[s * n + i];
-    c.set(i, alpha * acc + (beta != 0.0f ? beta * c.get(i) : 0.0f));
-  }
-}
-
 __global__ void sum_squares_kernel(const float* x, int64_t n, double* out) {
   __shared__ double part[32];
   double s = 0;
@@ -645,30 +636,6 @@ struct CudaBackend final : Backend {
     }
     Tensor a16 = convert(a, DType::BF16), b16 = convert(b, DType::BF16);
     P(c);
-    // Weight gradients of LoRA (C = A^T B with K = tokens, a tiny C) leave most of the GPU idle
-    // in one product: split K into chunks computed as one batched product, then add them up.
-    if (ta && !tb && k >= 8192 && m * n <= (1 << 16)) {
-      const int64_t kc = 2048, splits = k / kc, rest = k - splits * kc;
-      Tensor part = empty({splits + (rest ? 1 : 0), m, n}, DType::F32);
-      const float one = 1.0f, zero = 0.0f;
-      ET_CUBLAS(cublasGemmStridedBatchedEx(
-          blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(n), static_cast<int>(m), static_cast<int>(kc),
-          &one, b16.data, CUDA_R_16BF, static_cast<int>(n), kc * n, a16.data, CUDA_R_16BF,
-          static_cast<int>(m), kc * m, &zero, part.data, CUDA_R_32F, static_cast<int>(n), m * n,
-          static_cast<int>(splits), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      if (rest)
-        ET_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(n), static_cast<int>(m),
-                               static_cast<int>(rest), &one,
-                               static_cast<const bf16*>(b16.data) + splits * kc * n, CUDA_R_16BF,
-                               static_cast<int>(n), static_cast<const bf16*>(a16.data) + splits * kc * m,
-                               CUDA_R_16BF, static_cast<int>(m), &zero,
-                               static_cast<float*>(part.data) + splits * m * n, CUDA_R_32F,
-                               static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      splitk_reduce_kernel<<<blocks_for(m * n, 256), 256>>>(F(part), static_cast<int>(part.dim(0)), m * n,
-                                                            alpha, beta, P(c));
-      ET_LAUNCH_CHECK();
-      return;
-    }
     ET_CUBLAS(cublasGemmEx(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                            static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                            b16.data, CUDA_R_16BF, static_cast<int>(b.dim(1)), a16.data, CUDA_R_16BF,
@@ -834,11 +801,12 @@ struct CudaBackend final : Backend {
       P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype, "attention: out, dout dtype mismatch");
       attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-      // fp32 gradient buffers; dk/dv take atomic adds with grouped heads.
+      // fp32 gradient buffers: dq always takes atomic adds; dk/dv do with grouped heads.
       const bool atomic_kv = a.n_heads != a.n_kv_heads;
       Tensor dq32 = dq.dtype == DType::F32 ? dq : empty(dq.shape, DType::F32);
       Tensor dk32 = dk.dtype == DType::F32 ? dk : empty(dk.shape, DType::F32);
       Tensor dv32 = dv.dtype == DType::F32 ? dv : empty(dv.shape, DType::F32);
+      ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));
       if (atomic_kv) {
         ET_CUDA(cudaMemsetAsync(dk32.data, 0, dk32.nbytes()));
         ET_CUDA(cudaMemsetAsync(dv32.data, 0, dv32.nbytes()));
