@@ -81,6 +81,32 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
   }
 }
 
+// Asynchronous tile loads (cp.async, 16 bytes per copy, zero-filled past the sequence end) so
+// that the next tile streams in while the current one is computed on. fp32 inputs (tests,
+// fp32 activations) take the synchronous converting load instead.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int D>
+__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t stride, int col,
+                                                int r0, int len) {
+  for (int idx = threadIdx.x; idx < 64 * D / 8; idx += blockDim.x) {
+    int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+    const bool valid = r0 + r < len;
+    cp_async16(dst + r * (D + 8) + c, valid ? src + (r0 + r) * stride + col + c : src, valid);
+  }
+}
+template <int D>
+__device__ __forceinline__ void load_tile_async(bf16* dst, const float* src, int64_t stride, int col,
+                                                int r0, int len) {
+  load_tile<D>(dst, src, stride, col, r0, len);
+}
+
 __device__ __forceinline__ void store_val(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_val(bf16* p, float v) { *p = __float2bfloat16(v); }
 
@@ -131,7 +157,7 @@ __device__ __forceinline__ const bf16* b_addr(const bf16* tile, int ld, int k0, 
 template <int D>
 struct FwdSmem {
   static constexpr int LD = D + 8;
-  static constexpr size_t bytes = sizeof(bf16) * 3 * 64 * LD;
+  static constexpr size_t bytes = sizeof(bf16) * 5 * 64 * LD;  // Q, then K and V twice
 };
 
 // Forward. Warp w owns query rows row0 + 16w .. +16 of the tile; this lane holds rows g and
@@ -144,8 +170,8 @@ __global__ void __launch_bounds__(NW * 32)
   constexpr int LD = FwdSmem<D>::LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Ks = Qs + 64 * LD;
-  bf16* Vs = Ks + 64 * LD;
+  bf16* Kb[2] = {Qs + 64 * LD, Qs + 3 * 64 * LD};
+  bf16* Vb[2] = {Qs + 2 * 64 * LD, Qs + 4 * 64 * LD};
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
@@ -167,10 +193,22 @@ __global__ void __launch_bounds__(NW * 32)
     kv_begin = max(0, row0 - p.window) / BN * BN;
     kv_end = min(kv_end, row0 + BM + p.window);
   }
-  for (int c0 = kv_begin; c0 < kv_end; c0 += BN) {
-    __syncthreads();
-    load_tile<D>(Ks, k + start * p.ks, p.ks, kvh * D, c0, len);
-    load_tile<D>(Vs, v + start * p.ks, p.ks, kvh * D, c0, len);
+  const int n_kv = kv_end > kv_begin ? (kv_end - kv_begin + BN - 1) / BN : 0;
+  if (n_kv > 0) {
+    load_tile_async<D>(Kb[0], k + start * p.ks, p.ks, kvh * D, kv_begin, len);
+    load_tile_async<D>(Vb[0], v + start * p.ks, p.ks, kvh * D, kv_begin, len);
+  }
+  cp_async_commit();
+  for (int it = 0; it < n_kv; ++it) {
+    const int c0 = kv_begin + it * BN;
+    const bf16* Ks = Kb[it & 1];
+    const bf16* Vs = Vb[it & 1];
+    if (it + 1 < n_kv) {
+      load_tile_async<D>(Kb[(it + 1) & 1], k + start * p.ks, p.ks, kvh * D, c0 + BN, len);
+      load_tile_async<D>(Vb[(it + 1) & 1], v + start * p.ks, p.ks, kvh * D, c0 + BN, len);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     float s[8][4];
 #pragma unroll
@@ -238,6 +276,7 @@ __global__ void __launch_bounds__(NW * 32)
         mma16816(o[2 * np + 1], pa, b[2], b[3]);
       }
     }
+    __syncthreads();  // this buffer is refilled two tiles later
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -262,7 +301,7 @@ __global__ void __launch_bounds__(NW * 32)
 template <int D>
 struct BwdSmem {
   static constexpr int LD = D + 8, LS = 64 + 8;
-  static constexpr size_t bytes = sizeof(bf16) * (4 * 64 * LD + 64 * LS) + sizeof(float) * (2 * 64 + 64);
+  static constexpr size_t bytes = sizeof(bf16) * (6 * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
 };
 
 // Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
@@ -280,12 +319,12 @@ __global__ void __launch_bounds__(NW * 32)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
-  bf16* Qs = Vs + 64 * LD;
-  bf16* Gs = Qs + 64 * LD;
-  bf16* dSt = Gs + 64 * LD;  // [64 keys][LS]
-  float* lse_s = reinterpret_cast<float*>(dSt + 64 * LS);
-  float* del_s = lse_s + 64;
-  float* bias_acc = del_s + 64;
+  bf16* Qb[2] = {Vs + 64 * LD, Vs + 3 * 64 * LD};  // query tiles, double-buffered
+  bf16* Gb[2] = {Vs + 2 * 64 * LD, Vs + 4 * 64 * LD};  // their dO
+  bf16* dSt = Vs + 5 * 64 * LD;  // [64 keys][LS]
+  float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);  // [2][64]
+  float* del_b = lse_b + 128;                              // [2][64]
+  float* bias_acc = del_b + 128;
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
@@ -307,15 +346,27 @@ __global__ void __launch_bounds__(NW * 32)
     q_begin = max(q_begin, max(0, key0 - p.window) / BM * BM);
     q_end = min(len, key0 + 64 + p.window);
   }
-  for (int c0 = q_begin; c0 < q_end; c0 += BM) {
-    __syncthreads();
-    load_tile<D>(Qs, q + start * p.qs, p.qs, h * D, c0, len);
-    load_tile<D>(Gs, dout + start * p.qs, p.qs, h * D, c0, len);
+  const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
+  auto issue = [&](int buf, int c0) {
+    load_tile_async<D>(Qb[buf], q + start * p.qs, p.qs, h * D, c0, len);
+    load_tile_async<D>(Gb[buf], dout + start * p.qs, p.qs, h * D, c0, len);
     if (threadIdx.x < 64) {
       int i = c0 + threadIdx.x;
-      lse_s[threadIdx.x] = i < len ? lse[(start + i) * p.hq + h] : 0.0f;
-      del_s[threadIdx.x] = i < len ? delta[(start + i) * p.hq + h] : 0.0f;
+      lse_b[buf * 64 + threadIdx.x] = i < len ? lse[(start + i) * p.hq + h] : 0.0f;
+      del_b[buf * 64 + threadIdx.x] = i < len ? delta[(start + i) * p.hq + h] : 0.0f;
     }
+  };
+  if (n_q > 0) issue(0, q_begin);
+  cp_async_commit();
+  for (int it = 0; it < n_q; ++it) {
+    const int c0 = q_begin + it * BM;
+    const bf16* Qs = Qb[it & 1];
+    const bf16* Gs = Gb[it & 1];
+    const float* lse_s = lse_b + (it & 1) * 64;
+    const float* del_s = del_b + (it & 1) * 64;
+    if (it + 1 < n_q) issue((it + 1) & 1, c0 + BM);
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     float st[8][4], dpt[8][4];
 #pragma unroll
