@@ -240,8 +240,11 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
       s->ln1_mean = m1;
       s->ln1_rstd = r1;
       s->x1 = x1;
+      // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
+      // largest activation of a layer. (With LoRA dropout the masked copy stays.)
       s->h_pre = h_pre;
-      s->h = h;
+      if (s->ffn_out.x_lora.data == h.data) s->ffn_out.x_lora = Tensor{};
+      s->ffn_out.x = Tensor{};
       s->res2 = res2;
       s->ln2_mean = m2;
       s->ln2_rstd = r2;
@@ -267,8 +270,13 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
     // x' = LN2(W2 act(W1 x1) + x1)
     be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res,
                           grad_of(L.ln2_w), grad_of(L.ln2_b));
-    Tensor dh = be.empty(s.h.shape, act);
-    linear_backward(be, L.ffn_out, s.ffn_out, d_res, &dh, false);
+    Tensor h = be.empty(s.h_pre.shape, act);
+    be.act_forward(c.act, s.h_pre, h);
+    LinearSaved ffn_out = s.ffn_out;
+    ffn_out.x = h;
+    if (!ffn_out.x_lora.defined()) ffn_out.x_lora = h;
+    Tensor dh = be.empty(s.h_pre.shape, act);
+    linear_backward(be, L.ffn_out, ffn_out, d_res, &dh, false);
     be.act_backward(c.act, s.h_pre, dh, dh);
     be.copy(dx1, d_res);
     linear_backward(be, L.ffn_in, s.ffn_in, dh, &dx1, true);

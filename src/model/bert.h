@@ -54,7 +54,7 @@ struct BertLayerSaved {
   LinearSaved q, k, v, o, ffn_in, ffn_out;
   Tensor qt, kt, vt, ctx, lse;
   Tensor res1, ln1_mean, ln1_rstd, x1;
-  Tensor h_pre, h;
+  Tensor h_pre;  // the FFN activation act(h_pre) is recomputed in backward
   Tensor res2, ln2_mean, ln2_rstd;
 };
 
