@@ -12,7 +12,9 @@ std::string fixtures_root() {
   return std::string(EMBEDTUNE_SOURCE_DIR) + "/../shared/fixtures";
 }
 
-std::string model_fixture(const std::string& arch) { return fixtures_root() + "/models/" + arch; }
+std::string model_fixture(const std::string& arch) {
+  return fixtures_root() + "/models/" + arch;
+}
 
 const std::vector<std::string>& bert_family_archs() {
   static const std::vector<std::string> archs = {"bert", "xlm-roberta", "distilbert", "mpnet"};

@@ -27,7 +27,7 @@ double rel_error(const float* a, const float* b, int64_t n);
 
 }  // namespace et::test
 
-#define SKIP_WITHOUT_FIXTURES(path)                                             \
-  do {                                                                          \
+#define SKIP_WITHOUT_FIXTURES(path)                                                    \
+  do {                                                                                 \
     if (!::et::dir_exists(path)) GTEST_SKIP() << "skipped: no fixtures at " << (path); \
   } while (0)

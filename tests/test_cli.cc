@@ -36,8 +36,8 @@ TEST(Cli, EncodePretokenizedMatchesFixture) {
   for (const auto& ids : inputs["anchor"]) rows += json{{"input_ids", ids}}.dump() + "\n";
   write_text_atomic(dir + "/in.jsonl", rows);
   std::string out;
-  int rc = run(bin() + " encode --model " + root + "/model --input " + dir +
-                   "/in.jsonl --output " + dir + "/emb.safetensors --batch-size 4",
+  int rc = run(bin() + " encode --model " + root + "/model --input " + dir + "/in.jsonl --output " +
+                   dir + "/emb.safetensors --batch-size 4",
                &out);
   ASSERT_EQ(rc, 0) << out;
   TensorFile got = read_safetensors(dir + "/emb.safetensors");
@@ -85,14 +85,14 @@ TEST(Cli, BadInputsExitNonZeroWithContext) {
   EXPECT_NE(out.find("bad.jsonl:2: missing string field 'text'"), std::string::npos) << out;
   out.clear();
   write_text_atomic(dir + "/utf.txt", "fine\nbad \xC3\x28 byte\n");
-  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir +
-                    "/utf.txt --output " + dir + "/o.npy",
+  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir + "/utf.txt --output " +
+                    dir + "/o.npy",
                 &out),
             0);
   EXPECT_NE(out.find("utf.txt:2: invalid UTF-8"), std::string::npos) << out;
   out.clear();
-  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir +
-                    "/utf.txt --output " + dir + "/o.csv --prompt-name nope",
+  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir + "/utf.txt --output " +
+                    dir + "/o.csv --prompt-name nope",
                 &out),
             0);
   EXPECT_NE(out.find("no prompt named 'nope'"), std::string::npos) << out;

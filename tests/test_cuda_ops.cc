@@ -54,7 +54,8 @@ TEST(CudaOps, MatmulAllTransposes) {
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       const int64_t m = 77, k = 130, n = 45;
-      Tensor a = b.rand(ta ? Shape{k, m} : Shape{m, k}), bb = b.rand(tb ? Shape{n, k} : Shape{k, n});
+      Tensor a = b.rand(ta ? Shape{k, m} : Shape{m, k}),
+             bb = b.rand(tb ? Shape{n, k} : Shape{k, n});
       Tensor c0 = b.rand({m, n});
       Tensor ref = cpu_clone(c0);
       b.cpu->matmul(a, ta, bb, tb, ref, 0.7f, 0.5f);
@@ -83,7 +84,8 @@ TEST(CudaOps, ElementwiseBiasActivations) {
   b.cpu->bias_backward(y, dbr);
   b.gpu->bias_backward(b.up(y), dbd);
   expect_close(b.down(dbd), dbr, 1e-5, "bias_backward");
-  for (Act act : {Act::Identity, Act::Tanh, Act::ReLU, Act::Sigmoid, Act::GeluErf, Act::GeluTanh, Act::SiLU}) {
+  for (Act act : {Act::Identity, Act::Tanh, Act::ReLU, Act::Sigmoid, Act::GeluErf, Act::GeluTanh,
+                  Act::SiLU}) {
     b.cpu->act_forward(act, x, r);
     b.gpu->act_forward(act, b.up(x), d);
     expect_close(b.down(d), r, 1e-5, "act_forward " + std::to_string(static_cast<int>(act)));
@@ -152,7 +154,8 @@ TEST(CudaOps, LayerNormAndL2Norm) {
   SKIP_WITHOUT_GPU();
   Both b;
   for (int64_t n : {64, 384, 1000}) {
-    Tensor x = b.rand({257, n}, -2, 3), w = b.rand({n}, 0.5, 1.5), bias = b.rand({n}), dy = b.rand({257, n});
+    Tensor x = b.rand({257, n}, -2, 3), w = b.rand({n}, 0.5, 1.5), bias = b.rand({n}),
+           dy = b.rand({257, n});
     Tensor y = cpu_empty(x.shape), mu = cpu_empty({257}), rs = cpu_empty({257});
     b.cpu->layernorm_forward(x, w, &bias, 1e-12f, y, mu, rs);
     Tensor yd = b.poisoned(x.shape), mud = b.poisoned({257}), rsd = b.poisoned({257});
@@ -209,7 +212,8 @@ TEST(CudaOps, EmbeddingPoolingOptimizer) {
       expect_close(b.down(dxd), dx, 1e-6, what + " backward");
     }
   }
-  Tensor p = b.rand({1000}), g = b.rand({1000}), m0 = b.rand({1000}, -0.1, 0.1), v0 = b.rand({1000}, 0, 0.1);
+  Tensor p = b.rand({1000}), g = b.rand({1000}), m0 = b.rand({1000}, -0.1, 0.1),
+         v0 = b.rand({1000}, 0, 0.1);
   Tensor pr = cpu_clone(p), mr = cpu_clone(m0), vr = cpu_clone(v0);
   Tensor pd = b.up(p), md = b.up(m0), vd = b.up(v0);
   for (int step = 1; step <= 3; ++step) {
@@ -234,58 +238,58 @@ TEST(CudaOps, AttentionForwardBackward) {
   const AttnCase cases[] = {
       {{5, 64, 1, 130, 33}, 4, 4, 16, false, -1, false},
       {{129, 3, 64}, 3, 3, 32, false, -1, false},
-      {{300, 7}, 2, 2, 24, false, -1, false},  // not a multiple of 16: fp32 kernels
-      {{200, 17}, 2, 2, 64, false, -1, true},  // MPNet-style relative bias
-      {{100, 65}, 4, 2, 32, true, -1, false},  // causal, grouped-query
+      {{300, 7}, 2, 2, 24, false, -1, false},    // not a multiple of 16: fp32 kernels
+      {{200, 17}, 2, 2, 64, false, -1, true},    // MPNet-style relative bias
+      {{100, 65}, 4, 2, 32, true, -1, false},    // causal, grouped-query
       {{150, 40}, 4, 1, 128, false, 16, false},  // sliding window, one kv head
       {{70}, 2, 1, 256, true, 8, false},
   };
   for (const char* path : {"tc", "scalar"})
-  for (const AttnCase& c : cases) {
-    // Tensor-core kernels round q, k, v, P and dS to bf16: about 1e-2 relative; the fp32
-    // kernels agree with the CPU to rounding.
-    setenv("EMBEDTUNE_ATTENTION", path, 1);
-    const bool tc = std::string(path) == "tc" && c.d % 16 == 0 && c.d <= 128;
-    const double tol_f = tc ? 1e-2 : 1e-5, tol_b = tc ? 2e-2 : 1e-4;
-    AttentionArgs a;
-    a.cu_seqlens = {0};
-    for (int l : c.lens) a.cu_seqlens.push_back(a.cu_seqlens.back() + l);
-    const int64_t T = a.cu_seqlens.back();
-    a.n_heads = c.hq;
-    a.n_kv_heads = c.hk;
-    a.head_dim = c.d;
-    a.scale = 1.0f / std::sqrt(static_cast<float>(c.d));
-    a.causal = c.causal;
-    a.window = c.window;
-    Tensor table = b.rand({32, c.hq});
-    if (c.bias) {
-      a.rel_bias = &table;
-      a.rel_buckets = 32;
+    for (const AttnCase& c : cases) {
+      // Tensor-core kernels round q, k, v, P and dS to bf16: about 1e-2 relative; the fp32
+      // kernels agree with the CPU to rounding.
+      setenv("EMBEDTUNE_ATTENTION", path, 1);
+      const bool tc = std::string(path) == "tc" && c.d % 16 == 0 && c.d <= 128;
+      const double tol_f = tc ? 1e-2 : 1e-5, tol_b = tc ? 2e-2 : 1e-4;
+      AttentionArgs a;
+      a.cu_seqlens = {0};
+      for (int l : c.lens) a.cu_seqlens.push_back(a.cu_seqlens.back() + l);
+      const int64_t T = a.cu_seqlens.back();
+      a.n_heads = c.hq;
+      a.n_kv_heads = c.hk;
+      a.head_dim = c.d;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+      a.causal = c.causal;
+      a.window = c.window;
+      Tensor table = b.rand({32, c.hq});
+      if (c.bias) {
+        a.rel_bias = &table;
+        a.rel_buckets = 32;
+      }
+      Tensor q = b.rand({T, c.hq * c.d}, -2, 2), k = b.rand({T, c.hk * c.d}, -2, 2),
+             v = b.rand({T, c.hk * c.d}), dout = b.rand({T, c.hq * c.d});
+      Tensor out = cpu_empty(q.shape), lse = cpu_empty({T, c.hq});
+      b.cpu->attention_forward(a, q, k, v, out, lse);
+      AttentionArgs ag = a;
+      Tensor table_d = b.up(table);
+      if (c.bias) ag.rel_bias = &table_d;
+      Tensor outd = b.poisoned(q.shape), lsed = b.poisoned({T, c.hq});
+      Tensor qd = b.up(q), kd = b.up(k), vd = b.up(v);
+      b.gpu->attention_forward(ag, qd, kd, vd, outd, lsed);
+      std::string what = std::string("attention ") + path + " d=" + std::to_string(c.d);
+      expect_close(b.down(outd), out, tol_f, what + " out");
+      expect_close(b.down(lsed), lse, tol_f, what + " lse");
+      Tensor dq = cpu_empty(q.shape), dk = cpu_empty(k.shape), dv = cpu_empty(v.shape);
+      Tensor dbias = b.rand({32, c.hq}), dbias_d = b.up(dbias);
+      b.cpu->attention_backward(a, q, k, v, out, lse, dout, dq, dk, dv, c.bias ? &dbias : nullptr);
+      Tensor dqd = b.poisoned(q.shape), dkd = b.poisoned(k.shape), dvd = b.poisoned(v.shape);
+      b.gpu->attention_backward(ag, qd, kd, vd, outd, lsed, b.up(dout), dqd, dkd, dvd,
+                                c.bias ? &dbias_d : nullptr);
+      expect_close(b.down(dqd), dq, tol_b, what + " dq");
+      expect_close(b.down(dkd), dk, tol_b, what + " dk");
+      expect_close(b.down(dvd), dv, tol_b, what + " dv");
+      if (c.bias) expect_close(b.down(dbias_d), dbias, tol_b, what + " d_rel_bias");
     }
-    Tensor q = b.rand({T, c.hq * c.d}, -2, 2), k = b.rand({T, c.hk * c.d}, -2, 2),
-           v = b.rand({T, c.hk * c.d}), dout = b.rand({T, c.hq * c.d});
-    Tensor out = cpu_empty(q.shape), lse = cpu_empty({T, c.hq});
-    b.cpu->attention_forward(a, q, k, v, out, lse);
-    AttentionArgs ag = a;
-    Tensor table_d = b.up(table);
-    if (c.bias) ag.rel_bias = &table_d;
-    Tensor outd = b.poisoned(q.shape), lsed = b.poisoned({T, c.hq});
-    Tensor qd = b.up(q), kd = b.up(k), vd = b.up(v);
-    b.gpu->attention_forward(ag, qd, kd, vd, outd, lsed);
-    std::string what = std::string("attention ") + path + " d=" + std::to_string(c.d);
-    expect_close(b.down(outd), out, tol_f, what + " out");
-    expect_close(b.down(lsed), lse, tol_f, what + " lse");
-    Tensor dq = cpu_empty(q.shape), dk = cpu_empty(k.shape), dv = cpu_empty(v.shape);
-    Tensor dbias = b.rand({32, c.hq}), dbias_d = b.up(dbias);
-    b.cpu->attention_backward(a, q, k, v, out, lse, dout, dq, dk, dv, c.bias ? &dbias : nullptr);
-    Tensor dqd = b.poisoned(q.shape), dkd = b.poisoned(k.shape), dvd = b.poisoned(v.shape);
-    b.gpu->attention_backward(ag, qd, kd, vd, outd, lsed, b.up(dout), dqd, dkd, dvd,
-                              c.bias ? &dbias_d : nullptr);
-    expect_close(b.down(dqd), dq, tol_b, what + " dq");
-    expect_close(b.down(dkd), dk, tol_b, what + " dk");
-    expect_close(b.down(dvd), dv, tol_b, what + " dv");
-    if (c.bias) expect_close(b.down(dbias_d), dbias, tol_b, what + " d_rel_bias");
-  }
   unsetenv("EMBEDTUNE_ATTENTION");
 }
 
@@ -367,7 +371,8 @@ TEST(CudaTrainer, TrainsResumesAndMatchesCpu) {
   char a[96], p[96];
   for (int i = 0; i < 24; ++i) {
     std::snprintf(a, sizeof(a), "w%d w%d w%d", i, (i * 7) % 500, (i * 13) % 500);
-    std::snprintf(p, sizeof(p), "w%d w%d w%d w%d w%d", i + 100, (i * 11) % 500, i + 3, i * 2, i + 40);
+    std::snprintf(p, sizeof(p), "w%d w%d w%d w%d w%d", i + 100, (i * 11) % 500, i + 3, i * 2,
+                  i + 40);
     rows += json{{"anchor", a}, {"positive", p}}.dump() + "\n";
   }
   write_text_atomic(dir + "/pairs.jsonl", rows);
@@ -403,7 +408,8 @@ TEST(CudaTrainer, TrainsResumesAndMatchesCpu) {
   TensorFile tc = read_safetensors(dir + "/cpu/adapter/adapter_model.safetensors");
   for (const auto& [name, t] : ta.tensors) {
     // GPU gradients use atomic additions (attention dQ), so runs agree to rounding, not bits.
-    EXPECT_LT(rel_error(to_f32(tb.at(name)), to_f32(t)), 2e-2) << "resumed vs uninterrupted " << name;
+    EXPECT_LT(rel_error(to_f32(tb.at(name)), to_f32(t)), 2e-2)
+        << "resumed vs uninterrupted " << name;
     EXPECT_EQ(tc.at(name).shape, t.shape) << name;
   }
   auto merged = load_sentence_model(dir + "/gpu_a/merged", *cpu);

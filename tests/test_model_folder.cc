@@ -73,20 +73,30 @@ std::string model_with_dense(const std::string& name, const json& pooling, int m
   fs::create_directories(d + "/2_Dense");
   const int64_t in = 64 * modes;
   write_json_atomic(d + "/2_Dense/config.json",
-                    json{{"in_features", in}, {"out_features", 8}, {"bias", true},
+                    json{{"in_features", in},
+                         {"out_features", 8},
+                         {"bias", true},
                          {"activation_function", "torch.nn.modules.activation.Tanh"}});
   Tensor w = cpu_empty({8, in}), b = cpu_empty({8});
   for (int64_t i = 0; i < w.numel(); ++i) w.f32()[i] = 0.05f * static_cast<float>((i * 7) % 13 - 6);
   for (int64_t i = 0; i < 8; ++i) b.f32()[i] = 0.1f * static_cast<float>(i) - 0.3f;
   write_safetensors(d + "/2_Dense/model.safetensors", {{"linear.weight", w}, {"linear.bias", b}});
-  json mods = json::array({{{"idx", 0}, {"name", "0"}, {"path", ""},
+  json mods = json::array({{{"idx", 0},
+                            {"name", "0"},
+                            {"path", ""},
                             {"type", "sentence_transformers.models.Transformer"}},
-                           {{"idx", 1}, {"name", "1"}, {"path", "1_Pooling"},
+                           {{"idx", 1},
+                            {"name", "1"},
+                            {"path", "1_Pooling"},
                             {"type", "sentence_transformers.models.Pooling"}},
-                           {{"idx", 2}, {"name", "2"}, {"path", "2_Dense"},
+                           {{"idx", 2},
+                            {"name", "2"},
+                            {"path", "2_Dense"},
                             {"type", "sentence_transformers.models.Dense"}}});
   if (normalize)
-    mods.push_back({{"idx", 3}, {"name", "3"}, {"path", "3_Normalize"},
+    mods.push_back({{"idx", 3},
+                    {"name", "3"},
+                    {"path", "3_Normalize"},
                     {"type", "sentence_transformers.models.Normalize"}});
   write_json_atomic(d + "/modules.json", mods);
   if (w_out) *w_out = w;
@@ -97,11 +107,12 @@ std::string model_with_dense(const std::string& name, const json& pooling, int m
 TEST(ModelFolder, PoolingModesAndDense) {
   SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
   Tensor w, b;
-  std::string d = model_with_dense(
-      "pool_dense",
-      json{{"pooling_mode_cls_token", true}, {"pooling_mode_max_tokens", true},
-           {"pooling_mode_mean_tokens", true}, {"word_embedding_dimension", 64}},
-      3, false, &w, &b);
+  std::string d = model_with_dense("pool_dense",
+                                   json{{"pooling_mode_cls_token", true},
+                                        {"pooling_mode_max_tokens", true},
+                                        {"pooling_mode_mean_tokens", true},
+                                        {"word_embedding_dimension", 64}},
+                                   3, false, &w, &b);
   auto be = make_cpu_backend();
   auto m = load_sentence_model(d, *be);
   ASSERT_EQ(m->pooling.modes.size(), 3u);
@@ -141,11 +152,12 @@ TEST(ModelFolder, PoolingModesAndDense) {
 TEST(ModelFolder, BackwardMatchesFiniteDifferences) {
   SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
   auto be = make_cpu_backend();
-  for (const char* mode : {"cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"}) {
+  for (const char* mode :
+       {"cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"}) {
     for (bool include_prompt : {true, false}) {
-      std::string d = model_with_dense(std::string("fd_") + mode,
-                                       json{{"pooling_mode", mode}, {"include_prompt", include_prompt}},
-                                       1, true);
+      std::string d = model_with_dense(
+          std::string("fd_") + mode,
+          json{{"pooling_mode", mode}, {"include_prompt", include_prompt}}, 1, true);
       auto m = load_sentence_model(d, *be);
       auto params = set_trainable(*be, *m, TrainMode::Full);
       PackedBatch batch;
@@ -153,7 +165,8 @@ TEST(ModelFolder, BackwardMatchesFiniteDifferences) {
       batch.add({2, 88, 3}, include_prompt ? 0 : 1);
       batch.add({2, 5, 6, 7, 8, 9, 10, 11, 3}, include_prompt ? 0 : 3);
       Tensor r = cpu_empty({3, 8});
-      for (int64_t i = 0; i < r.numel(); ++i) r.f32()[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f);
+      for (int64_t i = 0; i < r.numel(); ++i)
+        r.f32()[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f);
       auto loss = [&]() {
         Tensor e = embed_forward(*be, *m, batch, nullptr, nullptr);
         double l = 0;
@@ -163,9 +176,9 @@ TEST(ModelFolder, BackwardMatchesFiniteDifferences) {
       EmbedSaved saved;
       embed_forward(*be, *m, batch, &saved, nullptr);
       embed_backward(*be, *m, saved, r);
-      for (const char* name : {"linear.weight", "encoder.layer.1.output.dense.weight",
-                               "encoder.layer.0.attention.self.query.weight",
-                               "embeddings.LayerNorm.weight"}) {
+      for (const char* name :
+           {"linear.weight", "encoder.layer.1.output.dense.weight",
+            "encoder.layer.0.attention.self.query.weight", "embeddings.LayerNorm.weight"}) {
         Param* p = m->params.find(name);
         if (!p) p = m->dense[0].params.find(name);
         ASSERT_NE(p, nullptr) << name;
@@ -223,8 +236,8 @@ TEST(ModelFolder, BrokenFoldersGiveClearErrors) {
   tf = read_safetensors(d + "/model.safetensors");
   keep.clear();
   for (auto& [n, t] : tf.tensors)
-    keep.emplace_back(n, n == "encoder.layer.0.attention.self.query.weight" ? cpu_zeros({64, 32})
-                                                                            : cpu_clone(t));
+    keep.emplace_back(
+        n, n == "encoder.layer.0.attention.self.query.weight" ? cpu_zeros({64, 32}) : cpu_clone(t));
   write_safetensors(d + "/model.safetensors", keep);
   EXPECT_NE(load_error(d).find("has shape [64, 32], expected [64, 64]"), std::string::npos);
 

@@ -74,13 +74,12 @@ TEST_P(Parity, PackedBatchEqualsOneAtATime) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(BertFamily, Parity, ::testing::ValuesIn(cases()),
-                         [](const auto& info) {
-                           std::string n = info.param.arch + "_" + info.param.layout;
-                           for (char& ch : n)
-                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(BertFamily, Parity, ::testing::ValuesIn(cases()), [](const auto& info) {
+  std::string n = info.param.arch + "_" + info.param.layout;
+  for (char& ch : n)
+    if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return n;
+});
 
 }  // namespace
 }  // namespace et::test

@@ -40,28 +40,30 @@ TEST(PythonCompat, AdapterAndMergedLoadInSentenceTransformers) {
   write_text_atomic(dir + "/pairs.jsonl", rows);
   write_text_atomic(dir + "/texts.txt", texts);
   std::string out;
-  ASSERT_EQ(sh(bin + " train --model " + root + "/model --train " + dir + "/pairs.jsonl --output " +
-                   dir + "/out --max_steps 4 --learning_rate 5e-3 --per_device_train_batch_size 4 " +
-                   "--lora_target_modules query,key,value,dense --quiet",
-               &out),
-            0)
+  ASSERT_EQ(
+      sh(bin + " train --model " + root + "/model --train " + dir + "/pairs.jsonl --output " + dir +
+             "/out --max_steps 4 --learning_rate 5e-3 --per_device_train_batch_size 4 " +
+             "--lora_target_modules query,key,value,dense --quiet",
+         &out),
+      0)
       << out;
-  ASSERT_EQ(sh(bin + " encode --model " + root + "/model --adapter " + dir + "/out/adapter --input " +
-                   dir + "/texts.txt --output " + dir + "/emb_adapter.npy",
-               &out),
-            0)
+  ASSERT_EQ(
+      sh(bin + " encode --model " + root + "/model --adapter " + dir + "/out/adapter --input " +
+             dir + "/texts.txt --output " + dir + "/emb_adapter.npy",
+         &out),
+      0)
       << out;
-  ASSERT_EQ(sh(bin + " encode --model " + dir + "/out/merged --input " + dir + "/texts.txt --output " +
-                   dir + "/emb_merged.npy",
+  ASSERT_EQ(sh(bin + " encode --model " + dir + "/out/merged --input " + dir +
+                   "/texts.txt --output " + dir + "/emb_merged.npy",
                &out),
             0)
       << out;
   out.clear();
   std::string script = "tests/python/check_st_compat.py";  // relative to the repository root
   if (!file_exists(script)) script = std::string(EMBEDTUNE_SOURCE_DIR) + "/" + script;
-  int rc = sh("python3 " + script + " " +
-                  root + "/model " + dir + "/out/adapter " + dir + "/out/merged " + dir +
-                  "/texts.txt " + dir + "/emb_adapter.npy " + dir + "/emb_merged.npy",
+  int rc = sh("python3 " + script + " " + root + "/model " + dir + "/out/adapter " + dir +
+                  "/out/merged " + dir + "/texts.txt " + dir + "/emb_adapter.npy " + dir +
+                  "/emb_merged.npy",
               &out);
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out;

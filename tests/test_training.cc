@@ -30,7 +30,8 @@ TEST(Losses, MnrlMatchesSentenceTransformers) {
   for (const char* name : {"mnrl_pair", "mnrl_triplet"}) {
     ASSERT_TRUE(meta.contains(name) && meta[name].contains("columns")) << name;
     std::vector<Tensor> cols;
-    for (const auto& c : meta[name]["columns"]) cols.push_back(to_f32(f.at("input." + c.get<std::string>())));
+    for (const auto& c : meta[name]["columns"])
+      cols.push_back(to_f32(f.at("input." + c.get<std::string>())));
     double scale = meta[name]["params"].value("scale", 20.0);
     LossOutput out = mnrl_loss(cols, scale);
     float ref = f.at(std::string(name) + ".loss").f32()[0];
@@ -105,8 +106,9 @@ TEST(Dataset, JsonlCsvTsvAndColumnMapping) {
   TextDataset j = read_text_dataset(dir + "/a.jsonl", {"question", "context"});
   ASSERT_EQ(j.rows.size(), 2u);
   EXPECT_EQ(j.rows[1][1], "c2");
-  write_text_atomic(dir + "/b.csv",
-                    "anchor,positive,negative\n\"a, with comma\",\"multi\nline \"\"quoted\"\"\",n1\r\nx,y,z\n");
+  write_text_atomic(
+      dir + "/b.csv",
+      "anchor,positive,negative\n\"a, with comma\",\"multi\nline \"\"quoted\"\"\",n1\r\nx,y,z\n");
   TextDataset c = read_text_dataset(dir + "/b.csv");
   ASSERT_EQ(c.columns, (std::vector<std::string>{"anchor", "positive", "negative"}));
   ASSERT_EQ(c.rows.size(), 2u);
@@ -128,12 +130,16 @@ std::string error_of(const std::function<void()>& f) {
 
 TEST(Dataset, BadRowsNameFileAndLine) {
   std::string dir = temp_dir("dataset_bad");
-  write_text_atomic(dir + "/a.jsonl", "{\"anchor\": \"x\", \"positive\": \"y\"}\n{\"anchor\": \"x\"}\n");
-  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/a.jsonl"); }).find("a.jsonl:2: missing column 'positive'"),
+  write_text_atomic(dir + "/a.jsonl",
+                    "{\"anchor\": \"x\", \"positive\": \"y\"}\n{\"anchor\": \"x\"}\n");
+  EXPECT_NE(error_of([&] {
+              read_text_dataset(dir + "/a.jsonl");
+            }).find("a.jsonl:2: missing column 'positive'"),
             std::string::npos);
   write_text_atomic(dir + "/b.jsonl", "{\"anchor\": \"x\", \"positive\": 5}\n");
-  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/b.jsonl", {"anchor", "positive"}); })
-                .find("b.jsonl:1: column 'positive' must be a string"),
+  EXPECT_NE(error_of([&] {
+              read_text_dataset(dir + "/b.jsonl", {"anchor", "positive"});
+            }).find("b.jsonl:1: column 'positive' must be a string"),
             std::string::npos);
   write_text_atomic(dir + "/c.jsonl", "{\"anchor\": \"x\", \"positive\": \"y\"}\n{broken\n");
   EXPECT_NE(error_of([&] { read_text_dataset(dir + "/c.jsonl"); }).find("c.jsonl:2: invalid JSON"),
@@ -142,12 +148,16 @@ TEST(Dataset, BadRowsNameFileAndLine) {
   EXPECT_NE(error_of([&] { read_text_dataset(dir + "/d.csv"); }).find("d.csv:3: 1 fields"),
             std::string::npos);
   write_text_atomic(dir + "/e.csv", "anchor,positive\n\"a,b\n");
-  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/e.csv"); }).find("unterminated"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/e.csv"); }).find("unterminated"),
+            std::string::npos);
   write_text_atomic(dir + "/f.tsv", "anchor\tpositive\nok\tbad \xff\n");
-  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/f.tsv"); }).find("f.tsv:2: column 'positive' is not valid UTF-8"),
+  EXPECT_NE(error_of([&] {
+              read_text_dataset(dir + "/f.tsv");
+            }).find("f.tsv:2: column 'positive' is not valid UTF-8"),
             std::string::npos);
   write_text_atomic(dir + "/g.jsonl", "{\"q\": \"x\", \"d\": \"y\"}\n");
-  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/g.jsonl"); }).find("--columns"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_text_dataset(dir + "/g.jsonl"); }).find("--columns"),
+            std::string::npos);
 }
 
 // A small training set over the fixture's synthetic vocabulary ("w0".."w506").
@@ -201,7 +211,8 @@ TEST(Trainer, ResumeEqualsUninterrupted) {
     b.stop_after_steps = -1;
     b.resume = true;
     run_training(b, *be);
-    std::string f = mode == TrainMode::Lora ? "/adapter/adapter_model.safetensors" : "/merged/model.safetensors";
+    std::string f = mode == TrainMode::Lora ? "/adapter/adapter_model.safetensors"
+                                            : "/merged/model.safetensors";
     TensorFile ta = read_safetensors(dir + "/a_" + tag + f);
     TensorFile tb = read_safetensors(dir + "/b_" + tag + f);
     ASSERT_EQ(ta.tensors.size(), tb.tensors.size());
@@ -232,7 +243,9 @@ TEST(Trainer, OutputsLoadBackWithTheSameEmbeddings) {
   TrainConfig c = small_run(root + "/model", data, dir + "/out");
   c.lora.dropout = 0;
   TrainResult r = run_training(c, *be);
-  json log_first = json::parse(read_text_file(dir + "/out/train_log.jsonl").substr(0, read_text_file(dir + "/out/train_log.jsonl").find('\n')));
+  json log_first =
+      json::parse(read_text_file(dir + "/out/train_log.jsonl")
+                      .substr(0, read_text_file(dir + "/out/train_log.jsonl").find('\n')));
   EXPECT_TRUE(log_first.contains("loss") && log_first.contains("tokens_per_second"));
   // base + adapter (as peft applies it) == merged folder
   auto with_adapter = load_sentence_model(root + "/model", *be);

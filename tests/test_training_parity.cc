@@ -38,27 +38,27 @@ TEST_P(Training, FullFineTuningGradients) {
   std::string root = model_fixture(GetParam());
   SKIP_WITHOUT_FIXTURES(root);
   for (const char* layout : {"model", "model_saved_by_reference"}) {
-  SCOPED_TRACE(layout);
-  auto be = make_cpu_backend();
-  auto m = load_sentence_model(root + "/" + layout, *be);
-  auto params = set_trainable(*be, *m, TrainMode::Full);
-  double loss = train_step_grads(*be, *m, fixture_columns(root), LossSpec{}, 1.0, nullptr);
-  TensorFile exp = read_safetensors(root + "/expected.safetensors");
-  EXPECT_NEAR(loss, exp.at("full.loss").f32()[0], 1e-5 * std::abs(exp.at("full.loss").f32()[0]));
-  int checked = 0;
-  for (const auto& [key, t] : exp.tensors) {
-    if (key.rfind("full.grad.", 0) != 0) continue;
-    Param* p = m->params.find(store_name(key.substr(10)));
-    ASSERT_NE(p, nullptr) << key;
-    ASSERT_TRUE(p->trainable) << key;
-    // Some gradients are exactly zero in exact arithmetic (the key bias: softmax ignores a
-    // constant shift of a row's scores), so a relative error alone is meaningless for them.
-    Tensor ref = to_f32(t);
-    double ref_norm = std::sqrt(be->sum_squares(ref));
-    EXPECT_LT(rel_error(p->grad, ref) * ref_norm, 1e-4 * ref_norm + 1e-6) << key;
-    ++checked;
-  }
-  EXPECT_EQ(checked, static_cast<int>(params.size()));
+    SCOPED_TRACE(layout);
+    auto be = make_cpu_backend();
+    auto m = load_sentence_model(root + "/" + layout, *be);
+    auto params = set_trainable(*be, *m, TrainMode::Full);
+    double loss = train_step_grads(*be, *m, fixture_columns(root), LossSpec{}, 1.0, nullptr);
+    TensorFile exp = read_safetensors(root + "/expected.safetensors");
+    EXPECT_NEAR(loss, exp.at("full.loss").f32()[0], 1e-5 * std::abs(exp.at("full.loss").f32()[0]));
+    int checked = 0;
+    for (const auto& [key, t] : exp.tensors) {
+      if (key.rfind("full.grad.", 0) != 0) continue;
+      Param* p = m->params.find(store_name(key.substr(10)));
+      ASSERT_NE(p, nullptr) << key;
+      ASSERT_TRUE(p->trainable) << key;
+      // Some gradients are exactly zero in exact arithmetic (the key bias: softmax ignores a
+      // constant shift of a row's scores), so a relative error alone is meaningless for them.
+      Tensor ref = to_f32(t);
+      double ref_norm = std::sqrt(be->sum_squares(ref));
+      EXPECT_LT(rel_error(p->grad, ref) * ref_norm, 1e-4 * ref_norm + 1e-6) << key;
+      ++checked;
+    }
+    EXPECT_EQ(checked, static_cast<int>(params.size()));
   }
 }
 
@@ -124,8 +124,8 @@ TEST_P(Training, LoraAdamWThreeSteps) {
     double loss = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr);
     EXPECT_NEAR(loss, ref_losses[step - 1], 2e-5 * std::abs(ref_losses[step - 1])) << step;
     for (size_t i = 0; i < params.size(); ++i)
-      be->adamw_step(params[i]->value, params[i]->grad, mom[i], vel[i], opt["lr"],
-                     opt["betas"][0], opt["betas"][1], opt["eps"], opt["weight_decay"], step);
+      be->adamw_step(params[i]->value, params[i]->grad, mom[i], vel[i], opt["lr"], opt["betas"][0],
+                     opt["betas"][1], opt["eps"], opt["weight_decay"], step);
   }
   for (const auto& name : meta["lora_param_names"]) {
     Param* p = m->params.find(store_name(name.get<std::string>()));
@@ -157,7 +157,8 @@ TEST_P(Training, LoraAdamWThreeSteps) {
         for (int64_t i = 0; i < out; ++i)
           for (int64_t j = 0; j < in; ++j) {
             double acc = 0;
-            for (int64_t k = 0; k < r; ++k) acc += static_cast<double>(b.f32()[i * r + k]) * a.f32()[k * in + j];
+            for (int64_t k = 0; k < r; ++k)
+              acc += static_cast<double>(b.f32()[i * r + k]) * a.f32()[k * in + j];
             want.f32()[i * in + j] = static_cast<float>(want.f32()[i * in + j] + s * acc);
           }
       }

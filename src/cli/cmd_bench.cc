@@ -21,16 +21,21 @@ Run add_bench(CLI::App& app) {
   app.add_option("--scenario", o->scenario, "fixed or real (default: both)");
   app.add_option("--seq-len", o->seq_len, "Override the sequence length of every configuration");
   app.add_option("--pairs", o->pairs, "Override the pairs per batch of every configuration");
-  app.add_option("--mode", o->mode, "lora or full")->check(CLI::IsMember({"lora", "full"}))->capture_default_str();
+  app.add_option("--mode", o->mode, "lora or full")
+      ->check(CLI::IsMember({"lora", "full"}))
+      ->capture_default_str();
   app.add_option("--steps", o->steps, "Timed steps (median reported)")->capture_default_str();
   app.add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
-  app.add_option("--device", o->device, "cuda or cpu")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  app.add_option("--device", o->device, "cuda or cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--out", o->out, "Also write the JSON lines to this file");
   return [o]() {
     auto be = make_backend(o->device);
     std::vector<json> results;
     for (BenchConfig c : default_bench_configs()) {
-      if (!o->only.empty() && std::find(o->only.begin(), o->only.end(), c.preset) == o->only.end()) continue;
+      if (!o->only.empty() && std::find(o->only.begin(), o->only.end(), c.preset) == o->only.end())
+        continue;
       if (!o->scenario.empty() && c.scenario != o->scenario) continue;
       if (o->seq_len > 0) c.seq_len = o->seq_len;
       if (o->pairs > 0) c.pairs = o->pairs;
@@ -41,7 +46,10 @@ Run add_bench(CLI::App& app) {
       try {
         r = run_bench(c, *be);
       } catch (const Error& e) {
-        r = {{"arch", c.preset}, {"scenario", c.scenario}, {"seq_len", c.seq_len}, {"pairs", c.pairs},
+        r = {{"arch", c.preset},
+             {"scenario", c.scenario},
+             {"seq_len", c.seq_len},
+             {"pairs", c.pairs},
              {"error", e.what()}};
       }
       std::printf("%s\n", r.dump().c_str());

@@ -104,11 +104,14 @@ int run_encode(const EncodeOptions& o) {
       emb = y;
     }
     std::memcpy(all.f32() + b * dim, emb.f32(), emb.nbytes());
-    if (tty) std::fprintf(stderr, "\rencoded %lld/%lld", static_cast<long long>(e), static_cast<long long>(n));
+    if (tty)
+      std::fprintf(stderr, "\rencoded %lld/%lld", static_cast<long long>(e),
+                   static_cast<long long>(n));
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_embeddings(o.output, all);
-  std::fprintf(stderr, "%sencoded %lld texts (%lld tokens) in %.2f s (%.0f tokens/s) -> %s [%lld x %lld]\n",
+  std::fprintf(stderr,
+               "%sencoded %lld texts (%lld tokens) in %.2f s (%.0f tokens/s) -> %s [%lld x %lld]\n",
                tty ? "\r" : "", static_cast<long long>(n), static_cast<long long>(tokens), secs,
                secs > 0 ? tokens / secs : 0.0, o.output.c_str(), static_cast<long long>(n),
                static_cast<long long>(dim));
@@ -126,7 +129,8 @@ Run add_encode(CLI::App& app) {
                  "Input: .txt (one text per line), .jsonl (a text field per row, or "
                  "\"input_ids\" arrays of pre-tokenized ids)")
       ->required();
-  app.add_option("--output", o->output, "Output: .npy, .safetensors (tensor 'embeddings') or .jsonl")
+  app.add_option("--output", o->output,
+                 "Output: .npy, .safetensors (tensor 'embeddings') or .jsonl")
       ->required();
   app.add_option("--text-field", o->text_field, "Text field of JSONL rows")->capture_default_str();
   auto* pn = app.add_option("--prompt-name", o->prompt_name,
@@ -136,7 +140,9 @@ Run add_encode(CLI::App& app) {
       ->each([o](const std::string&) { o->has_prompt = true; });
   app.add_option("--batch-size", o->batch_size, "Texts per forward pass")->capture_default_str();
   app.add_flag("--normalize", o->normalize, "L2-normalise embeddings (if the model does not)");
-  app.add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  app.add_option("--device", o->device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   return [o]() { return run_encode(*o); };
 }
 

@@ -24,7 +24,8 @@ Run add_init(CLI::App& app) {
   app.add_option("--seed", o->seed, "Initialisation seed")->capture_default_str();
   return [o]() {
     create_random_model(o->preset, o->vocab, o->output, o->seed);
-    std::printf("wrote randomly initialised %s model to %s\n", o->preset.c_str(), o->output.c_str());
+    std::printf("wrote randomly initialised %s model to %s\n", o->preset.c_str(),
+                o->output.c_str());
     return 0;
   };
 }

@@ -1,5 +1,5 @@
-#include <CLI/CLI.hpp>
 #include <toml++/toml.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <memory>
@@ -87,15 +87,17 @@ Run add_train(CLI::App& app) {
                  "Training data: .jsonl, .csv or .tsv with named columns")
       ->required();
   app.add_option("--output,--output_dir", c->output_dir, "Output folder")->required();
-  app.add_option("--columns", c->columns,
-                 "Columns in order anchor,positive[,negatives...] (default: anchor, positive, negative*)")
+  app.add_option(
+         "--columns", c->columns,
+         "Columns in order anchor,positive[,negatives...] (default: anchor, positive, negative*)")
       ->delimiter(',');
   app.add_option("--mode", x->mode, "lora or full (fine-tuning)")
       ->check(CLI::IsMember({"lora", "full"}))
       ->capture_default_str();
   app.add_option("--lora_r,--lora-r", c->lora.r, "LoRA rank")->capture_default_str();
   app.add_option("--lora_alpha,--lora-alpha", c->lora.alpha, "LoRA alpha")->capture_default_str();
-  app.add_option("--lora_dropout,--lora-dropout", c->lora.dropout, "LoRA dropout")->capture_default_str();
+  app.add_option("--lora_dropout,--lora-dropout", c->lora.dropout, "LoRA dropout")
+      ->capture_default_str();
   app.add_option("--lora_target_modules,--target_modules", x->targets,
                  "Module names LoRA adapts (PEFT matching; default: the family's PEFT defaults)")
       ->delimiter(',');
@@ -106,16 +108,19 @@ Run add_train(CLI::App& app) {
   app.add_option("--per_device_train_batch_size,--batch-size", c->per_device_train_batch_size,
                  "Rows per batch (in-batch negatives)")
       ->capture_default_str();
-  app.add_option("--num_train_epochs,--epochs", c->num_train_epochs, "Epochs")->capture_default_str();
+  app.add_option("--num_train_epochs,--epochs", c->num_train_epochs, "Epochs")
+      ->capture_default_str();
   app.add_option("--max_steps", c->max_steps, "Optimizer steps (overrides epochs when > 0)")
       ->capture_default_str();
   app.add_option("--warmup_ratio", c->warmup_ratio, "Warm-up as a fraction of all steps")
       ->capture_default_str();
   app.add_option("--warmup_steps", c->warmup_steps, "Warm-up steps (overrides warmup_ratio)")
       ->capture_default_str();
-  app.add_option("--lr_scheduler_type", x->schedule, "constant, constant_with_warmup, linear, cosine")
+  app.add_option("--lr_scheduler_type", x->schedule,
+                 "constant, constant_with_warmup, linear, cosine")
       ->capture_default_str();
-  app.add_option("--weight_decay", c->weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  app.add_option("--weight_decay", c->weight_decay, "AdamW decoupled weight decay")
+      ->capture_default_str();
   app.add_option("--max_grad_norm", c->max_grad_norm, "Clip gradients to this global norm (0: off)")
       ->capture_default_str();
   app.add_option("--adam_beta1", c->adam_beta1)->capture_default_str();
@@ -123,17 +128,25 @@ Run add_train(CLI::App& app) {
   app.add_option("--adam_epsilon", c->adam_epsilon)->capture_default_str();
   app.add_option("--seed", c->seed, "Seed of shuffling, LoRA initialisation and dropout")
       ->capture_default_str();
-  app.add_option("--gradient_accumulation_steps", c->gradient_accumulation_steps)->capture_default_str();
-  app.add_option("--batch_sampler", x->sampler, "batch_sampler or no_duplicates")->capture_default_str();
+  app.add_option("--gradient_accumulation_steps", c->gradient_accumulation_steps)
+      ->capture_default_str();
+  app.add_option("--batch_sampler", x->sampler, "batch_sampler or no_duplicates")
+      ->capture_default_str();
   app.add_flag("--dataloader_drop_last", c->dataloader_drop_last, "Drop the last incomplete batch");
-  app.add_option("--save_steps", c->save_steps, "Checkpoint every N steps (0: never)")->capture_default_str();
-  app.add_option("--save_total_limit", c->save_total_limit, "Keep only the newest N checkpoints (0: all)")
+  app.add_option("--save_steps", c->save_steps, "Checkpoint every N steps (0: never)")
+      ->capture_default_str();
+  app.add_option("--save_total_limit", c->save_total_limit,
+                 "Keep only the newest N checkpoints (0: all)")
       ->capture_default_str();
   app.add_option("--logging_steps", c->logging_steps, "Log every N steps")->capture_default_str();
-  app.add_option("--max_seq_length", c->max_seq_length, "Truncate texts to N tokens (default: the model's)");
-  app.add_option("--scale", c->loss.scale, "MultipleNegativesRankingLoss scale")->capture_default_str();
+  app.add_option("--max_seq_length", c->max_seq_length,
+                 "Truncate texts to N tokens (default: the model's)");
+  app.add_option("--scale", c->loss.scale, "MultipleNegativesRankingLoss scale")
+      ->capture_default_str();
   app.add_flag("--resume", c->resume, "Continue from the newest checkpoint in the output folder");
-  app.add_option("--device", x->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  app.add_option("--device", x->device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_flag("--quiet", c->quiet, "Only write the logs to the output folder");
   return [c, x]() {
     c->mode = x->mode == "full" ? TrainMode::Full : TrainMode::Lora;

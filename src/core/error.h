@@ -30,7 +30,7 @@ template <typename... Args>
 }  // namespace et
 
 // ET_CHECK(cond, "message parts", value, ...): a precondition a user can violate.
-#define ET_CHECK(cond, ...)                   \
-  do {                                        \
-    if (!(cond)) ::et::fail(__VA_ARGS__);     \
+#define ET_CHECK(cond, ...)               \
+  do {                                    \
+    if (!(cond)) ::et::fail(__VA_ARGS__); \
   } while (0)

@@ -15,8 +15,8 @@ struct Rng {
   explicit Rng(uint64_t seed = 0) { reseed(seed); }
   void reseed(uint64_t seed);
   uint64_t next_u64();
-  double uniform();                 // [0, 1)
-  uint64_t below(uint64_t n);       // uniform integer in [0, n), unbiased
+  double uniform();            // [0, 1)
+  uint64_t below(uint64_t n);  // uniform integer in [0, n), unbiased
   template <typename T>
   void shuffle(std::vector<T>& v) {  // Fisher-Yates
     for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[below(i)]);

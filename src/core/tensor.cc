@@ -10,17 +10,28 @@ namespace et {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F64: case DType::I64: return 8;
-    case DType::F32: case DType::I32: return 4;
-    case DType::F16: case DType::BF16: return 2;
-    case DType::I8: case DType::U8: case DType::BOOL: return 1;
+    case DType::F64:
+    case DType::I64:
+      return 8;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::I8:
+    case DType::U8:
+    case DType::BOOL:
+      return 1;
   }
   return 0;
 }
 
 static const char* kNames[] = {"F64", "F32", "F16", "BF16", "I64", "I32", "I8", "U8", "BOOL"};
 
-const char* dtype_name(DType t) { return kNames[static_cast<int>(t)]; }
+const char* dtype_name(DType t) {
+  return kNames[static_cast<int>(t)];
+}
 
 bool dtype_from_name(const std::string& name, DType* out) {
   for (int i = 0; i < 9; ++i) {
@@ -89,16 +100,16 @@ Tensor cpu_zeros(const Shape& shape, DType dtype) {
 }
 
 Tensor cpu_from(const std::vector<float>& values, const Shape& shape) {
-  ET_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "value count ",
-           values.size(), " does not match shape ", shape_str(shape));
+  ET_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "value count ", values.size(),
+           " does not match shape ", shape_str(shape));
   Tensor t = cpu_empty(shape);
   std::memcpy(t.data, values.data(), t.nbytes());
   return t;
 }
 
 Tensor cpu_from_i32(const std::vector<int32_t>& values, const Shape& shape) {
-  ET_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "value count ",
-           values.size(), " does not match shape ", shape_str(shape));
+  ET_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "value count ", values.size(),
+           " does not match shape ", shape_str(shape));
   Tensor t = cpu_empty(shape, DType::I32);
   std::memcpy(t.data, values.data(), t.nbytes());
   return t;
@@ -138,9 +149,12 @@ Tensor to_f32(const Tensor& t) {
   float* o = r.f32();
   int64_t n = t.numel();
   switch (t.dtype) {
-    case DType::F32: std::memcpy(o, t.data, t.nbytes()); break;
+    case DType::F32:
+      std::memcpy(o, t.data, t.nbytes());
+      break;
     case DType::F64:
-      for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(static_cast<const double*>(t.data)[i]);
+      for (int64_t i = 0; i < n; ++i)
+        o[i] = static_cast<float>(static_cast<const double*>(t.data)[i]);
       break;
     case DType::BF16:
       for (int64_t i = 0; i < n; ++i) o[i] = bf16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
@@ -148,7 +162,8 @@ Tensor to_f32(const Tensor& t) {
     case DType::F16:
       for (int64_t i = 0; i < n; ++i) o[i] = f16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
       break;
-    default: fail("cannot convert a ", dtype_name(t.dtype), " tensor to F32");
+    default:
+      fail("cannot convert a ", dtype_name(t.dtype), " tensor to F32");
   }
   return r;
 }

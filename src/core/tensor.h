@@ -15,7 +15,7 @@ enum class DType : uint8_t { F64, F32, F16, BF16, I64, I32, I8, U8, BOOL };
 enum class Device : uint8_t { CPU, CUDA };
 
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);   // safetensors spelling: "F32", "BF16", ...
+const char* dtype_name(DType t);  // safetensors spelling: "F32", "BF16", ...
 bool dtype_from_name(const std::string& name, DType* out);
 
 using Shape = std::vector<int64_t>;

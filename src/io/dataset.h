@@ -16,7 +16,8 @@ struct TextDataset {
   std::vector<size_t> lines;                   // source line of each row (for messages)
 };
 
-TextDataset read_text_dataset(const std::string& path, const std::vector<std::string>& columns = {});
+TextDataset read_text_dataset(const std::string& path,
+                              const std::vector<std::string>& columns = {});
 
 // Splits CSV/TSV text into records (RFC 4180 quoting: "..." with "" for a quote, newlines
 // allowed inside quotes). `lines` receives the starting line of each record.

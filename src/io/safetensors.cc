@@ -45,9 +45,9 @@ TensorFile read_safetensors(const std::string& path) {
       continue;
     }
     const json& e = *it;
-    ET_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") &&
-                 e.contains("data_offsets"),
-             path, ": tensor '", name, "' needs dtype, shape and data_offsets");
+    ET_CHECK(
+        e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
+        path, ": tensor '", name, "' needs dtype, shape and data_offsets");
     ET_CHECK(e["dtype"].is_string(), path, ": tensor '", name, "': dtype must be a string");
     std::string dt = e["dtype"].get<std::string>();
     Tensor t;
@@ -66,8 +66,8 @@ TensorFile read_safetensors(const std::string& path) {
     uint64_t b = off[0].get<uint64_t>(), en = off[1].get<uint64_t>();
     ET_CHECK(b <= en && en <= data_size, path, ": tensor '", name, "' data [", b, ", ", en,
              ") lies outside the data section of ", data_size, " bytes (truncated file?)");
-    ET_CHECK(en - b == t.nbytes(), path, ": tensor '", name, "' has ", en - b,
-             " bytes but dtype ", dt, " and shape ", shape_str(t.shape), " need ", t.nbytes());
+    ET_CHECK(en - b == t.nbytes(), path, ": tensor '", name, "' has ", en - b, " bytes but dtype ",
+             dt, " and shape ", shape_str(t.shape), " need ", t.nbytes());
     t.data = const_cast<unsigned char*>(base + b);
     t.owner = owner;
     if (en > b) ranges.emplace_back(b, en);
@@ -103,8 +103,9 @@ TensorFile read_model_weights(const std::string& dir) {
     }
     return out;
   }
-  fail(dir, ": no model.safetensors or model.safetensors.index.json (pytorch_model.bin is not "
-            "supported; convert it to safetensors)");
+  fail(dir,
+       ": no model.safetensors or model.safetensors.index.json (pytorch_model.bin is not "
+       "supported; convert it to safetensors)");
 }
 
 void write_safetensors(const std::string& path,

@@ -23,8 +23,8 @@ TextInput read_text_input(const std::string& path, const std::string& field) {
     ++lineno;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     size_t bad = 0;
-    ET_CHECK(unicode::is_valid_utf8(line, &bad), path, ":", lineno,
-             ": invalid UTF-8 at byte ", bad, " of the line");
+    ET_CHECK(unicode::is_valid_utf8(line, &bad), path, ":", lineno, ": invalid UTF-8 at byte ", bad,
+             " of the line");
     if (!jsonl) {
       in.texts.push_back(line);
       continue;

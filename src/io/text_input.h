@@ -9,8 +9,8 @@
 namespace et {
 
 struct TextInput {
-  std::vector<std::string> texts;             // when reading text
-  std::vector<std::vector<int32_t>> ids;      // when reading pre-tokenized ids
+  std::vector<std::string> texts;         // when reading text
+  std::vector<std::vector<int32_t>> ids;  // when reading pre-tokenized ids
   bool pretokenized() const { return !ids.empty(); }
   size_t size() const { return pretokenized() ? ids.size() : texts.size(); }
 };

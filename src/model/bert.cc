@@ -35,8 +35,7 @@ struct Binder {
     l.out = out;
     l.weight = need(name + ".weight");
     ET_CHECK(l.weight->value.shape == Shape({out, in}), where, ": weight '", l.weight->name,
-             "' has shape ", shape_str(l.weight->value.shape), ", expected ",
-             shape_str({out, in}));
+             "' has shape ", shape_str(l.weight->value.shape), ", expected ", shape_str({out, in}));
     if (bias) {
       l.bias = need(name + ".bias");
       ET_CHECK(l.bias->value.numel() == out, where, ": bias '", l.bias->name, "' has ",
@@ -52,16 +51,15 @@ struct Binder {
   }
   Param* table(const std::string& name, int64_t cols) {
     Param* p = need(name);
-    ET_CHECK(p->value.ndim() == 2 && p->value.dim(1) == cols, where, ": '", p->name,
-             "' has shape ", shape_str(p->value.shape), ", expected [rows, ", cols, "]");
+    ET_CHECK(p->value.ndim() == 2 && p->value.dim(1) == cols, where, ": '", p->name, "' has shape ",
+             shape_str(p->value.shape), ", expected [rows, ", cols, "]");
     return p;
   }
 };
 
 }  // namespace
 
-BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store,
-                              const std::string& where) {
+BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where) {
   BertEncoder e;
   e.cfg = cfg;
   Binder b{store, "", where};
@@ -164,14 +162,14 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
   std::vector<int32_t> pos = position_ids(c, batch);
   const int64_t max_pos = enc.pos->value.dim(0);
   for (size_t t = 0; t < pos.size(); ++t) {
-    ET_CHECK(pos[t] < max_pos, "sequence too long for ", family_name(c.family),
-             ": position ", pos[t], " needs more than the model's ", max_pos,
+    ET_CHECK(pos[t] < max_pos, "sequence too long for ", family_name(c.family), ": position ",
+             pos[t], " needs more than the model's ", max_pos,
              " position embeddings (lower max_seq_length)");
   }
   const int64_t vocab = enc.word->value.dim(0);
   for (size_t t = 0; t < batch.ids.size(); ++t) {
-    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ", t,
-             " is outside the embedding table of ", vocab, " rows");
+    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ",
+             t, " is outside the embedding table of ", vocab, " rows");
   }
   Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
   Tensor positions = be.upload(cpu_from_i32(pos, {T}));
@@ -184,7 +182,8 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
     types = be.zeros({T}, DType::I32);
     be.embedding_forward(types, enc.type->value, emb, true);
   }
-  Tensor x = be.empty({T, H}, act), mean = be.empty({T}, DType::F32), rstd = be.empty({T}, DType::F32);
+  Tensor x = be.empty({T, H}, act), mean = be.empty({T}, DType::F32),
+         rstd = be.empty({T}, DType::F32);
   be.layernorm_forward(emb, enc.emb_ln_w->value, &enc.emb_ln_b->value, c.norm_eps, x, mean, rstd);
 
   AttentionArgs attn;
@@ -197,7 +196,8 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
     attn.rel_bias = &enc.rel_bias->value;
     attn.rel_buckets = c.rel_buckets;
   }
-  if (be.device() != Device::CPU) attn.cu_seqlens_dev = be.upload(cpu_from_i32(batch.cu_seqlens, {batch.size() + 1}));
+  if (be.device() != Device::CPU)
+    attn.cu_seqlens_dev = be.upload(cpu_from_i32(batch.cu_seqlens, {batch.size() + 1}));
   if (saved) {
     saved->ids = ids;
     saved->positions = positions;
@@ -254,7 +254,9 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
   return x;
 }
 
-static Tensor* grad_of(Param* p) { return p && p->trainable ? &p->grad : nullptr; }
+static Tensor* grad_of(Param* p) {
+  return p && p->trainable ? &p->grad : nullptr;
+}
 
 void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
                    const Tensor& d_hidden) {

@@ -44,8 +44,8 @@ struct BertEncoder {
   Param *emb_ln_w = nullptr, *emb_ln_b = nullptr;
   Param* rel_bias = nullptr;  // MPNet: [buckets, heads]
   std::vector<BertLayer> layers;
-  Linear pooler;              // BERT/XLM-R/MPNet pooler: unused by sentence embeddings, kept
-                              // so LoRA targets and merged exports match transformers' model
+  Linear pooler;  // BERT/XLM-R/MPNet pooler: unused by sentence embeddings, kept
+                  // so LoRA targets and merged exports match transformers' model
   bool has_pooler = false;
 };
 

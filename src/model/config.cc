@@ -6,10 +6,14 @@ namespace et {
 
 const char* family_name(Family f) {
   switch (f) {
-    case Family::Bert: return "bert";
-    case Family::XlmRoberta: return "xlm-roberta";
-    case Family::DistilBert: return "distilbert";
-    case Family::MPNet: return "mpnet";
+    case Family::Bert:
+      return "bert";
+    case Family::XlmRoberta:
+      return "xlm-roberta";
+    case Family::DistilBert:
+      return "distilbert";
+    case Family::MPNet:
+      return "mpnet";
   }
   return "?";
 }
@@ -76,8 +80,7 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
   ET_CHECK(c.heads > 0 && c.hidden % c.heads == 0, where, ": hidden size ", c.hidden,
            " is not divisible by the number of attention heads ", c.heads);
   c.head_dim = c.hidden / c.heads;
-  if (c.family == Family::XlmRoberta || c.family == Family::MPNet)
-    c.position_offset = c.pad_id + 1;
+  if (c.family == Family::XlmRoberta || c.family == Family::MPNet) c.position_offset = c.pad_id + 1;
   if (c.family == Family::MPNet) c.rel_buckets = j.value("relative_attention_num_buckets", 32);
   return c;
 }

@@ -11,7 +11,7 @@ namespace et {
 struct Param {
   std::string name;  // transformers name inside its module, e.g. "encoder.layer.0.attention..."
   Tensor value;
-  Tensor grad;       // defined only while trainable
+  Tensor grad;  // defined only while trainable
   bool trainable = false;
 };
 

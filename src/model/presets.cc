@@ -20,9 +20,9 @@ struct Preset {
 };
 
 const Preset kPresets[] = {
-    {"tiny-bert", 64, 2, 4, 128, 30522},     {"minilm-l6", 384, 6, 12, 1536, 30522},
+    {"tiny-bert", 64, 2, 4, 128, 30522},      {"minilm-l6", 384, 6, 12, 1536, 30522},
     {"minilm-l12", 384, 12, 12, 1536, 30522}, {"bge-small", 384, 12, 12, 1536, 30522},
-    {"bge-base", 768, 12, 12, 3072, 30522},  {"bge-large", 1024, 24, 16, 4096, 30522},
+    {"bge-base", 768, 12, 12, 3072, 30522},   {"bge-large", 1024, 24, 16, 4096, 30522},
 };
 
 void fill_normal(Tensor& t, Rng& rng, float std) {
@@ -141,7 +141,8 @@ void create_random_model(const std::string& preset, const std::string& vocab_txt
   write_safetensors(path_join(tmp, "model.safetensors"), random_bert_weights(cfg, seed));
   write_text_atomic(path_join(tmp, "vocab.txt"), vocab);
   write_json_atomic(path_join(tmp, "tokenizer_config.json"),
-                    json{{"do_lower_case", true}, {"model_max_length", 512},
+                    json{{"do_lower_case", true},
+                         {"model_max_length", 512},
                          {"tokenizer_class", "BertTokenizer"}});
   auto be = make_cpu_backend();
   auto m = load_sentence_model(tmp, *be);

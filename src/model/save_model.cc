@@ -53,13 +53,13 @@ void save_sentence_model(const Backend& be, const SentenceModel& m, const std::s
                     json{{"max_seq_length", m.max_seq_length}, {"do_lower_case", m.do_lower_case}});
   json prompts = json::object();
   for (const auto& [k, v] : m.prompts) prompts[k] = v;
-  write_json_atomic(path_join(tmp, "config_sentence_transformers.json"),
-                    json{{"__version__", {{"embedtune", EMBEDTUNE_VERSION}}},
-                         {"prompts", prompts},
-                         {"default_prompt_name", m.default_prompt_name.empty()
-                                                     ? json(nullptr)
-                                                     : json(m.default_prompt_name)},
-                         {"similarity_fn_name", m.similarity_fn_name}});
+  write_json_atomic(
+      path_join(tmp, "config_sentence_transformers.json"),
+      json{{"__version__", {{"embedtune", EMBEDTUNE_VERSION}}},
+           {"prompts", prompts},
+           {"default_prompt_name",
+            m.default_prompt_name.empty() ? json(nullptr) : json(m.default_prompt_name)},
+           {"similarity_fn_name", m.similarity_fn_name}});
   json modules = json::array();
   int idx = 0;
   auto add = [&](const std::string& type, const std::string& path) {
@@ -78,7 +78,8 @@ void save_sentence_model(const Backend& be, const SentenceModel& m, const std::s
     std::string sub = std::to_string(idx) + "_Dense";
     make_dirs(path_join(tmp, sub));
     write_json_atomic(path_join(path_join(tmp, sub), "config.json"), d.config);
-    write_safetensors(path_join(path_join(tmp, sub), "model.safetensors"), host_params(be, d.params));
+    write_safetensors(path_join(path_join(tmp, sub), "model.safetensors"),
+                      host_params(be, d.params));
     add("Dense", sub);
   }
   if (m.normalize) {

@@ -35,12 +35,18 @@ PoolMode parse_pool_mode(const std::string& s, const std::string& where) {
 
 const char* pool_mode_name(PoolMode m) {
   switch (m) {
-    case PoolMode::Cls: return "cls";
-    case PoolMode::Mean: return "mean";
-    case PoolMode::Max: return "max";
-    case PoolMode::MeanSqrtLen: return "mean_sqrt_len_tokens";
-    case PoolMode::WeightedMean: return "weightedmean";
-    case PoolMode::LastToken: return "lasttoken";
+    case PoolMode::Cls:
+      return "cls";
+    case PoolMode::Mean:
+      return "mean";
+    case PoolMode::Max:
+      return "max";
+    case PoolMode::MeanSqrtLen:
+      return "mean_sqrt_len_tokens";
+    case PoolMode::WeightedMean:
+      return "weightedmean";
+    case PoolMode::LastToken:
+      return "lasttoken";
   }
   return "?";
 }
@@ -88,7 +94,9 @@ static Act parse_dense_activation(const std::string& name, const std::string& wh
        "' is not supported (Identity, Tanh, ReLU, Sigmoid, GELU, SiLU)");
 }
 
-static Tensor upload_f32(const Backend& be, const Tensor& t) { return be.upload(to_f32(t)); }
+static Tensor upload_f32(const Backend& be, const Tensor& t) {
+  return be.upload(to_f32(t));
+}
 
 static DenseModule read_dense(const std::string& dir, const std::string& path, const Backend& be) {
   DenseModule d;
@@ -121,7 +129,8 @@ static DenseModule read_dense(const std::string& dir, const std::string& path, c
 static std::string module_kind(const std::string& type) {
   for (const char* k : {"Transformer", "Pooling", "Dense", "Normalize"}) {
     std::string kind = k;
-    if (type.size() >= kind.size() && type.compare(type.size() - kind.size(), kind.size(), kind) == 0)
+    if (type.size() >= kind.size() &&
+        type.compare(type.size() - kind.size(), kind.size(), kind) == 0)
       return kind;
   }
   return "";
@@ -239,7 +248,8 @@ PackedBatch tokenize_texts(const SentenceModel& m, const std::vector<std::string
   if (!prompt.empty() && !m.pooling.include_prompt) {
     // sentence-transformers: length of the tokenized prompt (with special tokens) minus one.
     std::string p = m.do_lower_case ? lower_text(prompt) : prompt;
-    prompt_len = static_cast<int32_t>(encode(m.tokenizer, p, true, m.max_seq_length).ids.size()) - 1;
+    prompt_len =
+        static_cast<int32_t>(encode(m.tokenizer, p, true, m.max_seq_length).ids.size()) - 1;
   }
   for (const std::string& t : texts) {
     std::string text = prompt + t;

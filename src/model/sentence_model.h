@@ -20,7 +20,7 @@ struct PoolingConfig {
 };
 
 struct DenseModule {
-  std::string path;  // sub-folder, e.g. "2_Dense"
+  std::string path;   // sub-folder, e.g. "2_Dense"
   ParamStore params;  // "linear.weight", "linear.bias"
   Linear linear;
   Act act = Act::Tanh;
@@ -36,8 +36,8 @@ struct SentenceModel {
   std::string dir;
   std::string transformer_dir;  // folder of the Transformer module (tokenizer files live here)
   ModelConfig cfg;
-  json hf_config;          // config.json as read (written back on export)
-  ParamStore params;       // every transformer weight, under its file name
+  json hf_config;     // config.json as read (written back on export)
+  ParamStore params;  // every transformer weight, under its file name
   BertEncoder encoder;
   Tokenizer tokenizer;
   int max_seq_length = 512;
@@ -62,9 +62,9 @@ std::unique_ptr<SentenceModel> load_sentence_model(const std::string& dir, const
 struct EmbedSaved {
   BertSaved encoder;
   PackedBatch batch;
-  std::vector<Tensor> argmax;           // per pooling mode (Max only)
+  std::vector<Tensor> argmax;  // per pooling mode (Max only)
   std::vector<LinearSaved> dense;
-  std::vector<Tensor> dense_pre;        // pre-activation of each Dense
+  std::vector<Tensor> dense_pre;  // pre-activation of each Dense
   Tensor pre_norm, norm_out, norms;
 };
 

@@ -52,8 +52,8 @@ struct Backend {
   // Memory.
   virtual Tensor empty(const Shape& shape, DType dtype = DType::F32) const = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype = DType::F32) const = 0;
-  virtual Tensor upload(const Tensor& host) const = 0;    // host -> device (same dtype)
-  virtual Tensor download(const Tensor& dev) const = 0;   // device -> host (F32 for floats)
+  virtual Tensor upload(const Tensor& host) const = 0;   // host -> device (same dtype)
+  virtual Tensor download(const Tensor& dev) const = 0;  // device -> host (F32 for floats)
   virtual void fill(Tensor& t, float value) const = 0;
   virtual void copy(Tensor& dst, const Tensor& src) const = 0;
 

@@ -106,11 +106,20 @@ static void bert_normalize(const Normalizer& n, NormString& s) {
 
 void normalize(const Normalizer& n, NormString& s) {
   switch (n.kind) {
-    case Normalizer::Kind::None: return;
-    case Normalizer::Kind::Bert: bert_normalize(n, s); return;
-    case Normalizer::Kind::Lowercase: lower(s); return;
-    case Normalizer::Kind::StripAccents: strip_marks(s); return;
-    case Normalizer::Kind::NFD: nfd(s); return;
+    case Normalizer::Kind::None:
+      return;
+    case Normalizer::Kind::Bert:
+      bert_normalize(n, s);
+      return;
+    case Normalizer::Kind::Lowercase:
+      lower(s);
+      return;
+    case Normalizer::Kind::StripAccents:
+      strip_marks(s);
+      return;
+    case Normalizer::Kind::NFD:
+      nfd(s);
+      return;
     case Normalizer::Kind::Sequence:
       for (const Normalizer& x : n.sequence) normalize(x, s);
       return;

@@ -52,9 +52,14 @@ static void split_spans(const NormString& s, std::vector<Span>& words, bool punc
 
 void pre_tokenize(const PreTokenizer& p, const NormString& s, std::vector<Span>& words) {
   switch (p.kind) {
-    case PreTokenizer::Kind::None: return;
-    case PreTokenizer::Kind::Bert: split_spans(s, words, true); return;
-    case PreTokenizer::Kind::WhitespaceSplit: split_spans(s, words, false); return;
+    case PreTokenizer::Kind::None:
+      return;
+    case PreTokenizer::Kind::Bert:
+      split_spans(s, words, true);
+      return;
+    case PreTokenizer::Kind::WhitespaceSplit:
+      split_spans(s, words, false);
+      return;
     case PreTokenizer::Kind::Sequence:
       for (const PreTokenizer& x : p.sequence) pre_tokenize(x, s, words);
       return;

@@ -34,7 +34,8 @@ static std::vector<TemplatePiece> parse_post_processor(const json& j, const std:
                  ": post_processor.special_tokens has no entry '", name, "'");
         out.push_back({false, specials[name]["ids"].get<std::vector<int32_t>>()});
       } else {
-        fail(where, ": post_processor.single has an element that is neither Sequence nor SpecialToken");
+        fail(where,
+             ": post_processor.single has an element that is neither Sequence nor SpecialToken");
       }
     }
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
@@ -116,7 +117,8 @@ Tokenizer load_tokenizer(const std::string& dir) {
                          {"sep", {"[SEP]", wp.vocab["[SEP]"]}}};
   j["added_tokens"] = json::array();
   for (const char* s : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
-    if (wp.vocab.count(s)) j["added_tokens"].push_back({{"content", s}, {"id", wp.vocab[s]}, {"special", true}});
+    if (wp.vocab.count(s))
+      j["added_tokens"].push_back({{"content", s}, {"id", wp.vocab[s]}, {"special", true}});
   Tokenizer t = parse_tokenizer_json(j, vocab);
   return t;
 }

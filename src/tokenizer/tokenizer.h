@@ -20,8 +20,8 @@ struct AddedToken {
 
 // One element of TemplateProcessing's "single" template.
 struct TemplatePiece {
-  bool is_sequence = false;       // the input sequence ($A)
-  std::vector<int32_t> ids;       // special token ids otherwise
+  bool is_sequence = false;  // the input sequence ($A)
+  std::vector<int32_t> ids;  // special token ids otherwise
 };
 
 struct Tokenizer {
@@ -29,8 +29,8 @@ struct Tokenizer {
   Normalizer normalizer;
   PreTokenizer pre_tokenizer;
   WordPiece wordpiece;
-  std::vector<AddedToken> added;        // matched in the raw text before normalization
-  std::vector<TemplatePiece> single;    // post-processing template for one sequence
+  std::vector<AddedToken> added;      // matched in the raw text before normalization
+  std::vector<TemplatePiece> single;  // post-processing template for one sequence
   std::vector<std::string> id_to_token;
   int32_t pad_id = 0;
 

@@ -14,9 +14,9 @@ std::string encode_utf8(std::u32string_view s);
 // Whether `s` is valid UTF-8; `bad_offset` receives the first invalid byte's offset.
 bool is_valid_utf8(std::string_view s, size_t* bad_offset = nullptr);
 
-bool is_whitespace(char32_t c);   // Unicode White_Space (as Rust's char::is_whitespace)
-bool is_control(char32_t c);      // categories Cc Cf Cn Co Cs, except \t \n \r
-bool is_punctuation(char32_t c);  // categories P*
+bool is_whitespace(char32_t c);        // Unicode White_Space (as Rust's char::is_whitespace)
+bool is_control(char32_t c);           // categories Cc Cf Cn Co Cs, except \t \n \r
+bool is_punctuation(char32_t c);       // categories P*
 bool is_bert_punctuation(char32_t c);  // ASCII symbol ranges or P* (BERT's _is_punctuation)
 bool is_mark_nonspacing(char32_t c);   // category Mn
 bool is_cjk(char32_t c);               // CJK ideograph blocks, as BERT defines them

@@ -13,8 +13,10 @@
 namespace et {
 
 std::vector<BenchConfig> default_bench_configs() {
-  return {{"minilm-l6", "fixed", 128, 256}, {"minilm-l6", "real", 256, 256},
-          {"bge-base", "fixed", 128, 128},  {"bge-base", "fixed", 512, 64},
+  return {{"minilm-l6", "fixed", 128, 256},
+          {"minilm-l6", "real", 256, 256},
+          {"bge-base", "fixed", 128, 128},
+          {"bge-base", "fixed", 512, 64},
           {"bge-base", "real", 512, 128}};
 }
 

@@ -26,13 +26,12 @@ void save_checkpoint(const Backend& be, const std::string& dir, const std::vecto
   write_safetensors(path_join(tmp, "optimizer.safetensors"), moments);
   json rng = json::array();
   for (uint64_t w : st.rng.s) rng.push_back(std::to_string(w));
-  write_json_atomic(path_join(tmp, "trainer_state.json"),
-                    json{{"global_step", st.step},
-                         {"epoch", st.epoch},
-                         {"micro_batch", st.micro},
-                         {"tokens", st.tokens},
-                         {"rng", rng},
-                         {"settings", st.settings}});
+  write_json_atomic(path_join(tmp, "trainer_state.json"), json{{"global_step", st.step},
+                                                               {"epoch", st.epoch},
+                                                               {"micro_batch", st.micro},
+                                                               {"tokens", st.tokens},
+                                                               {"rng", rng},
+                                                               {"settings", st.settings}});
   replace_dir_atomic(tmp, dir);
 }
 

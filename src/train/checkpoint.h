@@ -18,12 +18,12 @@
 namespace et {
 
 struct TrainerState {
-  int64_t step = 0;      // optimizer steps done
-  int epoch = 0;         // epoch of the next micro-batch
-  int64_t micro = 0;     // index of the next micro-batch within that epoch
-  int64_t tokens = 0;    // real tokens processed so far
-  Rng rng;               // LoRA dropout
-  json settings;         // run settings that must match on resume
+  int64_t step = 0;    // optimizer steps done
+  int epoch = 0;       // epoch of the next micro-batch
+  int64_t micro = 0;   // index of the next micro-batch within that epoch
+  int64_t tokens = 0;  // real tokens processed so far
+  Rng rng;             // LoRA dropout
+  json settings;       // run settings that must match on resume
 };
 
 struct OptimizerState {

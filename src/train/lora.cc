@@ -16,9 +16,13 @@ float LoraConfig::scaling() const {
 
 std::vector<std::string> default_lora_targets(Family f) {
   switch (f) {
-    case Family::Bert: case Family::XlmRoberta: return {"query", "value"};
-    case Family::DistilBert: return {"q_lin", "v_lin"};
-    case Family::MPNet: return {"q", "v"};
+    case Family::Bert:
+    case Family::XlmRoberta:
+      return {"query", "value"};
+    case Family::DistilBert:
+      return {"q_lin", "v_lin"};
+    case Family::MPNet:
+      return {"q", "v"};
   }
   return {};
 }
@@ -73,7 +77,8 @@ LoraConfig load_adapter(const Backend& be, SentenceModel& m, const std::string& 
   ET_CHECK(j.value("peft_type", "LORA") == "LORA", cfg_file, ": peft_type '",
            j.value("peft_type", ""), "' is not supported (LORA only)");
   LoraConfig c;
-  ET_CHECK(j.contains("r") && j["r"].is_number_integer(), cfg_file, ": field 'r' must be an integer");
+  ET_CHECK(j.contains("r") && j["r"].is_number_integer(), cfg_file,
+           ": field 'r' must be an integer");
   c.r = j["r"].get<int>();
   c.alpha = j.value("lora_alpha", static_cast<float>(c.r));
   c.dropout = j.value("lora_dropout", 0.0f);
@@ -171,7 +176,8 @@ void merge_lora(const Backend& be, SentenceModel& m) {
   };
   while (!m.params.params.empty() && is_lora(m.params.params.back())) m.params.params.pop_back();
   for (const Param& p : m.params.params)
-    ET_CHECK(!is_lora(p), "merge_lora: adapter weight '", p.name, "' is not at the end of the store");
+    ET_CHECK(!is_lora(p), "merge_lora: adapter weight '", p.name,
+             "' is not at the end of the store");
 }
 
 }  // namespace et

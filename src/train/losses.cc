@@ -16,7 +16,8 @@ std::vector<double> normalize_rows(const Tensor& x, std::vector<double>& norms) 
   norms.assign(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) {
     double s = 0;
-    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(x.f32()[i * d + j]) * x.f32()[i * d + j];
+    for (int64_t j = 0; j < d; ++j)
+      s += static_cast<double>(x.f32()[i * d + j]) * x.f32()[i * d + j];
     norms[i] = std::sqrt(s);
     double den = std::max(norms[i], 1e-12);
     for (int64_t j = 0; j < d; ++j) out[i * d + j] = x.f32()[i * d + j] / den;

@@ -39,7 +39,8 @@ std::vector<std::vector<int32_t>> epoch_batches(const TextDataset& ds, int batch
   while (!remaining.empty()) {
     std::unordered_set<std::string_view> seen;
     std::vector<int32_t> batch;
-    for (auto it = remaining.begin(); it != remaining.end() && static_cast<int>(batch.size()) < batch_size;) {
+    for (auto it = remaining.begin();
+         it != remaining.end() && static_cast<int>(batch.size()) < batch_size;) {
       const auto& row = ds.rows[*it];
       bool dup = false;
       for (const auto& t : row) dup |= seen.count(t) > 0;

@@ -17,17 +17,22 @@ LrSchedule parse_lr_schedule(const std::string& n) {
 
 const char* lr_schedule_name(LrSchedule s) {
   switch (s) {
-    case LrSchedule::Constant: return "constant";
-    case LrSchedule::ConstantWithWarmup: return "constant_with_warmup";
-    case LrSchedule::Linear: return "linear";
-    case LrSchedule::Cosine: return "cosine";
+    case LrSchedule::Constant:
+      return "constant";
+    case LrSchedule::ConstantWithWarmup:
+      return "constant_with_warmup";
+    case LrSchedule::Linear:
+      return "linear";
+    case LrSchedule::Cosine:
+      return "cosine";
   }
   return "?";
 }
 
 double lr_multiplier(LrSchedule s, int64_t step, int64_t warmup, int64_t total) {
   if (s == LrSchedule::Constant) return 1.0;
-  if (step < warmup) return static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
+  if (step < warmup)
+    return static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
   if (s == LrSchedule::ConstantWithWarmup) return 1.0;
   const double span = static_cast<double>(std::max<int64_t>(1, total - warmup));
   if (s == LrSchedule::Linear) return std::max(0.0, static_cast<double>(total - step) / span);

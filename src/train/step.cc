@@ -57,7 +57,8 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
   for (const PackedBatch& c : cols) {
     ET_CHECK(c.size() == rows, "training batch columns have different row counts");
     for (int i = 0; i < c.size(); ++i) {
-      std::vector<int32_t> seq(c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]);
+      std::vector<int32_t> seq(c.ids.begin() + c.cu_seqlens[i],
+                               c.ids.begin() + c.cu_seqlens[i + 1]);
       all.add(seq, c.prompt_lengths.empty() ? 0 : c.prompt_lengths[i]);
     }
   }

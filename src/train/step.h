@@ -24,7 +24,8 @@ struct LossSpec {
 // (anchor, positive, negatives...), all with the same number of rows.
 // Runs forward + loss + backward; gradients are accumulated, multiplied by `grad_scale`
 // (1 / gradient_accumulation_steps). Returns the loss value.
-double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& columns,
-                        const LossSpec& loss, double grad_scale, Rng* rng);
+double train_step_grads(const Backend& be, SentenceModel& m,
+                        const std::vector<PackedBatch>& columns, const LossSpec& loss,
+                        double grad_scale, Rng* rng);
 
 }  // namespace et

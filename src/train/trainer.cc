@@ -3,8 +3,8 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdarg>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 
 #include "core/error.h"
@@ -65,15 +65,16 @@ std::string duration(double s) {
 }
 
 json run_settings(const TrainConfig& c, const TextDataset& ds) {
-  return {{"train_file", c.train_file},
-          {"rows", ds.rows.size()},
-          {"columns", ds.columns},
-          {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
-          {"per_device_train_batch_size", c.per_device_train_batch_size},
-          {"gradient_accumulation_steps", c.gradient_accumulation_steps},
-          {"seed", c.seed},
-          {"batch_sampler", c.batch_sampler == BatchSampler::Batch ? "batch_sampler" : "no_duplicates"},
-          {"dataloader_drop_last", c.dataloader_drop_last}};
+  return {
+      {"train_file", c.train_file},
+      {"rows", ds.rows.size()},
+      {"columns", ds.columns},
+      {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
+      {"per_device_train_batch_size", c.per_device_train_batch_size},
+      {"gradient_accumulation_steps", c.gradient_accumulation_steps},
+      {"seed", c.seed},
+      {"batch_sampler", c.batch_sampler == BatchSampler::Batch ? "batch_sampler" : "no_duplicates"},
+      {"dataloader_drop_last", c.dataloader_drop_last}};
 }
 
 }  // namespace
@@ -88,7 +89,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   SentenceModel& m = *model;
   if (c.max_seq_length > 0) {
     ET_CHECK(c.max_seq_length <= m.cfg.max_positions - m.cfg.position_offset, "max_seq_length ",
-             c.max_seq_length, " exceeds the model's ", m.cfg.max_positions - m.cfg.position_offset);
+             c.max_seq_length, " exceeds the model's ",
+             m.cfg.max_positions - m.cfg.position_offset);
     m.max_seq_length = c.max_seq_length;
   }
   LoraConfig lora = c.lora;
@@ -111,8 +113,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   }
 
   const int64_t batches_per_epoch =
-      static_cast<int64_t>(epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler,
-                                         c.seed, 0, c.dataloader_drop_last)
+      static_cast<int64_t>(epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler, c.seed,
+                                         0, c.dataloader_drop_last)
                                .size());
   ET_CHECK(batches_per_epoch > 0, c.train_file, ": too few rows for one batch of ",
            c.per_device_train_batch_size);
@@ -135,12 +137,14 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
                c.model.c_str(), c.mode == TrainMode::Lora ? "LoRA" : "full fine-tuning",
                static_cast<long long>(m.num_parameters()), static_cast<long long>(n_trainable),
                ds.rows.size(), ds.columns.size()));
-  rep.line(fmt("steps %lld (%lld per epoch), batch %d x %lld accumulation, lr %g %s, warmup %lld, device %s",
-               static_cast<long long>(total), static_cast<long long>(steps_per_epoch),
-               c.per_device_train_batch_size, static_cast<long long>(accum), c.learning_rate,
-               lr_schedule_name(c.lr_scheduler_type), static_cast<long long>(warmup), be.name()));
+  rep.line(fmt(
+      "steps %lld (%lld per epoch), batch %d x %lld accumulation, lr %g %s, warmup %lld, device %s",
+      static_cast<long long>(total), static_cast<long long>(steps_per_epoch),
+      c.per_device_train_batch_size, static_cast<long long>(accum), c.learning_rate,
+      lr_schedule_name(c.lr_scheduler_type), static_cast<long long>(warmup), be.name()));
   if (!resumed_from.empty())
-    rep.line(fmt("resumed from %s at step %lld", resumed_from.c_str(), static_cast<long long>(st.step)));
+    rep.line(
+        fmt("resumed from %s at step %lld", resumed_from.c_str(), static_cast<long long>(st.step)));
 
   auto t0 = Clock::now();
   const int64_t start_step = st.step, start_tokens = st.tokens;
@@ -148,8 +152,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   int64_t window_n = 0, micro_in_step = 0;
   zero_grads(be, params);
   auto checkpoint = [&]() {
-    std::string dir = path_join(path_join(c.output_dir, "checkpoints"),
-                                "checkpoint-" + std::to_string(st.step));
+    std::string dir =
+        path_join(path_join(c.output_dir, "checkpoints"), "checkpoint-" + std::to_string(st.step));
     make_dirs(path_join(c.output_dir, "checkpoints"));
     save_checkpoint(be, dir, params, opt, st);
     prune_checkpoints(c.output_dir, c.save_total_limit);
@@ -171,7 +175,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       // The last step of an epoch may have fewer micro-batches; average over those it has.
       const int64_t first = (st.micro / accum) * accum;
       const int64_t in_step = std::min(accum, nb - first);
-      double loss = train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step), &st.rng);
+      double loss =
+          train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step), &st.rng);
       ET_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", st.step + 1,
                " (lower the learning rate?)");
       window_loss += loss / static_cast<double>(in_step);
@@ -186,7 +191,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
         if (coef < 1)
           for (Param* p : params) be.scale(p->grad, static_cast<float>(coef));
       }
-      const double lr = c.learning_rate * lr_multiplier(c.lr_scheduler_type, st.step, warmup, total);
+      const double lr =
+          c.learning_rate * lr_multiplier(c.lr_scheduler_type, st.step, warmup, total);
       for (size_t i = 0; i < params.size(); ++i)
         be.adamw_step(params[i]->value, params[i]->grad, opt.m[i], opt.v[i], static_cast<float>(lr),
                       static_cast<float>(c.adam_beta1), static_cast<float>(c.adam_beta2),
@@ -198,18 +204,24 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       last_loss = window_loss / static_cast<double>(window_n);
       const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
       const double tps = secs > 0 ? static_cast<double>(st.tokens - start_tokens) / secs : 0;
-      const double eta = st.step > start_step
-                             ? secs / static_cast<double>(st.step - start_step) * static_cast<double>(total - st.step)
-                             : NAN;
-      std::string status = fmt("step %lld/%lld  epoch %d  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  ETA %s",
-                               static_cast<long long>(st.step), static_cast<long long>(total),
-                               st.epoch + 1, last_loss, lr, gnorm, tps, duration(eta).c_str());
+      const double eta = st.step > start_step ? secs / static_cast<double>(st.step - start_step) *
+                                                    static_cast<double>(total - st.step)
+                                              : NAN;
+      std::string status =
+          fmt("step %lld/%lld  epoch %d  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  ETA %s",
+              static_cast<long long>(st.step), static_cast<long long>(total), st.epoch + 1,
+              last_loss, lr, gnorm, tps, duration(eta).c_str());
       rep.live(status);
       if (st.step % c.logging_steps == 0 || st.step == total) {
         rep.line(status);
-        rep.record({{"step", st.step}, {"epoch", st.epoch + static_cast<double>(st.micro + 1) / nb},
-                    {"loss", last_loss}, {"learning_rate", lr}, {"grad_norm", gnorm},
-                    {"tokens", st.tokens}, {"tokens_per_second", tps}, {"elapsed_seconds", secs}});
+        rep.record({{"step", st.step},
+                    {"epoch", st.epoch + static_cast<double>(st.micro + 1) / nb},
+                    {"loss", last_loss},
+                    {"learning_rate", lr},
+                    {"grad_norm", gnorm},
+                    {"tokens", st.tokens},
+                    {"tokens_per_second", tps},
+                    {"elapsed_seconds", secs}});
         window_loss = 0;
         window_n = 0;
       }
@@ -246,12 +258,18 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   r.merged_dir = path_join(c.output_dir, "merged");
   save_sentence_model(be, m, r.merged_dir);
   rep.line("saved sentence-transformers model to " + r.merged_dir);
-  json summary = {{"steps", r.steps}, {"tokens", r.tokens}, {"seconds", r.seconds},
-                  {"tokens_per_second", r.seconds > 0 ? static_cast<double>(r.tokens - start_tokens) / r.seconds : 0},
-                  {"final_loss", r.last_loss}, {"adapter", r.adapter_dir}, {"merged", r.merged_dir}};
+  json summary = {{"steps", r.steps},
+                  {"tokens", r.tokens},
+                  {"seconds", r.seconds},
+                  {"tokens_per_second",
+                   r.seconds > 0 ? static_cast<double>(r.tokens - start_tokens) / r.seconds : 0},
+                  {"final_loss", r.last_loss},
+                  {"adapter", r.adapter_dir},
+                  {"merged", r.merged_dir}};
   write_json_atomic(path_join(c.output_dir, "train_summary.json"), summary);
-  rep.line(fmt("done: %lld steps in %s, final loss %.4f, %.0f tokens/s", static_cast<long long>(r.steps),
-               duration(r.seconds).c_str(), r.last_loss, summary["tokens_per_second"].get<double>()));
+  rep.line(fmt("done: %lld steps in %s, final loss %.4f, %.0f tokens/s",
+               static_cast<long long>(r.steps), duration(r.seconds).c_str(), r.last_loss,
+               summary["tokens_per_second"].get<double>()));
   return r;
 }
 

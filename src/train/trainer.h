@@ -18,12 +18,12 @@ struct TrainConfig {
   std::string model, train_file, output_dir;
   std::vector<std::string> columns;  // empty: anchor, positive, negative*
   TrainMode mode = TrainMode::Lora;
-  LoraConfig lora;                   // target_modules empty: the family's PEFT defaults
-  std::string init_adapter;          // start from this PEFT adapter instead of a fresh one
+  LoraConfig lora;           // target_modules empty: the family's PEFT defaults
+  std::string init_adapter;  // start from this PEFT adapter instead of a fresh one
   double learning_rate = 5e-5;
   int per_device_train_batch_size = 8;
   int num_train_epochs = 1;
-  int64_t max_steps = -1;            // > 0 overrides num_train_epochs
+  int64_t max_steps = -1;  // > 0 overrides num_train_epochs
   double warmup_ratio = 0.0;
   int64_t warmup_steps = 0;
   LrSchedule lr_scheduler_type = LrSchedule::Linear;
@@ -35,12 +35,12 @@ struct TrainConfig {
   BatchSampler batch_sampler = BatchSampler::Batch;
   bool dataloader_drop_last = false;
   int64_t save_steps = 500;
-  int save_total_limit = 0;          // 0: keep every checkpoint
+  int save_total_limit = 0;  // 0: keep every checkpoint
   int64_t logging_steps = 10;
-  int max_seq_length = 0;            // 0: the model's
+  int max_seq_length = 0;  // 0: the model's
   LossSpec loss;
   bool resume = false;
-  int64_t stop_after_steps = -1;     // stop (as if interrupted) after this many steps
+  int64_t stop_after_steps = -1;  // stop (as if interrupted) after this many steps
   bool quiet = false;
 };
 

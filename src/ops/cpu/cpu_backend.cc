@@ -22,33 +22,45 @@ void check_same(const Tensor& a, const Tensor& b, const char* op) {
            shape_str(b.shape));
 }
 
-int64_t cols_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape.back(); }
-int64_t rows_of(const Tensor& t) { return t.numel() / std::max<int64_t>(cols_of(t), 1); }
+int64_t cols_of(const Tensor& t) {
+  return t.shape.empty() ? 1 : t.shape.back();
+}
+int64_t rows_of(const Tensor& t) {
+  return t.numel() / std::max<int64_t>(cols_of(t), 1);
+}
 
 float act_value(Act act, float x) {
   switch (act) {
-    case Act::Identity: return x;
-    case Act::Tanh: return std::tanh(x);
-    case Act::ReLU: return x > 0 ? x : 0;
-    case Act::Sigmoid: return 1.0f / (1.0f + std::exp(-x));
-    case Act::GeluErf: return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2));
+    case Act::Identity:
+      return x;
+    case Act::Tanh:
+      return std::tanh(x);
+    case Act::ReLU:
+      return x > 0 ? x : 0;
+    case Act::Sigmoid:
+      return 1.0f / (1.0f + std::exp(-x));
+    case Act::GeluErf:
+      return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2));
     case Act::GeluTanh: {
       float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
       return 0.5f * x * (1.0f + std::tanh(u));
     }
-    case Act::SiLU: return x / (1.0f + std::exp(-x));
+    case Act::SiLU:
+      return x / (1.0f + std::exp(-x));
   }
   return x;
 }
 
 float act_grad(Act act, float x) {
   switch (act) {
-    case Act::Identity: return 1;
+    case Act::Identity:
+      return 1;
     case Act::Tanh: {
       float t = std::tanh(x);
       return 1 - t * t;
     }
-    case Act::ReLU: return x > 0 ? 1.0f : 0.0f;
+    case Act::ReLU:
+      return x > 0 ? 1.0f : 0.0f;
     case Act::Sigmoid: {
       float s = 1.0f / (1.0f + std::exp(-x));
       return s * (1 - s);
@@ -97,8 +109,10 @@ struct CpuBackend final : Backend {
              shape_str(c.shape), " do not match");
     if (m == 0 || n == 0) return;
     if (k == 0) {
-      if (beta == 0) fill(c, 0);
-      else scale(c, beta);
+      if (beta == 0)
+        fill(c, 0);
+      else
+        scale(c, beta);
       return;
     }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
@@ -174,8 +188,7 @@ struct CpuBackend final : Backend {
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
                           const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
     int64_t n = cols_of(x), r = rows_of(x);
-    const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *pm = mean.f32(),
-                *ps = rstd.f32();
+    const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *pm = mean.f32(), *ps = rstd.f32();
     float* pdx = dx.f32();
     float* pdw = dw ? dw->f32() : nullptr;
     float* pdb = db ? db->f32() : nullptr;
@@ -270,8 +283,8 @@ struct CpuBackend final : Backend {
     }
   }
 
-  void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k,
-                         const Tensor& v, Tensor& out, Tensor& lse) const override {
+  void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                         Tensor& out, Tensor& lse) const override {
     const int hq = a.n_heads, hk = a.n_kv_heads, d = a.head_dim, group = hq / hk;
     const int64_t qs = static_cast<int64_t>(hq) * d, ks = static_cast<int64_t>(hk) * d;
     const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32();
@@ -306,10 +319,9 @@ struct CpuBackend final : Backend {
 
   // P = exp(S - lse); dP = dO V^T; dS = P (dP - rowsum(dO * O)); dQ = scale dS K;
   // dK = scale dS^T Q; dV = P^T dO; d_bias[bucket(j - i), h] += dS.
-  void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k,
-                          const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv,
-                          Tensor* d_rel_bias) const override {
+  void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
+                          Tensor& dk, Tensor& dv, Tensor* d_rel_bias) const override {
     const int hq = a.n_heads, hk = a.n_kv_heads, d = a.head_dim, group = hq / hk;
     const int64_t qs = static_cast<int64_t>(hq) * d, ks = static_cast<int64_t>(hk) * d;
     const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32(), *po = out.f32(), *pl = lse.f32(),
@@ -384,7 +396,9 @@ struct CpuBackend final : Backend {
       std::fill(o, o + c, 0.0f);
       if (len == 0) continue;
       switch (mode) {
-        case PoolMode::Cls: std::memcpy(o, px + start * c, c * sizeof(float)); break;
+        case PoolMode::Cls:
+          std::memcpy(o, px + start * c, c * sizeof(float));
+          break;
         case PoolMode::LastToken:
           std::memcpy(o, px + (start + len - 1) * c, c * sizeof(float));
           break;
@@ -406,7 +420,9 @@ struct CpuBackend final : Backend {
           }
           break;
         }
-        case PoolMode::Mean: case PoolMode::MeanSqrtLen: case PoolMode::WeightedMean: {
+        case PoolMode::Mean:
+        case PoolMode::MeanSqrtLen:
+        case PoolMode::WeightedMean: {
           double wsum = 0;
           for (int t = first; t < len; ++t) {
             float w = mode == PoolMode::WeightedMean ? static_cast<float>(t + 1) : 1.0f;
@@ -439,7 +455,9 @@ struct CpuBackend final : Backend {
                             : std::min(skip.empty() ? 0 : skip[b], len);
       const float* g = pd + b * c;
       switch (mode) {
-        case PoolMode::Cls: std::memcpy(px + start * c, g, c * sizeof(float)); break;
+        case PoolMode::Cls:
+          std::memcpy(px + start * c, g, c * sizeof(float));
+          break;
         case PoolMode::LastToken:
           std::memcpy(px + (start + len - 1) * c, g, c * sizeof(float));
           break;
@@ -449,7 +467,9 @@ struct CpuBackend final : Backend {
             if (am[j] >= 0) px[am[j] * c + j] += g[j];
           break;
         }
-        case PoolMode::Mean: case PoolMode::MeanSqrtLen: case PoolMode::WeightedMean: {
+        case PoolMode::Mean:
+        case PoolMode::MeanSqrtLen:
+        case PoolMode::WeightedMean: {
           double wsum = 0;
           for (int t = first; t < len; ++t)
             wsum += mode == PoolMode::WeightedMean ? static_cast<double>(t + 1) : 1.0;
@@ -525,6 +545,8 @@ struct CpuBackend final : Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace et

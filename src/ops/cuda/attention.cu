@@ -87,9 +87,9 @@ __global__ void attn_fwd_kernel(Params p, const float* __restrict__ q, const flo
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  float* qs = smem;                                   // [64][d]
-  float* ks = qs + kAttnTileRows * d;                 // [32][d+1]
-  float* vs = ks + kChunk * (d + 1);                  // [32][d+1]
+  float* qs = smem;                    // [64][d]
+  float* ks = qs + kAttnTileRows * d;  // [32][d+1]
+  float* vs = ks + kChunk * (d + 1);   // [32][d+1]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int idx = threadIdx.x; idx < kAttnTileRows * d; idx += blockDim.x) {
     int r = idx / d, c = idx % d;
@@ -175,20 +175,21 @@ __global__ void attn_delta_kernel(const T* __restrict__ out, const T* __restrict
 
 // dQ over query tiles (like the forward, streaming key/value chunks).
 template <int kMaxDimPerLane>  // head_dim <= 32 * kMaxDimPerLane
-__global__ void attn_bwd_dq_kernel(Params p, const float* __restrict__ q, const float* __restrict__ k,
-                                   const float* __restrict__ v, const float* __restrict__ lse,
-                                   const float* __restrict__ dout, const float* __restrict__ delta,
-                                   float* __restrict__ dq, float* __restrict__ d_bias,
-                                   const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
+__global__ void attn_bwd_dq_kernel(Params p, const float* __restrict__ q,
+                                   const float* __restrict__ k, const float* __restrict__ v,
+                                   const float* __restrict__ lse, const float* __restrict__ dout,
+                                   const float* __restrict__ delta, float* __restrict__ dq,
+                                   float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
+                                   const int32_t* __restrict__ cu) {
   extern __shared__ float smem[];
   const int d = p.d, h = blockIdx.y, kvh = h / p.group;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  float* qs = smem;                        // [64][d]
-  float* gs = qs + kAttnTileRows * d;      // dO rows [64][d]
-  float* ks = gs + kAttnTileRows * d;      // [32][d+1]
-  float* vs = ks + kChunk * (d + 1);       // [32][d+1]
+  float* qs = smem;                         // [64][d]
+  float* gs = qs + kAttnTileRows * d;       // dO rows [64][d]
+  float* ks = gs + kAttnTileRows * d;       // [32][d+1]
+  float* vs = ks + kChunk * (d + 1);        // [32][d+1]
   float* bias_acc = vs + kChunk * (d + 1);  // [buckets] when the bias is on
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int idx = threadIdx.x; idx < kAttnTileRows * d; idx += blockDim.x) {
@@ -233,7 +234,8 @@ __global__ void attn_bwd_dq_kernel(Params p, const float* __restrict__ q, const 
       float s = score(p, dot, i, j, h, len);
       float pij = s == -INFINITY ? 0.0f : __expf(s - lse[(start + i) * p.hq + h]);
       float ds = pij * (dp - delta[(start + i) * p.hq + h]);
-      if (d_bias && pij != 0.0f) atomicAdd(&bias_acc[bucket_of(j - i, p.buckets, p.max_distance)], ds);
+      if (d_bias && pij != 0.0f)
+        atomicAdd(&bias_acc[bucket_of(j - i, p.buckets, p.max_distance)], ds);
       for (int jj = 0; jj < kChunk; ++jj) {
         float dsj = __shfl_sync(0xffffffffu, ds, jj);
         const float* kr = ks + jj * (d + 1);
@@ -265,22 +267,23 @@ __global__ void attn_bwd_dq_kernel(Params p, const float* __restrict__ q, const 
 // dK, dV over key tiles, streaming query rows (with their dO, lse, delta). With grouped-query
 // attention several query heads share a key head: their contributions are added atomically.
 template <int kMaxDimPerLane>  // head_dim <= 32 * kMaxDimPerLane
-__global__ void attn_bwd_dkv_kernel(Params p, const float* __restrict__ q, const float* __restrict__ k,
-                                    const float* __restrict__ v, const float* __restrict__ lse,
-                                    const float* __restrict__ dout, const float* __restrict__ delta,
-                                    float* __restrict__ dk, float* __restrict__ dv,
-                                    const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
+__global__ void attn_bwd_dkv_kernel(Params p, const float* __restrict__ q,
+                                    const float* __restrict__ k, const float* __restrict__ v,
+                                    const float* __restrict__ lse, const float* __restrict__ dout,
+                                    const float* __restrict__ delta, float* __restrict__ dk,
+                                    float* __restrict__ dv, const int32_t* __restrict__ tiles,
+                                    const int32_t* __restrict__ cu) {
   extern __shared__ float smem[];
   const int d = p.d, h = blockIdx.y, kvh = h / p.group;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  float* ks = smem;                        // key rows of the tile [64][d]
-  float* vs = ks + kAttnTileRows * d;      // [64][d]
-  float* qs = vs + kAttnTileRows * d;      // streamed query rows [32][d+1]
-  float* gs = qs + kChunk * (d + 1);       // their dO rows [32][d+1]
-  float* ls = gs + kChunk * (d + 1);       // their lse [32]
-  float* ds_ = ls + kChunk;                // their delta [32]
+  float* ks = smem;                    // key rows of the tile [64][d]
+  float* vs = ks + kAttnTileRows * d;  // [64][d]
+  float* qs = vs + kAttnTileRows * d;  // streamed query rows [32][d+1]
+  float* gs = qs + kChunk * (d + 1);   // their dO rows [32][d+1]
+  float* ls = gs + kChunk * (d + 1);   // their lse [32]
+  float* ds_ = ls + kChunk;            // their delta [32]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int idx = threadIdx.x; idx < kAttnTileRows * d; idx += blockDim.x) {
     int r = idx / d, c = idx % d;
@@ -388,9 +391,12 @@ Params make_params(const AttentionArgs& a) {
 // Calls f with std::integral_constant<int, dims per lane> for the head dimension.
 template <typename F>
 void dispatch_dim(int d, F&& f) {
-  if (d <= 64) f(std::integral_constant<int, 2>{});
-  else if (d <= 128) f(std::integral_constant<int, 4>{});
-  else f(std::integral_constant<int, 8>{});
+  if (d <= 64)
+    f(std::integral_constant<int, 2>{});
+  else if (d <= 128)
+    f(std::integral_constant<int, 4>{});
+  else
+    f(std::integral_constant<int, 8>{});
 }
 
 template <typename K>
@@ -407,10 +413,11 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
   const unsigned grid = blocks_for(rows * heads * 32, 256);
   if (bf16)
     attn_delta_kernel<<<grid, 256>>>(static_cast<const __nv_bfloat16*>(out),
-                                     static_cast<const __nv_bfloat16*>(dout), delta, rows, heads, head_dim);
+                                     static_cast<const __nv_bfloat16*>(dout), delta, rows, heads,
+                                     head_dim);
   else
-    attn_delta_kernel<<<grid, 256>>>(static_cast<const float*>(out), static_cast<const float*>(dout),
-                                     delta, rows, heads, head_dim);
+    attn_delta_kernel<<<grid, 256>>>(static_cast<const float*>(out),
+                                     static_cast<const float*>(dout), delta, rows, heads, head_dim);
   ET_LAUNCH_CHECK();
 }
 
@@ -435,20 +442,20 @@ void attention_forward(const AttentionArgs& a, const float* q, const float* k, c
 }
 
 void attention_backward(const AttentionArgs& a, const float* q, const float* k, const float* v,
-                        const float* out, const float* lse, const float* dout, float* dq,
-                        float* dk, float* dv, float* d_rel_bias, float* delta,
-                        const int32_t* tiles, int n_tiles, const int32_t* cu) {
+                        const float* out, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv, float* d_rel_bias, float* delta, const int32_t* tiles,
+                        int n_tiles, const int32_t* cu) {
   if (n_tiles == 0) return;
   Params p = make_params(a);
   const int64_t rows = a.cu_seqlens.back();
   attention_delta(out, dout, false, delta, rows, p.hq, p.d);
-  size_t smem_q = sizeof(float) * (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) +
-                                   (d_rel_bias ? p.buckets : 0));
+  size_t smem_q = sizeof(float) *
+                  (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) + (d_rel_bias ? p.buckets : 0));
   dispatch_dim(p.d, [&](auto dpl) {
     constexpr int D = decltype(dpl)::value;
     set_smem(attn_bwd_dq_kernel<D>, smem_q);
-    attn_bwd_dq_kernel<D><<<dim3(n_tiles, p.hq), kWarps * 32, smem_q>>>(p, q, k, v, lse, dout, delta,
-                                                                         dq, d_rel_bias, tiles, cu);
+    attn_bwd_dq_kernel<D><<<dim3(n_tiles, p.hq), kWarps * 32, smem_q>>>(
+        p, q, k, v, lse, dout, delta, dq, d_rel_bias, tiles, cu);
   });
   ET_LAUNCH_CHECK();
   if (p.group > 1) {
@@ -460,7 +467,7 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
     constexpr int D = decltype(dpl)::value;
     set_smem(attn_bwd_dkv_kernel<D>, smem_kv);
     attn_bwd_dkv_kernel<D><<<dim3(n_tiles, p.hq), kWarps * 32, smem_kv>>>(p, q, k, v, lse, dout,
-                                                                           delta, dk, dv, tiles, cu);
+                                                                          delta, dk, dv, tiles, cu);
   });
   ET_LAUNCH_CHECK();
 }

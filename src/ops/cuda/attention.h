@@ -9,9 +9,9 @@ void attention_forward(const AttentionArgs& a, const float* q, const float* k, c
                        float* out, float* lse, const int32_t* tiles, int n_tiles,
                        const int32_t* cu_seqlens);
 void attention_backward(const AttentionArgs& a, const float* q, const float* k, const float* v,
-                        const float* out, const float* lse, const float* dout, float* dq,
-                        float* dk, float* dv, float* d_rel_bias, float* delta,
-                        const int32_t* tiles, int n_tiles, const int32_t* cu_seqlens);
+                        const float* out, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv, float* d_rel_bias, float* delta, const int32_t* tiles,
+                        int n_tiles, const int32_t* cu_seqlens);
 // Tensor-core path (attention_tc.cu): head_dim 16/32/64/128, relative-bias tables of at most
 // 64 buckets. q, k, v, dout and out are fp32 or bf16 (`bf16` flag); lse, delta fp32. The
 // backward writes fp32 dq (zeroed by the caller; atomic adds), dk and dv (plain stores, or

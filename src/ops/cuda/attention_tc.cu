@@ -86,11 +86,16 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
 // fp32 activations) take the synchronous converting load instead.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(valid ? 16 : 0));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 
 template <int D>
 __device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t stride, int col,
@@ -102,13 +107,17 @@ __device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int6
   }
 }
 template <int D>
-__device__ __forceinline__ void load_tile_async(bf16* dst, const float* src, int64_t stride, int col,
-                                                int r0, int len) {
+__device__ __forceinline__ void load_tile_async(bf16* dst, const float* src, int64_t stride,
+                                                int col, int r0, int len) {
   load_tile<D>(dst, src, stride, col, r0, len);
 }
 
-__device__ __forceinline__ void store_val(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_val(bf16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store_val(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store_val(bf16* p, float v) {
+  *p = __float2bfloat16(v);
+}
 
 // ---- warp-level tensor-core primitives (PTX ISA: mma.sync m16n8k16, ldmatrix) ------------
 // Fragment layouts (g = lane / 4, t = lane % 4):
@@ -301,7 +310,8 @@ __global__ void __launch_bounds__(NW * 32)
 template <int D>
 struct BwdSmem {
   static constexpr int LD = D + 8, LS = 64 + 8;
-  static constexpr size_t bytes = sizeof(bf16) * (6 * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
+  static constexpr size_t bytes =
+      sizeof(bf16) * (6 * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
 };
 
 // Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
@@ -319,9 +329,9 @@ __global__ void __launch_bounds__(NW * 32)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
-  bf16* Qb[2] = {Vs + 64 * LD, Vs + 3 * 64 * LD};  // query tiles, double-buffered
-  bf16* Gb[2] = {Vs + 2 * 64 * LD, Vs + 4 * 64 * LD};  // their dO
-  bf16* dSt = Vs + 5 * 64 * LD;  // [64 keys][LS]
+  bf16* Qb[2] = {Vs + 64 * LD, Vs + 3 * 64 * LD};          // query tiles, double-buffered
+  bf16* Gb[2] = {Vs + 2 * 64 * LD, Vs + 4 * 64 * LD};      // their dO
+  bf16* dSt = Vs + 5 * 64 * LD;                            // [64 keys][LS]
   float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);  // [2][64]
   float* del_b = lse_b + 128;                              // [2][64]
   float* bias_acc = del_b + 128;
@@ -412,8 +422,10 @@ __global__ void __launch_bounds__(NW * 32)
       }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) = pack2(dpt[j][0], dpt[j][1]);
-      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g + 8) * LS + 8 * j + 2 * t) = pack2(dpt[j][2], dpt[j][3]);
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) =
+          pack2(dpt[j][0], dpt[j][1]);
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g + 8) * LS + 8 * j + 2 * t) =
+          pack2(dpt[j][2], dpt[j][3]);
     }
     // dV_w += P^T dO,  dK_w += dS^T Q  (A fragments straight from the accumulators)
 #pragma unroll
@@ -421,7 +433,8 @@ __global__ void __launch_bounds__(NW * 32)
       uint32_t pa[4] = {pack2(st[2 * kc][0], st[2 * kc][1]), pack2(st[2 * kc][2], st[2 * kc][3]),
                         pack2(st[2 * kc + 1][0], st[2 * kc + 1][1]),
                         pack2(st[2 * kc + 1][2], st[2 * kc + 1][3])};
-      uint32_t da[4] = {pack2(dpt[2 * kc][0], dpt[2 * kc][1]), pack2(dpt[2 * kc][2], dpt[2 * kc][3]),
+      uint32_t da[4] = {pack2(dpt[2 * kc][0], dpt[2 * kc][1]),
+                        pack2(dpt[2 * kc][2], dpt[2 * kc][3]),
                         pack2(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
                         pack2(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
 #pragma unroll
@@ -439,11 +452,13 @@ __global__ void __launch_bounds__(NW * 32)
     // dQ rows c0 + 16w .. +16 = dS K: A = dS (from dS^T, transposed load), B = K [key][d]
     float dq_acc[D / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb) dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
+    for (int nb = 0; nb < D / 8; ++nb)
+      dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
 #pragma unroll
     for (int kc = 0; kc < 4; ++kc) {
       uint32_t a[4];
-      ldsm_x4_t(a, dSt + (kc * 16 + (lane % 8) + (lane / 16) * 8) * LS + warp * 16 + ((lane / 8) % 2) * 8);
+      ldsm_x4_t(a, dSt + (kc * 16 + (lane % 8) + (lane / 16) * 8) * LS + warp * 16 +
+                       ((lane / 8) % 2) * 8);
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
         uint32_t b[4];
@@ -511,11 +526,20 @@ TcParams tc_params(const AttentionArgs& a) {
 template <typename F>
 bool dispatch_tc(int d, F&& f) {
   switch (d) {
-    case 16: f(std::integral_constant<int, 16>{}); return true;
-    case 32: f(std::integral_constant<int, 32>{}); return true;
-    case 64: f(std::integral_constant<int, 64>{}); return true;
-    case 128: f(std::integral_constant<int, 128>{}); return true;
-    default: return false;
+    case 16:
+      f(std::integral_constant<int, 16>{});
+      return true;
+    case 32:
+      f(std::integral_constant<int, 32>{});
+      return true;
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      return true;
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -545,8 +569,10 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
           static_cast<T*>(out), lse, tiles, cu);
     };
-    if (bf16_io) launch(static_cast<bf16*>(nullptr));
-    else launch(static_cast<float*>(nullptr));
+    if (bf16_io)
+      launch(static_cast<bf16*>(nullptr));
+    else
+      launch(static_cast<float*>(nullptr));
   });
   ET_LAUNCH_CHECK();
 }
@@ -566,8 +592,10 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
           static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);
     };
-    if (bf16_in) launch(static_cast<bf16*>(nullptr));
-    else launch(static_cast<float*>(nullptr));
+    if (bf16_in)
+      launch(static_cast<bf16*>(nullptr));
+    else
+      launch(static_cast<float*>(nullptr));
   });
   ET_LAUNCH_CHECK();
 }

@@ -10,9 +10,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "ops/cuda/attention.h"
@@ -97,26 +97,40 @@ struct Ptr {
     return bf ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
   }
   __device__ __forceinline__ void set(int64_t i, float v) const {
-    if (bf) static_cast<bf16*>(p)[i] = __float2bfloat16(v);
-    else static_cast<float*>(p)[i] = v;
+    if (bf)
+      static_cast<bf16*>(p)[i] = __float2bfloat16(v);
+    else
+      static_cast<float*>(p)[i] = v;
   }
 };
 
 // ---- elementwise kernels -----------------------------------------------------------------
 
-#define GRID_STRIDE(i, n) \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+#define GRID_STRIDE(i, n)                                                                \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-__global__ void fill_kernel(Ptr y, float v, int64_t n) { GRID_STRIDE(i, n) y.set(i, v); }
-__global__ void add_kernel(Ptr a, Ptr b, Ptr y, int64_t n) { GRID_STRIDE(i, n) y.set(i, a.get(i) + b.get(i)); }
-__global__ void mul_kernel(Ptr a, Ptr b, Ptr y, int64_t n) { GRID_STRIDE(i, n) y.set(i, a.get(i) * b.get(i)); }
-__global__ void scale_kernel(Ptr y, float s, int64_t n) { GRID_STRIDE(i, n) y.set(i, y.get(i) * s); }
-__global__ void convert_kernel(Ptr src, Ptr dst, int64_t n) { GRID_STRIDE(i, n) dst.set(i, src.get(i)); }
+__global__ void fill_kernel(Ptr y, float v, int64_t n) {
+  GRID_STRIDE(i, n) y.set(i, v);
+}
+__global__ void add_kernel(Ptr a, Ptr b, Ptr y, int64_t n) {
+  GRID_STRIDE(i, n) y.set(i, a.get(i) + b.get(i));
+}
+__global__ void mul_kernel(Ptr a, Ptr b, Ptr y, int64_t n) {
+  GRID_STRIDE(i, n) y.set(i, a.get(i) * b.get(i));
+}
+__global__ void scale_kernel(Ptr y, float s, int64_t n) {
+  GRID_STRIDE(i, n) y.set(i, y.get(i) * s);
+}
+__global__ void convert_kernel(Ptr src, Ptr dst, int64_t n) {
+  GRID_STRIDE(i, n) dst.set(i, src.get(i));
+}
 // y[r, c] += b[c]: a 2-D grid (columns fastest) avoids a 64-bit modulo per element.
 __global__ void add_bias_kernel(Ptr y, const float* b, int64_t rows, int cols) {
   int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) y.set(r * cols + c, y.get(r * cols + c) + b[c]);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    y.set(r * cols + c, y.get(r * cols + c) + b[c]);
 }
 
 // dbias[c] += sum_r dy[r, c]: blocks take 64-row slabs, one thread per column, then one
@@ -132,27 +146,35 @@ __global__ void bias_backward_kernel(Ptr dy, float* db, int64_t rows, int64_t co
 
 __device__ __forceinline__ float act_f(int act, float x) {
   switch (act) {
-    case 0: return x;
-    case 1: return tanhf(x);
-    case 2: return x > 0 ? x : 0;
-    case 3: return 1.0f / (1.0f + __expf(-x));
-    case 4: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 0:
+      return x;
+    case 1:
+      return tanhf(x);
+    case 2:
+      return x > 0 ? x : 0;
+    case 3:
+      return 1.0f / (1.0f + __expf(-x));
+    case 4:
+      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
     case 5: {
       float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
       return 0.5f * x * (1.0f + tanhf(u));
     }
-    default: return x / (1.0f + __expf(-x));
+    default:
+      return x / (1.0f + __expf(-x));
   }
 }
 
 __device__ __forceinline__ float act_df(int act, float x) {
   switch (act) {
-    case 0: return 1;
+    case 0:
+      return 1;
     case 1: {
       float t = tanhf(x);
       return 1 - t * t;
     }
-    case 2: return x > 0 ? 1.0f : 0.0f;
+    case 2:
+      return x > 0 ? 1.0f : 0.0f;
     case 3: {
       float s = 1.0f / (1.0f + __expf(-x));
       return s * (1 - s);
@@ -163,7 +185,8 @@ __device__ __forceinline__ float act_df(int act, float x) {
     case 5: {
       float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
       float t = tanhf(u);
-      return 0.5f * (1.0f + t) + 0.5f * x * (1 - t * t) * 0.79788456080286536f * (1.0f + 0.134145f * x * x);
+      return 0.5f * (1.0f + t) +
+             0.5f * x * (1 - t * t) * 0.79788456080286536f * (1.0f + 0.134145f * x * x);
     }
     default: {
       float s = 1.0f / (1.0f + __expf(-x));
@@ -237,8 +260,10 @@ __global__ void add_bias_bf16x8(bf16* y, const float* b, int64_t n8, int cols8) 
 __global__ void f32_to_bf16x8(const float* x, bf16* y, int64_t n8) {
   GRID_STRIDE(i, n8) {
     Vec8 a;
-    float4 p = reinterpret_cast<const float4*>(x)[2 * i], q = reinterpret_cast<const float4*>(x)[2 * i + 1];
-    a.v[0] = p.x, a.v[1] = p.y, a.v[2] = p.z, a.v[3] = p.w, a.v[4] = q.x, a.v[5] = q.y, a.v[6] = q.z, a.v[7] = q.w;
+    float4 p = reinterpret_cast<const float4*>(x)[2 * i],
+           q = reinterpret_cast<const float4*>(x)[2 * i + 1];
+    a.v[0] = p.x, a.v[1] = p.y, a.v[2] = p.z, a.v[3] = p.w, a.v[4] = q.x, a.v[5] = q.y,
+    a.v[6] = q.z, a.v[7] = q.w;
     a.store(y + 8 * i);
   }
 }
@@ -324,7 +349,8 @@ __global__ void l2norm_forward_kernel(Ptr x, Ptr y, float* norms, int64_t rows, 
   if (lane == 0) norms[r] = nv;
 }
 
-__global__ void l2norm_backward_kernel(Ptr dy, Ptr y, const float* norms, Ptr dx, int64_t rows, int n) {
+__global__ void l2norm_backward_kernel(Ptr dy, Ptr y, const float* norms, Ptr dx, int64_t rows,
+                                       int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -336,7 +362,8 @@ __global__ void l2norm_backward_kernel(Ptr dy, Ptr y, const float* norms, Ptr dx
   float dot = 0;
   for (int c = lane; c < n; c += 32) dot += y.get(r * n + c) * dy.get(r * n + c);
   dot = warp_sum(dot);
-  for (int c = lane; c < n; c += 32) dx.set(r * n + c, (dy.get(r * n + c) - y.get(r * n + c) * dot) / nv);
+  for (int c = lane; c < n; c += 32)
+    dx.set(r * n + c, (dy.get(r * n + c) - y.get(r * n + c) * dot) / nv);
 }
 
 // ---- embeddings, pooling, optimizer ------------------------------------------------------
@@ -348,7 +375,8 @@ __global__ void embedding_forward_kernel(const int32_t* ids, const float* table,
     y.set(i, accumulate ? y.get(i) + v : v);
   }
 }
-__global__ void embedding_backward_kernel(const int32_t* ids, Ptr dy, float* dtable, int64_t t, int n) {
+__global__ void embedding_backward_kernel(const int32_t* ids, Ptr dy, float* dtable, int64_t t,
+                                          int n) {
   GRID_STRIDE(i, t * n) atomicAdd(&dtable[static_cast<int64_t>(ids[i / n]) * n + i % n], dy.get(i));
 }
 
@@ -417,13 +445,15 @@ __global__ void pool_backward_kernel(int mode, const float* dout, const int32_t*
       double den = fmax(wsum, 1e-9);
       if (mode == 3) den = sqrt(den);
       for (int t = first; t < len; ++t)
-        dx.set(static_cast<int64_t>(start + t) * c + j, static_cast<float>((mode == 4 ? t + 1.0 : 1.0) / den * g));
+        dx.set(static_cast<int64_t>(start + t) * c + j,
+               static_cast<float>((mode == 4 ? t + 1.0 : 1.0) / den * g));
     }
   }
 }
 
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, float lr, float b1,
-                             float b2, float eps, float wd, float step_size, float bc2_sqrt, int64_t n) {
+                             float b2, float eps, float wd, float step_size, float bc2_sqrt,
+                             int64_t n) {
   GRID_STRIDE(i, n) {
     float pi = p[i] * (1.0f - lr * wd);
     float mi = b1 * m[i] + (1 - b1) * g[i];
@@ -450,11 +480,16 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* out) {
 
 // ---- the backend ------------------------------------------------------------------------
 
-int64_t cols_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape.back(); }
-int64_t rows_of(const Tensor& t) { return t.numel() / std::max<int64_t>(cols_of(t), 1); }
+int64_t cols_of(const Tensor& t) {
+  return t.shape.empty() ? 1 : t.shape.back();
+}
+int64_t rows_of(const Tensor& t) {
+  return t.numel() / std::max<int64_t>(cols_of(t), 1);
+}
 
 void check_device(const Tensor& t) {
-  ET_CHECK(t.device == Device::CUDA, "CUDA op: tensor of shape ", shape_str(t.shape), " is on the host");
+  ET_CHECK(t.device == Device::CUDA, "CUDA op: tensor of shape ", shape_str(t.shape),
+           " is on the host");
 }
 // fp32 tensors (parameters, gradients, statistics)
 const float* F(const Tensor& t) {
@@ -462,12 +497,14 @@ const float* F(const Tensor& t) {
   ET_CHECK(t.dtype == DType::F32, "CUDA op: expected an F32 tensor, got ", dtype_name(t.dtype));
   return static_cast<const float*>(t.data);
 }
-float* W(Tensor& t) { return const_cast<float*>(F(t)); }
+float* W(Tensor& t) {
+  return const_cast<float*>(F(t));
+}
 // fp32 or bf16 tensors (activations)
 Ptr P(const Tensor& t) {
   check_device(t);
-  ET_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16, "CUDA op: expected an F32 or BF16 tensor, got ",
-           dtype_name(t.dtype));
+  ET_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16,
+           "CUDA op: expected an F32 or BF16 tensor, got ", dtype_name(t.dtype));
   return Ptr{t.data, t.dtype == DType::BF16};
 }
 const int32_t* I(const Tensor& t) {
@@ -493,8 +530,8 @@ struct Profiler {
     std::sort(rows.rbegin(), rows.rend());
     std::fprintf(stderr, "op profile (synchronized wall time):\n");
     for (auto& [t, k] : rows)
-      std::fprintf(stderr, "  %-22s %9.1f ms %6.1f%%  %8lld calls\n", k.c_str(), t * 1e3, 100 * t / all,
-                   static_cast<long long>(totals[k].second));
+      std::fprintf(stderr, "  %-22s %9.1f ms %6.1f%%  %8lld calls\n", k.c_str(), t * 1e3,
+                   100 * t / all, static_cast<long long>(totals[k].second));
   }
 };
 
@@ -529,7 +566,8 @@ struct CudaBackend final : Backend {
     // fp32 x fp32 products run as TF32 on tensor cores with fp32 accumulation (torch's
     // allow_tf32); products with a bf16 operand run in bf16 with fp32 accumulation.
     ET_CUBLAS(cublasSetMathMode(blas, CUBLAS_TF32_TENSOR_OP_MATH));
-    if (const char* e = std::getenv("EMBEDTUNE_ACT_DTYPE"); e && std::string(e) == "f32") act = DType::F32;
+    if (const char* e = std::getenv("EMBEDTUNE_ACT_DTYPE"); e && std::string(e) == "f32")
+      act = DType::F32;
   }
   ~CudaBackend() override {
     if (blas) cublasDestroy(blas);
@@ -577,7 +615,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "upload");
     ET_CHECK(host.device == Device::CPU, "upload: tensor is not on the host");
     Tensor t = empty(host.shape, host.dtype);
-    if (host.nbytes()) ET_CUDA(cudaMemcpy(t.data, host.data, host.nbytes(), cudaMemcpyHostToDevice));
+    if (host.nbytes())
+      ET_CUDA(cudaMemcpy(t.data, host.data, host.nbytes(), cudaMemcpyHostToDevice));
     return t;
   }
   Tensor download(const Tensor& dev) const override {
@@ -619,9 +658,10 @@ struct CudaBackend final : Backend {
     ET_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul: operands must be 2-D");
     int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
     int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
-    OpScope scope_(prof.get(), prof->on ? "matmul " + std::to_string(m) + "x" + std::to_string(n) + "x" +
-                                              std::to_string(k) + (ta ? " T" : " N") + (tb ? "T" : "N")
-                                        : std::string());
+    OpScope scope_(prof.get(), prof->on
+                                   ? "matmul " + std::to_string(m) + "x" + std::to_string(n) + "x" +
+                                         std::to_string(k) + (ta ? " T" : " N") + (tb ? "T" : "N")
+                                   : std::string());
     ET_CHECK(k == kb && c.dim(0) == m && c.dim(1) == n, "matmul: shapes ", shape_str(a.shape),
              (ta ? "^T" : ""), " x ", shape_str(b.shape), (tb ? "^T" : ""), " -> ",
              shape_str(c.shape), " do not match");
@@ -630,8 +670,8 @@ struct CudaBackend final : Backend {
     if (all_f32) {
       ET_CUBLAS(cublasSgemm(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                             static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                            F(b), static_cast<int>(b.dim(1)), F(a), static_cast<int>(a.dim(1)), &beta,
-                            W(c), static_cast<int>(n)));
+                            F(b), static_cast<int>(b.dim(1)), F(a), static_cast<int>(a.dim(1)),
+                            &beta, W(c), static_cast<int>(n)));
       return;
     }
     Tensor a16 = convert(a, DType::BF16), b16 = convert(b, DType::BF16);
@@ -650,11 +690,12 @@ struct CudaBackend final : Backend {
     if (rows == 0) return;
     if (y.dtype == DType::BF16 && cols % 8 == 0) {
       add_bias_bf16x8<<<blocks_for(y.numel() / 8, 256), 256>>>(B16(y), F(bias), y.numel() / 8,
-                                                                 static_cast<int>(cols / 8));
+                                                               static_cast<int>(cols / 8));
       ET_LAUNCH_CHECK();
       return;
     }
-    dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(std::min<int64_t>(rows, 8192)));
+    dim3 grid(static_cast<unsigned>((cols + 255) / 256),
+              static_cast<unsigned>(std::min<int64_t>(rows, 8192)));
     add_bias_kernel<<<grid, 256>>>(P(y), F(bias), rows, static_cast<int>(cols));
     ET_LAUNCH_CHECK();
   }
@@ -693,8 +734,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "layernorm_forward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
-    layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), F(w), b ? F(*b) : nullptr, eps,
-                                                                   P(y), W(mean), W(rstd), rows, n);
+    layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(
+        P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), rows, n);
     ET_LAUNCH_CHECK();
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
@@ -705,7 +746,8 @@ struct CudaBackend final : Backend {
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
     size_t smem = 2 * sizeof(float) * n;
     if (smem > 48 * 1024)
-      ET_CUDA(cudaFuncSetAttribute(layernorm_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      ET_CUDA(cudaFuncSetAttribute(layernorm_backward_kernel,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(smem)));
     if (rows > 0)
       layernorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
@@ -716,24 +758,25 @@ struct CudaBackend final : Backend {
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
     OpScope scope_(prof.get(), "act_forward");
     if (bf16x8({&x, &y})) {
-      act_forward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x), B16(y),
-                                                                   x.numel() / 8);
+      act_forward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x),
+                                                                  B16(y), x.numel() / 8);
       ET_LAUNCH_CHECK();
       return;
     }
-    act_forward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(y), x.numel());
+    act_forward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(y),
+                                                            x.numel());
     ET_LAUNCH_CHECK();
   }
   void act_backward(Act a, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
     OpScope scope_(prof.get(), "act_backward");
     if (bf16x8({&x, &dy, &dx})) {
-      act_backward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x), B16(dy),
-                                                                    B16(dx), x.numel() / 8);
+      act_backward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x),
+                                                                   B16(dy), B16(dx), x.numel() / 8);
       ET_LAUNCH_CHECK();
       return;
     }
-    act_backward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(dy), P(dx),
-                                                              x.numel());
+    act_backward_kernel<<<blocks_for(x.numel(), 256), 256>>>(static_cast<int>(a), P(x), P(dy),
+                                                             P(dx), x.numel());
     ET_LAUNCH_CHECK();
   }
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y,
@@ -741,7 +784,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "embedding_forward");
     int64_t t = ids.numel();
     int n = static_cast<int>(cols_of(table));
-    embedding_forward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), F(table), P(y), t, n, accumulate);
+    embedding_forward_kernel<<<blocks_for(t * n, 256), 256>>>(I(ids), F(table), P(y), t, n,
+                                                              accumulate);
     ET_LAUNCH_CHECK();
   }
   void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) const override {
@@ -799,7 +843,8 @@ struct CudaBackend final : Backend {
     float* dbias = d_rel_bias ? W(*d_rel_bias) : nullptr;
     if (attention_use_tc(a)) {
       P(q);
-      ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype, "attention: out, dout dtype mismatch");
+      ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
+               "attention: out, dout dtype mismatch");
       attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
       // fp32 gradient buffers: dq always takes atomic adds; dk/dv do with grouped heads.
       const bool atomic_kv = a.n_heads != a.n_kv_heads;
@@ -844,7 +889,8 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void pool_backward(PoolMode mode, const Tensor& dout, const std::vector<int32_t>& cu,
-                     const std::vector<int32_t>& skip, const Tensor* argmax, Tensor& dx) const override {
+                     const std::vector<int32_t>& skip, const Tensor* argmax,
+                     Tensor& dx) const override {
     OpScope scope_(prof.get(), "pool_backward");
     const int nseq = static_cast<int>(cu.size()) - 1;
     const int c = static_cast<int>(cols_of(dx));
@@ -862,9 +908,9 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "adamw_step");
     const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
     const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
-    adamw_kernel<<<blocks_for(p.numel(), 256), 256>>>(W(p), F(g), W(m), W(v), lr, beta1, beta2, eps,
-                                                       weight_decay, static_cast<float>(lr / bc1),
-                                                       static_cast<float>(std::sqrt(bc2)), p.numel());
+    adamw_kernel<<<blocks_for(p.numel(), 256), 256>>>(
+        W(p), F(g), W(m), W(v), lr, beta1, beta2, eps, weight_decay, static_cast<float>(lr / bc1),
+        static_cast<float>(std::sqrt(bc2)), p.numel());
     ET_LAUNCH_CHECK();
   }
   double sum_squares(const Tensor& t) const override {
@@ -881,7 +927,7 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "l2norm_forward");
     int64_t rows = rows_of(x);
     l2norm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), P(y), W(norms), rows,
-                                                                static_cast<int>(cols_of(x)));
+                                                               static_cast<int>(cols_of(x)));
     ET_LAUNCH_CHECK();
   }
   void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,
@@ -889,7 +935,7 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "l2norm_backward");
     int64_t rows = rows_of(y);
     l2norm_backward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(dy), P(y), F(norms), P(dx), rows,
-                                                                 static_cast<int>(cols_of(y)));
+                                                                static_cast<int>(cols_of(y)));
     ET_LAUNCH_CHECK();
   }
   size_t peak_bytes() const override { return pool->peak_in_use; }

@@ -6,20 +6,20 @@
 
 #include "core/error.h"
 
-#define ET_CUDA(call)                                                                   \
-  do {                                                                                  \
-    cudaError_t err_ = (call);                                                          \
-    if (err_ != cudaSuccess)                                                            \
-      ::et::fail("CUDA error '", cudaGetErrorString(err_), "' in ", #call, " at ", __FILE__, \
-                 ":", __LINE__);                                                        \
+#define ET_CUDA(call)                                                                             \
+  do {                                                                                            \
+    cudaError_t err_ = (call);                                                                    \
+    if (err_ != cudaSuccess)                                                                      \
+      ::et::fail("CUDA error '", cudaGetErrorString(err_), "' in ", #call, " at ", __FILE__, ":", \
+                 __LINE__);                                                                       \
   } while (0)
 
-#define ET_CUBLAS(call)                                                                   \
-  do {                                                                                    \
-    cublasStatus_t st_ = (call);                                                          \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+#define ET_CUBLAS(call)                                                                    \
+  do {                                                                                     \
+    cublasStatus_t st_ = (call);                                                           \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                      \
       ::et::fail("cuBLAS error ", static_cast<int>(st_), " (", cublasGetStatusString(st_), \
-                 ") in ", #call, " at ", __FILE__, ":", __LINE__);                        \
+                 ") in ", #call, " at ", __FILE__, ":", __LINE__);                         \
   } while (0)
 
 // After every launch: a launch error (bad configuration) is reported where it happened.

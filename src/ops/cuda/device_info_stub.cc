@@ -3,7 +3,11 @@
 
 namespace et {
 
-int cuda_device_count() { return 0; }
-std::string cuda_device_name(int) { return "none"; }
+int cuda_device_count() {
+  return 0;
+}
+std::string cuda_device_name(int) {
+  return "none";
+}
 
 }  // namespace et
