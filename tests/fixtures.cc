@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 
@@ -27,6 +30,32 @@ std::string temp_dir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
+}
+
+int run_command(const std::string& cmd, std::string* out) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+std::string embedtune_bin() {
+  const char* b = std::getenv("EMBEDTUNE_BIN");
+  return b ? b : std::string(EMBEDTUNE_SOURCE_DIR) + "/build/embedtune";
+}
+
+std::vector<PackedBatch> fixture_columns(const std::string& root) {
+  json inputs = read_json_file(root + "/inputs.json");
+  std::vector<PackedBatch> cols;
+  for (const char* c : {"anchor", "positive", "negative"}) {
+    PackedBatch b;
+    for (const auto& ids : inputs.at(c)) b.add(ids.get<std::vector<int32_t>>());
+    cols.push_back(b);
+  }
+  return cols;
 }
 
 double rel_error(const float* a, const float* b, int64_t n) {

@@ -10,6 +10,7 @@
 
 #include "core/tensor.h"
 #include "io/files.h"
+#include "model/bert.h"
 
 namespace et::test {
 
@@ -17,8 +18,15 @@ std::string fixtures_root();
 std::string model_fixture(const std::string& arch);  // <root>/models/<arch>
 // The families of the BERT encoder that the CPU reference implements.
 const std::vector<std::string>& bert_family_archs();
+// The anchor, positive and negative token-id columns of a model fixture's inputs.json.
+std::vector<PackedBatch> fixture_columns(const std::string& model_root);
 // A fresh temporary directory under the build tree.
 std::string temp_dir(const std::string& name);
+
+// Runs a shell command; returns its exit status and appends stdout+stderr to `out`.
+int run_command(const std::string& cmd, std::string* out);
+// The embedtune executable under test (EMBEDTUNE_BIN, else build/embedtune in the source tree).
+std::string embedtune_bin();
 
 // ||a - b|| / ||b|| over all elements (both host F32 tensors of equal size).
 double rel_error(const Tensor& a, const Tensor& b);

@@ -11,41 +11,26 @@
 namespace et::test {
 namespace {
 
-std::string bin() {
-  const char* b = std::getenv("EMBEDTUNE_BIN");
-  return b ? b : std::string(EMBEDTUNE_SOURCE_DIR) + "/build/embedtune";
-}
-
-// Runs a command, returning its exit status and combined output.
-int run(const std::string& cmd, std::string* out) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(Cli, EncodePretokenizedMatchesFixture) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
-  if (!file_exists(bin())) GTEST_SKIP() << "skipped: no binary at " << bin();
+  if (!file_exists(embedtune_bin())) GTEST_SKIP() << "skipped: no binary at " << embedtune_bin();
   std::string dir = temp_dir("cli_encode");
   json inputs = read_json_file(root + "/inputs.json");
   std::string rows;
   for (const auto& ids : inputs["anchor"]) rows += json{{"input_ids", ids}}.dump() + "\n";
   write_text_atomic(dir + "/in.jsonl", rows);
   std::string out;
-  int rc = run(bin() + " encode --model " + root + "/model --input " + dir + "/in.jsonl --output " +
-                   dir + "/emb.safetensors --batch-size 4",
-               &out);
+  int rc = run_command(embedtune_bin() + " encode --model " + root + "/model --input " + dir +
+                           "/in.jsonl --output " + dir + "/emb.safetensors --batch-size 4",
+                       &out);
   ASSERT_EQ(rc, 0) << out;
   TensorFile got = read_safetensors(dir + "/emb.safetensors");
   TensorFile exp = read_safetensors(root + "/expected.safetensors");
   EXPECT_LT(rel_error(got.at("embeddings"), to_f32(exp.at("emb.anchor"))), 2e-5);
-  rc = run(bin() + " encode --model " + root + "/model --input " + dir + "/in.jsonl --output " +
-               dir + "/emb.npy",
-           &out);
+  rc = run_command(embedtune_bin() + " encode --model " + root + "/model --input " + dir +
+                       "/in.jsonl --output " + dir + "/emb.npy",
+                   &out);
   ASSERT_EQ(rc, 0) << out;
   std::string npy = read_text_file(dir + "/emb.npy");
   EXPECT_EQ(npy.substr(1, 5), "NUMPY");
@@ -55,18 +40,20 @@ TEST(Cli, EncodePretokenizedMatchesFixture) {
 TEST(Cli, EncodeTextAndInfo) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
-  if (!file_exists(bin())) GTEST_SKIP() << "skipped: no binary at " << bin();
+  if (!file_exists(embedtune_bin())) GTEST_SKIP() << "skipped: no binary at " << embedtune_bin();
   std::string dir = temp_dir("cli_text");
   write_text_atomic(dir + "/in.txt", "w1 w2 w3\nw10 w11\n");
   std::string out;
-  ASSERT_EQ(run(bin() + " encode --model " + root + "/model --input " + dir + "/in.txt --output " +
-                    dir + "/e.jsonl --prompt-name query",
-                &out),
+  ASSERT_EQ(run_command(embedtune_bin() + " encode --model " + root + "/model --input " + dir +
+                            "/in.txt --output " + dir + "/e.jsonl --prompt-name query",
+                        &out),
             0)
       << out;
   EXPECT_NE(read_text_file(dir + "/e.jsonl").find("\"index\": 1"), std::string::npos);
   out.clear();
-  ASSERT_EQ(run(bin() + " info --model " + root + "/model_saved_by_reference", &out), 0) << out;
+  ASSERT_EQ(
+      run_command(embedtune_bin() + " info --model " + root + "/model_saved_by_reference", &out), 0)
+      << out;
   EXPECT_NE(out.find("architecture:     bert"), std::string::npos) << out;
   EXPECT_NE(out.find("pooling:          mean"), std::string::npos) << out;
 }
@@ -74,37 +61,37 @@ TEST(Cli, EncodeTextAndInfo) {
 TEST(Cli, BadInputsExitNonZeroWithContext) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
-  if (!file_exists(bin())) GTEST_SKIP() << "skipped: no binary at " << bin();
+  if (!file_exists(embedtune_bin())) GTEST_SKIP() << "skipped: no binary at " << embedtune_bin();
   std::string dir = temp_dir("cli_bad");
   write_text_atomic(dir + "/bad.jsonl", "{\"text\": \"ok\"}\n{\"txt\": \"oops\"}\n");
   std::string out;
-  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir +
-                    "/bad.jsonl --output " + dir + "/o.npy",
-                &out),
+  EXPECT_NE(run_command(embedtune_bin() + " encode --model " + root + "/model --input " + dir +
+                            "/bad.jsonl --output " + dir + "/o.npy",
+                        &out),
             0);
   EXPECT_NE(out.find("bad.jsonl:2: missing string field 'text'"), std::string::npos) << out;
   out.clear();
   write_text_atomic(dir + "/utf.txt", "fine\nbad \xC3\x28 byte\n");
-  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir + "/utf.txt --output " +
-                    dir + "/o.npy",
-                &out),
+  EXPECT_NE(run_command(embedtune_bin() + " encode --model " + root + "/model --input " + dir +
+                            "/utf.txt --output " + dir + "/o.npy",
+                        &out),
             0);
   EXPECT_NE(out.find("utf.txt:2: invalid UTF-8"), std::string::npos) << out;
   out.clear();
-  EXPECT_NE(run(bin() + " encode --model " + root + "/model --input " + dir + "/utf.txt --output " +
-                    dir + "/o.csv --prompt-name nope",
-                &out),
+  EXPECT_NE(run_command(embedtune_bin() + " encode --model " + root + "/model --input " + dir +
+                            "/utf.txt --output " + dir + "/o.csv --prompt-name nope",
+                        &out),
             0);
   EXPECT_NE(out.find("no prompt named 'nope'"), std::string::npos) << out;
   out.clear();
-  EXPECT_NE(run(bin() + " encode --help", &out), 1);
+  EXPECT_NE(run_command(embedtune_bin() + " encode --help", &out), 1);
   EXPECT_NE(out.find("--prompt-name"), std::string::npos);
 }
 
 TEST(Cli, TrainFromTomlWithFlagOverrides) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
-  if (!file_exists(bin())) GTEST_SKIP() << "skipped: no binary at " << bin();
+  if (!file_exists(embedtune_bin())) GTEST_SKIP() << "skipped: no binary at " << embedtune_bin();
   std::string dir = temp_dir("cli_train");
   std::string rows;
   char q[64], c[64];  // (snprintf: string concatenation trips GCC 12's -Wrestrict bug 105329)
@@ -121,7 +108,8 @@ TEST(Cli, TrainFromTomlWithFlagOverrides) {
                         "learning_rate = 1e-3\nper_device_train_batch_size = 4\nmax_steps = 50\n"
                         "[lora]\nr = 2\nalpha = 4\n");
   std::string out;
-  int rc = run(bin() + " train " + dir + "/run.toml --max_steps 3 --logging_steps 1", &out);
+  int rc = run_command(
+      embedtune_bin() + " train " + dir + "/run.toml --max_steps 3 --logging_steps 1", &out);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("step 3/3"), std::string::npos) << out;  // the flag overrode the file
   json cfg = read_json_file(dir + "/out/adapter/adapter_config.json");
@@ -130,12 +118,12 @@ TEST(Cli, TrainFromTomlWithFlagOverrides) {
   EXPECT_NE(read_text_file(dir + "/out/train.log").find("step 3/3"), std::string::npos);
   out.clear();
   write_text_atomic(dir + "/bad.toml", "learning_rate = = 3\n");
-  EXPECT_NE(run(bin() + " train " + dir + "/bad.toml", &out), 0);
+  EXPECT_NE(run_command(embedtune_bin() + " train " + dir + "/bad.toml", &out), 0);
   EXPECT_NE(out.find("bad.toml: invalid TOML"), std::string::npos) << out;
   out.clear();
-  EXPECT_NE(run(bin() + " train --model " + root + "/model --train " + dir +
-                    "/pairs.jsonl --output " + dir + "/o2",
-                &out),
+  EXPECT_NE(run_command(embedtune_bin() + " train --model " + root + "/model --train " + dir +
+                            "/pairs.jsonl --output " + dir + "/o2",
+                        &out),
             0);
   EXPECT_NE(out.find("--columns"), std::string::npos) << out;
 }

@@ -301,13 +301,7 @@ TEST_P(CudaModel, MatchesCpu) {
   SKIP_WITHOUT_GPU();
   std::string root = model_fixture(GetParam());
   SKIP_WITHOUT_FIXTURES(root);
-  json inputs = read_json_file(root + "/inputs.json");
-  std::vector<PackedBatch> cols;
-  for (const char* c : {"anchor", "positive", "negative"}) {
-    PackedBatch pb;
-    for (const auto& ids : inputs[c]) pb.add(ids.get<std::vector<int32_t>>());
-    cols.push_back(pb);
-  }
+  std::vector<PackedBatch> cols = fixture_columns(root);
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
   for (TrainMode mode : {TrainMode::Full, TrainMode::Lora}) {

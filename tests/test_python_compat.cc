@@ -11,23 +11,13 @@
 namespace et::test {
 namespace {
 
-int sh(const std::string& cmd, std::string* out) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(PythonCompat, AdapterAndMergedLoadInSentenceTransformers) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
   std::string probe;
-  if (sh("python3 -c 'import sentence_transformers, peft'", &probe) != 0)
+  if (run_command("python3 -c 'import sentence_transformers, peft'", &probe) != 0)
     GTEST_SKIP() << "skipped: no Python with sentence-transformers and peft";
-  const char* b = std::getenv("EMBEDTUNE_BIN");
-  std::string bin = b ? b : std::string(EMBEDTUNE_SOURCE_DIR) + "/build/embedtune";
+  const std::string bin = embedtune_bin();
   std::string dir = temp_dir("pycompat");
   std::string rows, texts;
   char q[64], c[64];
@@ -41,30 +31,31 @@ TEST(PythonCompat, AdapterAndMergedLoadInSentenceTransformers) {
   write_text_atomic(dir + "/texts.txt", texts);
   std::string out;
   ASSERT_EQ(
-      sh(bin + " train --model " + root + "/model --train " + dir + "/pairs.jsonl --output " + dir +
-             "/out --max_steps 4 --learning_rate 5e-3 --per_device_train_batch_size 4 " +
-             "--lora_target_modules query,key,value,dense --quiet",
-         &out),
+      run_command(bin + " train --model " + root + "/model --train " + dir +
+                      "/pairs.jsonl --output " + dir +
+                      "/out --max_steps 4 --learning_rate 5e-3 --per_device_train_batch_size 4 " +
+                      "--lora_target_modules query,key,value,dense --quiet",
+                  &out),
       0)
       << out;
-  ASSERT_EQ(
-      sh(bin + " encode --model " + root + "/model --adapter " + dir + "/out/adapter --input " +
-             dir + "/texts.txt --output " + dir + "/emb_adapter.npy",
-         &out),
-      0)
+  ASSERT_EQ(run_command(bin + " encode --model " + root + "/model --adapter " + dir +
+                            "/out/adapter --input " + dir + "/texts.txt --output " + dir +
+                            "/emb_adapter.npy",
+                        &out),
+            0)
       << out;
-  ASSERT_EQ(sh(bin + " encode --model " + dir + "/out/merged --input " + dir +
-                   "/texts.txt --output " + dir + "/emb_merged.npy",
-               &out),
+  ASSERT_EQ(run_command(bin + " encode --model " + dir + "/out/merged --input " + dir +
+                            "/texts.txt --output " + dir + "/emb_merged.npy",
+                        &out),
             0)
       << out;
   out.clear();
   std::string script = "tests/python/check_st_compat.py";  // relative to the repository root
   if (!file_exists(script)) script = std::string(EMBEDTUNE_SOURCE_DIR) + "/" + script;
-  int rc = sh("python3 " + script + " " + root + "/model " + dir + "/out/adapter " + dir +
-                  "/out/merged " + dir + "/texts.txt " + dir + "/emb_adapter.npy " + dir +
-                  "/emb_merged.npy",
-              &out);
+  int rc = run_command("python3 " + script + " " + root + "/model " + dir + "/out/adapter " + dir +
+                           "/out/merged " + dir + "/texts.txt " + dir + "/emb_adapter.npy " + dir +
+                           "/emb_merged.npy",
+                       &out);
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out;
 }

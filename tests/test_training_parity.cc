@@ -12,17 +12,6 @@
 namespace et::test {
 namespace {
 
-std::vector<PackedBatch> fixture_columns(const std::string& root) {
-  json inputs = read_json_file(root + "/inputs.json");
-  std::vector<PackedBatch> cols;
-  for (const char* c : {"anchor", "positive", "negative"}) {
-    PackedBatch b;
-    for (const auto& ids : inputs[c]) b.add(ids.get<std::vector<int32_t>>());
-    cols.push_back(b);
-  }
-  return cols;
-}
-
 // "0.model.encoder.layer.0.attention.self.query.lora_A.default.weight" ->
 // "encoder.layer.0.attention.self.query.lora_A.weight" (our store's names).
 std::string store_name(std::string n) {

@@ -123,9 +123,4 @@ struct Backend {
   virtual void synchronize() const {}
 };
 
-// Bucket of a relative position (key - query) for MPNet's bias, as transformers'
-// MPNetEncoder.relative_position_bucket (bidirectional, half the buckets per direction,
-// exact below max_exact = buckets/4, logarithmic up to max_distance).
-int relative_position_bucket(int relative_position, int num_buckets, int max_distance);
-
 }  // namespace et

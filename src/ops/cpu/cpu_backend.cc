@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "ops/relative_bucket.h"
 
 namespace et {
 

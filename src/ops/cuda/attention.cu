@@ -25,6 +25,7 @@
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/relative_bucket.h"
 
 namespace et::cuda {
 
@@ -44,25 +45,11 @@ struct Params {
   int buckets, max_distance;
 };
 
-__device__ __forceinline__ int bucket_of(int rel, int num_buckets, int max_distance) {
-  int ret = 0, n = -rel;
-  num_buckets /= 2;
-  if (n < 0) ret += num_buckets;
-  n = abs(n);
-  int max_exact = num_buckets / 2;
-  if (n < max_exact) return ret + n;
-  float scaled = logf(static_cast<float>(n) / static_cast<float>(max_exact)) /
-                 static_cast<float>(log(static_cast<double>(max_distance) / max_exact)) *
-                 static_cast<float>(num_buckets - max_exact);
-  int large = max_exact + static_cast<int>(scaled);
-  return ret + min(large, num_buckets - 1);
-}
-
 // Score of query row i (position in sequence) and key row j, or -inf when masked.
 __device__ __forceinline__ float score(const Params& p, float dot, int i, int j, int h, int len) {
   if (j >= len || (p.causal && j > i) || (p.window >= 0 && abs(i - j) > p.window)) return -INFINITY;
   float s = dot * p.scale;
-  if (p.bias) s += p.bias[bucket_of(j - i, p.buckets, p.max_distance) * p.hq + h];
+  if (p.bias) s += p.bias[relative_position_bucket(j - i, p.buckets, p.max_distance) * p.hq + h];
   return s;
 }
 
@@ -235,7 +222,7 @@ __global__ void attn_bwd_dq_kernel(Params p, const float* __restrict__ q,
       float pij = s == -INFINITY ? 0.0f : __expf(s - lse[(start + i) * p.hq + h]);
       float ds = pij * (dp - delta[(start + i) * p.hq + h]);
       if (d_bias && pij != 0.0f)
-        atomicAdd(&bias_acc[bucket_of(j - i, p.buckets, p.max_distance)], ds);
+        atomicAdd(&bias_acc[relative_position_bucket(j - i, p.buckets, p.max_distance)], ds);
       for (int jj = 0; jj < kChunk; ++jj) {
         float dsj = __shfl_sync(0xffffffffu, ds, jj);
         const float* kr = ks + jj * (d + 1);

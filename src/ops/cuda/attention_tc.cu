@@ -17,6 +17,7 @@
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/relative_bucket.h"
 
 namespace et::cuda {
 
@@ -35,19 +36,6 @@ struct TcParams {
   int buckets, max_distance;
   int dkv_atomic;  // dK/dV rows receive several heads' contributions (grouped-query attention)
 };
-
-__device__ __forceinline__ int tc_bucket(int rel, int num_buckets, int max_distance) {
-  int ret = 0, n = -rel;
-  num_buckets /= 2;
-  if (n < 0) ret += num_buckets;
-  n = abs(n);
-  int max_exact = num_buckets / 2;
-  if (n < max_exact) return ret + n;
-  float scaled = logf(static_cast<float>(n) / static_cast<float>(max_exact)) /
-                 static_cast<float>(log(static_cast<double>(max_distance) / max_exact)) *
-                 static_cast<float>(num_buckets - max_exact);
-  return ret + min(max_exact + static_cast<int>(scaled), num_buckets - 1);
-}
 
 __device__ __forceinline__ bool masked(const TcParams& p, int i, int j, int len) {
   return i >= len || j >= len || (p.causal && j > i) || (p.window >= 0 && abs(i - j) > p.window);
@@ -240,7 +228,8 @@ __global__ void __launch_bounds__(NW * 32)
         float x = -INFINITY;
         if (!masked(p, i, key, len)) {
           x = s[j][e] * p.scale;
-          if (p.bias) x += p.bias[tc_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+          if (p.bias)
+            x += p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
         }
         s[j][e] = x;
         mx[e / 2] = fmaxf(mx[e / 2], x);
@@ -410,7 +399,7 @@ __global__ void __launch_bounds__(NW * 32)
           float x = st[j][e] * p.scale;
           int bucket = 0;
           if (p.bias) {
-            bucket = tc_bucket(key - i, p.buckets, p.max_distance);
+            bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
             x += p.bias[bucket * p.hq + h];
           }
           pv = __expf(x - lse_s[qi]);
