@@ -8,6 +8,7 @@
 #include "ops/cpu/cpu_backend.h"
 #include "train/lora.h"
 #include "train/step.h"
+#include "core/rng.h"
 
 namespace et::test {
 namespace {
@@ -158,6 +159,38 @@ TEST_P(Training, LoraAdamWThreeSteps) {
     ++checked;
   }
   EXPECT_EQ(checked, static_cast<int>(m->params.params.size()));
+}
+
+// Gradient checkpointing recomputes each layer in backward: the same gradients, also with
+// LoRA dropout (whose random masks must be replayed) and in full fine-tuning.
+TEST_P(Training, GradientCheckpointingGivesTheSameGradients) {
+  std::string root = model_fixture(GetParam());
+  SKIP_WITHOUT_FIXTURES(root);
+  auto cols = fixture_columns(root);
+  for (TrainMode mode : {TrainMode::Lora, TrainMode::Full}) {
+    std::vector<Tensor> grads[2];
+    for (int ckpt = 0; ckpt < 2; ++ckpt) {
+      auto be = make_cpu_backend();
+      auto m = load_sentence_model(root + "/model", *be);
+      m->encoder.gradient_checkpointing = ckpt == 1;
+      if (mode == TrainMode::Lora) {
+        LoraConfig c;
+        c.r = 4;
+        c.alpha = 8;
+        c.dropout = 0.2f;
+        c.target_modules = default_lora_targets(m->cfg.family);
+        apply_lora(*be, *m, c, 5);
+        for (Linear* l : bert_linears(m->encoder))
+          if (l->lora_b) be->fill(l->lora_b->value, 0.01f);  // non-zero B: A gets gradients too
+      }
+      auto params = set_trainable(*be, *m, mode);
+      Rng rng(99);
+      train_step_grads(*be, *m, cols, LossSpec{}, 1.0, &rng);
+      for (Param* p : params) grads[ckpt].push_back(cpu_clone(p->grad));
+    }
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(rel_error(grads[1][i], grads[0][i]), 0.0) << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(BertFamily, Training, ::testing::ValuesIn(bert_family_archs()),

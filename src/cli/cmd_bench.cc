@@ -15,6 +15,7 @@ Run add_bench(CLI::App& app) {
     std::vector<std::string> only;
     std::string scenario, mode = "lora", device = "cuda", out;
     int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
+    bool checkpointing = false;
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--only", o->only, "Presets to run (minilm-l6, bge-base, ...)")->delimiter(',');
@@ -30,6 +31,7 @@ Run add_bench(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--out", o->out, "Also write the JSON lines to this file");
+  app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
   return [o]() {
     auto be = make_backend(o->device);
     std::vector<json> results;
@@ -42,6 +44,7 @@ Run add_bench(CLI::App& app) {
       c.mode = o->mode == "full" ? TrainMode::Full : TrainMode::Lora;
       c.steps = o->steps;
       c.warmup = o->warmup;
+      c.gradient_checkpointing = o->checkpointing;
       json r;
       try {
         r = run_bench(c, *be);

@@ -143,6 +143,8 @@ Run add_train(CLI::App& app) {
                  "Truncate texts to N tokens (default: the model's)");
   app.add_option("--scale", c->loss.scale, "MultipleNegativesRankingLoss scale")
       ->capture_default_str();
+  app.add_flag("--gradient_checkpointing", c->gradient_checkpointing,
+               "Recompute each layer in backward instead of storing its activations");
   app.add_flag("--resume", c->resume, "Continue from the newest checkpoint in the output folder");
   app.add_option("--device", x->device, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))

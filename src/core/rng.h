@@ -12,7 +12,8 @@ namespace et {
 struct Rng {
   std::array<uint64_t, 4> s{};
 
-  explicit Rng(uint64_t seed = 0) { reseed(seed); }
+  Rng() { reseed(0); }
+  explicit Rng(uint64_t seed) { reseed(seed); }
   void reseed(uint64_t seed);
   uint64_t next_u64();
   double uniform();            // [0, 1)

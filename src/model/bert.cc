@@ -155,6 +155,55 @@ static std::vector<int32_t> position_ids(const ModelConfig& cfg, const PackedBat
   return pos;
 }
 
+// One encoder layer: x -> LN2(W2 act(W1 x1) + x1), x1 = LN1(Wo attn(Wq x, Wk x, Wv x) + x).
+// With `s`, keeps what backward needs.
+static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
+                                 const AttentionArgs& attn, const Tensor& x, BertLayerSaved* s,
+                                 Rng* rng) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = x.dim(0), H = c.hidden;
+  const DType act = be.act_dtype();
+  Tensor q = linear_forward(be, L.q, x, s ? &s->q : nullptr, rng);
+  Tensor k = linear_forward(be, L.k, x, s ? &s->k : nullptr, rng);
+  Tensor v = linear_forward(be, L.v, x, s ? &s->v : nullptr, rng);
+  Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
+  be.attention_forward(attn, q, k, v, ctx, lse);
+  Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
+  Tensor res1 = be.empty({T, H}, act), x1 = be.empty({T, H}, act);
+  Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
+  be.add(a, x, res1);
+  be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
+  Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
+  Tensor h = be.empty(h_pre.shape, act);
+  be.act_forward(c.act, h_pre, h);
+  Tensor f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
+  Tensor res2 = be.empty({T, H}, act), out = be.empty({T, H}, act);
+  Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
+  be.add(f, x1, res2);
+  be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
+  if (s) {
+    s->x = x;
+    s->qt = q;
+    s->kt = k;
+    s->vt = v;
+    s->ctx = ctx;
+    s->lse = lse;
+    s->res1 = res1;
+    s->ln1_mean = m1;
+    s->ln1_rstd = r1;
+    s->x1 = x1;
+    // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
+    // largest activation of a layer. (With LoRA dropout the masked copy stays.)
+    s->h_pre = h_pre;
+    if (s->ffn_out.x_lora.data == h.data) s->ffn_out.x_lora = Tensor{};
+    s->ffn_out.x = Tensor{};
+    s->res2 = res2;
+    s->ln2_mean = m2;
+    s->ln2_rstd = r2;
+  }
+  return out;
+}
+
 Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch& batch,
                     BertSaved* saved, Rng* rng) {
   const ModelConfig& c = enc.cfg;
@@ -206,50 +255,19 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
     saved->emb_mean = mean;
     saved->emb_rstd = rstd;
     saved->attn = attn;
-    saved->layers.assign(enc.layers.size(), {});
+    saved->has_rng = rng != nullptr;
+    saved->layers.assign(enc.layers.size(), BertLayerSaved{});
   }
   for (size_t i = 0; i < enc.layers.size(); ++i) {
-    const BertLayer& L = enc.layers[i];
     BertLayerSaved* s = saved ? &saved->layers[i] : nullptr;
-    Tensor q = linear_forward(be, L.q, x, s ? &s->q : nullptr, rng);
-    Tensor k = linear_forward(be, L.k, x, s ? &s->k : nullptr, rng);
-    Tensor v = linear_forward(be, L.v, x, s ? &s->v : nullptr, rng);
-    Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
-    be.attention_forward(attn, q, k, v, ctx, lse);
-    Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
-    Tensor res1 = be.empty({T, H}, act), x1 = be.empty({T, H}, act);
-    Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
-    be.add(a, x, res1);
-    be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
-    Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
-    Tensor h = be.empty(h_pre.shape, act);
-    be.act_forward(c.act, h_pre, h);
-    Tensor f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
-    Tensor res2 = be.empty({T, H}, act), out = be.empty({T, H}, act);
-    Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
-    be.add(f, x1, res2);
-    be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
-    if (s) {
+    if (s && enc.gradient_checkpointing) {
+      // keep only the layer input (and the dropout RNG state); backward recomputes the rest
       s->x = x;
-      s->qt = q;
-      s->kt = k;
-      s->vt = v;
-      s->ctx = ctx;
-      s->lse = lse;
-      s->res1 = res1;
-      s->ln1_mean = m1;
-      s->ln1_rstd = r1;
-      s->x1 = x1;
-      // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
-      // largest activation of a layer. (With LoRA dropout the masked copy stays.)
-      s->h_pre = h_pre;
-      if (s->ffn_out.x_lora.data == h.data) s->ffn_out.x_lora = Tensor{};
-      s->ffn_out.x = Tensor{};
-      s->res2 = res2;
-      s->ln2_mean = m2;
-      s->ln2_rstd = r2;
+      if (rng) s->rng = *rng;
+      x = bert_layer_forward(be, enc, enc.layers[i], attn, x, nullptr, rng);
+    } else {
+      x = bert_layer_forward(be, enc, enc.layers[i], attn, x, s, rng);
     }
-    x = out;
   }
   return x;
 }
@@ -268,7 +286,13 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
   Tensor d_res = be.empty({T, H}, act), dx1 = be.empty({T, H}, act);
   for (size_t i = enc.layers.size(); i-- > 0;) {
     const BertLayer& L = enc.layers[i];
-    const BertLayerSaved& s = saved.layers[i];
+    BertLayerSaved recomputed;
+    if (enc.gradient_checkpointing) {
+      Rng rng = saved.layers[i].rng;
+      bert_layer_forward(be, enc, L, saved.attn, saved.layers[i].x, &recomputed,
+                         saved.has_rng ? &rng : nullptr);
+    }
+    const BertLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
     // x' = LN2(W2 act(W1 x1) + x1)
     be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res,
                           grad_of(L.ln2_w), grad_of(L.ln2_b));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "core/rng.h"
 #include "model/linear.h"
 
 namespace et {
@@ -47,6 +48,9 @@ struct BertEncoder {
   Linear pooler;  // BERT/XLM-R/MPNet pooler: unused by sentence embeddings, kept
                   // so LoRA targets and merged exports match transformers' model
   bool has_pooler = false;
+  // Keep only each layer's input in forward and recompute the layer in backward (transformers'
+  // gradient_checkpointing): activation memory of one layer instead of all.
+  bool gradient_checkpointing = false;
 };
 
 struct BertLayerSaved {
@@ -56,12 +60,14 @@ struct BertLayerSaved {
   Tensor res1, ln1_mean, ln1_rstd, x1;
   Tensor h_pre;  // the FFN activation act(h_pre) is recomputed in backward
   Tensor res2, ln2_mean, ln2_rstd;
+  Rng rng;  // LoRA dropout state at the layer's start (replayed when recomputing)
 };
 
 struct BertSaved {
   Tensor ids, positions, types;
   Tensor emb, emb_mean, emb_rstd;
   AttentionArgs attn;
+  bool has_rng = false;
   std::vector<BertLayerSaved> layers;
 };
 

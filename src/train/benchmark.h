@@ -19,6 +19,7 @@ struct BenchConfig {
   int seq_len = 128, pairs = 64;
   TrainMode mode = TrainMode::Lora;
   int steps = 20, warmup = 5;
+  bool gradient_checkpointing = false;
   uint64_t seed = 1;
 };
 
