@@ -38,6 +38,7 @@ struct TrainConfig {
   int save_total_limit = 0;  // 0: keep every checkpoint
   int64_t logging_steps = 10;
   int max_seq_length = 0;  // 0: the model's
+  bool gradient_checkpointing = false;  // recompute layers in backward
   LossSpec loss;
   bool resume = false;
   int64_t stop_after_steps = -1;  // stop (as if interrupted) after this many steps
