@@ -19,6 +19,7 @@ Run add_info(CLI::App& app);
 Run add_init(CLI::App& app);
 Run add_train(CLI::App& app);
 Run add_bench(CLI::App& app);
+Run add_eval(CLI::App& app);
 
 // `embedtune train CONFIG.toml ...`: the file's settings as flags placed before the others.
 std::vector<std::string> expand_train_config(const std::vector<std::string>& args);

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   reg(et::cli::add_encode, "encode", "Embed texts with a model and write the embeddings");
   reg(et::cli::add_info, "info", "Describe a model folder");
   reg(et::cli::add_train, "train", "Fine-tune a model (LoRA or full) on text pairs/triplets");
+  reg(et::cli::add_eval, "eval", "Evaluate retrieval (accuracy/precision/recall/MRR/NDCG/MAP@k)");
   reg(et::cli::add_bench, "bench",
       "Benchmark training steps on random-init models of real architectures");
   reg(et::cli::add_init, "init", "Create a randomly initialised model of a preset architecture");

@@ -16,7 +16,8 @@ int IrKs::max_k() const {
 
 static double dcg(const std::vector<int>& rel, int k) {
   double s = 0;
-  for (int i = 0; i < std::min<int>(k, static_cast<int>(rel.size())); ++i) s += rel[i] / std::log2(i + 2.0);
+  for (int i = 0; i < std::min<int>(k, static_cast<int>(rel.size())); ++i)
+    s += rel[i] / std::log2(i + 2.0);
   return s;
 }
 
@@ -52,7 +53,8 @@ json ir_metrics(const std::vector<std::vector<int32_t>>& ranked,
     }
     for (int k : ks.ndcg) {
       std::vector<int> predicted;
-      for (int i = 0; i < k && i < static_cast<int>(hits.size()); ++i) predicted.push_back(is_rel(i));
+      for (int i = 0; i < k && i < static_cast<int>(hits.size()); ++i)
+        predicted.push_back(is_rel(i));
       ndcg[k] += dcg(predicted, k) / dcg(std::vector<int>(rel.size(), 1), k);
     }
     for (int k : ks.map) {

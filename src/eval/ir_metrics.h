@@ -21,7 +21,8 @@
 namespace et {
 
 struct IrKs {
-  std::vector<int> accuracy{1, 3, 5, 10}, precision_recall{1, 3, 5, 10}, mrr{10}, ndcg{10}, map{100};
+  std::vector<int> accuracy{1, 3, 5, 10}, precision_recall{1, 3, 5, 10}, mrr{10}, ndcg{10},
+      map{100};
   int max_k() const;
 };
 

@@ -13,7 +13,8 @@ static Tensor normalized(const Tensor& x) {
   const int64_t n = x.dim(0), d = x.dim(1);
   for (int64_t i = 0; i < n; ++i) {
     double s = 0;
-    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(y.f32()[i * d + j]) * y.f32()[i * d + j];
+    for (int64_t j = 0; j < d; ++j)
+      s += static_cast<double>(y.f32()[i * d + j]) * y.f32()[i * d + j];
     const float inv = static_cast<float>(1.0 / std::max(std::sqrt(s), 1e-12));
     for (int64_t j = 0; j < d; ++j) y.f32()[i * d + j] *= inv;
   }

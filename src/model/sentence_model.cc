@@ -259,6 +259,23 @@ PackedBatch tokenize_texts(const SentenceModel& m, const std::vector<std::string
   return b;
 }
 
+Tensor embed_texts(const Backend& be, const SentenceModel& m, const std::vector<std::string>& texts,
+                   const std::string& prompt, int batch_size,
+                   const std::function<void(int64_t)>& progress) {
+  ET_CHECK(batch_size > 0, "batch size must be positive");
+  const int64_t n = static_cast<int64_t>(texts.size()), dim = m.embedding_dim();
+  Tensor all = cpu_empty({n, dim});
+  for (int64_t b = 0; b < n; b += batch_size) {
+    const int64_t e = std::min<int64_t>(n, b + batch_size);
+    std::vector<std::string> part(texts.begin() + b, texts.begin() + e);
+    Tensor emb =
+        be.download(embed_forward(be, m, tokenize_texts(m, part, prompt), nullptr, nullptr));
+    std::memcpy(all.f32() + b * dim, emb.f32(), emb.nbytes());
+    if (progress) progress(e);
+  }
+  return all;
+}
+
 static Tensor concat_columns(const Backend& be, const std::vector<Tensor>& parts) {
   if (parts.size() == 1) return parts[0];
   const int64_t rows = parts[0].dim(0);

@@ -4,6 +4,7 @@
 // transformers folder (mean pooling, as sentence-transformers does for those).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -76,6 +77,12 @@ PackedBatch tokenize_texts(const SentenceModel& m, const std::vector<std::string
 // Sentence embeddings [B, dim] of a packed batch.
 Tensor embed_forward(const Backend& be, const SentenceModel& m, const PackedBatch& batch,
                      EmbedSaved* saved, Rng* rng);
+// Embeddings [n, dim] (host F32) of texts, batch_size texts per forward pass; `progress` (if
+// set) is called with the number of texts done.
+Tensor embed_texts(const Backend& be, const SentenceModel& m, const std::vector<std::string>& texts,
+                   const std::string& prompt, int batch_size,
+                   const std::function<void(int64_t)>& progress = {});
+
 // Backpropagates d_emb [B, dim] into the gradients of all trainable parameters.
 void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved& saved,
                     const Tensor& d_emb);
