@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include "core/error.h"
 #include "fixtures.h"
@@ -270,6 +271,50 @@ TEST(Trainer, OutputsLoadBackWithTheSameEmbeddings) {
   EXPECT_EQ(merged->pooling.modes, base->pooling.modes);
   EXPECT_TRUE(merged->normalize);
   EXPECT_EQ(merged->max_seq_length, base->max_seq_length);
+}
+
+TEST(Trainer, EvaluatesAndKeepsTheBestModel) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string dir = temp_dir("train_eval");
+  std::string data = write_pairs(dir, 40);
+  auto be = make_cpu_backend();
+  TrainConfig c = small_run(root + "/model", data, dir + "/out");
+  c.lora.dropout = 0;
+  c.learning_rate = 3e-2;  // large enough that the metric moves between evaluations
+  c.eval_holdout = 0.25;
+  c.eval_steps = 2;
+  c.metric_for_best_model = "mrr@10";
+  c.load_best_model_at_end = true;
+  TrainResult r = run_training(c, *be);
+  ASSERT_FALSE(r.final_metrics.is_null());
+  EXPECT_TRUE(r.final_metrics.contains("ndcg@k"));
+  // evaluations at steps 2 and 4 and at the end, each logged
+  int evals = 0;
+  double best_logged = -1;
+  std::istringstream log(read_text_file(dir + "/out/train_log.jsonl"));
+  for (std::string line; std::getline(log, line);) {
+    json j = json::parse(line);
+    if (!j.contains("eval")) continue;
+    ++evals;
+    best_logged = std::max(best_logged, j["eval"]["mrr@k"]["10"].get<double>());
+  }
+  EXPECT_EQ(evals, 3);
+  EXPECT_DOUBLE_EQ(r.best_metric, best_logged);
+  json best = read_json_file(dir + "/out/best/best.json");
+  EXPECT_EQ(best["step"], r.best_step);
+  // the final adapter holds the best evaluated weights
+  TensorFile kept = read_safetensors(dir + "/out/best/trainable.safetensors");
+  TensorFile adapter = read_safetensors(dir + "/out/adapter/adapter_model.safetensors");
+  for (const auto& [name, t] : kept.tensors)
+    EXPECT_EQ(rel_error(to_f32(adapter.at("base_model.model." + name)), to_f32(t)), 0.0) << name;
+  json summary = read_json_file(dir + "/out/train_summary.json");
+  EXPECT_EQ(summary["best"]["step"], r.best_step);
+  // bad metric names are refused up front
+  TrainConfig bad = c;
+  bad.output_dir = dir + "/bad";
+  bad.metric_for_best_model = "ndcg";
+  EXPECT_THROW(run_training(bad, *be), Error);
 }
 
 TEST(Checkpoint, PartialFoldersAreIgnoredAndPruned) {

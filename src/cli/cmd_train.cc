@@ -145,6 +145,18 @@ Run add_train(CLI::App& app) {
       ->capture_default_str();
   app.add_flag("--gradient_checkpointing", c->gradient_checkpointing,
                "Recompute each layer in backward instead of storing its activations");
+  app.add_option("--eval_data", c->eval_data, "Evaluate on this BEIR folder or pairs file");
+  app.add_option("--eval_holdout", c->eval_holdout,
+                 "Hold out this fraction of the training pairs for evaluation");
+  app.add_option("--eval_steps", c->eval_steps, "Evaluate every N steps (0: at the end only)")
+      ->capture_default_str();
+  app.add_option("--eval_batch_size,--per_device_eval_batch_size", c->eval_batch_size)
+      ->capture_default_str();
+  app.add_option("--metric_for_best_model", c->metric_for_best_model,
+                 "Metric that picks the best evaluation (ndcg@10, mrr@10, recall@10, map@100, ...)")
+      ->capture_default_str();
+  app.add_flag("--load_best_model_at_end", c->load_best_model_at_end,
+               "Write the best evaluated weights as the final adapter/merged model");
   app.add_flag("--resume", c->resume, "Continue from the newest checkpoint in the output folder");
   app.add_option("--device", x->device, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))

@@ -8,7 +8,11 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "eval/ir_metrics.h"
+#include "eval/search.h"
 #include "io/dataset.h"
+#include "io/retrieval_data.h"
+#include "io/safetensors.h"
 #include "train/checkpoint.h"
 
 namespace et {
@@ -85,6 +89,45 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   ET_CHECK(!c.output_dir.empty(), "an output folder is required");
   make_dirs(c.output_dir);
   TextDataset ds = read_text_dataset(c.train_file, c.columns);
+  // Held-out evaluation pairs: a seeded random fraction of the rows, removed from training.
+  RetrievalSet eval_set;
+  const bool evaluating = !c.eval_data.empty() || c.eval_holdout > 0;
+  ET_CHECK(c.eval_data.empty() || c.eval_holdout <= 0, "give eval_data or eval_holdout, not both");
+  ET_CHECK(c.eval_holdout >= 0 && c.eval_holdout < 1, "eval_holdout must be in [0, 1)");
+  if (!c.eval_data.empty()) {
+    eval_set = read_retrieval_set(c.eval_data, "test", {});
+  } else if (c.eval_holdout > 0) {
+    std::vector<size_t> order(ds.rows.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    Rng split_rng(c.seed ^ 0x4e01dULL);
+    split_rng.shuffle(order);
+    const size_t n_eval = std::max<size_t>(1, static_cast<size_t>(c.eval_holdout * ds.rows.size()));
+    ET_CHECK(n_eval < ds.rows.size(), c.train_file, ": eval_holdout leaves no training rows");
+    std::vector<bool> held(ds.rows.size(), false);
+    for (size_t i = 0; i < n_eval; ++i) held[order[i]] = true;
+    TextDataset train;
+    train.path = ds.path;
+    train.columns = ds.columns;
+    std::string pairs;
+    for (size_t i = 0; i < ds.rows.size(); ++i) {
+      if (!held[i]) {
+        train.rows.push_back(ds.rows[i]);
+        train.lines.push_back(ds.lines[i]);
+        continue;
+      }
+      eval_set.query_ids.push_back(std::to_string(i));
+      eval_set.queries.push_back(ds.rows[i][0]);
+      int32_t doc = static_cast<int32_t>(eval_set.docs.size());
+      for (size_t d = 0; d < eval_set.docs.size(); ++d)
+        if (eval_set.docs[d] == ds.rows[i][1]) doc = static_cast<int32_t>(d);
+      if (doc == static_cast<int32_t>(eval_set.docs.size())) {
+        eval_set.doc_ids.push_back(std::to_string(i));
+        eval_set.docs.push_back(ds.rows[i][1]);
+      }
+      eval_set.relevant.push_back({doc});
+    }
+    ds = std::move(train);
+  }
   auto model = load_sentence_model(c.model, be);
   SentenceModel& m = *model;
   if (c.max_seq_length > 0) {
@@ -128,6 +171,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   TrainerState st;
   st.rng.reseed(c.seed ^ 0x5eedULL);
   st.settings = run_settings(c, ds);
+  st.settings["eval_holdout"] = c.eval_holdout;
   std::string resumed_from;
   if (c.resume) {
     resumed_from = latest_checkpoint(c.output_dir);
@@ -159,6 +203,58 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     save_checkpoint(be, dir, params, opt, st);
     prune_checkpoints(c.output_dir, c.save_total_limit);
     rep.line(fmt("saved checkpoint %s", dir.c_str()));
+  };
+  // Evaluation: retrieval metrics of the current weights; the best by metric_for_best_model
+  // is kept (its trainable weights) in <output>/best.
+  std::string best_group, best_k;
+  {
+    const std::string& mb = c.metric_for_best_model;
+    size_t at = mb.find('@');
+    ET_CHECK(at != std::string::npos, "metric_for_best_model '", mb,
+             "' must look like ndcg@10, mrr@10, recall@5, map@100, accuracy@1 or precision@3");
+    best_group = mb.substr(0, at + 1).append("k");
+    best_k = mb.substr(at + 1);
+  }
+  json last_metrics;
+  double best_value = -1;
+  int64_t best_step = -1;
+  std::string best_dir = path_join(c.output_dir, "best");
+  if (!resumed_from.empty() && file_exists(path_join(best_dir, "best.json"))) {
+    json b = read_json_file(path_join(best_dir, "best.json"));
+    best_step = b.value("step", int64_t{-1});
+    best_value = b.value("value", -1.0);
+  }
+  auto evaluate_now = [&]() {
+    if (!evaluating) return;
+    auto t_eval = Clock::now();
+    Tensor q = embed_texts(be, m, eval_set.queries, "", c.eval_batch_size);
+    Tensor d = embed_texts(be, m, eval_set.docs, "", c.eval_batch_size);
+    IrKs ks;
+    last_metrics = ir_metrics(exact_top_k(be, q, d, ks.max_k(), m.similarity_fn_name != "dot"),
+                              eval_set.relevant, ks);
+    ET_CHECK(last_metrics.contains(best_group) && last_metrics[best_group].contains(best_k),
+             "metric_for_best_model '", c.metric_for_best_model,
+             "' is not computed (k values: ", last_metrics.value(best_group, json::object()).dump(),
+             ")");
+    const double v = last_metrics[best_group][best_k].get<double>();
+    rep.line(fmt("eval at step %lld: ndcg@10 %.4f  mrr@10 %.4f  recall@10 %.4f  (%s %.4f, %.1f s)",
+                 static_cast<long long>(st.step), last_metrics["ndcg@k"].value("10", 0.0),
+                 last_metrics["mrr@k"].value("10", 0.0), last_metrics["recall@k"].value("10", 0.0),
+                 c.metric_for_best_model.c_str(), v,
+                 std::chrono::duration<double>(Clock::now() - t_eval).count()));
+    rep.record({{"step", st.step}, {"eval", last_metrics}});
+    if (v > best_value) {
+      best_value = v;
+      best_step = st.step;
+      std::vector<std::pair<std::string, Tensor>> values;
+      for (Param* p : params) values.emplace_back(p->name, be.download(p->value));
+      std::string tmp = best_dir + ".partial";
+      make_dirs(tmp);
+      write_safetensors(path_join(tmp, "trainable.safetensors"), values);
+      write_json_atomic(path_join(tmp, "best.json"),
+                        json{{"step", st.step}, {"metric", c.metric_for_best_model}, {"value", v}});
+      replace_dir_atomic(tmp, best_dir);
+    }
   };
   bool stopped = false;
   while (st.step < total && !stopped) {
@@ -226,6 +322,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
         window_loss = 0;
         window_n = 0;
       }
+      if (c.eval_steps > 0 && st.step % c.eval_steps == 0 && st.step < total) evaluate_now();
       if (c.save_steps > 0 && st.step % c.save_steps == 0 && st.step < total) {
         ++st.micro;  // the checkpoint resumes after this micro-batch
         checkpoint();
@@ -242,6 +339,20 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     }
   }
   TrainResult r;
+  if (!stopped) evaluate_now();
+  if (!stopped && evaluating && c.load_best_model_at_end && best_step >= 0 &&
+      best_step != st.step) {
+    TensorFile best = read_safetensors(path_join(best_dir, "trainable.safetensors"));
+    for (Param* p : params) {
+      Tensor v = be.upload(to_f32(best.at(p->name)));
+      be.copy(p->value, v);
+    }
+    rep.line(fmt("loaded the best model (step %lld, %s %.4f)", static_cast<long long>(best_step),
+                 c.metric_for_best_model.c_str(), best_value));
+  }
+  r.final_metrics = last_metrics;
+  r.best_metric = best_value;
+  r.best_step = best_step;
   r.steps = st.step;
   r.tokens = st.tokens;
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -267,6 +378,13 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
                   {"final_loss", r.last_loss},
                   {"adapter", r.adapter_dir},
                   {"merged", r.merged_dir}};
+  if (evaluating) {
+    summary["eval"] = last_metrics;
+    summary["best"] = {{"step", best_step},
+                       {"metric", c.metric_for_best_model},
+                       {"value", best_value},
+                       {"loaded", c.load_best_model_at_end}};
+  }
   write_json_atomic(path_join(c.output_dir, "train_summary.json"), summary);
   rep.line(fmt("done: %lld steps in %s, final loss %.4f, %.0f tokens/s",
                static_cast<long long>(r.steps), duration(r.seconds).c_str(), r.last_loss,

@@ -37,15 +37,27 @@ struct TrainConfig {
   int64_t save_steps = 500;
   int save_total_limit = 0;  // 0: keep every checkpoint
   int64_t logging_steps = 10;
-  int max_seq_length = 0;  // 0: the model's
+  int max_seq_length = 0;               // 0: the model's
   bool gradient_checkpointing = false;  // recompute layers in backward
   LossSpec loss;
   bool resume = false;
   int64_t stop_after_steps = -1;  // stop (as if interrupted) after this many steps
   bool quiet = false;
+  // Evaluation (retrieval metrics, as InformationRetrievalEvaluator): on eval_data (a BEIR
+  // folder or a pairs file), or on a fraction of the training pairs held out (eval_holdout),
+  // every eval_steps steps (0: only at the end).
+  std::string eval_data;
+  double eval_holdout = 0.0;
+  int64_t eval_steps = 0;
+  int eval_batch_size = 64;
+  std::string metric_for_best_model = "ndcg@10";
+  bool load_best_model_at_end = false;
 };
 
 struct TrainResult {
+  json final_metrics;  // of the last evaluation (null without evaluation)
+  double best_metric = 0;
+  int64_t best_step = -1;
   int64_t steps = 0;
   int64_t tokens = 0;
   double seconds = 0;
