@@ -14,6 +14,7 @@
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
 #include "train/checkpoint.h"
+#include "train/lora.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 
@@ -28,13 +29,33 @@ TEST(Losses, MnrlMatchesSentenceTransformers) {
   TensorFile f = read_safetensors(dir + "/expected.safetensors");
   json meta = read_json_file(dir + "/meta.json");
   int checked = 0;
-  for (const char* name : {"mnrl_pair", "mnrl_triplet"}) {
+  for (const char* name :
+       {"mnrl_pair", "mnrl_triplet", "mnrl_symmetric", "matryoshka_mnrl_16_8_4"}) {
     ASSERT_TRUE(meta.contains(name) && meta[name].contains("columns")) << name;
     std::vector<Tensor> cols;
     for (const auto& c : meta[name]["columns"])
       cols.push_back(to_f32(f.at("input." + c.get<std::string>())));
-    double scale = meta[name]["params"].value("scale", 20.0);
-    LossOutput out = mnrl_loss(cols, scale);
+    LossSpec spec;
+    spec.scale = meta[name]["params"].value("scale", 20.0);
+    const std::string cls = meta[name]["class"];
+    if (cls == "MultipleNegativesSymmetricRankingLoss") spec.kind = LossKind::MNRLSymmetric;
+    if (cls == "MatryoshkaLoss") {
+      // "(16, 8, 4)" and "(1, 1, 1)" as the fixture writes the tuples
+      auto tuple = [](std::string t) {
+        std::vector<double> v;
+        for (char& ch : t)
+          if (ch == '(' || ch == ')' || ch == ',') ch = ' ';
+        std::istringstream in(t);
+        for (double x; in >> x;) v.push_back(x);
+        return v;
+      };
+      for (double x : tuple(meta[name]["params"]["matryoshka_dims"]))
+        spec.matryoshka_dims.push_back(static_cast<int>(x));
+      spec.matryoshka_weights = tuple(meta[name]["params"]["matryoshka_weights"]);
+      EXPECT_EQ(meta[name]["params"]["loss"], "MultipleNegativesRankingLoss");
+      spec.scale = 20.0;
+    }
+    LossOutput out = compute_loss(spec, cols);
     float ref = f.at(std::string(name) + ".loss").f32()[0];
     EXPECT_NEAR(out.loss, ref, 1e-5 * std::abs(ref)) << name;
     for (size_t i = 0; i < cols.size(); ++i) {
@@ -43,7 +64,29 @@ TEST(Losses, MnrlMatchesSentenceTransformers) {
     }
     ++checked;
   }
-  EXPECT_EQ(checked, 2);
+  EXPECT_EQ(checked, 4);
+}
+
+// GradCache: mini-batches of 5 texts give the gradients of one big batch.
+TEST(Losses, CachedMnrlEqualsMnrl) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  auto cols = fixture_columns(root);
+  std::vector<Tensor> grads[2];
+  double loss[2];
+  for (int cached = 0; cached < 2; ++cached) {
+    auto be = make_cpu_backend();
+    auto m = load_sentence_model(root + "/model", *be);
+    load_adapter(*be, *m, root + "/adapter");
+    auto params = set_trainable(*be, *m, TrainMode::Lora);
+    LossSpec spec;
+    spec.mini_batch_size = cached ? 5 : 0;
+    loss[cached] = train_step_grads(*be, *m, cols, spec, 1.0, nullptr);
+    for (Param* p : params) grads[cached].push_back(cpu_clone(p->grad));
+  }
+  EXPECT_NEAR(loss[1], loss[0], 1e-6 * loss[0]);  // float32 embeddings from other batches
+  for (size_t i = 0; i < grads[0].size(); ++i)
+    EXPECT_LT(rel_error(grads[1][i], grads[0][i]), 1e-5) << i;
 }
 
 TEST(Schedule, TransformersFormulas) {

@@ -16,6 +16,7 @@ Run add_bench(CLI::App& app) {
     std::string scenario, mode = "lora", device = "cuda", out;
     int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
     bool checkpointing = false;
+    int mini_batch = 0;
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--only", o->only, "Presets to run (minilm-l6, bge-base, ...)")->delimiter(',');
@@ -32,6 +33,7 @@ Run add_bench(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--out", o->out, "Also write the JSON lines to this file");
   app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
+  app.add_option("--mini_batch_size", o->mini_batch, "GradCache mini-batch (texts), 0: off");
   return [o]() {
     auto be = make_backend(o->device);
     std::vector<json> results;
@@ -45,6 +47,7 @@ Run add_bench(CLI::App& app) {
       c.steps = o->steps;
       c.warmup = o->warmup;
       c.gradient_checkpointing = o->checkpointing;
+      c.mini_batch_size = o->mini_batch;
       json r;
       try {
         r = run_bench(c, *be);

@@ -73,7 +73,8 @@ std::vector<std::string> expand_train_config(const std::vector<std::string>& arg
 Run add_train(CLI::App& app) {
   auto c = std::make_shared<TrainConfig>();
   struct Extra {
-    std::string mode = "lora", schedule = "linear", sampler = "batch_sampler", device = "cpu";
+    std::string mode = "lora", schedule = "linear", sampler = "batch_sampler", device = "cpu",
+                loss = "mnrl";
     std::vector<std::string> targets;
   };
   auto x = std::make_shared<Extra>();
@@ -166,6 +167,7 @@ Run add_train(CLI::App& app) {
     c->mode = x->mode == "full" ? TrainMode::Full : TrainMode::Lora;
     c->lr_scheduler_type = parse_lr_schedule(x->schedule);
     c->batch_sampler = parse_batch_sampler(x->sampler);
+    c->loss.kind = parse_loss_kind(x->loss);
     c->lora.target_modules = x->targets;
     ET_CHECK(c->logging_steps > 0, "--logging_steps must be positive");
     ET_CHECK(c->per_device_train_batch_size > 0, "--per_device_train_batch_size must be positive");

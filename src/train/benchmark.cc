@@ -102,7 +102,9 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   }
   double loss = 0;
   auto step = [&](int i) {
-    loss = train_step_grads(be, *m, batches[i % batches.size()], LossSpec{}, 1.0, nullptr);
+    LossSpec spec;
+    spec.mini_batch_size = c.mini_batch_size;
+    loss = train_step_grads(be, *m, batches[i % batches.size()], spec, 1.0, nullptr);
     for (size_t j = 0; j < params.size(); ++j) {
       be.adamw_step(params[j]->value, params[j]->grad, mom[j], vel[j], 2e-4f, 0.9f, 0.999f, 1e-8f,
                     0.01f, i + 1);
@@ -123,6 +125,7 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   return {{"arch", c.preset},
           {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
           {"gradient_checkpointing", c.gradient_checkpointing},
+          {"mini_batch_size", c.mini_batch_size},
           {"scenario", c.scenario},
           {"seq_len", c.seq_len},
           {"pairs", c.pairs},

@@ -20,6 +20,7 @@ struct BenchConfig {
   TrainMode mode = TrainMode::Lora;
   int steps = 20, warmup = 5;
   bool gradient_checkpointing = false;
+  int mini_batch_size = 0;  // GradCache
   uint64_t seed = 1;
 };
 

@@ -53,26 +53,55 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
                         const LossSpec& spec, double grad_scale, Rng* rng) {
   ET_CHECK(cols.size() >= 2, "a training batch needs at least two columns (anchor, positive)");
   const int rows = cols[0].size();
-  PackedBatch all;
+  // every text of the batch, column after column
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<int32_t> prompts;
   for (const PackedBatch& c : cols) {
     ET_CHECK(c.size() == rows, "training batch columns have different row counts");
     for (int i = 0; i < c.size(); ++i) {
-      std::vector<int32_t> seq(c.ids.begin() + c.cu_seqlens[i],
-                               c.ids.begin() + c.cu_seqlens[i + 1]);
-      all.add(seq, c.prompt_lengths.empty() ? 0 : c.prompt_lengths[i]);
+      seqs.emplace_back(c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]);
+      prompts.push_back(c.prompt_lengths.empty() ? 0 : c.prompt_lengths[i]);
     }
   }
-  EmbedSaved saved;
-  Tensor emb = be.download(embed_forward(be, m, all, &saved, rng));
+  const int64_t n = static_cast<int64_t>(seqs.size());
+  const int64_t chunk = spec.mini_batch_size > 0 ? spec.mini_batch_size : n;
+  auto batch_of = [&](int64_t b, int64_t e) {
+    PackedBatch pb;
+    for (int64_t i = b; i < e; ++i) pb.add(seqs[i], prompts[i]);
+    return pb;
+  };
+  Tensor emb;
+  std::vector<EmbedSaved> saved;  // kept only without GradCache
+  std::vector<Rng> rng_at;        // dropout state at each mini-batch, replayed in the 2nd pass
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t e = std::min(n, b + chunk);
+    if (rng) rng_at.push_back(*rng);
+    const bool keep = chunk == n;
+    if (keep) saved.emplace_back();
+    Tensor part =
+        be.download(embed_forward(be, m, batch_of(b, e), keep ? &saved.back() : nullptr, rng));
+    if (!emb.defined()) emb = cpu_empty({n, part.dim(1)});
+    std::memcpy(emb.f32() + b * part.dim(1), part.f32(), part.nbytes());
+  }
   const int64_t d = emb.dim(1);
   std::vector<Tensor> parts;
   for (size_t c = 0; c < cols.size(); ++c) parts.push_back(emb.rows(c * rows, (c + 1) * rows));
-  LossOutput lo = mnrl_loss(parts, spec.scale);
+  LossOutput lo = compute_loss(spec, parts);
   Tensor d_emb = cpu_empty(emb.shape);
   for (size_t c = 0; c < cols.size(); ++c)
     for (int64_t i = 0; i < rows * d; ++i)
       d_emb.f32()[c * rows * d + i] = static_cast<float>(lo.grads[c].f32()[i] * grad_scale);
-  embed_backward(be, m, saved, be.upload(d_emb));
+  if (chunk == n) {
+    embed_backward(be, m, saved[0], be.upload(d_emb));
+    return lo.loss;
+  }
+  for (int64_t b = 0, k = 0; b < n; b += chunk, ++k) {
+    const int64_t e = std::min(n, b + chunk);
+    Rng replay = rng ? rng_at[k] : Rng();
+    EmbedSaved s;
+    embed_forward(be, m, batch_of(b, e), &s, rng ? &replay : nullptr);
+    embed_backward(be, m, s, be.upload(d_emb.rows(b, e)));
+  }
   return lo.loss;
 }
 

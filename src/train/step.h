@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "model/sentence_model.h"
+#include "train/losses.h"
 
 namespace et {
 
@@ -16,14 +17,11 @@ enum class TrainMode { Lora, Full };
 std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode mode);
 void zero_grads(const Backend& be, const std::vector<Param*>& params);
 
-struct LossSpec {
-  double scale = 20.0;  // MultipleNegativesRankingLoss scale
-};
-
 // Tokenized columns of one batch: columns[c] holds the c-th text of every row
 // (anchor, positive, negatives...), all with the same number of rows.
 // Runs forward + loss + backward; gradients are accumulated, multiplied by `grad_scale`
-// (1 / gradient_accumulation_steps). Returns the loss value.
+// (1 / gradient_accumulation_steps). Returns the loss value. With loss.mini_batch_size > 0
+// the step is GradCache's: activations of one mini-batch at a time.
 double train_step_grads(const Backend& be, SentenceModel& m,
                         const std::vector<PackedBatch>& columns, const LossSpec& loss,
                         double grad_scale, Rng* rng);
