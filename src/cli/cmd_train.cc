@@ -144,6 +144,18 @@ Run add_train(CLI::App& app) {
                  "Truncate texts to N tokens (default: the model's)");
   app.add_option("--scale", c->loss.scale, "MultipleNegativesRankingLoss scale")
       ->capture_default_str();
+  app.add_option("--loss", x->loss, "mnrl (MultipleNegativesRankingLoss) or mnrl_symmetric")
+      ->capture_default_str();
+  app.add_option("--mini_batch_size", c->loss.mini_batch_size,
+                 "GradCache (CachedMultipleNegativesRankingLoss): embed this many texts at a time; "
+                 "memory no longer grows with the batch size")
+      ->capture_default_str();
+  app.add_option("--matryoshka_dims", c->loss.matryoshka_dims,
+                 "MatryoshkaLoss: also train truncated embeddings (e.g. 768,512,256,128,64)")
+      ->delimiter(',');
+  app.add_option("--matryoshka_weights", c->loss.matryoshka_weights,
+                 "Weights of the matryoshka dims (default 1)")
+      ->delimiter(',');
   app.add_flag("--gradient_checkpointing", c->gradient_checkpointing,
                "Recompute each layer in backward instead of storing its activations");
   app.add_option("--eval_data", c->eval_data, "Evaluate on this BEIR folder or pairs file");
