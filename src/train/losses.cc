@@ -1,5 +1,7 @@
 #include "train/losses.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -43,72 +45,69 @@ Tensor normalize_backward(const std::vector<double>& y, const std::vector<double
 
 }  // namespace
 
-// Cross-entropy of scale * cos(query_i, cand_j) against label i, accumulated into the
-// gradients of the unit vectors: returns the mean loss over queries and adds weight * dL/du.
-static double ranking_ce(const std::vector<const double*>& queries,
-                         const std::vector<const double*>& cands, int64_t d, double scale,
-                         double weight, std::vector<double*>& dq, std::vector<double*>& dc) {
-  const int64_t B = static_cast<int64_t>(queries.size()), M = static_cast<int64_t>(cands.size());
-  std::vector<double> row(static_cast<size_t>(M));
+// Cross-entropy of scale * (Q C^T)[i, :] against label i for unit rows Q [nq, d], C [nc, d]
+// (row-major doubles); adds weight * dL/dQ and weight * dL/dC, returns the mean loss.
+// The products run through BLAS: batches of thousands of pairs (GradCache) stay cheap.
+static double ranking_ce(const double* q, int64_t nq, const double* c, int64_t nc, int64_t d,
+                         double scale, double weight, double* dq, double* dc) {
+  std::vector<double> s(static_cast<size_t>(nq * nc));
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq), static_cast<int>(nc),
+              static_cast<int>(d), scale, q, static_cast<int>(d), c, static_cast<int>(d), 0.0,
+              s.data(), static_cast<int>(nc));
   double loss = 0;
-  for (int64_t i = 0; i < B; ++i) {
+  for (int64_t i = 0; i < nq; ++i) {
+    double* row = s.data() + i * nc;
     double mx = -1e300;
-    for (int64_t j = 0; j < M; ++j) {
-      double s = 0;
-      for (int64_t k = 0; k < d; ++k) s += queries[i][k] * cands[j][k];
-      row[j] = s * scale;
-      mx = std::max(mx, row[j]);
-    }
+    for (int64_t j = 0; j < nc; ++j) mx = std::max(mx, row[j]);
     double z = 0;
-    for (int64_t j = 0; j < M; ++j) z += std::exp(row[j] - mx);
+    for (int64_t j = 0; j < nc; ++j) z += std::exp(row[j] - mx);
     const double lse = mx + std::log(z);
     loss += lse - row[i];
-    for (int64_t j = 0; j < M; ++j) {
-      const double g =
-          weight * scale * (std::exp(row[j] - lse) - (j == i)) / static_cast<double>(B);
-      if (g == 0) continue;
-      for (int64_t k = 0; k < d; ++k) {
-        dq[i][k] += g * cands[j][k];
-        dc[j][k] += g * queries[i][k];
-      }
-    }
+    // dL/dS = (softmax - onehot) / nq, times the chain factor of S = scale * Q C^T
+    for (int64_t j = 0; j < nc; ++j)
+      row[j] = weight * scale * (std::exp(row[j] - lse) - (j == i ? 1.0 : 0.0)) /
+               static_cast<double>(nq);
   }
-  return loss / static_cast<double>(B);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nq), static_cast<int>(d),
+              static_cast<int>(nc), 1.0, s.data(), static_cast<int>(nc), c, static_cast<int>(d),
+              1.0, dq, static_cast<int>(d));
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(nc), static_cast<int>(d),
+              static_cast<int>(nq), 1.0, s.data(), static_cast<int>(nc), q, static_cast<int>(d),
+              1.0, dc, static_cast<int>(d));
+  return loss / static_cast<double>(nq);
 }
 
 // Shared by the two MNRL variants: normalise, run the ranking terms, map gradients back.
+// Candidates are the rows of columns 1.. stacked (positives, then each negative column).
 static LossOutput mnrl_family(const std::vector<Tensor>& cols, double scale, bool symmetric) {
   ET_CHECK(cols.size() >= 2, "MultipleNegativesRankingLoss needs anchor and positive columns");
   const int64_t B = cols[0].dim(0), d = cols[0].dim(1);
   for (const Tensor& c : cols)
     ET_CHECK(c.ndim() == 2 && c.dim(0) == B && c.dim(1) == d, "MNRL: column shape ",
              shape_str(c.shape), " differs from the anchors' ", shape_str(cols[0].shape));
-  std::vector<std::vector<double>> norms(cols.size()), unit(cols.size()), du(cols.size());
+  const int64_t M = B * static_cast<int64_t>(cols.size() - 1);
+  std::vector<std::vector<double>> norms(cols.size());
+  std::vector<double> anchors, cands;
   for (size_t c = 0; c < cols.size(); ++c) {
-    unit[c] = normalize_rows(cols[c], norms[c]);
-    du[c].assign(static_cast<size_t>(B * d), 0.0);
+    std::vector<double> u = normalize_rows(cols[c], norms[c]);
+    auto& dst = c == 0 ? anchors : cands;
+    dst.insert(dst.end(), u.begin(), u.end());
   }
-  std::vector<const double*> anchors, cands;
-  std::vector<double*> d_anchors, d_cands;
-  for (int64_t i = 0; i < B; ++i) {
-    anchors.push_back(&unit[0][i * d]);
-    d_anchors.push_back(&du[0][i * d]);
-  }
-  for (size_t c = 1; c < cols.size(); ++c)
-    for (int64_t i = 0; i < B; ++i) {
-      cands.push_back(&unit[c][i * d]);
-      d_cands.push_back(&du[c][i * d]);
-    }
+  std::vector<double> d_anchors(static_cast<size_t>(B * d), 0.0),
+      d_cands(static_cast<size_t>(M * d), 0.0);
   LossOutput out;
   const double w = symmetric ? 0.5 : 1.0;
-  out.loss = w * ranking_ce(anchors, cands, d, scale, w, d_anchors, d_cands);
-  if (symmetric) {
-    std::vector<const double*> positives(cands.begin(), cands.begin() + B);
-    std::vector<double*> d_positives(d_cands.begin(), d_cands.begin() + B);
-    out.loss += w * ranking_ce(positives, anchors, d, scale, w, d_positives, d_anchors);
+  out.loss = w * ranking_ce(anchors.data(), B, cands.data(), M, d, scale, w, d_anchors.data(),
+                            d_cands.data());
+  if (symmetric)  // each positive against all anchors
+    out.loss += w * ranking_ce(cands.data(), B, anchors.data(), B, d, scale, w, d_cands.data(),
+                               d_anchors.data());
+  for (size_t c = 0; c < cols.size(); ++c) {
+    const double* u = c == 0 ? anchors.data() : cands.data() + (c - 1) * B * d;
+    const double* du = c == 0 ? d_anchors.data() : d_cands.data() + (c - 1) * B * d;
+    out.grads.push_back(normalize_backward(std::vector<double>(u, u + B * d), norms[c],
+                                           std::vector<double>(du, du + B * d), B, d));
   }
-  for (size_t c = 0; c < cols.size(); ++c)
-    out.grads.push_back(normalize_backward(unit[c], norms[c], du[c], B, d));
   return out;
 }
 
