@@ -44,3 +44,31 @@ LossKind parse_loss_kind(const std::string& name);
 LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& columns);
 
 }  // namespace et
+
+namespace et {
+
+// The remaining sentence-transformers losses, on embedding columns [B, d] and per-row labels
+// (each with its library's defaults; gradients w.r.t. every column).
+enum class Distance { Euclidean, Cosine, Manhattan };
+// TripletLoss: mean relu(dist(a, p) - dist(a, n) + margin); euclidean/manhattan are torch's
+// pairwise_distance (||x - y + 1e-6||_p), cosine is 1 - cos.
+LossOutput triplet_loss(const std::vector<Tensor>& cols, Distance dist = Distance::Euclidean,
+                        double margin = 5.0);
+// CoSENTLoss: logsumexp over {0} and {s_i - s_j : label_i < label_j}, s = scale * cos(a, p).
+// AnglELoss: the same with s = scale * |angle similarity| (AnglE's complex-valued form).
+LossOutput cosent_loss(const std::vector<Tensor>& cols, const std::vector<double>& labels,
+                       double scale = 20.0, bool angle = false);
+// CosineSimilarityLoss: mean (cos(a, p) - label)^2.
+LossOutput cosine_similarity_loss(const std::vector<Tensor>& cols,
+                                  const std::vector<double>& labels);
+// ContrastiveLoss (cosine distance d = 1 - cos): mean 0.5 (y d^2 + (1 - y) relu(margin - d)^2).
+LossOutput contrastive_loss(const std::vector<Tensor>& cols, const std::vector<double>& labels,
+                            double margin = 0.5);
+// OnlineContrastiveLoss: the same terms summed over hard positives (d above the smallest
+// negative distance) and hard negatives (d below the largest positive distance).
+LossOutput online_contrastive_loss(const std::vector<Tensor>& cols,
+                                   const std::vector<double>& labels, double margin = 0.5);
+// MarginMSELoss: mean ((a.p - a.n) - label)^2 with dot products.
+LossOutput margin_mse_loss(const std::vector<Tensor>& cols, const std::vector<double>& labels);
+
+}  // namespace et
