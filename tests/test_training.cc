@@ -435,6 +435,55 @@ TEST(Trainer, EvaluatesAndKeepsTheBestModel) {
   EXPECT_THROW(run_training(bad, *be), Error);
 }
 
+TEST(Trainer, LossesWithLabelsAndTriplets) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string dir = temp_dir("train_losses");
+  std::string csv = "sentence1,sentence2,score\n", triplets;
+  char a[64], b[64], n[64];
+  for (int i = 0; i < 16; ++i) {
+    std::snprintf(a, sizeof(a), "w%d w%d", i, i + 50);
+    std::snprintf(b, sizeof(b), "w%d w%d w%d", i, i + 60, i + 70);
+    std::snprintf(n, sizeof(n), "w%d w%d", i + 200, i + 300);
+    csv += std::string(a) + "," + b + "," + std::to_string((i % 5) / 4.0) + "\n";
+    triplets += json{{"anchor", a}, {"positive", b}, {"negative", n}}.dump() + "\n";
+  }
+  write_text_atomic(dir + "/scores.csv", csv);
+  write_text_atomic(dir + "/triplets.jsonl", triplets);
+  auto be = make_cpu_backend();
+  const std::pair<const char*, LossKind> runs[] = {{"scores.csv", LossKind::CoSENT},
+                                                   {"scores.csv", LossKind::AnglE},
+                                                   {"scores.csv", LossKind::CosineSimilarity},
+                                                   {"scores.csv", LossKind::Contrastive},
+                                                   {"scores.csv", LossKind::OnlineContrastive},
+                                                   {"triplets.jsonl", LossKind::Triplet}};
+  int k = 0;
+  for (const auto& [file, kind] : runs) {
+    TrainConfig c =
+        small_run(root + "/model", dir + "/" + file, dir + "/out" + std::to_string(k++));
+    c.loss.kind = kind;
+    if (std::string(file) == "scores.csv") c.columns = {"sentence1", "sentence2"};
+    c.max_steps = 2;
+    TrainResult r = run_training(c, *be);
+    EXPECT_TRUE(std::isfinite(r.last_loss)) << file;
+    EXPECT_TRUE(file_exists(r.merged_dir + "/model.safetensors"));
+  }
+  // a loss that needs labels on data without them, and a column-count mismatch
+  TrainConfig c = small_run(root + "/model", dir + "/triplets.jsonl", dir + "/bad");
+  c.loss.kind = LossKind::CoSENT;
+  EXPECT_NE(error_of([&] { run_training(c, *be); }).find("'label' or 'score'"), std::string::npos);
+  c = small_run(root + "/model", dir + "/scores.csv", dir + "/bad2");
+  c.columns = {"sentence1", "sentence2"};
+  c.loss.kind = LossKind::Triplet;
+  EXPECT_NE(error_of([&] { run_training(c, *be); }).find("takes 3 text columns"),
+            std::string::npos);
+  write_text_atomic(dir + "/badlabel.csv", "sentence1,sentence2,score\nx,y,high\n");
+  EXPECT_NE(error_of([&] {
+              read_text_dataset(dir + "/badlabel.csv", {"sentence1", "sentence2"});
+            }).find("badlabel.csv:2: column 'score' must be a number"),
+            std::string::npos);
+}
+
 TEST(Checkpoint, PartialFoldersAreIgnoredAndPruned) {
   std::string out = temp_dir("ckpt");
   auto be = make_cpu_backend();

@@ -74,7 +74,7 @@ Run add_train(CLI::App& app) {
   auto c = std::make_shared<TrainConfig>();
   struct Extra {
     std::string mode = "lora", schedule = "linear", sampler = "batch_sampler", device = "cpu",
-                loss = "mnrl";
+                loss = "mnrl", distance = "euclidean";
     std::vector<std::string> targets;
   };
   auto x = std::make_shared<Extra>();
@@ -144,7 +144,15 @@ Run add_train(CLI::App& app) {
                  "Truncate texts to N tokens (default: the model's)");
   app.add_option("--scale", c->loss.scale, "MultipleNegativesRankingLoss scale")
       ->capture_default_str();
-  app.add_option("--loss", x->loss, "mnrl (MultipleNegativesRankingLoss) or mnrl_symmetric")
+  app.add_option("--loss", x->loss,
+                 "mnrl, mnrl_symmetric, triplet, cosent, angle, cosine_similarity, contrastive, "
+                 "online_contrastive, margin_mse (or the sentence-transformers class name); losses "
+                 "with labels read a numeric 'label' or 'score' column")
+      ->capture_default_str();
+  app.add_option("--margin", c->loss.margin, "Triplet (default 5) / contrastive (0.5) margin");
+  app.add_option("--distance_metric", x->distance,
+                 "TripletLoss distance: euclidean, cosine, manhattan")
+      ->check(CLI::IsMember({"euclidean", "cosine", "manhattan"}))
       ->capture_default_str();
   app.add_option("--mini_batch_size", c->loss.mini_batch_size,
                  "GradCache (CachedMultipleNegativesRankingLoss): embed this many texts at a time; "
@@ -180,6 +188,7 @@ Run add_train(CLI::App& app) {
     c->lr_scheduler_type = parse_lr_schedule(x->schedule);
     c->batch_sampler = parse_batch_sampler(x->sampler);
     c->loss.kind = parse_loss_kind(x->loss);
+    c->loss.distance = x->distance == "cosine" ? 1 : x->distance == "manhattan" ? 2 : 0;
     c->lora.target_modules = x->targets;
     ET_CHECK(c->logging_steps > 0, "--logging_steps must be positive");
     ET_CHECK(c->per_device_train_batch_size > 0, "--per_device_train_batch_size must be positive");

@@ -1,5 +1,6 @@
 #include "io/dataset.h"
 
+#include <cstdlib>
 #include <sstream>
 
 #include "core/error.h"
@@ -110,9 +111,23 @@ TextDataset read_text_dataset(const std::string& path, const std::vector<std::st
           idx.push_back(i);
           break;
         }
+    int label_idx = -1;
+    for (size_t i = 0; i < header.size(); ++i)
+      if (header[i] == "label" || header[i] == "score") {
+        label_idx = static_cast<int>(i);
+        ds.label_column = header[i];
+      }
     for (size_t r = 1; r < recs.size(); ++r) {
       ET_CHECK(recs[r].size() == header.size(), path, ":", lines[r], ": ", recs[r].size(),
                " fields, but the header has ", header.size());
+      if (label_idx >= 0) {
+        char* end = nullptr;
+        const std::string& v = recs[r][label_idx];
+        double x = std::strtod(v.c_str(), &end);
+        ET_CHECK(!v.empty() && end && *end == 0, path, ":", lines[r], ": column '", ds.label_column,
+                 "' must be a number, got '", v, "'");
+        ds.labels.push_back(x);
+      }
       std::vector<std::string> row;
       for (size_t i : idx) row.push_back(recs[r][i]);
       ds.rows.push_back(std::move(row));
@@ -137,6 +152,15 @@ TextDataset read_text_dataset(const std::string& path, const std::vector<std::st
         for (auto it = j.begin(); it != j.end(); ++it) keys.push_back(it.key());
         ds.columns = columns.empty() ? default_columns(keys) : columns;  // types checked per row
         check_columns(path, ds.columns, keys);
+      }
+      if (ds.rows.empty()) {
+        for (const char* l : {"label", "score"})
+          if (j.contains(l)) ds.label_column = l;
+      }
+      if (!ds.label_column.empty()) {
+        ET_CHECK(j.contains(ds.label_column) && j[ds.label_column].is_number(), path, ":", lineno,
+                 ": column '", ds.label_column, "' must be a number");
+        ds.labels.push_back(j[ds.label_column].get<double>());
       }
       std::vector<std::string> row;
       for (const auto& c : ds.columns) {

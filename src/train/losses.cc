@@ -115,17 +115,76 @@ LossOutput mnrl_symmetric_loss(const std::vector<Tensor>& cols, double scale) {
   return mnrl_family(cols, scale, true);
 }
 
+namespace {
+struct LossName {
+  const char* short_name;
+  const char* class_name;
+  LossKind kind;
+};
+const LossName kLossNames[] = {
+    {"mnrl", "MultipleNegativesRankingLoss", LossKind::MNRL},
+    {"mnrl_symmetric", "MultipleNegativesSymmetricRankingLoss", LossKind::MNRLSymmetric},
+    {"triplet", "TripletLoss", LossKind::Triplet},
+    {"cosent", "CoSENTLoss", LossKind::CoSENT},
+    {"angle", "AnglELoss", LossKind::AnglE},
+    {"cosine_similarity", "CosineSimilarityLoss", LossKind::CosineSimilarity},
+    {"contrastive", "ContrastiveLoss", LossKind::Contrastive},
+    {"online_contrastive", "OnlineContrastiveLoss", LossKind::OnlineContrastive},
+    {"margin_mse", "MarginMSELoss", LossKind::MarginMSE},
+};
+}  // namespace
+
 LossKind parse_loss_kind(const std::string& name) {
-  if (name == "mnrl" || name == "MultipleNegativesRankingLoss") return LossKind::MNRL;
-  if (name == "mnrl_symmetric" || name == "MultipleNegativesSymmetricRankingLoss")
-    return LossKind::MNRLSymmetric;
-  fail("loss '", name, "' is not one of mnrl, mnrl_symmetric");
+  std::string all;
+  for (const LossName& n : kLossNames) {
+    if (name == n.short_name || name == n.class_name) return n.kind;
+    all += (all.empty() ? "" : ", ") + std::string(n.short_name);
+  }
+  fail("loss '", name, "' is not one of ", all);
 }
 
-LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& cols) {
-  auto base = [&](const std::vector<Tensor>& c) {
-    return spec.kind == LossKind::MNRLSymmetric ? mnrl_symmetric_loss(c, spec.scale)
-                                                : mnrl_loss(c, spec.scale);
+bool loss_needs_labels(LossKind k) {
+  return k != LossKind::MNRL && k != LossKind::MNRLSymmetric && k != LossKind::Triplet;
+}
+
+int loss_columns(LossKind k) {
+  switch (k) {
+    case LossKind::MNRL:
+    case LossKind::MNRLSymmetric:
+      return 0;
+    case LossKind::Triplet:
+    case LossKind::MarginMSE:
+      return 3;
+    default:
+      return 2;
+  }
+}
+
+LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& cols,
+                        const std::vector<double>& labels) {
+  auto base = [&](const std::vector<Tensor>& c) -> LossOutput {
+    switch (spec.kind) {
+      case LossKind::MNRL:
+        return mnrl_loss(c, spec.scale);
+      case LossKind::MNRLSymmetric:
+        return mnrl_symmetric_loss(c, spec.scale);
+      case LossKind::Triplet:
+        return triplet_loss(c, static_cast<Distance>(spec.distance),
+                            spec.margin < 0 ? 5.0 : spec.margin);
+      case LossKind::CoSENT:
+        return cosent_loss(c, labels, spec.scale, false);
+      case LossKind::AnglE:
+        return cosent_loss(c, labels, spec.scale, true);
+      case LossKind::CosineSimilarity:
+        return cosine_similarity_loss(c, labels);
+      case LossKind::Contrastive:
+        return contrastive_loss(c, labels, spec.margin < 0 ? 0.5 : spec.margin);
+      case LossKind::OnlineContrastive:
+        return online_contrastive_loss(c, labels, spec.margin < 0 ? 0.5 : spec.margin);
+      case LossKind::MarginMSE:
+        return margin_mse_loss(c, labels);
+    }
+    fail("unknown loss");
   };
   if (spec.matryoshka_dims.empty()) return base(cols);
   const int64_t B = cols[0].dim(0), d = cols[0].dim(1);

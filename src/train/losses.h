@@ -24,7 +24,18 @@ LossOutput mnrl_loss(const std::vector<Tensor>& columns, double scale = 20.0);
 // reverse, each positive against all anchors: CE(scale * cos(p_i, a_j) over j, i).
 LossOutput mnrl_symmetric_loss(const std::vector<Tensor>& columns, double scale = 20.0);
 
-enum class LossKind { MNRL, MNRLSymmetric };
+enum class LossKind {
+  MNRL,
+  MNRLSymmetric,
+  Triplet,
+  CoSENT,
+  AnglE,
+  CosineSimilarity,
+  Contrastive,
+  OnlineContrastive,
+  MarginMSE
+};
+enum class Distance;
 
 struct LossSpec {
   LossKind kind = LossKind::MNRL;
@@ -37,11 +48,19 @@ struct LossSpec {
   // MatryoshkaLoss around the loss: sum_i w_i * loss(embeddings truncated to dims[i]).
   std::vector<int> matryoshka_dims;
   std::vector<double> matryoshka_weights;  // default: all 1
+  double margin = -1;  // Triplet (5), Contrastive/OnlineContrastive (0.5); < 0: the default
+  int distance = 0;    // Triplet: 0 euclidean, 1 cosine, 2 manhattan
 };
+
+// Whether the loss reads a label per row (CoSENT, AnglE, CosineSimilarity, the contrastive
+// losses, MarginMSE), and how many text columns it takes (0: two or more).
+bool loss_needs_labels(LossKind k);
+int loss_columns(LossKind k);
 
 LossKind parse_loss_kind(const std::string& name);
 // The configured loss (and Matryoshka wrapping) on embedding columns.
-LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& columns);
+LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& columns,
+                        const std::vector<double>& labels = {});
 
 }  // namespace et
 
@@ -49,7 +68,7 @@ namespace et {
 
 // The remaining sentence-transformers losses, on embedding columns [B, d] and per-row labels
 // (each with its library's defaults; gradients w.r.t. every column).
-enum class Distance { Euclidean, Cosine, Manhattan };
+enum class Distance { Euclidean = 0, Cosine = 1, Manhattan = 2 };
 // TripletLoss: mean relu(dist(a, p) - dist(a, n) + margin); euclidean/manhattan are torch's
 // pairwise_distance (||x - y + 1e-6||_p), cosine is 1 - cos.
 LossOutput triplet_loss(const std::vector<Tensor>& cols, Distance dist = Distance::Euclidean,

@@ -50,7 +50,8 @@ void zero_grads(const Backend& be, const std::vector<Param*>& params) {
 }
 
 double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,
-                        const LossSpec& spec, double grad_scale, Rng* rng) {
+                        const LossSpec& spec, double grad_scale, Rng* rng,
+                        const std::vector<double>& labels) {
   ET_CHECK(cols.size() >= 2, "a training batch needs at least two columns (anchor, positive)");
   const int rows = cols[0].size();
   // every text of the batch, column after column
@@ -86,7 +87,7 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
   const int64_t d = emb.dim(1);
   std::vector<Tensor> parts;
   for (size_t c = 0; c < cols.size(); ++c) parts.push_back(emb.rows(c * rows, (c + 1) * rows));
-  LossOutput lo = compute_loss(spec, parts);
+  LossOutput lo = compute_loss(spec, parts, labels);
   Tensor d_emb = cpu_empty(emb.shape);
   for (size_t c = 0; c < cols.size(); ++c)
     for (int64_t i = 0; i < rows * d; ++i)

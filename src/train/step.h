@@ -21,9 +21,10 @@ void zero_grads(const Backend& be, const std::vector<Param*>& params);
 // (anchor, positive, negatives...), all with the same number of rows.
 // Runs forward + loss + backward; gradients are accumulated, multiplied by `grad_scale`
 // (1 / gradient_accumulation_steps). Returns the loss value. With loss.mini_batch_size > 0
-// the step is GradCache's: activations of one mini-batch at a time.
+// the step is GradCache's: activations of one mini-batch at a time. `labels`: one per row,
+// for the losses that take them.
 double train_step_grads(const Backend& be, SentenceModel& m,
                         const std::vector<PackedBatch>& columns, const LossSpec& loss,
-                        double grad_scale, Rng* rng);
+                        double grad_scale, Rng* rng, const std::vector<double>& labels = {});
 
 }  // namespace et

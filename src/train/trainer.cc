@@ -108,11 +108,13 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     TextDataset train;
     train.path = ds.path;
     train.columns = ds.columns;
+    train.label_column = ds.label_column;
     std::string pairs;
     for (size_t i = 0; i < ds.rows.size(); ++i) {
       if (!held[i]) {
         train.rows.push_back(ds.rows[i]);
         train.lines.push_back(ds.lines[i]);
+        if (!ds.labels.empty()) train.labels.push_back(ds.labels[i]);
         continue;
       }
       eval_set.query_ids.push_back(std::to_string(i));
@@ -156,6 +158,13 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     n_trainable += p->value.numel();
   }
 
+  if (loss_needs_labels(c.loss.kind))
+    ET_CHECK(!ds.labels.empty(), c.train_file,
+             ": this loss needs a numeric 'label' or 'score' column");
+  if (loss_columns(c.loss.kind) > 0)
+    ET_CHECK(static_cast<int>(ds.columns.size()) == loss_columns(c.loss.kind), c.train_file,
+             ": this loss takes ", loss_columns(c.loss.kind), " text columns, the data has ",
+             ds.columns.size(), " (use --columns)");
   const int64_t batches_per_epoch =
       static_cast<int64_t>(epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler, c.seed,
                                          0, c.dataloader_drop_last)
@@ -263,6 +272,9 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     const int64_t nb = static_cast<int64_t>(batches.size());
     for (; st.micro < nb && st.step < total; ++st.micro) {
       std::vector<PackedBatch> cols;
+      std::vector<double> labels;
+      if (!ds.labels.empty())
+        for (int32_t r : batches[st.micro]) labels.push_back(ds.labels[r]);
       for (size_t col = 0; col < ds.columns.size(); ++col) {
         std::vector<std::string> texts;
         for (int32_t r : batches[st.micro]) texts.push_back(ds.rows[r][col]);
@@ -272,8 +284,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       // The last step of an epoch may have fewer micro-batches; average over those it has.
       const int64_t first = (st.micro / accum) * accum;
       const int64_t in_step = std::min(accum, nb - first);
-      double loss =
-          train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step), &st.rng);
+      double loss = train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step),
+                                     &st.rng, labels);
       ET_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", st.step + 1,
                " (lower the learning rate?)");
       window_loss += loss / static_cast<double>(in_step);
