@@ -36,14 +36,7 @@ constexpr int kRowsPerWarp = kAttnTileRows / kWarps;
 constexpr int kChunk = 32;
 constexpr int kMaxHeadDim = 256;
 
-struct Params {
-  int hq, hk, d, group;
-  int64_t qs, ks;  // row strides of q/out and k/v
-  float scale;
-  int causal, window;
-  const float* bias;
-  int buckets, max_distance;
-};
+using Params = AttnParams;
 
 // Score of query row i (position in sequence) and key row j, or -inf when masked.
 __device__ __forceinline__ float score(const Params& p, float dot, int i, int j, int h, int len) {
@@ -354,12 +347,23 @@ __global__ void attn_bwd_dkv_kernel(Params p, const float* __restrict__ q,
   }
 }
 
-Params make_params(const AttentionArgs& a) {
-  ET_CHECK(a.head_dim > 0 && a.head_dim <= kMaxHeadDim, "attention: head_dim ", a.head_dim,
-           " not supported (at most ", kMaxHeadDim, ")");
+// Calls f with std::integral_constant<int, dims per lane> for the head dimension.
+template <typename F>
+void dispatch_dim(int d, F&& f) {
+  if (d <= 64)
+    f(std::integral_constant<int, 2>{});
+  else if (d <= 128)
+    f(std::integral_constant<int, 4>{});
+  else
+    f(std::integral_constant<int, 8>{});
+}
+
+}  // namespace
+
+AttnParams make_attn_params(const AttentionArgs& a) {
   ET_CHECK(a.n_kv_heads > 0 && a.n_heads % a.n_kv_heads == 0, "attention: ", a.n_heads,
            " heads are not a multiple of ", a.n_kv_heads, " key/value heads");
-  Params p;
+  AttnParams p;
   p.hq = a.n_heads;
   p.hk = a.n_kv_heads;
   p.d = a.head_dim;
@@ -372,28 +376,9 @@ Params make_params(const AttentionArgs& a) {
   p.bias = a.rel_bias ? a.rel_bias->f32() : nullptr;
   p.buckets = a.rel_buckets;
   p.max_distance = a.rel_max_distance;
+  p.dkv_atomic = p.group > 1;
   return p;
 }
-
-// Calls f with std::integral_constant<int, dims per lane> for the head dimension.
-template <typename F>
-void dispatch_dim(int d, F&& f) {
-  if (d <= 64)
-    f(std::integral_constant<int, 2>{});
-  else if (d <= 128)
-    f(std::integral_constant<int, 4>{});
-  else
-    f(std::integral_constant<int, 8>{});
-}
-
-template <typename K>
-void set_smem(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    ET_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(bytes)));
-}
-
-}  // namespace
 
 void attention_delta(const void* out, const void* dout, bool bf16, float* delta, int64_t rows,
                      int heads, int head_dim) {
@@ -418,11 +403,13 @@ void attention_forward(const AttentionArgs& a, const float* q, const float* k, c
                        float* out, float* lse, const int32_t* tiles, int n_tiles,
                        const int32_t* cu) {
   if (n_tiles == 0) return;
-  Params p = make_params(a);
+  ET_CHECK(a.head_dim > 0 && a.head_dim <= kMaxHeadDim, "attention: head_dim ", a.head_dim,
+           " not supported (at most ", kMaxHeadDim, ")");
+  Params p = make_attn_params(a);
   size_t smem = sizeof(float) * (kAttnTileRows * p.d + 2 * kChunk * (p.d + 1));
   dispatch_dim(p.d, [&](auto dpl) {
     constexpr int D = decltype(dpl)::value;
-    set_smem(attn_fwd_kernel<D>, smem);
+    allow_dynamic_smem(attn_fwd_kernel<D>, smem);
     attn_fwd_kernel<D><<<dim3(n_tiles, p.hq), kWarps * 32, smem>>>(p, q, k, v, out, lse, tiles, cu);
   });
   ET_LAUNCH_CHECK();
@@ -433,14 +420,16 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
                         float* dv, float* d_rel_bias, float* delta, const int32_t* tiles,
                         int n_tiles, const int32_t* cu) {
   if (n_tiles == 0) return;
-  Params p = make_params(a);
+  ET_CHECK(a.head_dim > 0 && a.head_dim <= kMaxHeadDim, "attention: head_dim ", a.head_dim,
+           " not supported (at most ", kMaxHeadDim, ")");
+  Params p = make_attn_params(a);
   const int64_t rows = a.cu_seqlens.back();
   attention_delta(out, dout, false, delta, rows, p.hq, p.d);
   size_t smem_q = sizeof(float) *
                   (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) + (d_rel_bias ? p.buckets : 0));
   dispatch_dim(p.d, [&](auto dpl) {
     constexpr int D = decltype(dpl)::value;
-    set_smem(attn_bwd_dq_kernel<D>, smem_q);
+    allow_dynamic_smem(attn_bwd_dq_kernel<D>, smem_q);
     attn_bwd_dq_kernel<D><<<dim3(n_tiles, p.hq), kWarps * 32, smem_q>>>(
         p, q, k, v, lse, dout, delta, dq, d_rel_bias, tiles, cu);
   });
@@ -452,7 +441,7 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
   size_t smem_kv = sizeof(float) * (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) + 2 * kChunk);
   dispatch_dim(p.d, [&](auto dpl) {
     constexpr int D = decltype(dpl)::value;
-    set_smem(attn_bwd_dkv_kernel<D>, smem_kv);
+    allow_dynamic_smem(attn_bwd_dkv_kernel<D>, smem_kv);
     attn_bwd_dkv_kernel<D><<<dim3(n_tiles, p.hq), kWarps * 32, smem_kv>>>(p, q, k, v, lse, dout,
                                                                           delta, dk, dv, tiles, cu);
   });

@@ -5,6 +5,19 @@
 
 namespace et::cuda {
 
+// Launch parameters shared by the attention kernels (attention.cu, attention_tc.cu).
+struct AttnParams {
+  int hq, hk, d, group;
+  int64_t qs, ks;  // row strides of q/out/dq and of k/v/dk/dv
+  float scale;
+  int causal, window;
+  const float* bias;  // MPNet relative bias table [buckets, hq] or null
+  int buckets, max_distance;
+  int dkv_atomic;  // dK/dV rows receive several heads' contributions (grouped-query attention)
+};
+// Checks the head layout and fills the parameters.
+AttnParams make_attn_params(const AttentionArgs& a);
+
 void attention_forward(const AttentionArgs& a, const float* q, const float* k, const float* v,
                        float* out, float* lse, const int32_t* tiles, int n_tiles,
                        const int32_t* cu_seqlens);

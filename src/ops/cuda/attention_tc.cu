@@ -27,15 +27,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int BM = 64, BN = 64, NW = 4;
 
-struct TcParams {
-  int hq, group;
-  int64_t qs, ks;
-  float scale;
-  int causal, window;
-  const float* bias;
-  int buckets, max_distance;
-  int dkv_atomic;  // dK/dV rows receive several heads' contributions (grouped-query attention)
-};
+using TcParams = AttnParams;
 
 __device__ __forceinline__ bool masked(const TcParams& p, int i, int j, int len) {
   return i >= len || j >= len || (p.causal && j > i) || (p.window >= 0 && abs(i - j) > p.window);
@@ -496,22 +488,6 @@ __global__ void __launch_bounds__(NW * 32)
   }
 }
 
-TcParams tc_params(const AttentionArgs& a) {
-  TcParams p;
-  p.hq = a.n_heads;
-  p.group = a.n_heads / a.n_kv_heads;
-  p.qs = static_cast<int64_t>(a.n_heads) * a.head_dim;
-  p.ks = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
-  p.scale = a.scale;
-  p.causal = a.causal;
-  p.window = a.window;
-  p.bias = a.rel_bias ? a.rel_bias->f32() : nullptr;
-  p.buckets = a.rel_buckets;
-  p.max_distance = a.rel_max_distance;
-  p.dkv_atomic = p.group > 1;
-  return p;
-}
-
 template <typename F>
 bool dispatch_tc(int d, F&& f) {
   switch (d) {
@@ -532,12 +508,6 @@ bool dispatch_tc(int d, F&& f) {
   }
 }
 
-template <typename K>
-void allow_smem(K kernel, size_t bytes) {
-  ET_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(bytes)));
-}
-
 }  // namespace
 
 bool attention_tc_supported(const AttentionArgs& a) {
@@ -548,12 +518,12 @@ bool attention_tc_supported(const AttentionArgs& a) {
 void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
                           void* out, bool bf16_io, float* lse, const int32_t* tiles, int n_tiles,
                           const int32_t* cu) {
-  TcParams p = tc_params(a);
+  TcParams p = make_attn_params(a);
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      allow_smem(attn_fwd_tc_kernel<D, T>, FwdSmem<D>::bytes);
+      allow_dynamic_smem(attn_fwd_tc_kernel<D, T>, FwdSmem<D>::bytes);
       attn_fwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, FwdSmem<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
           static_cast<T*>(out), lse, tiles, cu);
@@ -570,13 +540,13 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
                            const void* dout, bool bf16_in, const float* lse, const float* delta,
                            float* dq, float* dk, float* dv, bool dkv_zeroed, float* d_rel_bias,
                            const int32_t* tiles, int n_tiles, const int32_t* cu) {
-  TcParams p = tc_params(a);
+  TcParams p = make_attn_params(a);
   p.dkv_atomic = dkv_zeroed;
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      allow_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes);
+      allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes);
       attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
           static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);

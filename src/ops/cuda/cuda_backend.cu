@@ -745,10 +745,7 @@ struct CudaBackend final : Backend {
     int n = static_cast<int>(cols_of(x));
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
     size_t smem = 2 * sizeof(float) * n;
-    if (smem > 48 * 1024)
-      ET_CUDA(cudaFuncSetAttribute(layernorm_backward_kernel,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(smem)));
+    allow_dynamic_smem(layernorm_backward_kernel, smem);
     if (rows > 0)
       layernorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
                                                        dw ? W(*dw) : nullptr, db ? W(*db) : nullptr,

@@ -37,6 +37,14 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// A kernel may use more than the default 48 KB of dynamic shared memory only after this.
+template <typename K>
+void allow_dynamic_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    ET_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(bytes)));
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535LL * 32 ? 65535LL * 32 : b));
