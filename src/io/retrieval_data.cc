@@ -89,8 +89,9 @@ std::string numbered_id(char prefix, size_t n) {
   return buf;
 }
 
-RetrievalSet read_pairs(const std::string& path, const std::vector<std::string>& columns) {
-  TextDataset ds = read_text_dataset(path, columns);
+}  // namespace
+
+RetrievalSet retrieval_set_from_pairs(const TextDataset& ds) {
   RetrievalSet r;
   std::unordered_map<std::string, int32_t> doc_index;
   for (size_t i = 0; i < ds.rows.size(); ++i) {
@@ -107,12 +108,10 @@ RetrievalSet read_pairs(const std::string& path, const std::vector<std::string>&
   return r;
 }
 
-}  // namespace
-
 RetrievalSet read_retrieval_set(const std::string& path, const std::string& split,
                                 const std::vector<std::string>& columns) {
   if (dir_exists(path)) return read_beir(path, split);
-  return read_pairs(path, columns);
+  return retrieval_set_from_pairs(read_text_dataset(path, columns));
 }
 
 }  // namespace et

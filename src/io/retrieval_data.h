@@ -18,6 +18,11 @@ struct RetrievalSet {
   std::vector<std::set<int32_t>> relevant;  // per query, indices into docs
 };
 
+struct TextDataset;
+// Queries = column 0, corpus = the distinct texts of column 1 (first occurrence order), each
+// query's relevant document = its own passage.
+RetrievalSet retrieval_set_from_pairs(const TextDataset& ds);
+
 RetrievalSet read_retrieval_set(const std::string& path, const std::string& split = "test",
                                 const std::vector<std::string>& columns = {});
 

@@ -105,29 +105,17 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     ET_CHECK(n_eval < ds.rows.size(), c.train_file, ": eval_holdout leaves no training rows");
     std::vector<bool> held(ds.rows.size(), false);
     for (size_t i = 0; i < n_eval; ++i) held[order[i]] = true;
-    TextDataset train;
-    train.path = ds.path;
-    train.columns = ds.columns;
+    TextDataset train, held_out;
+    train.path = held_out.path = ds.path;
+    train.columns = held_out.columns = ds.columns;
     train.label_column = ds.label_column;
-    std::string pairs;
     for (size_t i = 0; i < ds.rows.size(); ++i) {
-      if (!held[i]) {
-        train.rows.push_back(ds.rows[i]);
-        train.lines.push_back(ds.lines[i]);
-        if (!ds.labels.empty()) train.labels.push_back(ds.labels[i]);
-        continue;
-      }
-      eval_set.query_ids.push_back(std::to_string(i));
-      eval_set.queries.push_back(ds.rows[i][0]);
-      int32_t doc = static_cast<int32_t>(eval_set.docs.size());
-      for (size_t d = 0; d < eval_set.docs.size(); ++d)
-        if (eval_set.docs[d] == ds.rows[i][1]) doc = static_cast<int32_t>(d);
-      if (doc == static_cast<int32_t>(eval_set.docs.size())) {
-        eval_set.doc_ids.push_back(std::to_string(i));
-        eval_set.docs.push_back(ds.rows[i][1]);
-      }
-      eval_set.relevant.push_back({doc});
+      TextDataset& dst = held[i] ? held_out : train;
+      dst.rows.push_back(ds.rows[i]);
+      dst.lines.push_back(ds.lines[i]);
+      if (!held[i] && !ds.labels.empty()) train.labels.push_back(ds.labels[i]);
     }
+    eval_set = retrieval_set_from_pairs(held_out);
     ds = std::move(train);
   }
   auto model = load_sentence_model(c.model, be);
