@@ -8,8 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "eval/ir_metrics.h"
-#include "eval/search.h"
+#include "eval/evaluate.h"
 #include "io/retrieval_data.h"
 #include "model/sentence_model.h"
 #include "ops/cuda/cuda_backend.h"
@@ -46,22 +45,18 @@ json evaluate(const Backend& be, const std::string& model_dir, const std::string
   if (!adapter.empty()) load_adapter(be, *m, adapter);
   const bool tty = isatty(fileno(stderr));
   auto t0 = std::chrono::steady_clock::now();
-  auto progress = [&](const char* what, int64_t total) {
-    return [=](int64_t done) {
-      if (tty)
-        std::fprintf(stderr, "\r%s: embedding %s %lld/%lld", model_dir.c_str(), what,
-                     static_cast<long long>(done), static_cast<long long>(total));
+  RetrievalEvalOptions eo;
+  eo.query_prompt = prompt_of(*m, o.query_prompt_name, "query");
+  eo.document_prompt = prompt_of(*m, o.corpus_prompt_name, "document");
+  eo.batch_size = o.batch_size;
+  if (tty)
+    eo.progress = [&](const char* what, int64_t done, int64_t total) {
+      std::fprintf(stderr, "\r%s: embedding %s %lld/%lld", model_dir.c_str(), what,
+                   static_cast<long long>(done), static_cast<long long>(total));
     };
-  };
-  Tensor q =
-      embed_texts(be, *m, data.queries, prompt_of(*m, o.query_prompt_name, "query"), o.batch_size,
-                  progress("queries", static_cast<int64_t>(data.queries.size())));
-  Tensor c = embed_texts(be, *m, data.docs, prompt_of(*m, o.corpus_prompt_name, "document"),
-                         o.batch_size, progress("corpus", static_cast<int64_t>(data.docs.size())));
+  json metrics = evaluate_retrieval(be, *m, data, eo);
   if (tty) std::fprintf(stderr, "\r\033[K");
-  IrKs ks;
   const bool cosine = m->similarity_fn_name != "dot";
-  json metrics = ir_metrics(exact_top_k(be, q, c, ks.max_k(), cosine), data.relevant, ks);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fprintf(stderr, "%s: %zu queries, %zu documents in %.1f s\n", model_dir.c_str(),
                data.queries.size(), data.docs.size(), secs);

@@ -8,8 +8,7 @@
 #include <cstdio>
 
 #include "core/error.h"
-#include "eval/ir_metrics.h"
-#include "eval/search.h"
+#include "eval/evaluate.h"
 #include "io/dataset.h"
 #include "io/retrieval_data.h"
 #include "io/safetensors.h"
@@ -224,11 +223,9 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   auto evaluate_now = [&]() {
     if (!evaluating) return;
     auto t_eval = Clock::now();
-    Tensor q = embed_texts(be, m, eval_set.queries, "", c.eval_batch_size);
-    Tensor d = embed_texts(be, m, eval_set.docs, "", c.eval_batch_size);
-    IrKs ks;
-    last_metrics = ir_metrics(exact_top_k(be, q, d, ks.max_k(), m.similarity_fn_name != "dot"),
-                              eval_set.relevant, ks);
+    RetrievalEvalOptions eo;
+    eo.batch_size = c.eval_batch_size;
+    last_metrics = evaluate_retrieval(be, m, eval_set, eo);
     ET_CHECK(last_metrics.contains(best_group) && last_metrics[best_group].contains(best_k),
              "metric_for_best_model '", c.metric_for_best_model,
              "' is not computed (k values: ", last_metrics.value(best_group, json::object()).dump(),
