@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build ccache pkg-config nlohmann-json3-dev libcli11-dev
-          libutf8proc-dev libopenblas-dev libgtest-dev libtomlplusplus-dev)
+          libutf8proc-dev libpcre2-dev libopenblas-dev libgtest-dev libtomlplusplus-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,6 +2,8 @@
 
 #include <utf8proc.h>
 
+#include <cstdlib>
+
 namespace et::unicode {
 
 std::u32string decode_utf8(std::string_view s) {
@@ -147,6 +149,84 @@ void lower_append(char32_t c, std::u32string& out) {
     return;
   }
   out.push_back(static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))));
+}
+
+bool is_numeric(char32_t c) {
+  auto k = cat(c);
+  return k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+}
+
+bool is_word_char(char32_t c) {
+  if (c < 0x80)
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  switch (cat(c)) {
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      return c == 0x200C || c == 0x200D;  // Join_Control
+  }
+}
+
+std::u32string normalize_form(std::u32string_view s, Form form) {
+  int options = UTF8PROC_STABLE;
+  if (form == Form::NFC || form == Form::NFKC)
+    options |= UTF8PROC_COMPOSE;
+  else
+    options |= UTF8PROC_DECOMPOSE;
+  if (form == Form::NFKC || form == Form::NFKD) options |= UTF8PROC_COMPAT;
+  std::string utf8 = encode_utf8(s);
+  utf8proc_uint8_t* out = nullptr;
+  utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(utf8.data()),
+                                    static_cast<utf8proc_ssize_t>(utf8.size()), &out,
+                                    static_cast<utf8proc_option_t>(options));
+  if (n < 0) return std::u32string(s);  // invalid code points were replaced on decode; keep
+  std::u32string result =
+      decode_utf8(std::string_view(reinterpret_cast<char*>(out), static_cast<size_t>(n)));
+  free(out);
+  return result;
+}
+
+bool starts_composition_run(char32_t c) {
+  const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(c));
+  if (p->combining_class != 0) return false;
+  if (p->category == UTF8PROC_CATEGORY_MN || p->category == UTF8PROC_CATEGORY_MC ||
+      p->category == UTF8PROC_CATEGORY_ME)
+    return false;
+  return !((c >= 0x1161 && c <= 0x1175) || (c >= 0x11A8 && c <= 0x11C2));
+}
+
+bool grapheme_break(char32_t a, char32_t b, int32_t* state) {
+  return utf8proc_grapheme_break_stateful(static_cast<utf8proc_int32_t>(a),
+                                          static_cast<utf8proc_int32_t>(b), state);
+}
+
+char32_t byte_level_char(uint8_t byte) {
+  // printable ranges '!'..'~', U+00A1..U+00AC, U+00AE..U+00FF keep their value; the remaining
+  // bytes, in increasing order, become U+0100, U+0101, ...
+  auto printable = [](unsigned b) {
+    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+  };
+  if (printable(byte)) return byte;
+  char32_t n = 0;
+  for (unsigned b = 0; b < byte; ++b)
+    if (!printable(b)) ++n;
+  return 0x100 + n;
+}
+
+void byte_level_append(char32_t c, std::u32string& out) {
+  utf8proc_uint8_t buf[4];
+  utf8proc_ssize_t n = utf8proc_encode_char(static_cast<utf8proc_int32_t>(c), buf);
+  for (utf8proc_ssize_t i = 0; i < n; ++i) out.push_back(byte_level_char(buf[i]));
 }
 
 }  // namespace et::unicode

@@ -39,9 +39,9 @@ WordPiece wordpiece_from_vocab_txt(const std::string& path) {
   return wp;
 }
 
-void wordpiece_tokenize(const WordPiece& wp, const NormString& s, Span word,
-                        std::vector<Piece>& out) {
-  auto [b, e] = word;
+void wordpiece_tokenize(const WordPiece& wp, const NormString& s, std::vector<Piece>& out) {
+  const int32_t b = 0, e = static_cast<int32_t>(s.size());
+  const Span word{b, e};
   int32_t unk = wp.vocab.at(wp.unk_token);
   if (e - b > wp.max_input_chars_per_word) {
     out.push_back({unk, word});

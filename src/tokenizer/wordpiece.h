@@ -7,7 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tokenizer/pre_tokenizer.h"
+#include "tokenizer/normalizer.h"
 
 namespace et {
 
@@ -18,15 +18,15 @@ struct WordPiece {
   int max_input_chars_per_word = 100;
 };
 
+// One token of a word: its id and the [begin, end) characters of the word it covers.
 struct Piece {
   int32_t id;
-  Span span;  // NormString index range
+  Span span;
 };
 
 WordPiece parse_wordpiece(const json& model, const std::string& where);
 // vocab.txt: one token per line, id = line number.
 WordPiece wordpiece_from_vocab_txt(const std::string& path);
-void wordpiece_tokenize(const WordPiece& wp, const NormString& s, Span word,
-                        std::vector<Piece>& out);
+void wordpiece_tokenize(const WordPiece& wp, const NormString& word, std::vector<Piece>& out);
 
 }  // namespace et

@@ -1,0 +1,36 @@
+#include "io/base64.h"
+
+#include "core/error.h"
+
+namespace et {
+
+static int base64_value(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+std::string base64_decode(std::string_view text, const std::string& where) {
+  while (!text.empty() && text.back() == '=') text.remove_suffix(1);
+  ET_CHECK(text.size() % 4 != 1, where, ": base64 text has an impossible length ", text.size());
+  std::string out;
+  out.reserve(text.size() * 3 / 4);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    int v = base64_value(text[i]);
+    ET_CHECK(v >= 0, where, ": invalid base64 character at position ", i);
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  return out;
+}
+
+}  // namespace et
