@@ -15,7 +15,13 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   $D/embedtune_tests --gtest_filter="${TEST_FILTER:-*Cuda*:*PythonCompat*}" >"$OUT/tests.log" 2>&1
   echo "tests exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|rel err|OK$|FAILED$" "$OUT/tests.log" | head -40
 fi
-$D/embedtune bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${BENCH_ARGS:-} --out "$OUT/embedtune_bench.jsonl" 2>&1 | tail -8
+if [ "${TOKENIZER_BENCH:-0}" = 1 ]; then  # tokens/s, ours and Hugging Face's, same CPUs
+  for t in $D/tokenizers/*/; do
+    $D/embedtune bench --tokenizer "$t" --texts $D/tokenizers/texts.txt | tee -a "$OUT/tokenizer_bench.jsonl"
+  done
+  python3 $D/tokenizer_bench_hf.py $D/tokenizers/texts.txt $D/tokenizers/*/ | tee -a "$OUT/tokenizer_bench.jsonl"
+fi
+[ "${SKIP_TRAIN_BENCH:-0}" = 1 ] || $D/embedtune bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${BENCH_ARGS:-} --out "$OUT/embedtune_bench.jsonl" 2>&1 | tail -8
 if [ "${TRAIN_DEMO:-0}" = 1 ]; then  # real text end to end on the GPU (random-init bge-small)
   $D/embedtune init --preset bge-small --vocab $D/data/vocab.txt --output /tmp/et-bge-small >/dev/null
   $D/embedtune train --model /tmp/et-bge-small --train $D/data/train.jsonl --output /tmp/et-run \
@@ -24,7 +30,13 @@ if [ "${TRAIN_DEMO:-0}" = 1 ]; then  # real text end to end on the GPU (random-i
   cp /tmp/et-run/train_log.jsonl "$OUT/train_demo_log.jsonl"
 fi
 if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized per op)
-  EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
+  EMBEDTUNE_PROFILE=1 if [ "${TOKENIZER_BENCH:-0}" = 1 ]; then  # tokens/s, ours and Hugging Face's, same CPUs
+  for t in $D/tokenizers/*/; do
+    $D/embedtune bench --tokenizer "$t" --texts $D/tokenizers/texts.txt | tee -a "$OUT/tokenizer_bench.jsonl"
+  done
+  python3 $D/tokenizer_bench_hf.py $D/tokenizers/texts.txt $D/tokenizers/*/ | tee -a "$OUT/tokenizer_bench.jsonl"
+fi
+[ "${SKIP_TRAIN_BENCH:-0}" = 1 ] || $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
 fi
 if [ "${SKIP_BASELINE:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only minilm-l6,bge-base --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9

@@ -10,4 +10,18 @@ cp -r "$FIX/models" "$FIX/losses" "$FIX/ir_metrics" .device/fixtures/
 cp ../shared/tools/baseline_st.py .device/
 mkdir -p .device/data
 cp ../shared/data/tokenizers/vocab.txt ../shared/data/legal-rag/train.jsonl .device/data/
+# tokenizer throughput (embedtune bench --tokenizer vs Hugging Face tokenizers)
+mkdir -p .device/tokenizers
+for t in bert-uncased-wordpiece gpt2-bytelevel-bpe qwen3-style-bpe xlmr-style-unigram gemma-style-spm-bpe; do
+  mkdir -p .device/tokenizers/$t && cp "$FIX/tokenizers/$t/tokenizer.json" .device/tokenizers/$t/
+done
+python3 - <<'PY'
+import json
+lines = [l.strip() for f in ("botchan.txt", "wagahaiwa_nekodearu.txt")
+         for l in open("../shared/data/tokenizers/" + f, encoding="utf-8") if l.strip()]
+for row in open("../shared/data/legal-rag/train.jsonl", encoding="utf-8"):
+    lines += [v.replace("\n", " ") for v in json.loads(row).values() if isinstance(v, str)]
+open(".device/tokenizers/texts.txt", "w", encoding="utf-8").write("\n".join(lines) + "\n")
+PY
+cp bench/tokenizer_bench_hf.py .device/
 du -sh .device

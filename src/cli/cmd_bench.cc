@@ -1,17 +1,62 @@
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/text_input.h"
 #include "ops/cuda/cuda_backend.h"
+#include "tokenizer/tokenizer.h"
 #include "train/benchmark.h"
 
 namespace et::cli {
 
+// Tokenizer throughput: every line of `texts_path` (a text file, one text per line, or JSONL
+// with a "text" field) encoded with special tokens, on one thread and on `threads` threads
+// (0: all cores); the best of `repeats` runs.
+static int run_tokenizer_bench(const std::string& dir, const std::string& texts_path, int threads,
+                               int repeats) {
+  Tokenizer tok = load_tokenizer(dir);
+  std::vector<std::string> texts = read_text_input(texts_path, "text").texts;
+  ET_CHECK(!texts.empty(), texts_path, ": no texts");
+  size_t bytes = 0;
+  for (const auto& t : texts) bytes += t.size();
+  auto measure = [&](int n_threads) {
+    double best = 1e30;
+    size_t tokens = 0;
+    for (int r = 0; r < repeats; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      std::vector<Encoding> enc = encode_batch(tok, texts, true, 0, n_threads);
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::min(best, s);
+      tokens = 0;
+      for (const auto& e : enc) tokens += e.ids.size();
+    }
+    return std::make_pair(best, tokens);
+  };
+  int all = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  auto [s1, tokens] = measure(1);
+  auto [sn, tokens_n] = measure(all);
+  (void)tokens_n;
+  json r = {{"tokenizer", dir},
+            {"texts", texts.size()},
+            {"mb", bytes / 1e6},
+            {"tokens", tokens},
+            {"threads", all},
+            {"tokens_per_s_1thread", tokens / s1},
+            {"tokens_per_s", tokens / sn},
+            {"mb_per_s", bytes / 1e6 / sn}};
+  std::printf("%s\n", r.dump().c_str());
+  return 0;
+}
+
 Run add_bench(CLI::App& app) {
   struct Opts {
+    std::string tokenizer, texts;
+    int threads = 0, repeats = 3;
     std::vector<std::string> only;
     std::string scenario, mode = "lora", device = "cuda", out;
     int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
@@ -34,7 +79,17 @@ Run add_bench(CLI::App& app) {
   app.add_option("--out", o->out, "Also write the JSON lines to this file");
   app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
   app.add_option("--mini_batch_size", o->mini_batch, "GradCache mini-batch (texts), 0: off");
+  app.add_option("--tokenizer", o->tokenizer,
+                 "Benchmark this tokenizer (a folder with tokenizer.json, .model or vocab.txt) "
+                 "instead of training");
+  app.add_option("--texts", o->texts, "Texts for --tokenizer (.txt lines or JSONL 'text')");
+  app.add_option("--threads", o->threads, "Threads for --tokenizer (0: all cores)");
+  app.add_option("--repeats", o->repeats, "Runs for --tokenizer (best reported)");
   return [o]() {
+    if (!o->tokenizer.empty()) {
+      ET_CHECK(!o->texts.empty(), "bench --tokenizer needs --texts");
+      return run_tokenizer_bench(o->tokenizer, o->texts, o->threads, o->repeats);
+    }
     auto be = make_backend(o->device);
     std::vector<json> results;
     for (BenchConfig c : default_bench_configs()) {

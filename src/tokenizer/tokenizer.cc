@@ -294,7 +294,7 @@ void trim_offsets(const Tokenizer& tok, Encoding& seq) {
 }  // namespace
 
 Encoding encode(const Tokenizer& tok, std::string_view text, bool add_special_tokens,
-                int max_length) {
+                int max_length, WordCache* cache) {
   std::u32string chars = u::decode_utf8(text);
   NormString raw(chars.size());
   for (size_t i = 0; i < chars.size(); ++i) raw[i] = {chars[i], static_cast<int32_t>(i)};
@@ -311,6 +311,7 @@ Encoding encode(const Tokenizer& tok, std::string_view text, bool add_special_to
   Encoding seq;
   std::vector<NormString> words;
   std::vector<Piece> pieces;
+  std::string key;
   for (Segment& seg : segments) {
     if (seg.text.empty()) continue;
     if (seg.added_id >= 0) {
@@ -322,9 +323,23 @@ Encoding encode(const Tokenizer& tok, std::string_view text, bool add_special_to
     words.push_back(std::move(seg.text));
     pre_tokenize(tok.pre_tokenizer, words);
     for (const NormString& w : words) {
+      const std::vector<Piece>* found = &pieces;
       pieces.clear();
-      model_tokenize(tok.model, w, pieces);
-      for (const Piece& p : pieces) {
+      if (cache) {
+        key.clear();
+        for (const NormChar& c : w) u::append_utf8(key, c.c);
+        auto it = cache->pieces.find(key);
+        if (it != cache->pieces.end()) {
+          found = &it->second;
+        } else {
+          model_tokenize(tok.model, w, pieces);
+          if (cache->pieces.size() >= cache->capacity) cache->pieces.clear();
+          if (key.size() < 256) found = &(cache->pieces[key] = pieces);
+        }
+      } else {
+        model_tokenize(tok.model, w, pieces);
+      }
+      for (const Piece& p : *found) {
         seq.ids.push_back(p.id);
         seq.offsets.emplace_back(w[p.span.first].orig, w[p.span.second - 1].orig + 1);
       }
@@ -362,8 +377,9 @@ std::vector<Encoding> encode_batch(const Tokenizer& tok, const std::vector<std::
                                  : std::max(1u, std::thread::hardware_concurrency());
   n_threads = std::min(n_threads, std::max<size_t>(1, texts.size() / 16));
   if (n_threads <= 1) {
+    WordCache cache;
     for (size_t i = 0; i < texts.size(); ++i)
-      out[i] = encode(tok, texts[i], add_special_tokens, max_length);
+      out[i] = encode(tok, texts[i], add_special_tokens, max_length, &cache);
     return out;
   }
   // Interleaved rows balance long and short texts without a shared counter.
@@ -372,8 +388,9 @@ std::vector<Encoding> encode_batch(const Tokenizer& tok, const std::vector<std::
   for (size_t t = 0; t < n_threads; ++t)
     pool.emplace_back([&, t]() {
       try {
+        WordCache cache;
         for (size_t i = t; i < texts.size(); i += n_threads)
-          out[i] = encode(tok, texts[i], add_special_tokens, max_length);
+          out[i] = encode(tok, texts[i], add_special_tokens, max_length, &cache);
       } catch (...) {
         errors[t] = std::current_exception();
       }

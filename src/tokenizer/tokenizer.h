@@ -73,9 +73,16 @@ struct Encoding {
 Tokenizer load_tokenizer(const std::string& dir);
 Tokenizer parse_tokenizer_json(const json& j, const std::string& where);
 
+// Model output per pre-tokenized word (its UTF-8 as key), reused across texts: words repeat a
+// lot, and BPE merging dominates the cost otherwise. One per thread; cleared when full.
+struct WordCache {
+  std::unordered_map<std::string, std::vector<Piece>> pieces;
+  size_t capacity = 1 << 16;
+};
+
 // max_length <= 0: no truncation. Truncation keeps room for the special tokens.
 Encoding encode(const Tokenizer& tok, std::string_view text, bool add_special_tokens = true,
-                int max_length = 0);
+                int max_length = 0, WordCache* cache = nullptr);
 // Encodes many texts on `threads` threads (0: all cores); results in input order.
 std::vector<Encoding> encode_batch(const Tokenizer& tok, const std::vector<std::string>& texts,
                                    bool add_special_tokens = true, int max_length = 0,

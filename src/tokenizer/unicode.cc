@@ -2,6 +2,7 @@
 
 #include <utf8proc.h>
 
+#include <array>
 #include <cstdlib>
 
 namespace et::unicode {
@@ -210,18 +211,19 @@ bool grapheme_break(char32_t a, char32_t b, int32_t* state) {
                                           static_cast<utf8proc_int32_t>(b), state);
 }
 
-char32_t byte_level_char(uint8_t byte) {
-  // printable ranges '!'..'~', U+00A1..U+00AC, U+00AE..U+00FF keep their value; the remaining
-  // bytes, in increasing order, become U+0100, U+0101, ...
-  auto printable = [](unsigned b) {
-    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-  };
-  if (printable(byte)) return byte;
-  char32_t n = 0;
-  for (unsigned b = 0; b < byte; ++b)
-    if (!printable(b)) ++n;
-  return 0x100 + n;
-}
+// Printable ranges '!'..'~', U+00A1..U+00AC, U+00AE..U+00FF keep their value; the remaining
+// bytes, in increasing order, become U+0100, U+0101, ...
+static constexpr std::array<char32_t, 256> kByteLevelTable = [] {
+  std::array<char32_t, 256> t{};
+  char32_t next = 0x100;
+  for (unsigned b = 0; b < 256; ++b) {
+    bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+    t[b] = printable ? b : next++;
+  }
+  return t;
+}();
+
+char32_t byte_level_char(uint8_t byte) { return kByteLevelTable[byte]; }
 
 void byte_level_append(char32_t c, std::u32string& out) {
   utf8proc_uint8_t buf[4];
