@@ -36,7 +36,7 @@ if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized pe
   done
   python3 $D/tokenizer_bench_hf.py $D/tokenizers/texts.txt $D/tokenizers/*/ | tee -a "$OUT/tokenizer_bench.jsonl"
 fi
-[ "${SKIP_TRAIN_BENCH:-0}" = 1 ] || $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
+  $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
 fi
 if [ "${SKIP_BASELINE:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only minilm-l6,bge-base --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9
