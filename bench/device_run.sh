@@ -30,13 +30,7 @@ if [ "${TRAIN_DEMO:-0}" = 1 ]; then  # real text end to end on the GPU (random-i
   cp /tmp/et-run/train_log.jsonl "$OUT/train_demo_log.jsonl"
 fi
 if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized per op)
-  EMBEDTUNE_PROFILE=1 if [ "${TOKENIZER_BENCH:-0}" = 1 ]; then  # tokens/s, ours and Hugging Face's, same CPUs
-  for t in $D/tokenizers/*/; do
-    $D/embedtune bench --tokenizer "$t" --texts $D/tokenizers/texts.txt | tee -a "$OUT/tokenizer_bench.jsonl"
-  done
-  python3 $D/tokenizer_bench_hf.py $D/tokenizers/texts.txt $D/tokenizers/*/ | tee -a "$OUT/tokenizer_bench.jsonl"
-fi
-  $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
+  EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
 fi
 if [ "${SKIP_BASELINE:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only minilm-l6,bge-base --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9
