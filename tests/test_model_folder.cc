@@ -125,7 +125,7 @@ TEST(ModelFolder, PoolingModesAndDense) {
   Tensor e = embed_forward(*be, *m, batch, nullptr, nullptr);
   ASSERT_EQ(e.shape, Shape({2, 8}));
   // Recompute by hand: cls | max | mean of the hidden state, then tanh(W x + b).
-  Tensor h = bert_forward(*be, m->encoder, batch, nullptr, nullptr);
+  Tensor h = encoder_forward(*be, m->encoder, batch, nullptr, nullptr);
   for (int s = 0; s < 2; ++s) {
     int b0 = batch.cu_seqlens[s], b1 = batch.cu_seqlens[s + 1];
     std::vector<float> feat(192);

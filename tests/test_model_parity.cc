@@ -45,7 +45,7 @@ TEST_P(Parity, EmbeddingsAndHiddenState) {
   }
   PackedBatch one;
   one.add(column(inputs, "anchor")[0]);
-  Tensor hidden = bert_forward(*be, m->encoder, one, nullptr, nullptr);
+  Tensor hidden = encoder_forward(*be, m->encoder, one, nullptr, nullptr);
   EXPECT_LT(rel_error(hidden, to_f32(exp.at("hidden.anchor0"))), 2e-5) << c.arch;
 }
 

@@ -173,7 +173,7 @@ TEST_P(Training, GradientCheckpointingGivesTheSameGradients) {
     for (int ckpt = 0; ckpt < 2; ++ckpt) {
       auto be = make_cpu_backend();
       auto m = load_sentence_model(root + "/model", *be);
-      m->encoder.gradient_checkpointing = ckpt == 1;
+      set_gradient_checkpointing(m->encoder, ckpt == 1);
       if (mode == TrainMode::Lora) {
         LoraConfig c;
         c.r = 4;
@@ -181,7 +181,7 @@ TEST_P(Training, GradientCheckpointingGivesTheSameGradients) {
         c.dropout = 0.2f;
         c.target_modules = default_lora_targets(m->cfg.family);
         apply_lora(*be, *m, c, 5);
-        for (Linear* l : bert_linears(m->encoder))
+        for (Linear* l : encoder_linears(m->encoder))
           if (l->lora_b) be->fill(l->lora_b->value, 0.01f);  // non-zero B: A gets gradients too
       }
       auto params = set_trainable(*be, *m, mode);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/weight_binder.h"
 
 namespace et {
 
@@ -15,54 +16,10 @@ void PackedBatch::add(const std::vector<int32_t>& seq, int32_t prompt_length) {
   if (!prompt_lengths.empty()) prompt_lengths.push_back(prompt_length);
 }
 
-namespace {
-
-struct Binder {
-  ParamStore& store;
-  std::string prefix, where;
-
-  Param* need(const std::string& name) {
-    Param* p = store.find(prefix + name);
-    ET_CHECK(p, where, ": missing weight '", prefix + name, "'");
-    return p;
-  }
-  Param* maybe(const std::string& name) { return store.find(prefix + name); }
-
-  Linear linear(const std::string& name, int64_t in, int64_t out, bool bias = true) {
-    Linear l;
-    l.name = prefix + name;
-    l.in = in;
-    l.out = out;
-    l.weight = need(name + ".weight");
-    ET_CHECK(l.weight->value.shape == Shape({out, in}), where, ": weight '", l.weight->name,
-             "' has shape ", shape_str(l.weight->value.shape), ", expected ", shape_str({out, in}));
-    if (bias) {
-      l.bias = need(name + ".bias");
-      ET_CHECK(l.bias->value.numel() == out, where, ": bias '", l.bias->name, "' has ",
-               l.bias->value.numel(), " values, expected ", out);
-    }
-    return l;
-  }
-  Param* vec(const std::string& name, int64_t n) {
-    Param* p = need(name);
-    ET_CHECK(p->value.numel() == n, where, ": '", p->name, "' has ", p->value.numel(),
-             " values, expected ", n);
-    return p;
-  }
-  Param* table(const std::string& name, int64_t cols) {
-    Param* p = need(name);
-    ET_CHECK(p->value.ndim() == 2 && p->value.dim(1) == cols, where, ": '", p->name, "' has shape ",
-             shape_str(p->value.shape), ", expected [rows, ", cols, "]");
-    return p;
-  }
-};
-
-}  // namespace
-
 BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where) {
   BertEncoder e;
   e.cfg = cfg;
-  Binder b{store, "", where};
+  WeightBinder b{store, "", where};
   for (const char* p : {"", "bert.", "roberta.", "distilbert.", "mpnet.", "model."}) {
     if (store.find(std::string(p) + "embeddings.word_embeddings.weight")) {
       b.prefix = p;
@@ -270,10 +227,6 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
     }
   }
   return x;
-}
-
-static Tensor* grad_of(Param* p) {
-  return p && p->trainable ? &p->grad : nullptr;
 }
 
 void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,

@@ -120,7 +120,7 @@ std::unique_ptr<SentenceModel> random_model_in_memory(const std::string& preset,
   m->hf_config = preset_config(preset);
   m->cfg = parse_model_config(m->hf_config, preset);
   for (auto& [name, t] : random_bert_weights(m->hf_config, seed)) m->params.add(name, be.upload(t));
-  m->encoder = bind_bert_encoder(m->cfg, m->params, preset);
+  m->encoder = bind_encoder(m->cfg, m->params, preset);
   m->pooling.modes = {PoolMode::Mean};
   m->normalize = true;
   m->max_seq_length = m->cfg.max_positions;

@@ -187,7 +187,7 @@ std::unique_ptr<SentenceModel> load_sentence_model(const std::string& dir, const
              ", expected a floating-point type");
     m->params.add(name, upload_f32(be, t));
   }
-  m->encoder = bind_bert_encoder(m->cfg, m->params, weights.path);
+  m->encoder = bind_encoder(m->cfg, m->params, weights.path);
   m->tokenizer = load_tokenizer(transformer_dir);
 
   // max_seq_length: sentence_bert_config.json, else min(model_max_length, positions).
@@ -304,7 +304,7 @@ static Tensor column_slice(const Backend& be, const Tensor& t, int64_t off, int6
 Tensor embed_forward(const Backend& be, const SentenceModel& m, const PackedBatch& batch,
                      EmbedSaved* saved, Rng* rng) {
   ET_CHECK(batch.size() > 0, "embed_forward: empty batch");
-  Tensor hidden = bert_forward(be, m.encoder, batch, saved ? &saved->encoder : nullptr, rng);
+  Tensor hidden = encoder_forward(be, m.encoder, batch, saved ? &saved->encoder : nullptr, rng);
   const int64_t B = batch.size(), H = m.cfg.hidden;
   std::vector<Tensor> parts;
   if (saved) {
@@ -369,7 +369,7 @@ void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved&
                      s.argmax[i].defined() ? &s.argmax[i] : nullptr, part);
     be.add(d_hidden, part, d_hidden);
   }
-  bert_backward(be, m.encoder, s.encoder, d_hidden);
+  encoder_backward(be, m.encoder, s.encoder, d_hidden);
 }
 
 }  // namespace et

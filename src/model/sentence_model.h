@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "model/bert.h"
+#include "model/encoder.h"
 #include "tokenizer/tokenizer.h"
 
 namespace et {
@@ -39,7 +39,7 @@ struct SentenceModel {
   ModelConfig cfg;
   json hf_config;     // config.json as read (written back on export)
   ParamStore params;  // every transformer weight, under its file name
-  BertEncoder encoder;
+  Encoder encoder;
   Tokenizer tokenizer;
   int max_seq_length = 512;
   bool do_lower_case = false;
@@ -61,7 +61,7 @@ std::unique_ptr<SentenceModel> load_sentence_model(const std::string& dir, const
 
 // What backward needs from embed_forward.
 struct EmbedSaved {
-  BertSaved encoder;
+  EncoderSaved encoder;
   PackedBatch batch;
   std::vector<Tensor> argmax;  // per pooling mode (Max only)
   std::vector<LinearSaved> dense;

@@ -76,6 +76,31 @@ struct Backend {
                                   const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor* dw,
                                   Tensor* db) const = 0;
 
+  // RMSNorm over the last dim of w's size C (x viewed as [numel / C, C], so per-head norms of
+  // q [T, H*D] use w of size D): y = x * rstd * (w + offset), rstd = 1 / sqrt(mean(x^2) + eps);
+  // offset = 1 gives Gemma's (1 + w) form. rstd: [rows].
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps,
+                               Tensor& y, Tensor& rstd) const = 0;
+  // dx = rstd (g - x rstd^2 mean(g x)) with g = dy (w + offset); dw += sum dy x rstd.
+  virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
+                                const Tensor& rstd, Tensor& dx, Tensor* dw) const = 0;
+
+  // Rotary position embedding, in place on x [T, heads * D], "rotate half" pairing (dims i and
+  // i + D/2, as transformers' apply_rotary_pos_emb): with a = positions[t] * theta^(-2i/D),
+  //   (x_i, x_{i+D/2}) -> (x_i cos a - x_{i+D/2} sin a, x_{i+D/2} cos a + x_i sin a).
+  // inverse = true rotates by -a, which is the backward pass (the rotation is orthogonal).
+  virtual void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
+                    bool inverse) const = 0;
+
+  // Gated linear unit: y = act(gate) * up;  dgate = act'(gate) up dy, dup = act(gate) dy.
+  virtual void glu_forward(Act act, const Tensor& gate, const Tensor& up, Tensor& y) const = 0;
+  virtual void glu_backward(Act act, const Tensor& gate, const Tensor& up, const Tensor& dy,
+                            Tensor& dgate, Tensor& dup) const = 0;
+
+  // dst[:, dst_col : dst_col + width] = src[:, src_col : src_col + width] (2-D, same rows).
+  virtual void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                            int64_t width) const = 0;
+
   // Elementwise activation y = f(x) (GELU of BERT is Act::GeluErf); dx = f'(x) * dy.
   virtual void act_forward(Act act, const Tensor& x, Tensor& y) const = 0;
   virtual void act_backward(Act act, const Tensor& x, const Tensor& dy, Tensor& dx) const = 0;

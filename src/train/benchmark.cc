@@ -72,7 +72,7 @@ double step_flops(const SentenceModel& m, const std::vector<PackedBatch>& cols, 
 json run_bench(const BenchConfig& c, const Backend& be) {
   ET_CHECK(c.scenario == "fixed" || c.scenario == "real", "bench scenario must be fixed or real");
   auto m = random_model_in_memory(c.preset, be, 0);
-  m->encoder.gradient_checkpointing = c.gradient_checkpointing;
+  set_gradient_checkpointing(m->encoder, c.gradient_checkpointing);
   ET_CHECK(c.seq_len <= m->cfg.max_positions, "seq_len ", c.seq_len, " exceeds the model's ",
            m->cfg.max_positions, " positions");
   if (c.mode == TrainMode::Lora) {

@@ -23,6 +23,12 @@ std::vector<std::string> default_lora_targets(Family f) {
       return {"q_lin", "v_lin"};
     case Family::MPNet:
       return {"q", "v"};
+    case Family::ModernBert:
+      return {"Wqkv", "Wo", "Wi"};
+    case Family::Qwen3:
+    case Family::Gemma3:
+      // every projection, as embedding fine-tuning recipes for these models use
+      return {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   }
   return {};
 }
@@ -41,7 +47,7 @@ bool lora_matches(const LoraConfig& c, const std::string& name) {
 // Module names as PEFT sees them inside the transformers model (without a "bert." style
 // prefix of the weights file, which the base model class strips).
 static std::string peft_module_name(const SentenceModel& m, const Linear& l) {
-  return l.name.substr(m.encoder.prefix.size());
+  return l.name.substr(encoder_prefix(m.encoder).size());
 }
 
 static void add_adapter(const Backend& be, SentenceModel& m, Linear& l, const LoraConfig& c,
@@ -57,7 +63,7 @@ int apply_lora(const Backend& be, SentenceModel& m, const LoraConfig& c, uint64_
   ET_CHECK(c.dropout >= 0 && c.dropout < 1, "lora_dropout must be in [0, 1), got ", c.dropout);
   Rng rng(seed);
   int n = 0;
-  for (Linear* l : bert_linears(m.encoder)) {
+  for (Linear* l : encoder_linears(m.encoder)) {
     if (!lora_matches(c, peft_module_name(m, *l))) continue;
     ET_CHECK(!l->lora_a, l->name, ": already has a LoRA adapter");
     Tensor a = cpu_empty({c.r, l->in});
@@ -103,7 +109,7 @@ LoraConfig load_adapter(const Backend& be, SentenceModel& m, const std::string& 
     return nullptr;
   };
   int n = 0;
-  for (Linear* l : bert_linears(m.encoder)) {
+  for (Linear* l : encoder_linears(m.encoder)) {
     std::string name = peft_module_name(m, *l);
     if (!lora_matches(c, name)) continue;
     const Tensor* a = lookup(name + ".lora_A.weight");
@@ -124,7 +130,7 @@ void save_adapter(const Backend& be, const SentenceModel& m, const LoraConfig& c
                   const std::string& dir) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   SentenceModel& mm = const_cast<SentenceModel&>(m);
-  for (Linear* l : bert_linears(mm.encoder)) {
+  for (Linear* l : encoder_linears(mm.encoder)) {
     if (!l->lora_a) continue;
     std::string key = "base_model.model." + peft_module_name(m, *l);
     tensors.emplace_back(key + ".lora_A.weight", be.download(l->lora_a->value));
@@ -161,7 +167,7 @@ void save_adapter(const Backend& be, const SentenceModel& m, const LoraConfig& c
 }
 
 void merge_lora(const Backend& be, SentenceModel& m) {
-  for (Linear* l : bert_linears(m.encoder)) {
+  for (Linear* l : encoder_linears(m.encoder)) {
     if (!l->lora_a) continue;
     // W[out, in] += s * B[out, r] @ A[r, in]
     be.matmul(l->lora_b->value, false, l->lora_a->value, false, l->weight->value, l->lora_scaling,

@@ -24,8 +24,8 @@ struct LoraConfig {
   float scaling() const;
 };
 
-// Target modules PEFT uses by default for each family (its
-// TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
+// Default target modules: PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING for the
+// BERT family; every attention and MLP projection for ModernBERT, Qwen3 and Gemma3.
 std::vector<std::string> default_lora_targets(Family f);
 bool lora_matches(const LoraConfig& c, const std::string& module_name);
 

@@ -19,27 +19,19 @@ std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode
     p->grad = be.zeros(p->value.shape);
     out.push_back(p);
   };
-  BertEncoder& e = m.encoder;
   if (mode == TrainMode::Full) {
-    for (Param* p : {e.word, e.pos, e.type, e.emb_ln_w, e.emb_ln_b, e.rel_bias}) on(p);
-    for (BertLayer& L : e.layers) {
-      for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.ffn_in, &L.ffn_out}) {
-        on(l->weight);
-        on(l->bias);
-      }
-      for (Param* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b}) on(p);
-    }
+    for (Param* p : encoder_params(m.encoder)) on(p);
     for (DenseModule& d : m.dense) {
       for (Param& p : d.params.params) p.trainable = false;
       on(d.linear.weight);
       on(d.linear.bias);
     }
   } else {
-    for (BertLayer& L : e.layers)
-      for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.ffn_in, &L.ffn_out}) {
-        on(l->lora_a);
-        on(l->lora_b);
-      }
+    for (Linear* l : encoder_linears(m.encoder)) {
+      if (unused_by_embeddings(m.encoder, l)) continue;
+      on(l->lora_a);
+      on(l->lora_b);
+    }
     ET_CHECK(!out.empty(), "LoRA training: the model has no adapters");
   }
   return out;

@@ -125,7 +125,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
              m.cfg.max_positions - m.cfg.position_offset);
     m.max_seq_length = c.max_seq_length;
   }
-  m.encoder.gradient_checkpointing = c.gradient_checkpointing;
+  set_gradient_checkpointing(m.encoder, c.gradient_checkpointing);
   LoraConfig lora = c.lora;
   if (c.mode == TrainMode::Lora) {
     if (!c.init_adapter.empty()) {

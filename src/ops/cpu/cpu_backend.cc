@@ -213,6 +213,99 @@ struct CpuBackend final : Backend {
     }
   }
 
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
+                       Tensor& rstd) const override {
+    const int64_t n = w.numel(), r = x.numel() / n;
+    ET_CHECK(x.numel() == r * n && y.numel() == x.numel() && rstd.numel() == r,
+             "rmsnorm_forward: sizes do not match");
+    const float *px = x.f32(), *pw = w.f32();
+    float *py = y.f32(), *ps = rstd.f32();
+#pragma omp parallel for if (r > 64)
+    for (int64_t i = 0; i < r; ++i) {
+      const float* row = px + i * n;
+      double ss = 0;
+      for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(row[j]) * row[j];
+      float s = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+      ps[i] = s;
+      for (int64_t j = 0; j < n; ++j) py[i * n + j] = row[j] * s * (pw[j] + offset);
+    }
+  }
+
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
+                        const Tensor& rstd, Tensor& dx, Tensor* dw) const override {
+    const int64_t n = w.numel(), r = x.numel() / n;
+    const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *ps = rstd.f32();
+    float* pdx = dx.f32();
+    float* pdw = dw ? dw->f32() : nullptr;
+    for (int64_t i = 0; i < r; ++i) {
+      const float *g = pdy + i * n, *row = px + i * n;
+      double dot = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        dot += static_cast<double>(g[j]) * (pw[j] + offset) * row[j];
+        if (pdw) pdw[j] += g[j] * row[j] * ps[i];
+      }
+      const float c = static_cast<float>(dot / static_cast<double>(n)) * ps[i] * ps[i];
+      for (int64_t j = 0; j < n; ++j) pdx[i * n + j] = ps[i] * (g[j] * (pw[j] + offset) - row[j] * c);
+    }
+  }
+
+  void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
+            bool inverse) const override {
+    const int64_t T = positions.numel(), half = head_dim / 2;
+    ET_CHECK(x.numel() == T * heads * head_dim && head_dim % 2 == 0, "rope: x has ", x.numel(),
+             " values, expected ", T, " x ", heads, " x ", head_dim);
+    const int32_t* pos = positions.i32();
+    float* px = x.f32();
+#pragma omp parallel for if (T > 64)
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        double a = pos[t] * std::pow(theta, -2.0 * static_cast<double>(i) / head_dim);
+        float c = static_cast<float>(std::cos(a)), sn = static_cast<float>(std::sin(a));
+        if (inverse) sn = -sn;
+        for (int h = 0; h < heads; ++h) {
+          float* v = px + (t * heads + h) * head_dim;
+          float x1 = v[i], x2 = v[i + half];
+          v[i] = x1 * c - x2 * sn;
+          v[i + half] = x2 * c + x1 * sn;
+        }
+      }
+    }
+  }
+
+  void glu_forward(Act act, const Tensor& gate, const Tensor& up, Tensor& y) const override {
+    check_same(gate, up, "glu_forward");
+    check_same(gate, y, "glu_forward");
+    const float *pg = gate.f32(), *pu = up.f32();
+    float* py = y.f32();
+    const int64_t n = y.numel();
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) py[i] = act_value(act, pg[i]) * pu[i];
+  }
+
+  void glu_backward(Act act, const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
+                    Tensor& dup) const override {
+    check_same(gate, dy, "glu_backward");
+    const float *pg = gate.f32(), *pu = up.f32(), *pdy = dy.f32();
+    float *pdg = dgate.f32(), *pdu = dup.f32();
+    const int64_t n = dy.numel();
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = pg[i], u = pu[i], d = pdy[i];
+      pdg[i] = act_grad(act, g) * u * d;
+      pdu[i] = act_value(act, g) * d;
+    }
+  }
+
+  void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                    int64_t width) const override {
+    const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
+    ET_CHECK(dst.dim(0) == rows && src_col + width <= sc && dst_col + width <= dc,
+             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ", shape_str(dst.shape));
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst.f32() + r * dc + dst_col, src.f32() + r * sc + src_col,
+                  static_cast<size_t>(width) * sizeof(float));
+  }
+
   void act_forward(Act act, const Tensor& x, Tensor& y) const override {
     check_same(x, y, "act_forward");
     const float* px = x.f32();

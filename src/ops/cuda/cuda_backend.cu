@@ -337,6 +337,86 @@ __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const f
   }
 }
 
+// RMSNorm: y = x rstd (w + offset), rstd = rsqrt(mean(x^2) + eps); one warp per row.
+__global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, float eps, Ptr y,
+                                       float* rstd, int64_t rows, int n) {
+  int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  float s = 0;
+  for (int c = lane; c < n; c += 32) {
+    float v = x.get(r * n + c);
+    s += v * v;
+  }
+  float rs = rsqrtf(warp_sum(s) / n + eps);
+  for (int c = lane; c < n; c += 32) y.set(r * n + c, x.get(r * n + c) * rs * (w[c] + offset));
+  if (lane == 0) rstd[r] = rs;
+}
+
+// dx = rstd (g - x rstd^2 mean(g x)), g = dy (w + offset); dw accumulated per block in shared
+// memory, then added once per block.
+__global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
+                                        const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
+  extern __shared__ float acc[];  // [n]
+  for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
+  __syncthreads();
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * warps) {
+    const float rs = rstd[r];
+    float dot = 0;
+    for (int c = lane; c < n; c += 32) {
+      float g = dy.get(r * n + c), xv = x.get(r * n + c);
+      dot += g * (w[c] + offset) * xv;
+      if (dw) atomicAdd(&acc[c], g * xv * rs);
+    }
+    dot = warp_sum(dot) / n * rs * rs;
+    for (int c = lane; c < n; c += 32)
+      dx.set(r * n + c, rs * (dy.get(r * n + c) * (w[c] + offset) - x.get(r * n + c) * dot));
+  }
+  __syncthreads();
+  if (dw)
+    for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
+}
+
+// Rotary embedding in place, one thread per (token, head, i < D/2) pair; the angle
+// pos * theta^(-2i/D) in fp32 as transformers computes it.
+__global__ void rope_kernel(Ptr x, const int32_t* pos, int64_t T, int heads, int half,
+                            float log_theta, float sign) {
+  GRID_STRIDE(k, T * heads * half) {
+    const int i = static_cast<int>(k % half);
+    const int64_t th = k / half;  // token * heads + head
+    const int64_t t = th / heads;
+    const float inv_freq = expf(-log_theta * (2.0f * i) / (2 * half));
+    float sn, cs;
+    sincosf(static_cast<float>(pos[t]) * inv_freq, &sn, &cs);
+    sn *= sign;
+    const int64_t base = th * 2 * half;
+    const float x1 = x.get(base + i), x2 = x.get(base + i + half);
+    x.set(base + i, x1 * cs - x2 * sn);
+    x.set(base + i + half, x2 * cs + x1 * sn);
+  }
+}
+
+__global__ void glu_forward_kernel(int act, Ptr g, Ptr u, Ptr y, int64_t n) {
+  GRID_STRIDE(i, n) y.set(i, act_f(act, g.get(i)) * u.get(i));
+}
+__global__ void glu_backward_kernel(int act, Ptr g, Ptr u, Ptr dy, Ptr dg, Ptr du, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const float gv = g.get(i), uv = u.get(i), d = dy.get(i);
+    dg.set(i, act_df(act, gv) * uv * d);
+    du.set(i, act_f(act, gv) * d);
+  }
+}
+
+__global__ void copy_columns_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc,
+                                    int64_t d0, int64_t rows, int64_t width) {
+  GRID_STRIDE(k, rows * width) {
+    const int64_t r = k / width, c = k % width;
+    dst.set(r * dc + d0 + c, src.get(r * sc + s0 + c));
+  }
+}
+
 __global__ void l2norm_forward_kernel(Ptr x, Ptr y, float* norms, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
@@ -750,6 +830,70 @@ struct CudaBackend final : Backend {
       layernorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
                                                        dw ? W(*dw) : nullptr, db ? W(*db) : nullptr,
                                                        rows, n);
+    ET_LAUNCH_CHECK();
+  }
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
+                       Tensor& rstd) const override {
+    OpScope scope_(prof.get(), "rmsnorm_forward");
+    const int n = static_cast<int>(w.numel());
+    const int64_t rows = x.numel() / n;
+    ET_CHECK(rows * n == x.numel() && y.numel() == x.numel() && rstd.numel() == rows,
+             "rmsnorm_forward: sizes do not match");
+    if (rows > 0)
+      rmsnorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), F(w), offset, eps, P(y),
+                                                                  W(rstd), rows, n);
+    ET_LAUNCH_CHECK();
+  }
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
+                        const Tensor& rstd, Tensor& dx, Tensor* dw) const override {
+    OpScope scope_(prof.get(), "rmsnorm_backward");
+    const int n = static_cast<int>(w.numel());
+    const int64_t rows = x.numel() / n;
+    unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
+    size_t smem = sizeof(float) * n;
+    allow_dynamic_smem(rmsnorm_backward_kernel, smem);
+    if (rows > 0)
+      rmsnorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), offset, F(rstd), P(dx),
+                                                     dw ? W(*dw) : nullptr, rows, n);
+    ET_LAUNCH_CHECK();
+  }
+  void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
+            bool inverse) const override {
+    OpScope scope_(prof.get(), "rope");
+    const int64_t T = positions.numel();
+    ET_CHECK(x.numel() == T * heads * head_dim && head_dim % 2 == 0, "rope: x has ", x.numel(),
+             " values, expected ", T, " x ", heads, " x ", head_dim);
+    const int half = head_dim / 2;
+    if (T > 0)
+      rope_kernel<<<blocks_for(T * heads * half, 256), 256>>>(
+          P(x), I(positions), T, heads, half, static_cast<float>(std::log(theta)),
+          inverse ? -1.0f : 1.0f);
+    ET_LAUNCH_CHECK();
+  }
+  void glu_forward(Act a, const Tensor& gate, const Tensor& up, Tensor& y) const override {
+    OpScope scope_(prof.get(), "glu_forward");
+    ET_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "glu_forward: size mismatch");
+    glu_forward_kernel<<<blocks_for(y.numel(), 256), 256>>>(static_cast<int>(a), P(gate), P(up),
+                                                            P(y), y.numel());
+    ET_LAUNCH_CHECK();
+  }
+  void glu_backward(Act a, const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
+                    Tensor& dup) const override {
+    OpScope scope_(prof.get(), "glu_backward");
+    ET_CHECK(gate.numel() == dy.numel() && up.numel() == dy.numel(), "glu_backward: size mismatch");
+    glu_backward_kernel<<<blocks_for(dy.numel(), 256), 256>>>(
+        static_cast<int>(a), P(gate), P(up), P(dy), P(dgate), P(dup), dy.numel());
+    ET_LAUNCH_CHECK();
+  }
+  void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                    int64_t width) const override {
+    OpScope scope_(prof.get(), "copy_columns");
+    const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
+    ET_CHECK(dst.dim(0) == rows && src_col + width <= sc && dst_col + width <= dc,
+             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ", shape_str(dst.shape));
+    if (rows * width > 0)
+      copy_columns_kernel<<<blocks_for(rows * width, 256), 256>>>(P(src), sc, src_col, P(dst), dc,
+                                                                  dst_col, rows, width);
     ET_LAUNCH_CHECK();
   }
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {

@@ -1,0 +1,61 @@
+#include "model/encoder.h"
+
+namespace et {
+
+Encoder bind_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where) {
+  Encoder e;
+  e.rotary = is_rotary_family(cfg.family);
+  if (e.rotary)
+    e.rotary_enc = bind_rotary_encoder(cfg, store, where);
+  else
+    e.bert = bind_bert_encoder(cfg, store, where);
+  return e;
+}
+
+std::vector<Linear*> encoder_linears(Encoder& e) {
+  return e.rotary ? rotary_linears(e.rotary_enc) : bert_linears(e.bert);
+}
+
+bool unused_by_embeddings(const Encoder& e, const Linear* l) {
+  return !e.rotary && e.bert.has_pooler && l == &e.bert.pooler;
+}
+
+std::vector<Param*> encoder_params(Encoder& e) {
+  if (e.rotary) return rotary_params(e.rotary_enc);
+  BertEncoder& b = e.bert;
+  std::vector<Param*> out{b.word, b.pos, b.type, b.emb_ln_w, b.emb_ln_b, b.rel_bias};
+  for (BertLayer& L : b.layers)
+    for (Param* p : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b}) out.push_back(p);
+  for (Linear* l : bert_linears(b)) {
+    if (unused_by_embeddings(e, l)) continue;
+    out.push_back(l->weight);
+    out.push_back(l->bias);
+  }
+  std::erase(out, nullptr);
+  return out;
+}
+
+const std::string& encoder_prefix(const Encoder& e) {
+  return e.rotary ? e.rotary_enc.prefix : e.bert.prefix;
+}
+
+void set_gradient_checkpointing(Encoder& e, bool on) {
+  e.bert.gradient_checkpointing = on;
+  e.rotary_enc.gradient_checkpointing = on;
+}
+
+Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
+                       EncoderSaved* saved, Rng* rng) {
+  if (e.rotary) return rotary_forward(be, e.rotary_enc, batch, saved ? &saved->rotary : nullptr, rng);
+  return bert_forward(be, e.bert, batch, saved ? &saved->bert : nullptr, rng);
+}
+
+void encoder_backward(const Backend& be, const Encoder& e, const EncoderSaved& saved,
+                      const Tensor& d_hidden) {
+  if (e.rotary)
+    rotary_backward(be, e.rotary_enc, saved.rotary, d_hidden);
+  else
+    bert_backward(be, e.bert, saved.bert, d_hidden);
+}
+
+}  // namespace et

@@ -1,0 +1,42 @@
+// The Transformer module of a sentence model: the BERT-family encoder (model/bert.h) or a
+// pre-norm rotary transformer (model/rotary_encoder.h), chosen by the config's family.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/bert.h"
+#include "model/rotary_encoder.h"
+
+namespace et {
+
+struct Encoder {
+  bool rotary = false;
+  BertEncoder bert;
+  RotaryEncoder rotary_enc;
+};
+
+struct EncoderSaved {
+  BertSaved bert;
+  RotarySaved rotary;
+};
+
+Encoder bind_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where);
+// Every Linear (LoRA targets, merging), in a stable order.
+std::vector<Linear*> encoder_linears(Encoder& e);
+// Whether sentence embeddings never use `l` (BERT's pooler): it gets no gradient and no
+// optimizer update, as in PyTorch where its grad stays None.
+bool unused_by_embeddings(const Encoder& e, const Linear* l);
+// Every parameter that sentence embeddings use (full fine-tuning).
+std::vector<Param*> encoder_params(Encoder& e);
+// Prefix of the weight names in the file ("", "bert.", "model.", ...).
+const std::string& encoder_prefix(const Encoder& e);
+void set_gradient_checkpointing(Encoder& e, bool on);
+
+// Last hidden state [T, hidden] of a packed batch.
+Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
+                       EncoderSaved* saved, Rng* rng);
+void encoder_backward(const Backend& be, const Encoder& e, const EncoderSaved& saved,
+                      const Tensor& d_hidden);
+
+}  // namespace et

@@ -1,0 +1,369 @@
+#include "model/rotary_encoder.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "model/bert.h"
+#include "model/weight_binder.h"
+
+namespace et {
+
+RotaryEncoder bind_rotary_encoder(const ModelConfig& cfg, ParamStore& store,
+                                  const std::string& where) {
+  RotaryEncoder e;
+  e.cfg = cfg;
+  const bool modern = cfg.family == Family::ModernBert;
+  const char* word_name = modern ? "embeddings.tok_embeddings.weight" : "embed_tokens.weight";
+  WeightBinder b{store, "", where};
+  for (const char* p : {"", "model.", "base_model."}) {
+    if (store.find(std::string(p) + word_name)) {
+      b.prefix = p;
+      break;
+    }
+  }
+  e.prefix = b.prefix;
+  const int64_t h = cfg.hidden, f = cfg.intermediate, D = cfg.head_dim;
+  const int64_t qdim = cfg.heads * D, kvdim = cfg.kv_heads * D;
+  e.word = b.table(word_name, h);
+  auto norm = [&](const std::string& name, int64_t n, bool optional = false) {
+    Norm out;
+    if (optional && !b.maybe(name + ".weight")) return out;
+    out.w = b.vec(name + ".weight", n);
+    if (cfg.layer_norm && cfg.norm_bias) out.b = b.vec(name + ".bias", n);
+    return out;
+  };
+  if (modern) e.emb_norm = norm("embeddings.norm", h);
+  for (int i = 0; i < cfg.layers; ++i) {
+    RotaryLayer L;
+    L.sliding = !cfg.sliding.empty() && cfg.sliding[static_cast<size_t>(i)];
+    std::string p = "layers." + std::to_string(i) + ".";
+    if (modern) {
+      // layer 0 has no attn_norm (the embedding norm precedes it)
+      L.attn_norm = norm(p + "attn_norm", h, /*optional=*/i == 0);
+      L.qkv = b.linear(p + "attn.Wqkv", h, 3 * h, cfg.attn_bias);
+      L.o = b.linear(p + "attn.Wo", h, h, cfg.attn_bias);
+      L.mlp_norm = norm(p + "mlp_norm", h);
+      L.wi = b.linear(p + "mlp.Wi", h, 2 * f, cfg.mlp_bias);
+      L.down = b.linear(p + "mlp.Wo", f, h, cfg.mlp_bias);
+    } else {
+      L.attn_norm = norm(p + "input_layernorm", h);
+      L.q = b.linear(p + "self_attn.q_proj", h, qdim, cfg.attn_bias);
+      L.k = b.linear(p + "self_attn.k_proj", h, kvdim, cfg.attn_bias);
+      L.v = b.linear(p + "self_attn.v_proj", h, kvdim, cfg.attn_bias);
+      L.o = b.linear(p + "self_attn.o_proj", qdim, h, cfg.attn_bias);
+      L.q_norm = b.vec(p + "self_attn.q_norm.weight", D);
+      L.k_norm = b.vec(p + "self_attn.k_norm.weight", D);
+      if (cfg.sandwich_norm) {
+        L.post_attn_norm = norm(p + "post_attention_layernorm", h);
+        L.mlp_norm = norm(p + "pre_feedforward_layernorm", h);
+        L.post_mlp_norm = norm(p + "post_feedforward_layernorm", h);
+      } else {
+        L.mlp_norm = norm(p + "post_attention_layernorm", h);
+      }
+      L.gate = b.linear(p + "mlp.gate_proj", h, f, false);
+      L.up = b.linear(p + "mlp.up_proj", h, f, false);
+      L.down = b.linear(p + "mlp.down_proj", f, h, false);
+    }
+    e.layers.push_back(L);
+  }
+  e.final_norm = norm(modern ? "final_norm" : "norm", h);
+  return e;
+}
+
+std::vector<Linear*> rotary_linears(RotaryEncoder& enc) {
+  std::vector<Linear*> out;
+  for (RotaryLayer& L : enc.layers)
+    for (Linear* l : {&L.qkv, &L.q, &L.k, &L.v, &L.o, &L.wi, &L.gate, &L.up, &L.down})
+      if (l->weight) out.push_back(l);
+  return out;
+}
+
+std::vector<Param*> rotary_params(RotaryEncoder& enc) {
+  std::vector<Param*> out{enc.word, enc.emb_norm.w, enc.emb_norm.b};
+  for (RotaryLayer& L : enc.layers) {
+    for (Norm* n : {&L.attn_norm, &L.post_attn_norm, &L.mlp_norm, &L.post_mlp_norm}) {
+      out.push_back(n->w);
+      out.push_back(n->b);
+    }
+    out.push_back(L.q_norm);
+    out.push_back(L.k_norm);
+  }
+  for (Linear* l : rotary_linears(enc)) {
+    out.push_back(l->weight);
+    out.push_back(l->bias);
+  }
+  out.push_back(enc.final_norm.w);
+  out.push_back(enc.final_norm.b);
+  std::erase(out, nullptr);
+  return out;
+}
+
+namespace {
+
+// y = N(x) (a new tensor; x itself for an identity norm); keeps x and the row statistics.
+Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
+                    NormSaved* s) {
+  if (!n.w) return x;
+  const int64_t rows = x.numel() / n.w->value.numel();
+  Tensor y = be.empty(x.shape, be.act_dtype()), rstd = be.empty({rows}, DType::F32);
+  Tensor mean;
+  if (c.layer_norm) {
+    mean = be.empty({rows}, DType::F32);
+    be.layernorm_forward(x, n.w->value, n.b ? &n.b->value : nullptr, c.norm_eps, y, mean, rstd);
+  } else {
+    be.rmsnorm_forward(x, n.w->value, c.norm_plus_one ? 1.0f : 0.0f, c.norm_eps, y, rstd);
+  }
+  if (s) *s = {x, mean, rstd};
+  return y;
+}
+
+// dx of y = N(x) (a new tensor; dy itself for an identity norm); accumulates dw, db.
+Tensor norm_backward(const Backend& be, const ModelConfig& c, const Norm& n, const NormSaved& s,
+                     const Tensor& dy) {
+  if (!n.w) return dy;
+  Tensor dx = be.empty(dy.shape, be.act_dtype());
+  if (c.layer_norm)
+    be.layernorm_backward(dy, s.x, n.w->value, s.mean, s.rstd, dx, grad_of(n.w), grad_of(n.b));
+  else
+    be.rmsnorm_backward(dy, s.x, n.w->value, c.norm_plus_one ? 1.0f : 0.0f, s.rstd, dx,
+                        grad_of(n.w));
+  return dx;
+}
+
+Tensor columns(const Backend& be, const Tensor& src, int64_t col, int64_t width) {
+  Tensor out = be.empty({src.dim(0), width}, src.dtype);
+  be.copy_columns(src, col, out, 0, width);
+  return out;
+}
+
+double theta_of(const ModelConfig& c, const RotaryLayer& L) {
+  return L.sliding ? c.rope_theta_local : c.rope_theta;
+}
+
+Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
+                     const AttentionArgs& attn, const Tensor& positions, const Tensor& x,
+                     RotaryLayerSaved* s, Rng* rng) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = x.dim(0), H = c.hidden, D = c.head_dim;
+  const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
+  const DType act = be.act_dtype();
+  Tensor h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr);
+  Tensor q, k, v;
+  if (L.qkv.weight) {
+    Tensor qkv = linear_forward(be, L.qkv, h, s ? &s->qkv : nullptr, rng);
+    q = columns(be, qkv, 0, qdim);
+    k = columns(be, qkv, qdim, kvdim);
+    v = columns(be, qkv, qdim + kvdim, kvdim);
+  } else {
+    q = linear_forward(be, L.q, h, s ? &s->q : nullptr, rng);
+    k = linear_forward(be, L.k, h, s ? &s->k : nullptr, rng);
+    v = linear_forward(be, L.v, h, s ? &s->v : nullptr, rng);
+  }
+  if (L.q_norm) {
+    NormSaved qs, ks;
+    Tensor qn = norm_forward(be, c, Norm{L.q_norm, nullptr}, q, &qs);
+    Tensor kn = norm_forward(be, c, Norm{L.k_norm, nullptr}, k, &ks);
+    if (s) {
+      s->q_pre = q;
+      s->k_pre = k;
+      s->q_rstd = qs.rstd;
+      s->k_rstd = ks.rstd;
+    }
+    q = qn;
+    k = kn;
+  }
+  const double theta = theta_of(c, L);
+  be.rope(q, positions, c.heads, static_cast<int>(D), theta, false);
+  be.rope(k, positions, c.kv_heads, static_cast<int>(D), theta, false);
+  Tensor ctx = be.empty({T, qdim}, act), lse = be.empty({T, c.heads}, DType::F32);
+  be.attention_forward(attn, q, k, v, ctx, lse);
+  Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
+  a = norm_forward(be, c, L.post_attn_norm, a, s ? &s->post_attn_norm : nullptr);
+  Tensor x1 = be.empty({T, H}, act);
+  be.add(x, a, x1);
+  Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
+  Tensor g, u;
+  if (L.wi.weight) {
+    Tensor wi = linear_forward(be, L.wi, h2, s ? &s->wi : nullptr, rng);
+    g = columns(be, wi, 0, c.intermediate);
+    u = columns(be, wi, c.intermediate, c.intermediate);
+  } else {
+    g = linear_forward(be, L.gate, h2, s ? &s->gate : nullptr, rng);
+    u = linear_forward(be, L.up, h2, s ? &s->up : nullptr, rng);
+  }
+  Tensor m = be.empty(g.shape, act);
+  be.glu_forward(c.act, g, u, m);
+  Tensor f = linear_forward(be, L.down, m, s ? &s->down : nullptr, rng);
+  f = norm_forward(be, c, L.post_mlp_norm, f, s ? &s->post_mlp_norm : nullptr);
+  Tensor out = be.empty({T, H}, act);
+  be.add(x1, f, out);
+  if (s) {
+    s->x = x;
+    s->h = h;
+    s->qr = q;
+    s->kr = k;
+    s->vr = v;
+    s->ctx = ctx;
+    s->lse = lse;
+    s->g = g;
+    s->u = u;
+    // m = act(g) * u is recomputed in backward: [T, intermediate] is the largest activation
+    if (s->down.x_lora.data == m.data) s->down.x_lora = Tensor{};
+    s->down.x = Tensor{};
+  }
+  return out;
+}
+
+// Gradient of a layer: takes d(out), returns d(x); accumulates parameter gradients.
+Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
+                      const AttentionArgs& attn, const Tensor& positions,
+                      const RotaryLayerSaved& s, const Tensor& dout) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
+  const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D, F = c.intermediate;
+  const DType act = be.act_dtype();
+  // x' = x1 + N_post_mlp(Wd m)
+  Tensor df = norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout);
+  Tensor m = be.empty(s.g.shape, act);
+  be.glu_forward(c.act, s.g, s.u, m);
+  LinearSaved down = s.down;
+  down.x = m;
+  if (!down.x_lora.defined()) down.x_lora = m;
+  Tensor dm = be.empty(s.g.shape, act);
+  linear_backward(be, L.down, down, df, &dm, false);
+  Tensor dg = be.empty(s.g.shape, act), du = be.empty(s.u.shape, act);
+  be.glu_backward(c.act, s.g, s.u, dm, dg, du);
+  Tensor dh2 = be.empty({T, H}, act);
+  if (L.wi.weight) {
+    Tensor dwi = be.empty({T, 2 * F}, act);
+    be.copy_columns(dg, 0, dwi, 0, F);
+    be.copy_columns(du, 0, dwi, F, F);
+    linear_backward(be, L.wi, s.wi, dwi, &dh2, false);
+  } else {
+    linear_backward(be, L.gate, s.gate, dg, &dh2, false);
+    linear_backward(be, L.up, s.up, du, &dh2, true);
+  }
+  Tensor dx1 = be.empty({T, H}, act);
+  be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dx1);
+  // x1 = x + N_post_attn(Wo attn(q, k, v))
+  Tensor da = norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1);
+  Tensor dctx = be.empty({T, qdim}, act);
+  linear_backward(be, L.o, s.o, da, &dctx, false);
+  Tensor dq = be.empty({T, qdim}, act), dk = be.empty({T, kvdim}, act),
+         dv = be.empty({T, kvdim}, act);
+  be.attention_backward(attn, s.qr, s.kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
+  const double theta = theta_of(c, L);
+  be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
+  be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
+  if (L.q_norm) {
+    dq = norm_backward(be, c, Norm{L.q_norm, nullptr}, NormSaved{s.q_pre, {}, s.q_rstd}, dq);
+    dk = norm_backward(be, c, Norm{L.k_norm, nullptr}, NormSaved{s.k_pre, {}, s.k_rstd}, dk);
+  }
+  Tensor dh = be.empty({T, H}, act);
+  if (L.qkv.weight) {
+    Tensor dqkv = be.empty({T, qdim + 2 * kvdim}, act);
+    be.copy_columns(dq, 0, dqkv, 0, qdim);
+    be.copy_columns(dk, 0, dqkv, qdim, kvdim);
+    be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
+    linear_backward(be, L.qkv, s.qkv, dqkv, &dh, false);
+  } else {
+    linear_backward(be, L.q, s.q, dq, &dh, false);
+    linear_backward(be, L.k, s.k, dk, &dh, true);
+    linear_backward(be, L.v, s.v, dv, &dh, true);
+  }
+  Tensor dx = be.empty({T, H}, act);
+  be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx);
+  return dx;
+}
+
+}  // namespace
+
+Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedBatch& batch,
+                      RotarySaved* saved, Rng* rng) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = batch.tokens(), H = c.hidden;
+  const int64_t vocab = enc.word->value.dim(0);
+  for (size_t t = 0; t < batch.ids.size(); ++t)
+    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ",
+             t, " is outside the embedding table of ", vocab, " rows");
+  ET_CHECK(batch.max_seqlen <= c.max_positions, "sequence of ", batch.max_seqlen,
+           " tokens is longer than the model's max_position_embeddings ", c.max_positions,
+           " (lower max_seq_length)");
+  std::vector<int32_t> pos(batch.ids.size());
+  for (int b = 0; b < batch.size(); ++b)
+    for (int32_t t = batch.cu_seqlens[b]; t < batch.cu_seqlens[b + 1]; ++t)
+      pos[t] = t - batch.cu_seqlens[b];
+  Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
+  Tensor positions = be.upload(cpu_from_i32(pos, {T}));
+  const DType act = be.act_dtype();
+  Tensor x = be.empty({T, H}, act);
+  be.embedding_forward(ids, enc.word->value, x, false);
+  if (c.emb_scale != 1.0f) be.scale(x, c.emb_scale);
+  x = norm_forward(be, c, enc.emb_norm, x, saved ? &saved->emb_norm : nullptr);
+
+  AttentionArgs full;
+  full.cu_seqlens = batch.cu_seqlens;
+  full.max_seqlen = batch.max_seqlen;
+  full.n_heads = c.heads;
+  full.n_kv_heads = c.kv_heads;
+  full.head_dim = c.head_dim;
+  full.scale = c.attn_scale;
+  full.causal = c.causal;
+  if (be.device() != Device::CPU)
+    full.cu_seqlens_dev = be.upload(cpu_from_i32(batch.cu_seqlens, {batch.size() + 1}));
+  AttentionArgs local = full;
+  local.window = c.window;
+  if (saved) {
+    saved->ids = ids;
+    saved->positions = positions;
+    saved->attn_full = full;
+    saved->attn_local = local;
+    saved->has_rng = rng != nullptr;
+    saved->layers.assign(enc.layers.size(), RotaryLayerSaved{});
+  }
+  for (size_t i = 0; i < enc.layers.size(); ++i) {
+    const RotaryLayer& L = enc.layers[i];
+    const AttentionArgs& attn = L.sliding ? local : full;
+    RotaryLayerSaved* s = saved ? &saved->layers[i] : nullptr;
+    if (s && enc.gradient_checkpointing) {
+      s->x = x;  // only the layer input (and the dropout RNG state); backward recomputes
+      if (rng) s->rng = *rng;
+      x = layer_forward(be, enc, L, attn, positions, x, nullptr, rng);
+    } else {
+      x = layer_forward(be, enc, L, attn, positions, x, s, rng);
+    }
+  }
+  return norm_forward(be, c, enc.final_norm, x, saved ? &saved->final_norm : nullptr);
+}
+
+void rotary_backward(const Backend& be, const RotaryEncoder& enc, const RotarySaved& saved,
+                     const Tensor& d_hidden) {
+  const ModelConfig& c = enc.cfg;
+  Tensor dx = norm_backward(be, c, enc.final_norm, saved.final_norm, d_hidden);
+  for (size_t i = enc.layers.size(); i-- > 0;) {
+    const RotaryLayer& L = enc.layers[i];
+    const AttentionArgs& attn = L.sliding ? saved.attn_local : saved.attn_full;
+    RotaryLayerSaved recomputed;
+    if (enc.gradient_checkpointing) {
+      Rng rng = saved.layers[i].rng;
+      layer_forward(be, enc, L, attn, saved.positions, saved.layers[i].x, &recomputed,
+                    saved.has_rng ? &rng : nullptr);
+    }
+    const RotaryLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
+    dx = layer_backward(be, enc, L, attn, saved.positions, s, dx);
+  }
+  Tensor* dw = grad_of(enc.word);
+  if (!dw && !grad_of(enc.emb_norm.w) && !grad_of(enc.emb_norm.b)) return;
+  dx = norm_backward(be, c, enc.emb_norm, saved.emb_norm, dx);
+  if (dw) {
+    if (c.emb_scale != 1.0f) {
+      Tensor scaled = be.empty(dx.shape, dx.dtype);
+      be.copy(scaled, dx);
+      be.scale(scaled, c.emb_scale);
+      dx = scaled;
+    }
+    be.embedding_backward(saved.ids, dx, *dw);
+  }
+}
+
+}  // namespace et
