@@ -19,8 +19,9 @@ std::string model_fixture(const std::string& arch) {
   return fixtures_root() + "/models/" + arch;
 }
 
-const std::vector<std::string>& bert_family_archs() {
-  static const std::vector<std::string> archs = {"bert", "xlm-roberta", "distilbert", "mpnet"};
+const std::vector<std::string>& model_archs() {
+  static const std::vector<std::string> archs = {"bert",       "xlm-roberta", "distilbert", "mpnet",
+                                                 "modernbert", "qwen3",       "gemma3"};
   return archs;
 }
 

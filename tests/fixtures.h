@@ -17,7 +17,7 @@ namespace et::test {
 std::string fixtures_root();
 std::string model_fixture(const std::string& arch);  // <root>/models/<arch>
 // The families of the BERT encoder that the CPU reference implements.
-const std::vector<std::string>& bert_family_archs();
+const std::vector<std::string>& model_archs();  // every model fixture family
 // The anchor, positive and negative token-id columns of a model fixture's inputs.json.
 std::vector<PackedBatch> fixture_columns(const std::string& model_root);
 // A fresh temporary directory under the build tree.

@@ -347,7 +347,7 @@ TEST_P(CudaModel, MatchesCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(BertFamily, CudaModel, ::testing::ValuesIn(bert_family_archs()),
+INSTANTIATE_TEST_SUITE_P(Models, CudaModel, ::testing::ValuesIn(model_archs()),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& ch : s)

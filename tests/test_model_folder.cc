@@ -39,7 +39,7 @@ std::string load_error(const std::string& dir) {
 TEST(ModelFolder, BothLayoutsDescribeTheSameModel) {
   SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
   auto be = make_cpu_backend();
-  for (const auto& arch : bert_family_archs()) {
+  for (const auto& arch : model_archs()) {
     auto a = load_sentence_model(model_fixture(arch) + "/model", *be);
     auto b = load_sentence_model(model_fixture(arch) + "/model_saved_by_reference", *be);
     EXPECT_EQ(a->pooling.modes, b->pooling.modes) << arch;

@@ -17,7 +17,7 @@ struct Case {
 
 std::vector<Case> cases() {
   std::vector<Case> out;
-  for (const auto& a : bert_family_archs())
+  for (const auto& a : model_archs())
     for (const char* l : {"model", "model_saved_by_reference"}) out.push_back({a, l});
   return out;
 }
@@ -74,7 +74,7 @@ TEST_P(Parity, PackedBatchEqualsOneAtATime) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(BertFamily, Parity, ::testing::ValuesIn(cases()), [](const auto& info) {
+INSTANTIATE_TEST_SUITE_P(Models, Parity, ::testing::ValuesIn(cases()), [](const auto& info) {
   std::string n = info.param.arch + "_" + info.param.layout;
   for (char& ch : n)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';

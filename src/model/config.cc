@@ -219,8 +219,9 @@ static ModelConfig parse_rotary(const json& j, Family fam, const std::string& wh
       int n = j.value("sliding_window_pattern", 6);
       for (int i = 0; i < c.layers; ++i) c.sliding[static_cast<size_t>(i)] = (i + 1) % n != 0;
     }
-    // transformers' bidirectional sliding window keeps |i - j| < sliding_window
-    c.window = j.value("sliding_window", 512) - 1;
+    // bidirectional sliding window: sliding_window tokens centred on the query, |i - j| <=
+    // sliding_window / 2 (what transformers 5 computes for EmbeddingGemma; fixture-checked)
+    c.window = j.value("sliding_window", 512) / 2;
     c.rope_theta = rope_theta_of(j, "full_attention", nullptr, 1000000.0);
     c.rope_theta_local = rope_theta_of(j, "sliding_attention", "rope_local_base_freq", 10000.0);
     float qpas = j.value("query_pre_attn_scalar", static_cast<float>(c.head_dim));

@@ -4,6 +4,7 @@
 // transformers folder (mean pooling, as sentence-transformers does for those).
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -44,7 +45,7 @@ struct SentenceModel {
   int max_seq_length = 512;
   bool do_lower_case = false;
   PoolingConfig pooling;
-  std::vector<DenseModule> dense;
+  std::deque<DenseModule> dense;  // deque: modules hold pointers into their own ParamStore
   bool normalize = false;
   std::vector<ModuleEntry> modules;
   std::map<std::string, std::string> prompts;
