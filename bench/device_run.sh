@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 D=.device
 OUT=${OUT:-out/device}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$OUT/gemma"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 ldd $D/embedtune | grep "not found" && echo "missing libraries"
 export EMBEDTUNE_FIXTURES=$PWD/$D/fixtures EMBEDTUNE_BIN=$PWD/$D/embedtune
@@ -33,5 +33,8 @@ if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized pe
   EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
 fi
 if [ "${SKIP_BASELINE:-0}" != 1 ]; then
-  PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only minilm-l6,bge-base --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9
+  PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only "${BASELINE_ONLY:-minilm-l6,bge-base}" --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9
+  if [ "${BASELINE_GEMMA:-0}" = 1 ]; then
+    PYTHONUNBUFFERED=1 OUT="$OUT/gemma" python3 $D/baseline_gemma.py --quick 2>&1 | grep -vE "Warning|warn" | tail -5
+  fi
 fi

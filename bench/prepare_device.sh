@@ -23,5 +23,5 @@ for row in open("../shared/data/legal-rag/train.jsonl", encoding="utf-8"):
     lines += [v.replace("\n", " ") for v in json.loads(row).values() if isinstance(v, str)]
 open(".device/tokenizers/texts.txt", "w", encoding="utf-8").write("\n".join(lines) + "\n")
 PY
-cp bench/tokenizer_bench_hf.py .device/
+cp bench/tokenizer_bench_hf.py bench/baseline_gemma.py .device/
 du -sh .device

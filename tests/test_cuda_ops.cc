@@ -96,6 +96,79 @@ TEST(CudaOps, ElementwiseBiasActivations) {
 }
 
 // The same ops on bf16 activations (the CUDA backend's storage type): about 1e-2.
+// RMSNorm (plain and Gemma's 1 + w, over the row and per head), rotary embeddings (forward and
+// inverse), gated linear units and column copies, fp32 and bf16.
+TEST(CudaOps, RotaryFamilyOps) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t T = 97, heads = 4, D = 32;
+  Tensor x = b.rand({T, heads * D}, -2, 2), dy = b.rand({T, heads * D});
+  for (int64_t C : {D, heads * D})
+    for (float offset : {0.0f, 1.0f}) {
+      std::string what = "rmsnorm C=" + std::to_string(C) + " offset=" + std::to_string(offset);
+      const int64_t rows = x.numel() / C;
+      Tensor w = b.rand({C}, 0.5f, 1.5f);
+      Tensor yr = cpu_empty(x.shape), sr = cpu_empty({rows}), yd = b.poisoned(x.shape),
+             sd = b.poisoned({rows});
+      b.cpu->rmsnorm_forward(x, w, offset, 1e-6f, yr, sr);
+      b.gpu->rmsnorm_forward(b.up(x), b.up(w), offset, 1e-6f, yd, sd);
+      expect_close(b.down(yd), yr, 1e-5, what);
+      expect_close(b.down(sd), sr, 1e-5, what + " rstd");
+      Tensor dw0 = b.rand({C}), dwr = cpu_clone(dw0), dwd = b.up(dw0);
+      Tensor dxr = cpu_empty(x.shape), dxd = b.poisoned(x.shape);
+      b.cpu->rmsnorm_backward(dy, x, w, offset, sr, dxr, &dwr);
+      b.gpu->rmsnorm_backward(b.up(dy), b.up(x), b.up(w), offset, sd, dxd, &dwd);
+      expect_close(b.down(dxd), dxr, 1e-5, what + " dx");
+      expect_close(b.down(dwd), dwr, 1e-4, what + " dw");
+    }
+  std::vector<int32_t> pos(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t)
+    pos[static_cast<size_t>(t)] = static_cast<int32_t>((t * 37) % 300);
+  Tensor p_host = cpu_from_i32(pos, {T}), p_dev = b.up(p_host);
+  for (double theta : {10000.0, 1000000.0}) {
+    Tensor r = cpu_clone(x), d = b.up(x);
+    b.cpu->rope(r, p_host, static_cast<int>(heads), static_cast<int>(D), theta, false);
+    b.gpu->rope(d, p_dev, static_cast<int>(heads), static_cast<int>(D), theta, false);
+    expect_close(b.down(d), r, 2e-5, "rope");  // fp32 angles of positions up to 300
+    b.gpu->rope(d, p_dev, static_cast<int>(heads), static_cast<int>(D), theta, true);
+    expect_close(b.down(d), x, 2e-5, "rope inverse undoes rope");
+  }
+  Tensor g = b.rand({T, 64}, -3, 3), u = b.rand({T, 64}), gy = b.rand({T, 64});
+  for (Act act : {Act::GeluErf, Act::GeluTanh, Act::SiLU}) {
+    Tensor yr = cpu_empty(g.shape), yd = b.poisoned(g.shape);
+    b.cpu->glu_forward(act, g, u, yr);
+    b.gpu->glu_forward(act, b.up(g), b.up(u), yd);
+    expect_close(b.down(yd), yr, 1e-5, "glu_forward");
+    Tensor dgr = cpu_empty(g.shape), dur = cpu_empty(g.shape), dgd = b.poisoned(g.shape),
+           dud = b.poisoned(g.shape);
+    b.cpu->glu_backward(act, g, u, gy, dgr, dur);
+    b.gpu->glu_backward(act, b.up(g), b.up(u), b.up(gy), dgd, dud);
+    expect_close(b.down(dgd), dgr, 1e-5, "glu_backward dgate");
+    expect_close(b.down(dud), dur, 1e-5, "glu_backward dup");
+  }
+  Tensor big = b.rand({T, 96}), dst0 = b.rand({T, 40});
+  Tensor dr = cpu_clone(dst0), dd = b.up(dst0);
+  b.cpu->copy_columns(big, 17, dr, 5, 30);
+  b.gpu->copy_columns(b.up(big), 17, dd, 5, 30);
+  expect_close(b.down(dd), dr, 1e-12, "copy_columns");
+  // bf16 storage: about 1e-2
+  auto bf = [&](const Tensor& host) {
+    Tensor t = b.gpu->empty(host.shape, DType::BF16);
+    b.gpu->copy(t, b.up(host));
+    return t;
+  };
+  Tensor xb = b.down(bf(x)), w = b.rand({D}, 0.5f, 1.5f);
+  Tensor yr = cpu_empty(x.shape), sr = cpu_empty({x.numel() / D});
+  Tensor yd = b.gpu->empty(x.shape, DType::BF16), sd = b.gpu->empty({x.numel() / D});
+  b.cpu->rmsnorm_forward(xb, w, 1.0f, 1e-6f, yr, sr);
+  b.gpu->rmsnorm_forward(bf(xb), b.up(w), 1.0f, 1e-6f, yd, sd);
+  expect_close(b.down(yd), yr, 1e-2, "bf16 rmsnorm");
+  Tensor rr = cpu_clone(xb), rd = bf(xb);
+  b.cpu->rope(rr, p_host, static_cast<int>(heads), static_cast<int>(D), 10000.0, false);
+  b.gpu->rope(rd, p_dev, static_cast<int>(heads), static_cast<int>(D), 10000.0, false);
+  expect_close(b.down(rd), rr, 1e-2, "bf16 rope");
+}
+
 TEST(CudaOps, Bf16Activations) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -294,16 +367,46 @@ TEST(CudaOps, AttentionForwardBackward) {
 }
 
 // Whole models: the CUDA path against the CPU path on the fixtures (embeddings, loss, every
-// gradient of full fine-tuning and of LoRA).
-class CudaModel : public ::testing::TestWithParam<std::string> {};
+// gradient of full fine-tuning and of LoRA), with fp32 activations on the GPU (the kernels'
+// logic, at the tolerances for every family) and with bf16 activations (the training
+// configuration). bf16 tolerance for all gradients together: 3e-2 relative norm, except Qwen3
+// (measured 3.2%) and Gemma3 (7.3%): their tiny fixture models (sandwich norms, x sqrt(hidden)
+// embeddings, per-head q/k norms) magnify the bf16 rounding of the residual stream; with fp32
+// activations both are within 3e-2.
+struct CudaModelCase {
+  std::string arch;
+  DType act;
+  friend void PrintTo(const CudaModelCase& c, std::ostream* os) {
+    *os << c.arch << "/" << dtype_name(c.act);
+  }
+};
+
+std::vector<CudaModelCase> cuda_model_cases() {
+  std::vector<CudaModelCase> out;
+  for (const auto& a : model_archs())
+    for (DType d : {DType::F32, DType::BF16}) out.push_back({a, d});
+  return out;
+}
+
+double all_grads_tolerance(const CudaModelCase& c) {
+  if (c.act == DType::F32) return 3e-2;
+  if (c.arch == "qwen3") return 4e-2;
+  if (c.arch == "gemma3") return 8e-2;
+  return 3e-2;
+}
+
+class CudaModel : public ::testing::TestWithParam<CudaModelCase> {};
 
 TEST_P(CudaModel, MatchesCpu) {
   SKIP_WITHOUT_GPU();
-  std::string root = model_fixture(GetParam());
+  const CudaModelCase& mc_case = GetParam();
+  std::string root = model_fixture(mc_case.arch);
   SKIP_WITHOUT_FIXTURES(root);
   std::vector<PackedBatch> cols = fixture_columns(root);
   auto cpu = make_cpu_backend();
-  auto gpu = make_cuda_backend(0);
+  auto gpu = make_cuda_backend(0, mc_case.act);
+  const double tol_all = all_grads_tolerance(mc_case);
+  const double tol_each = 2 * tol_all;
   for (TrainMode mode : {TrainMode::Full, TrainMode::Lora}) {
     auto mc = load_sentence_model(root + "/model", *cpu);
     auto mg = load_sentence_model(root + "/model", *gpu);
@@ -341,17 +444,17 @@ TEST_P(CudaModel, MatchesCpu) {
       double err = rel_error(gpu->download(pg[i]->grad), ref);
       num += err * err * ref_norm * ref_norm;
       den += ref_norm * ref_norm;
-      EXPECT_LT(err * ref_norm, 6e-2 * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
+      EXPECT_LT(err * ref_norm, tol_each * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
     }
-    EXPECT_LT(std::sqrt(num / den), 3e-2) << "all gradients";
+    EXPECT_LT(std::sqrt(num / den), tol_all) << "all gradients";
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaModel, ::testing::ValuesIn(model_archs()),
+INSTANTIATE_TEST_SUITE_P(Models, CudaModel, ::testing::ValuesIn(cuda_model_cases()),
                          [](const auto& info) {
-                           std::string s = info.param;
+                           std::string s = info.param.arch + "_" + dtype_name(info.param.act);
                            for (char& ch : s)
-                             if (ch == '-') ch = '_';
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return s;
                          });
 

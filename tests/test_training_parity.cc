@@ -2,13 +2,13 @@
 // fine-tuning), LoRA embeddings/loss/gradients, three AdamW steps, and merged weights.
 #include <gtest/gtest.h>
 
+#include "core/rng.h"
 #include "fixtures.h"
 #include "io/safetensors.h"
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
 #include "train/lora.h"
 #include "train/step.h"
-#include "core/rng.h"
 
 namespace et::test {
 namespace {
@@ -202,7 +202,8 @@ TEST_P(Training, GradientCheckpointingGivesTheSameGradients) {
       for (Param* p : params) grads[ckpt].push_back(cpu_clone(p->grad));
     }
     ASSERT_EQ(grads[0].size(), grads[1].size());
-    for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(rel_error(grads[1][i], grads[0][i]), 0.0) << i;
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      EXPECT_EQ(rel_error(grads[1][i], grads[0][i]), 0.0) << i;
   }
 }
 

@@ -37,7 +37,8 @@ static int run_tokenizer_bench(const std::string& dir, const std::string& texts_
     }
     return std::make_pair(best, tokens);
   };
-  int all = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int all =
+      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   auto [s1, tokens] = measure(1);
   auto [sn, tokens_n] = measure(all);
   (void)tokens_n;

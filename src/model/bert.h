@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "model/config.h"
 #include "core/rng.h"
+#include "model/config.h"
 #include "model/linear.h"
 
 namespace et {

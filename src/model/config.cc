@@ -37,8 +37,7 @@ static double rope_theta_of(const json& j, const char* layer_type, const char* l
                             double dflt) {
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
     const json& r = j["rope_parameters"];
-    if (r.contains(layer_type) && r[layer_type].is_object() &&
-        r[layer_type].contains("rope_theta"))
+    if (r.contains(layer_type) && r[layer_type].is_object() && r[layer_type].contains("rope_theta"))
       return r[layer_type]["rope_theta"].get<double>();
     if (r.contains("rope_theta")) return r["rope_theta"].get<double>();
   }
@@ -70,8 +69,8 @@ static std::vector<bool> sliding_layers(const json& j, int layers, int every_n_g
              j["layer_types"].size(), " entries for ", layers, " layers");
     for (int i = 0; i < layers; ++i) {
       std::string t = j["layer_types"][i].get<std::string>();
-      ET_CHECK(t == "full_attention" || t == "sliding_attention", where, ": layer_types[", i,
-               "] '", t, "' is not full_attention or sliding_attention");
+      ET_CHECK(t == "full_attention" || t == "sliding_attention", where, ": layer_types[", i, "] '",
+               t, "' is not full_attention or sliding_attention");
       s[static_cast<size_t>(i)] = t == "sliding_attention";
     }
   } else if (every_n_global > 0) {

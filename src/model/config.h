@@ -31,19 +31,19 @@ struct ModelConfig {
   Act act = Act::GeluErf;
 
   // Rotary families (ModernBERT, Qwen3, Gemma3):
-  int kv_heads = 0;                    // grouped-query attention (== heads when absent)
-  bool causal = false;                 // Qwen3
-  std::vector<bool> sliding;           // per layer: local (sliding-window) attention
-  int window = -1;                     // |i - j| <= window on sliding layers
-  double rope_theta = 10000.0;         // full-attention layers
-  double rope_theta_local = 10000.0;   // sliding layers
-  float attn_scale = 0.0f;             // 0: 1/sqrt(head_dim)
-  bool qk_norm = false;                // per-head RMSNorm of q and k before RoPE
-  bool norm_plus_one = false;          // Gemma RMSNorm: x * rstd * (1 + w)
-  bool sandwich_norm = false;          // Gemma3: norms after attention and MLP outputs too
-  bool layer_norm = false;             // ModernBERT: LayerNorm (no bias) instead of RMSNorm
+  int kv_heads = 0;                   // grouped-query attention (== heads when absent)
+  bool causal = false;                // Qwen3
+  std::vector<bool> sliding;          // per layer: local (sliding-window) attention
+  int window = -1;                    // |i - j| <= window on sliding layers
+  double rope_theta = 10000.0;        // full-attention layers
+  double rope_theta_local = 10000.0;  // sliding layers
+  float attn_scale = 0.0f;            // 0: 1/sqrt(head_dim)
+  bool qk_norm = false;               // per-head RMSNorm of q and k before RoPE
+  bool norm_plus_one = false;         // Gemma RMSNorm: x * rstd * (1 + w)
+  bool sandwich_norm = false;         // Gemma3: norms after attention and MLP outputs too
+  bool layer_norm = false;            // ModernBERT: LayerNorm (no bias) instead of RMSNorm
   bool norm_bias = false, attn_bias = false, mlp_bias = false;
-  float emb_scale = 1.0f;              // Gemma: embeddings * sqrt(hidden)
+  float emb_scale = 1.0f;  // Gemma: embeddings * sqrt(hidden)
 };
 
 ModelConfig parse_model_config(const json& j, const std::string& where);

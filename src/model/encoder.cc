@@ -46,7 +46,8 @@ void set_gradient_checkpointing(Encoder& e, bool on) {
 
 Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
                        EncoderSaved* saved, Rng* rng) {
-  if (e.rotary) return rotary_forward(be, e.rotary_enc, batch, saved ? &saved->rotary : nullptr, rng);
+  if (e.rotary)
+    return rotary_forward(be, e.rotary_enc, batch, saved ? &saved->rotary : nullptr, rng);
   return bert_forward(be, e.bert, batch, saved ? &saved->bert : nullptr, rng);
 }
 

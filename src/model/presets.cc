@@ -41,15 +41,89 @@ Tensor filled(const Shape& s, float v) {
   return t;
 }
 
+// transformers config.json of the rotary presets (the published models' configurations).
+json rotary_preset_config(const std::string& name) {
+  if (name == "modernbert-base")
+    return {{"architectures", {"ModernBertModel"}},
+            {"model_type", "modernbert"},
+            {"vocab_size", 50368},
+            {"hidden_size", 768},
+            {"num_hidden_layers", 22},
+            {"num_attention_heads", 12},
+            {"intermediate_size", 1152},
+            {"hidden_activation", "gelu"},
+            {"max_position_embeddings", 8192},
+            {"global_attn_every_n_layers", 3},
+            {"local_attention", 128},
+            {"global_rope_theta", 160000.0},
+            {"local_rope_theta", 10000.0},
+            {"norm_eps", 1e-5},
+            {"norm_bias", false},
+            {"attention_bias", false},
+            {"mlp_bias", false},
+            {"initializer_range", 0.02},
+            {"pad_token_id", 50283}};
+  if (name == "qwen3-0.6b")
+    return {{"architectures", {"Qwen3Model"}},
+            {"model_type", "qwen3"},
+            {"vocab_size", 151669},
+            {"hidden_size", 1024},
+            {"num_hidden_layers", 28},
+            {"num_attention_heads", 16},
+            {"num_key_value_heads", 8},
+            {"head_dim", 128},
+            {"intermediate_size", 3072},
+            {"hidden_act", "silu"},
+            {"max_position_embeddings", 32768},
+            {"rope_theta", 1000000.0},
+            {"rms_norm_eps", 1e-6},
+            {"tie_word_embeddings", true},
+            {"initializer_range", 0.02}};
+  if (name == "embeddinggemma-300m") {
+    json types = json::array();
+    for (int i = 0; i < 24; ++i)
+      types.push_back((i + 1) % 6 == 0 ? "full_attention" : "sliding_attention");
+    return {{"architectures", {"Gemma3TextModel"}},
+            {"model_type", "gemma3_text"},
+            {"vocab_size", 262144},
+            {"hidden_size", 768},
+            {"num_hidden_layers", 24},
+            {"num_attention_heads", 3},
+            {"num_key_value_heads", 1},
+            {"head_dim", 256},
+            {"intermediate_size", 1152},
+            {"hidden_activation", "gelu_pytorch_tanh"},
+            {"max_position_embeddings", 2048},
+            {"sliding_window", 512},
+            {"layer_types", types},
+            {"query_pre_attn_scalar", 256},
+            {"rope_theta", 1000000.0},
+            {"rope_local_base_freq", 10000.0},
+            {"rms_norm_eps", 1e-6},
+            {"use_bidirectional_attention", true},
+            {"initializer_range", 0.02},
+            {"pad_token_id", 0}};
+  }
+  return json();
+}
+
+const char* const kRotaryPresets[] = {"modernbert-base", "qwen3-0.6b", "embeddinggemma-300m"};
+
 }  // namespace
 
 std::vector<std::string> preset_names() {
   std::vector<std::string> out;
   for (const Preset& p : kPresets) out.push_back(p.name);
+  for (const char* p : kRotaryPresets) out.push_back(p);
   return out;
 }
 
 json preset_config(const std::string& name, int vocab_size) {
+  json rotary = rotary_preset_config(name);
+  if (!rotary.is_null()) {
+    if (vocab_size > 0) rotary["vocab_size"] = vocab_size;
+    return rotary;
+  }
   for (const Preset& p : kPresets) {
     if (name != p.name) continue;
     return {{"architectures", {"BertModel"}},
@@ -69,7 +143,7 @@ json preset_config(const std::string& name, int vocab_size) {
             {"vocab_size", vocab_size > 0 ? vocab_size : p.vocab}};
   }
   std::string names;
-  for (const Preset& p : kPresets) names += std::string(names.empty() ? "" : ", ") + p.name;
+  for (const std::string& p : preset_names()) names += (names.empty() ? "" : ", ") + p;
   fail("unknown preset '", name, "' (available: ", names, ")");
 }
 
@@ -114,16 +188,75 @@ std::vector<std::pair<std::string, Tensor>> random_bert_weights(const json& c, u
   return w;
 }
 
+// Rotary families: normal(0, 0.02) matrices and embeddings, norms at their identity (1, or 0
+// for Gemma's 1 + w), names as transformers writes them.
+static std::vector<std::pair<std::string, Tensor>> random_rotary_weights(const json& c,
+                                                                         uint64_t seed) {
+  ModelConfig cfg = parse_model_config(c, "preset");
+  Rng rng(seed);
+  const int64_t h = cfg.hidden, f = cfg.intermediate, D = cfg.head_dim;
+  const int64_t qd = cfg.heads * D, kvd = cfg.kv_heads * D;
+  std::vector<std::pair<std::string, Tensor>> w;
+  auto normal = [&](const std::string& name, const Shape& s) {
+    Tensor t = cpu_empty(s);
+    fill_normal(t, rng, 0.02f);
+    w.emplace_back(name, t);
+  };
+  const float unit = cfg.norm_plus_one ? 0.0f : 1.0f;
+  auto norm = [&](const std::string& name, int64_t n) {
+    w.emplace_back(name + ".weight", filled({n}, unit));
+  };
+  const bool modern = cfg.family == Family::ModernBert;
+  normal(modern ? "embeddings.tok_embeddings.weight" : "embed_tokens.weight", {cfg.vocab, h});
+  if (modern) norm("embeddings.norm", h);
+  for (int i = 0; i < cfg.layers; ++i) {
+    std::string p = "layers." + std::to_string(i) + ".";
+    if (modern) {
+      if (i > 0) norm(p + "attn_norm", h);
+      normal(p + "attn.Wqkv.weight", {3 * h, h});
+      normal(p + "attn.Wo.weight", {h, h});
+      norm(p + "mlp_norm", h);
+      normal(p + "mlp.Wi.weight", {2 * f, h});
+      normal(p + "mlp.Wo.weight", {h, f});
+      continue;
+    }
+    norm(p + "input_layernorm", h);
+    normal(p + "self_attn.q_proj.weight", {qd, h});
+    normal(p + "self_attn.k_proj.weight", {kvd, h});
+    normal(p + "self_attn.v_proj.weight", {kvd, h});
+    normal(p + "self_attn.o_proj.weight", {h, qd});
+    norm(p + "self_attn.q_norm", D);
+    norm(p + "self_attn.k_norm", D);
+    norm(p + "post_attention_layernorm", h);
+    if (cfg.sandwich_norm) {
+      norm(p + "pre_feedforward_layernorm", h);
+      norm(p + "post_feedforward_layernorm", h);
+    }
+    normal(p + "mlp.gate_proj.weight", {f, h});
+    normal(p + "mlp.up_proj.weight", {f, h});
+    normal(p + "mlp.down_proj.weight", {h, f});
+  }
+  norm(modern ? "final_norm" : "norm", h);
+  return w;
+}
+
+std::vector<std::pair<std::string, Tensor>> random_weights(const json& config, uint64_t seed) {
+  if (is_rotary_family(parse_model_config(config, "preset").family))
+    return random_rotary_weights(config, seed);
+  return random_bert_weights(config, seed);
+}
+
 std::unique_ptr<SentenceModel> random_model_in_memory(const std::string& preset, const Backend& be,
                                                       uint64_t seed) {
   auto m = std::make_unique<SentenceModel>();
   m->hf_config = preset_config(preset);
   m->cfg = parse_model_config(m->hf_config, preset);
-  for (auto& [name, t] : random_bert_weights(m->hf_config, seed)) m->params.add(name, be.upload(t));
+  for (auto& [name, t] : random_weights(m->hf_config, seed)) m->params.add(name, be.upload(t));
   m->encoder = bind_encoder(m->cfg, m->params, preset);
-  m->pooling.modes = {PoolMode::Mean};
+  // each family's usual pooling: last token for Qwen3-Embedding, mean otherwise
+  m->pooling.modes = {m->cfg.family == Family::Qwen3 ? PoolMode::LastToken : PoolMode::Mean};
   m->normalize = true;
-  m->max_seq_length = m->cfg.max_positions;
+  m->max_seq_length = m->cfg.max_positions - m->cfg.position_offset;
   m->dir = "<" + preset + ">";
   return m;
 }
@@ -138,7 +271,7 @@ void create_random_model(const std::string& preset, const std::string& vocab_txt
   std::string tmp = out_dir + ".init";
   make_dirs(tmp);
   write_json_atomic(path_join(tmp, "config.json"), cfg);
-  write_safetensors(path_join(tmp, "model.safetensors"), random_bert_weights(cfg, seed));
+  write_safetensors(path_join(tmp, "model.safetensors"), random_weights(cfg, seed));
   write_text_atomic(path_join(tmp, "vocab.txt"), vocab);
   write_json_atomic(path_join(tmp, "tokenizer_config.json"),
                     json{{"do_lower_case", true},

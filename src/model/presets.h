@@ -13,13 +13,16 @@
 namespace et {
 
 // transformers config.json of a preset: tiny-bert, minilm-l6, minilm-l12, bge-small, bge-base,
-// bge-large. `vocab_size` overrides the preset's vocabulary when > 0.
+// bge-large, modernbert-base, qwen3-0.6b, embeddinggemma-300m. `vocab_size` overrides the
+// preset's vocabulary when > 0.
 json preset_config(const std::string& name, int vocab_size = 0);
 std::vector<std::string> preset_names();
 
 // Weights of a BERT model initialised as transformers does (normal(0, 0.02) matrices and
 // embeddings, zero biases, unit LayerNorm weights, zero padding row).
 std::vector<std::pair<std::string, Tensor>> random_bert_weights(const json& config, uint64_t seed);
+// Random weights of any preset's architecture (BERT family or rotary).
+std::vector<std::pair<std::string, Tensor>> random_weights(const json& config, uint64_t seed);
 
 struct SentenceModel;
 struct Backend;

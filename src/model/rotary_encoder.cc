@@ -216,8 +216,8 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
 
 // Gradient of a layer: takes d(out), returns d(x); accumulates parameter gradients.
 Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                      const AttentionArgs& attn, const Tensor& positions,
-                      const RotaryLayerSaved& s, const Tensor& dout) {
+                      const AttentionArgs& attn, const Tensor& positions, const RotaryLayerSaved& s,
+                      const Tensor& dout) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D, F = c.intermediate;

@@ -34,12 +34,12 @@ struct Norm {
 };
 
 struct RotaryLayer {
-  Linear qkv;           // ModernBERT: Wqkv [3 hidden, hidden]
-  Linear q, k, v;       // Qwen3, Gemma3
+  Linear qkv;      // ModernBERT: Wqkv [3 hidden, hidden]
+  Linear q, k, v;  // Qwen3, Gemma3
   Linear o;
-  Linear wi;            // ModernBERT: Wi [2 intermediate, hidden]
-  Linear gate, up;      // Qwen3, Gemma3
-  Linear down;          // ModernBERT mlp.Wo, else down_proj
+  Linear wi;        // ModernBERT: Wi [2 intermediate, hidden]
+  Linear gate, up;  // Qwen3, Gemma3
+  Linear down;      // ModernBERT mlp.Wo, else down_proj
   Norm attn_norm, post_attn_norm, mlp_norm, post_mlp_norm;
   Param *q_norm = nullptr, *k_norm = nullptr;
   bool sliding = false;

@@ -50,8 +50,9 @@ struct WeightBinder {
   }
 };
 
-
 // The gradient buffer of a trainable parameter, else null (frozen or absent).
-inline Tensor* grad_of(Param* p) { return p && p->trainable ? &p->grad : nullptr; }
+inline Tensor* grad_of(Param* p) {
+  return p && p->trainable ? &p->grad : nullptr;
+}
 
 }  // namespace et

@@ -79,8 +79,8 @@ struct Backend {
   // RMSNorm over the last dim of w's size C (x viewed as [numel / C, C], so per-head norms of
   // q [T, H*D] use w of size D): y = x * rstd * (w + offset), rstd = 1 / sqrt(mean(x^2) + eps);
   // offset = 1 gives Gemma's (1 + w) form. rstd: [rows].
-  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps,
-                               Tensor& y, Tensor& rstd) const = 0;
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
+                               Tensor& rstd) const = 0;
   // dx = rstd (g - x rstd^2 mean(g x)) with g = dy (w + offset); dw += sum dy x rstd.
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
                                 const Tensor& rstd, Tensor& dx, Tensor* dw) const = 0;
@@ -145,6 +145,8 @@ struct Backend {
 
   // Peak bytes of device memory in use (0 where not tracked), and waiting for queued work.
   virtual size_t peak_bytes() const { return 0; }
+  // Starts a new peak measurement from the memory in use now.
+  virtual void reset_peak_bytes() const {}
   virtual void synchronize() const {}
 };
 

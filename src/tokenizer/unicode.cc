@@ -223,7 +223,9 @@ static constexpr std::array<char32_t, 256> kByteLevelTable = [] {
   return t;
 }();
 
-char32_t byte_level_char(uint8_t byte) { return kByteLevelTable[byte]; }
+char32_t byte_level_char(uint8_t byte) {
+  return kByteLevelTable[byte];
+}
 
 void byte_level_append(char32_t c, std::u32string& out) {
   utf8proc_uint8_t buf[4];

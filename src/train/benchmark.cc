@@ -17,7 +17,15 @@ std::vector<BenchConfig> default_bench_configs() {
           {"minilm-l6", "real", 256, 256},
           {"bge-base", "fixed", 128, 128},
           {"bge-base", "fixed", 512, 64},
-          {"bge-base", "real", 512, 128}};
+          {"bge-base", "real", 512, 128},
+          {"modernbert-base", "fixed", 512, 64},
+          {"modernbert-base", "fixed", 2048, 16},
+          {"modernbert-base", "real", 1024, 64},
+          {"qwen3-0.6b", "fixed", 512, 32},
+          {"qwen3-0.6b", "real", 1024, 32},
+          {"embeddinggemma-300m", "fixed", 512, 64},
+          {"embeddinggemma-300m", "fixed", 1024, 32},
+          {"embeddinggemma-300m", "real", 1024, 64}};
 }
 
 namespace {
@@ -49,22 +57,43 @@ PackedBatch random_column(const std::vector<int32_t>& lens, int vocab, Rng& rng)
   return b;
 }
 
+// Query-key pairs one attention layer scores in a sequence of length l: all l^2, the lower
+// triangle when causal, |i - j| <= w with a window.
+double attention_pairs(double l, bool causal, int window) {
+  if (window >= 0 && window < l) {
+    const double w = window;
+    double pairs = l + 2 * (w * l - w * (w + 1) / 2);  // l diagonal + 2 sum_{d=1..w} (l - d)
+    return causal ? (pairs + l) / 2 : pairs;
+  }
+  return causal ? l * (l + 1) / 2 : l * l;
+}
+
 // Matrix FLOPs of one step: 2 per multiply-add of every linear layer (forward), the same
 // again for the input gradient, and again for weight gradients when the weights train;
-// attention: 4 L^2 h per layer forward (QK^T and PV), twice that backward.
+// attention: 4 d per scored query-key pair forward (QK^T and PV, d = heads x head_dim), twice
+// that backward.
 double step_flops(const SentenceModel& m, const std::vector<PackedBatch>& cols, TrainMode mode) {
-  const double h = m.cfg.hidden, f = m.cfg.intermediate, layers = m.cfg.layers;
-  double tokens = 0, sq = 0;
-  for (const auto& c : cols) {
-    tokens += static_cast<double>(c.tokens());
-    for (int i = 0; i < c.size(); ++i) {
-      double l = c.cu_seqlens[i + 1] - c.cu_seqlens[i];
-      sq += l * l;
+  const ModelConfig& c = m.cfg;
+  const double h = c.hidden, f = c.intermediate;
+  const double qd = static_cast<double>(c.heads) * c.head_dim,
+               kvd = static_cast<double>(is_rotary_family(c.family) ? c.kv_heads : c.heads) *
+                     c.head_dim;
+  // multiply-adds per token and layer: q, k, v, o projections and the MLP (3 matrices if gated)
+  const double mlp = is_rotary_family(c.family) ? 3 * h * f : 2 * h * f;
+  const double linear = c.layers * (h * (qd + 2 * kvd) + qd * h + mlp);
+  double tokens = 0, pairs = 0;
+  for (const auto& col : cols) {
+    tokens += static_cast<double>(col.tokens());
+    for (int i = 0; i < col.size(); ++i) {
+      double l = col.cu_seqlens[i + 1] - col.cu_seqlens[i];
+      for (int layer = 0; layer < c.layers; ++layer) {
+        bool sliding = !c.sliding.empty() && c.sliding[static_cast<size_t>(layer)];
+        pairs += attention_pairs(l, c.causal, sliding ? c.window : -1);
+      }
     }
   }
-  const double linear = layers * (4 * h * h + 2 * h * f);
   const double passes = mode == TrainMode::Full ? 6 : 4;
-  return passes * linear * tokens + 12 * sq * h * layers;
+  return passes * linear * tokens + 12 * pairs * qd;
 }
 
 }  // namespace
@@ -79,7 +108,10 @@ json run_bench(const BenchConfig& c, const Backend& be) {
     LoraConfig l;
     l.r = 16;
     l.alpha = 32;
-    l.target_modules = {"query", "key", "value", "dense"};  // as baseline_st.py
+    // as baseline_st.py: every attention and MLP projection of the family
+    l.target_modules = is_rotary_family(m->cfg.family)
+                           ? default_lora_targets(m->cfg.family)
+                           : std::vector<std::string>{"query", "key", "value", "dense"};
     apply_lora(be, *m, l, c.seed);
   }
   auto params = set_trainable(be, *m, c.mode);
@@ -113,6 +145,7 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   };
   for (int i = 0; i < c.warmup; ++i) step(i);
   be.synchronize();
+  be.reset_peak_bytes();  // as baseline_st.py: the peak of the timed steps (weights included)
   std::vector<double> times;
   for (int i = 0; i < c.steps; ++i) {
     auto t0 = std::chrono::steady_clock::now();

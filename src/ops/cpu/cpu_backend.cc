@@ -245,7 +245,8 @@ struct CpuBackend final : Backend {
         if (pdw) pdw[j] += g[j] * row[j] * ps[i];
       }
       const float c = static_cast<float>(dot / static_cast<double>(n)) * ps[i] * ps[i];
-      for (int64_t j = 0; j < n; ++j) pdx[i * n + j] = ps[i] * (g[j] * (pw[j] + offset) - row[j] * c);
+      for (int64_t j = 0; j < n; ++j)
+        pdx[i * n + j] = ps[i] * (g[j] * (pw[j] + offset) - row[j] * c);
     }
   }
 
@@ -300,7 +301,8 @@ struct CpuBackend final : Backend {
                     int64_t width) const override {
     const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
     ET_CHECK(dst.dim(0) == rows && src_col + width <= sc && dst_col + width <= dc,
-             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ", shape_str(dst.shape));
+             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ",
+             shape_str(dst.shape));
     for (int64_t r = 0; r < rows; ++r)
       std::memcpy(dst.f32() + r * dc + dst_col, src.f32() + r * sc + src_col,
                   static_cast<size_t>(width) * sizeof(float));

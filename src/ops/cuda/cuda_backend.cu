@@ -640,7 +640,7 @@ struct CudaBackend final : Backend {
   int device_index = 0;
   DType act = DType::BF16;
 
-  explicit CudaBackend(int dev) : device_index(dev) {
+  CudaBackend(int dev, DType act_type) : device_index(dev), act(act_type) {
     ET_CUDA(cudaSetDevice(dev));
     ET_CUBLAS(cublasCreate(&blas));
     // fp32 x fp32 products run as TF32 on tensor cores with fp32 accumulation (torch's
@@ -865,9 +865,9 @@ struct CudaBackend final : Backend {
              " values, expected ", T, " x ", heads, " x ", head_dim);
     const int half = head_dim / 2;
     if (T > 0)
-      rope_kernel<<<blocks_for(T * heads * half, 256), 256>>>(
-          P(x), I(positions), T, heads, half, static_cast<float>(std::log(theta)),
-          inverse ? -1.0f : 1.0f);
+      rope_kernel<<<blocks_for(T * heads * half, 256), 256>>>(P(x), I(positions), T, heads, half,
+                                                              static_cast<float>(std::log(theta)),
+                                                              inverse ? -1.0f : 1.0f);
     ET_LAUNCH_CHECK();
   }
   void glu_forward(Act a, const Tensor& gate, const Tensor& up, Tensor& y) const override {
@@ -881,8 +881,8 @@ struct CudaBackend final : Backend {
                     Tensor& dup) const override {
     OpScope scope_(prof.get(), "glu_backward");
     ET_CHECK(gate.numel() == dy.numel() && up.numel() == dy.numel(), "glu_backward: size mismatch");
-    glu_backward_kernel<<<blocks_for(dy.numel(), 256), 256>>>(
-        static_cast<int>(a), P(gate), P(up), P(dy), P(dgate), P(dup), dy.numel());
+    glu_backward_kernel<<<blocks_for(dy.numel(), 256), 256>>>(static_cast<int>(a), P(gate), P(up),
+                                                              P(dy), P(dgate), P(dup), dy.numel());
     ET_LAUNCH_CHECK();
   }
   void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
@@ -890,7 +890,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "copy_columns");
     const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
     ET_CHECK(dst.dim(0) == rows && src_col + width <= sc && dst_col + width <= dc,
-             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ", shape_str(dst.shape));
+             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ",
+             shape_str(dst.shape));
     if (rows * width > 0)
       copy_columns_kernel<<<blocks_for(rows * width, 256), 256>>>(P(src), sc, src_col, P(dst), dc,
                                                                   dst_col, rows, width);
@@ -1080,20 +1081,24 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   size_t peak_bytes() const override { return pool->peak_in_use; }
+  void reset_peak_bytes() const override {
+    std::lock_guard<std::mutex> g(pool->mu);
+    pool->peak_in_use = pool->in_use;
+  }
   void synchronize() const override { ET_CUDA(cudaDeviceSynchronize()); }
 };
 
 }  // namespace
 }  // namespace cuda
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::unique_ptr<Backend> make_cuda_backend(int device, DType act) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     cudaGetLastError();
     fail("no CUDA device is available");
   }
   ET_CHECK(device >= 0 && device < n, "CUDA device ", device, " does not exist (", n, " present)");
-  return std::make_unique<cuda::CudaBackend>(device);
+  return std::make_unique<cuda::CudaBackend>(device, act);
 }
 
 }  // namespace et

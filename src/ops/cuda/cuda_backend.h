@@ -11,7 +11,9 @@
 namespace et {
 
 // Throws when the build has no CUDA or no device is present.
-std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+// `act`: storage type of activations (BF16 by default; F32 for reference runs). The
+// environment variable EMBEDTUNE_ACT_DTYPE=f32 selects F32 as well.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0, DType act = DType::BF16);
 // "cpu" or "cuda".
 std::unique_ptr<Backend> make_backend(const std::string& name);
 

@@ -4,7 +4,7 @@
 
 namespace et {
 
-std::unique_ptr<Backend> make_cuda_backend(int) {
+std::unique_ptr<Backend> make_cuda_backend(int, DType) {
   fail("this embedtune was built without CUDA (rebuild with a CUDA toolkit, EMBEDTUNE_CUDA=ON)");
 }
 
