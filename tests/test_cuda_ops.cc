@@ -370,8 +370,8 @@ TEST(CudaOps, AttentionForwardBackward) {
 // gradient of full fine-tuning and of LoRA), with fp32 activations on the GPU (the kernels'
 // logic, at the tolerances for every family) and with bf16 activations (the training
 // configuration). bf16 tolerance for all gradients together: 3e-2 relative norm, except Qwen3
-// (measured 3.2%) and Gemma3 (7.3%): their tiny fixture models (sandwich norms, x sqrt(hidden)
-// embeddings, per-head q/k norms) magnify the bf16 rounding of the residual stream; with fp32
+// (measured 3.15%) and Gemma3 (4.6%): their tiny fixture models (sandwich norms, x sqrt(hidden)
+// embeddings, per-head q/k norms) magnify bf16 rounding of the matrix operands; with fp32
 // activations both are within 3e-2.
 struct CudaModelCase {
   std::string arch;
@@ -390,8 +390,8 @@ std::vector<CudaModelCase> cuda_model_cases() {
 
 double all_grads_tolerance(const CudaModelCase& c) {
   if (c.act == DType::F32) return 3e-2;
-  if (c.arch == "qwen3") return 4e-2;
-  if (c.arch == "gemma3") return 8e-2;
+  if (c.arch == "qwen3") return 4e-2;   // measured 3.15% (H100)
+  if (c.arch == "gemma3") return 6e-2;  // measured 4.6%
   return 3e-2;
 }
 

@@ -179,7 +179,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   be.attention_forward(attn, q, k, v, ctx, lse);
   Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
   a = norm_forward(be, c, L.post_attn_norm, a, s ? &s->post_attn_norm : nullptr);
-  Tensor x1 = be.empty({T, H}, act);
+  Tensor x1 = be.empty({T, H}, DType::F32);  // the residual stream stays fp32 (see below)
   be.add(x, a, x1);
   Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
   Tensor g, u;
@@ -195,7 +195,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   be.glu_forward(c.act, g, u, m);
   Tensor f = linear_forward(be, L.down, m, s ? &s->down : nullptr, rng);
   f = norm_forward(be, c, L.post_mlp_norm, f, s ? &s->post_mlp_norm : nullptr);
-  Tensor out = be.empty({T, H}, act);
+  Tensor out = be.empty({T, H}, DType::F32);
   be.add(x1, f, out);
   if (s) {
     s->x = x;
@@ -243,7 +243,7 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     linear_backward(be, L.gate, s.gate, dg, &dh2, false);
     linear_backward(be, L.up, s.up, du, &dh2, true);
   }
-  Tensor dx1 = be.empty({T, H}, act);
+  Tensor dx1 = be.empty({T, H}, DType::F32);
   be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dx1);
   // x1 = x + N_post_attn(Wo attn(q, k, v))
   Tensor da = norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1);
@@ -271,7 +271,7 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     linear_backward(be, L.k, s.k, dk, &dh, true);
     linear_backward(be, L.v, s.v, dv, &dh, true);
   }
-  Tensor dx = be.empty({T, H}, act);
+  Tensor dx = be.empty({T, H}, DType::F32);
   be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx);
   return dx;
 }
@@ -295,8 +295,10 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
       pos[t] = t - batch.cu_seqlens[b];
   Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
   Tensor positions = be.upload(cpu_from_i32(pos, {T}));
-  const DType act = be.act_dtype();
-  Tensor x = be.empty({T, H}, act);
+  // The residual stream (and its gradient) is kept in fp32 while every matrix operand is bf16:
+  // with sandwich norms and scaled embeddings (Gemma3) a bf16 residual loses accuracy at each
+  // of the two additions per layer; fp32 costs two [T, hidden] tensors per layer.
+  Tensor x = be.empty({T, H}, DType::F32);
   be.embedding_forward(ids, enc.word->value, x, false);
   if (c.emb_scale != 1.0f) be.scale(x, c.emb_scale);
   x = norm_forward(be, c, enc.emb_norm, x, saved ? &saved->emb_norm : nullptr);

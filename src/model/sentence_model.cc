@@ -251,11 +251,13 @@ PackedBatch tokenize_texts(const SentenceModel& m, const std::vector<std::string
     prompt_len =
         static_cast<int32_t>(encode(m.tokenizer, p, true, m.max_seq_length).ids.size()) - 1;
   }
-  for (const std::string& t : texts) {
-    std::string text = prompt + t;
-    if (m.do_lower_case) text = lower_text(text);
-    b.add(encode(m.tokenizer, text, true, m.max_seq_length).ids, prompt_len);
+  std::vector<std::string> full(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    full[i] = prompt + texts[i];
+    if (m.do_lower_case) full[i] = lower_text(full[i]);
   }
+  for (const Encoding& e : encode_batch(m.tokenizer, full, true, m.max_seq_length))
+    b.add(e.ids, prompt_len);
   return b;
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <future>
 
 #include "core/error.h"
 #include "eval/evaluate.h"
@@ -255,17 +256,26 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     auto batches = epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler, c.seed,
                                  st.epoch, c.dataloader_drop_last);
     const int64_t nb = static_cast<int64_t>(batches.size());
+    // Micro-batch i + 1 is tokenized (on all cores) on another thread while micro-batch i
+    // trains; the GPU step and the tokenizer overlap.
+    auto tokenize_micro = [&](int64_t micro) {
+      std::vector<PackedBatch> out;
+      for (size_t col = 0; col < ds.columns.size(); ++col) {
+        std::vector<std::string> texts;
+        for (int32_t r : batches[static_cast<size_t>(micro)]) texts.push_back(ds.rows[r][col]);
+        out.push_back(tokenize_texts(m, texts));
+      }
+      return out;
+    };
+    std::future<std::vector<PackedBatch>> prefetch;
     for (; st.micro < nb && st.step < total; ++st.micro) {
-      std::vector<PackedBatch> cols;
+      std::vector<PackedBatch> cols = prefetch.valid() ? prefetch.get() : tokenize_micro(st.micro);
+      if (st.micro + 1 < nb)
+        prefetch = std::async(std::launch::async, tokenize_micro, st.micro + 1);
+      for (const PackedBatch& b : cols) st.tokens += b.tokens();
       std::vector<double> labels;
       if (!ds.labels.empty())
         for (int32_t r : batches[st.micro]) labels.push_back(ds.labels[r]);
-      for (size_t col = 0; col < ds.columns.size(); ++col) {
-        std::vector<std::string> texts;
-        for (int32_t r : batches[st.micro]) texts.push_back(ds.rows[r][col]);
-        cols.push_back(tokenize_texts(m, texts));
-        st.tokens += cols.back().tokens();
-      }
       // The last step of an epoch may have fewer micro-batches; average over those it has.
       const int64_t first = (st.micro / accum) * accum;
       const int64_t in_step = std::min(accum, nb - first);
