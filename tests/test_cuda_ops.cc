@@ -316,14 +316,19 @@ TEST(CudaOps, AttentionForwardBackward) {
       {{100, 65}, 4, 2, 32, true, -1, false},    // causal, grouped-query
       {{150, 40}, 4, 1, 128, false, 16, false},  // sliding window, one kv head
       {{70}, 2, 1, 256, true, 8, false},
+      // head dim 256: sequences of 128+ tokens take the cuBLAS path, shorter ones the tiles
+      {{200, 33, 1, 130}, 3, 1, 256, false, 8, false},  // EmbeddingGemma's shape
+      {{150, 20}, 4, 2, 256, true, -1, false},
   };
   for (const char* path : {"tc", "scalar"})
     for (const AttnCase& c : cases) {
-      // Tensor-core kernels round q, k, v, P and dS to bf16: about 1e-2 relative; the fp32
+      // Tensor-core kernels round q, k, v, P and dS to bf16: about 1e-2 relative; the cuBLAS
+      // path for head dims above 128 runs its fp32 products as TF32 (about 1e-3); the fp32
       // kernels agree with the CPU to rounding.
       setenv("EMBEDTUNE_ATTENTION", path, 1);
       const bool tc = std::string(path) == "tc" && c.d % 16 == 0 && c.d <= 128;
-      const double tol_f = tc ? 1e-2 : 1e-5, tol_b = tc ? 2e-2 : 1e-4;
+      const bool gemm = std::string(path) == "tc" && c.d > 128;
+      const double tol_f = tc ? 1e-2 : gemm ? 3e-3 : 1e-5, tol_b = tc ? 2e-2 : gemm ? 5e-3 : 1e-4;
       AttentionArgs a;
       a.cu_seqlens = {0};
       for (int l : c.lens) a.cu_seqlens.push_back(a.cu_seqlens.back() + l);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ops/cuda/attention.h"
+#include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.h"
 
@@ -23,6 +24,9 @@ namespace et {
 
 namespace cuda {
 namespace {
+
+// Sequences at least this long use the cuBLAS attention path for head dims above 128.
+constexpr int kGemmMinLen = 128;
 
 // ---- memory -------------------------------------------------------------------------------
 
@@ -939,10 +943,12 @@ struct CudaBackend final : Backend {
   }
 
   // (sequence, first row) of every 64-row tile, for the attention kernels' grids.
-  Tensor tiles_of(const AttentionArgs& a, int* n) const {
+  // Sequences shorter than `below` only (the others go through the cuBLAS path).
+  Tensor tiles_of(const AttentionArgs& a, int* n, int below = INT32_MAX) const {
     std::vector<int32_t> tiles;
     for (size_t b = 0; b + 1 < a.cu_seqlens.size(); ++b)
-      for (int r = 0; r < a.cu_seqlens[b + 1] - a.cu_seqlens[b]; r += kAttnTileRows) {
+      for (int r = 0, len = a.cu_seqlens[b + 1] - a.cu_seqlens[b]; len < below && r < len;
+           r += kAttnTileRows) {
         tiles.push_back(static_cast<int32_t>(b));
         tiles.push_back(r);
       }
@@ -967,9 +973,21 @@ struct CudaBackend final : Backend {
       attention_forward_tc(a, q.data, k.data, v.data, out.data, bf, W(lse), I(tiles), n, I(cu));
       return;
     }
+    // Head dims above 128: sequences of kGemmMinLen tokens or more through cuBLAS (one set of
+    // batched products per sequence), shorter ones through the fp32 tile kernels, which need
+    // no launch per sequence.
+    const bool gemm = attention_use_gemm(a);
+    if (gemm) {
+      Tensor ws = empty({static_cast<int64_t>(attention_gemm_workspace(a))}, DType::U8);
+      attention_forward_gemm(blas, a, q.data, k.data, v.data, out.data, bf, W(lse), ws.data,
+                             kGemmMinLen);
+      tiles = tiles_of(a, &n, kGemmMinLen);
+      if (n == 0) return;
+    }
     // fp32 CUDA-core kernels for other head sizes
     Tensor q32 = convert(q, DType::F32), k32 = convert(k, DType::F32), v32 = convert(v, DType::F32);
     Tensor o32 = bf ? empty(out.shape, DType::F32) : out;
+    if (bf && gemm) copy(o32, out);  // keep the rows the cuBLAS path wrote
     cuda::attention_forward(a, F(q32), F(k32), F(v32), W(o32), W(lse), I(tiles), n, I(cu));
     if (bf) copy(out, o32);
   }
@@ -1005,13 +1023,24 @@ struct CudaBackend final : Backend {
       if (dv.dtype != DType::F32) copy(dv, dv32);
       return;
     }
+    // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
+    // (which run first: with grouped heads they clear all of dk, dv).
+    const bool gemm = attention_use_gemm(a);
+    if (gemm) tiles = tiles_of(a, &n, kGemmMinLen);
     auto f32 = [&](const Tensor& t) { return convert(t, DType::F32); };
     Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(out), g32 = f32(dout);
     Tensor dq32 = dq.dtype == DType::F32 ? dq : empty(dq.shape, DType::F32);
     Tensor dk32 = dk.dtype == DType::F32 ? dk : empty(dk.shape, DType::F32);
     Tensor dv32 = dv.dtype == DType::F32 ? dv : empty(dv.shape, DType::F32);
-    cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32), W(dk32),
-                             W(dv32), dbias, W(delta), I(tiles), n, I(cu));
+    if (n > 0)
+      cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32), W(dk32),
+                               W(dv32), dbias, W(delta), I(tiles), n, I(cu));
+    if (gemm) {
+      attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
+      Tensor ws = empty({static_cast<int64_t>(attention_gemm_workspace(a))}, DType::U8);
+      attention_backward_gemm(blas, a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta),
+                              W(dq32), W(dk32), W(dv32), ws.data, kGemmMinLen);
+    }
     if (dq.dtype != DType::F32) copy(dq, dq32);
     if (dk.dtype != DType::F32) copy(dk, dk32);
     if (dv.dtype != DType::F32) copy(dv, dv32);
