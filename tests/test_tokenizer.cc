@@ -149,6 +149,30 @@ TEST(SentencePieceModel, ConvertsLikeTransformers) {
   EXPECT_GT(compared, 300);
 }
 
+// The XLM-R-style fixtures were converted by transformers from these SentencePiece Unigram
+// models: the same file as sentencepiece.bpe.model must give identical ids and offsets.
+TEST(SentencePieceModel, UnigramConvertsLikeXlmRoberta) {
+  const std::string data = std::string(EMBEDTUNE_SOURCE_DIR) + "/../shared/data/tokenizers/";
+  for (auto [model, fixture] : {std::pair{"sp_test_model.model", "xlmr-style-unigram"},
+                                std::pair{"sp_test_ja_model.model", "xlmr-style-unigram-ja"}}) {
+    std::string fx = fixtures_root() + "/tokenizers/" + fixture;
+    SKIP_WITHOUT_FIXTURES(fx);
+    if (!file_exists(data + model)) GTEST_SKIP() << "skipped: no " << data + model;
+    std::string dir = temp_dir(std::string("spm_unigram_") + fixture);
+    write_text_atomic(dir + "/sentencepiece.bpe.model", read_text_file(data + model));
+    Tokenizer tok = load_tokenizer(dir);
+    json cases = read_json_file(fx + "/cases.json");
+    int mismatches = 0;
+    for (const auto& c : cases["cases"]) {
+      Encoding e = encode(tok, c["text"].get<std::string>(), true);
+      bool ok = e.ids == c["ids"].get<std::vector<int32_t>>() &&
+                e.offsets == c["offsets"].get<std::vector<std::pair<int32_t, int32_t>>>();
+      if (!ok && ++mismatches <= 3) ADD_FAILURE() << fixture << ": " << c["text"];
+    }
+    EXPECT_EQ(mismatches, 0) << fixture;
+  }
+}
+
 TEST(SentencePieceModel, RejectsGarbage) {
   std::string dir = temp_dir("spm_bad");
   write_text_atomic(dir + "/tokenizer.model", std::string("\x0a\xff\xff\xff\x0f", 5));

@@ -209,9 +209,31 @@ json bpe_merges(const SpModel& m) {
 
 }  // namespace
 
+// transformers' XLMRobertaConverter (fairseq's dictionary order): <s> <pad> </s> <unk>, then
+// the model's pieces after its first three, then <mask>; every id shifts by one.
+static void to_xlm_roberta_order(SpModel& m) {
+  std::vector<SpPiece> pieces{{"<s>", 0, 3}, {"<pad>", 0, 3}, {"</s>", 0, 3}, {"<unk>", 0, 2}};
+  for (size_t i = 3; i < m.pieces.size(); ++i) pieces.push_back(m.pieces[i]);
+  pieces.push_back({"<mask>", 0, 3});
+  m.pieces = std::move(pieces);
+  m.unk_id = 3;
+  m.bos_id = 0;
+  m.eos_id = 2;
+  m.pad_id = 1;
+}
+
 json sentencepiece_to_tokenizer_json(const std::string& model_path) {
   SpModel m = parse_model_proto(read_text_file(model_path), model_path);
   const bool bpe = m.model_type == 2;
+  // XLM-R / BGE-M3 style folders: sentencepiece.bpe.model, or tokenizer_config.json naming an
+  // XLM-RoBERTa tokenizer
+  std::string cfg_path =
+      path_join(std::filesystem::path(model_path).parent_path().string(), "tokenizer_config.json");
+  json cfg = file_exists(cfg_path) ? read_json_file(cfg_path) : json::object();
+  const std::string tk_class = cfg.value("tokenizer_class", "");
+  if (!bpe && (std::filesystem::path(model_path).filename() == "sentencepiece.bpe.model" ||
+               tk_class.find("XLMRoberta") != std::string::npos))
+    to_xlm_roberta_order(m);
   json j;
   json added = json::array();
   for (size_t i = 0; i < m.pieces.size(); ++i) {
@@ -258,15 +280,10 @@ json sentencepiece_to_tokenizer_json(const std::string& model_path) {
   }
   // Post-processor: BOS (and EOS for Unigram) as the model and tokenizer_config.json say.
   bool add_bos = m.bos_id >= 0, add_eos = !bpe && m.eos_id >= 0;
-  std::string cfg =
-      path_join(std::filesystem::path(model_path).parent_path().string(), "tokenizer_config.json");
-  if (file_exists(cfg)) {
-    json c = read_json_file(cfg);
-    if (c.contains("add_bos_token") && c["add_bos_token"].is_boolean())
-      add_bos = c["add_bos_token"];
-    if (c.contains("add_eos_token") && c["add_eos_token"].is_boolean())
-      add_eos = c["add_eos_token"];
-  }
+  if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean())
+    add_bos = cfg["add_bos_token"];
+  if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean())
+    add_eos = cfg["add_eos_token"];
   json single = json::array(), specials = json::object();
   auto special = [&](int id) {
     const std::string& name = m.pieces[static_cast<size_t>(id)].piece;

@@ -7,7 +7,9 @@
 //    vocabulary as SentencePieceExtractor does (every split of a piece into two pieces,
 //    ordered by the merged piece's score, highest first; ties by the pieces' ids).
 //  - Unigram models (XLM-R, BGE-M3 style): Precompiled normalizer from the model's charsmap,
-//    WhitespaceSplit + Metaspace(prepend always), Unigram with the model's scores.
+//    WhitespaceSplit + Metaspace(prepend always), Unigram with the model's scores; a
+//    `sentencepiece.bpe.model` (or a tokenizer_config.json naming XLMRobertaTokenizer) gets
+//    XLMRobertaConverter's fairseq order: <s> <pad> </s> <unk>, pieces[3:], <mask>.
 //  Control and unknown pieces become special added tokens, user-defined pieces added tokens.
 //  The post-processor adds the BOS piece (and, for Unigram, EOS) when the model has them,
 //  unless tokenizer_config.json next to the file says add_bos_token/add_eos_token otherwise.
