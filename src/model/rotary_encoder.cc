@@ -199,9 +199,17 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   be.add(x1, f, out);
   if (s) {
     s->x = x;
-    s->h = h;
-    s->qr = q;
-    s->kr = k;
+    // The projections' inputs h = N_attn(x), h2 = N_mlp(x1) are recomputed in backward.
+    auto drop_input = [](LinearSaved& ls, const Tensor& in) {
+      if (ls.x_lora.data == in.data) ls.x_lora = Tensor{};  // no dropout: x_lora is x itself
+      ls.x = Tensor{};
+    };
+    for (LinearSaved* ls : {&s->qkv, &s->q, &s->k, &s->v}) drop_input(*ls, h);
+    for (LinearSaved* ls : {&s->wi, &s->gate, &s->up}) drop_input(*ls, h2);
+    if (!L.q_norm) {  // no norm to recompute them from: keep q, k after RoPE
+      s->qr = q;
+      s->kr = k;
+    }
     s->vr = v;
     s->ctx = ctx;
     s->lse = lse;
@@ -233,15 +241,22 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   linear_backward(be, L.down, down, df, &dm, false);
   Tensor dg = be.empty(s.g.shape, act), du = be.empty(s.u.shape, act);
   be.glu_backward(c.act, s.g, s.u, dm, dg, du);
+  // the projections' inputs, recomputed: h2 = N_mlp(x1), later h = N_attn(x)
+  auto with_input = [](LinearSaved ls, const Tensor& in) {
+    ls.x = in;
+    if (!ls.x_lora.defined()) ls.x_lora = in;
+    return ls;
+  };
+  const Tensor h2 = norm_forward(be, c, L.mlp_norm, s.mlp_norm.x, nullptr);
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
     Tensor dwi = be.empty({T, 2 * F}, act);
     be.copy_columns(dg, 0, dwi, 0, F);
     be.copy_columns(du, 0, dwi, F, F);
-    linear_backward(be, L.wi, s.wi, dwi, &dh2, false);
+    linear_backward(be, L.wi, with_input(s.wi, h2), dwi, &dh2, false);
   } else {
-    linear_backward(be, L.gate, s.gate, dg, &dh2, false);
-    linear_backward(be, L.up, s.up, du, &dh2, true);
+    linear_backward(be, L.gate, with_input(s.gate, h2), dg, &dh2, false);
+    linear_backward(be, L.up, with_input(s.up, h2), du, &dh2, true);
   }
   Tensor dx1 = be.empty({T, H}, DType::F32);
   be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dx1);
@@ -251,25 +266,33 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   linear_backward(be, L.o, s.o, da, &dctx, false);
   Tensor dq = be.empty({T, qdim}, act), dk = be.empty({T, kvdim}, act),
          dv = be.empty({T, kvdim}, act);
-  be.attention_backward(attn, s.qr, s.kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
   const double theta = theta_of(c, L);
+  Tensor qr = s.qr, kr = s.kr;
+  if (L.q_norm) {  // q, k after norm and RoPE, recomputed
+    qr = norm_forward(be, c, Norm{L.q_norm, nullptr}, s.q_pre, nullptr);
+    kr = norm_forward(be, c, Norm{L.k_norm, nullptr}, s.k_pre, nullptr);
+    be.rope(qr, positions, c.heads, static_cast<int>(D), theta, false);
+    be.rope(kr, positions, c.kv_heads, static_cast<int>(D), theta, false);
+  }
+  be.attention_backward(attn, qr, kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
   be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
   be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
   if (L.q_norm) {
     dq = norm_backward(be, c, Norm{L.q_norm, nullptr}, NormSaved{s.q_pre, {}, s.q_rstd}, dq);
     dk = norm_backward(be, c, Norm{L.k_norm, nullptr}, NormSaved{s.k_pre, {}, s.k_rstd}, dk);
   }
+  const Tensor h = norm_forward(be, c, L.attn_norm, s.x, nullptr);
   Tensor dh = be.empty({T, H}, act);
   if (L.qkv.weight) {
     Tensor dqkv = be.empty({T, qdim + 2 * kvdim}, act);
     be.copy_columns(dq, 0, dqkv, 0, qdim);
     be.copy_columns(dk, 0, dqkv, qdim, kvdim);
     be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
-    linear_backward(be, L.qkv, s.qkv, dqkv, &dh, false);
+    linear_backward(be, L.qkv, with_input(s.qkv, h), dqkv, &dh, false);
   } else {
-    linear_backward(be, L.q, s.q, dq, &dh, false);
-    linear_backward(be, L.k, s.k, dk, &dh, true);
-    linear_backward(be, L.v, s.v, dv, &dh, true);
+    linear_backward(be, L.q, with_input(s.q, h), dq, &dh, false);
+    linear_backward(be, L.k, with_input(s.k, h), dk, &dh, true);
+    linear_backward(be, L.v, with_input(s.v, h), dv, &dh, true);
   }
   Tensor dx = be.empty({T, H}, DType::F32);
   be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx);

@@ -63,10 +63,11 @@ struct RotaryLayerSaved {
   Tensor x;
   NormSaved attn_norm, post_attn_norm, mlp_norm, post_mlp_norm;
   LinearSaved qkv, q, k, v, o, wi, gate, up, down;
+  // Kept small: N_attn(x) and N_mlp(x1) (the projections' inputs) are recomputed in backward
+  // from x and x1; with q/k norms, q and k after norm and RoPE are recomputed from q_pre/k_pre.
   Tensor q_pre, k_pre, q_rstd, k_rstd;  // inputs of the q/k norms
-  Tensor qr, kr, vr, ctx, lse;          // attention inputs (after RoPE) and outputs
+  Tensor qr, kr, vr, ctx, lse;          // attention inputs (qr, kr only without q/k norms)
   Tensor g, u;                          // GLU inputs; the product is recomputed in backward
-  Tensor h;                             // input of the projections (N_attn(x)), for Wqkv
   Rng rng;
 };
 
