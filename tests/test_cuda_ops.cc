@@ -146,6 +146,34 @@ TEST(CudaOps, RotaryFamilyOps) {
     expect_close(b.down(dgd), dgr, 1e-5, "glu_backward dgate");
     expect_close(b.down(dud), dur, 1e-5, "glu_backward dup");
   }
+  // packed gate|up (ModernBERT's Wi output)
+  Tensor gu = b.rand({T, 128}, -3, 3);
+  for (Act act : {Act::GeluErf, Act::SiLU}) {
+    Tensor yr = cpu_empty({T, 64}), yd = b.poisoned({T, 64});
+    b.cpu->glu_packed_forward(act, gu, yr);
+    b.gpu->glu_packed_forward(act, b.up(gu), yd);
+    expect_close(b.down(yd), yr, 1e-5, "glu_packed_forward");
+    Tensor dr = cpu_empty(gu.shape), dd = b.poisoned(gu.shape);
+    b.cpu->glu_packed_backward(act, gu, gy, dr);
+    b.gpu->glu_packed_backward(act, b.up(gu), b.up(gy), dd);
+    expect_close(b.down(dd), dr, 1e-5, "glu_packed_backward");
+  }
+  // rotation between column ranges of different tensors (fused q|k|v split)
+  {
+    Tensor qkv = b.rand({T, 3 * heads * D}), qr = cpu_empty({T, heads * D}),
+           qd = b.poisoned({T, heads * D});
+    b.cpu->rope_columns(qkv, heads * D, qr, 0, p_host, static_cast<int>(heads), static_cast<int>(D),
+                        160000.0, false);
+    b.gpu->rope_columns(b.up(qkv), heads * D, qd, 0, p_dev, static_cast<int>(heads),
+                        static_cast<int>(D), 160000.0, false);
+    expect_close(b.down(qd), qr, 2e-5, "rope_columns");
+    Tensor back = b.rand({T, 3 * heads * D}), backd = b.up(back);
+    b.cpu->rope_columns(qr, 0, back, 2 * heads * D, p_host, static_cast<int>(heads),
+                        static_cast<int>(D), 160000.0, true);
+    b.gpu->rope_columns(qd, 0, backd, 2 * heads * D, p_dev, static_cast<int>(heads),
+                        static_cast<int>(D), 160000.0, true);
+    expect_close(b.down(backd), back, 2e-5, "rope_columns inverse into columns");
+  }
   Tensor big = b.rand({T, 96}), dst0 = b.rand({T, 40});
   Tensor dr = cpu_clone(dst0), dd = b.up(dst0);
   b.cpu->copy_columns(big, 17, dr, 5, 30);

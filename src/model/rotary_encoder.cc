@@ -149,10 +149,14 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   const DType act = be.act_dtype();
   Tensor h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr);
   Tensor q, k, v;
+  const double theta = theta_of(c, L);
   if (L.qkv.weight) {
+    // split the fused projection, q and k rotated on the way
     Tensor qkv = linear_forward(be, L.qkv, h, s ? &s->qkv : nullptr, rng);
-    q = columns(be, qkv, 0, qdim);
-    k = columns(be, qkv, qdim, kvdim);
+    q = be.empty({T, qdim}, act);
+    k = be.empty({T, kvdim}, act);
+    be.rope_columns(qkv, 0, q, 0, positions, c.heads, static_cast<int>(D), theta, false);
+    be.rope_columns(qkv, qdim, k, 0, positions, c.kv_heads, static_cast<int>(D), theta, false);
     v = columns(be, qkv, qdim + kvdim, kvdim);
   } else {
     q = linear_forward(be, L.q, h, s ? &s->q : nullptr, rng);
@@ -172,9 +176,10 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     q = qn;
     k = kn;
   }
-  const double theta = theta_of(c, L);
-  be.rope(q, positions, c.heads, static_cast<int>(D), theta, false);
-  be.rope(k, positions, c.kv_heads, static_cast<int>(D), theta, false);
+  if (!L.qkv.weight) {
+    be.rope(q, positions, c.heads, static_cast<int>(D), theta, false);
+    be.rope(k, positions, c.kv_heads, static_cast<int>(D), theta, false);
+  }
   Tensor ctx = be.empty({T, qdim}, act), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
   Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
@@ -182,17 +187,16 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   Tensor x1 = be.empty({T, H}, DType::F32);  // the residual stream stays fp32 (see below)
   be.add(x, a, x1);
   Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
-  Tensor g, u;
+  Tensor g, u;  // ModernBERT: g holds Wi's packed output (gate | up), u stays empty
+  Tensor m = be.empty({T, c.intermediate}, act);
   if (L.wi.weight) {
-    Tensor wi = linear_forward(be, L.wi, h2, s ? &s->wi : nullptr, rng);
-    g = columns(be, wi, 0, c.intermediate);
-    u = columns(be, wi, c.intermediate, c.intermediate);
+    g = linear_forward(be, L.wi, h2, s ? &s->wi : nullptr, rng);
+    be.glu_packed_forward(c.act, g, m);
   } else {
     g = linear_forward(be, L.gate, h2, s ? &s->gate : nullptr, rng);
     u = linear_forward(be, L.up, h2, s ? &s->up : nullptr, rng);
+    be.glu_forward(c.act, g, u, m);
   }
-  Tensor m = be.empty(g.shape, act);
-  be.glu_forward(c.act, g, u, m);
   Tensor f = linear_forward(be, L.down, m, s ? &s->down : nullptr, rng);
   f = norm_forward(be, c, L.post_mlp_norm, f, s ? &s->post_mlp_norm : nullptr);
   Tensor out = be.empty({T, H}, DType::F32);
@@ -232,15 +236,16 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   const DType act = be.act_dtype();
   // x' = x1 + N_post_mlp(Wd m)
   Tensor df = norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout);
-  Tensor m = be.empty(s.g.shape, act);
-  be.glu_forward(c.act, s.g, s.u, m);
+  Tensor m = be.empty({T, F}, act);
+  if (L.wi.weight)
+    be.glu_packed_forward(c.act, s.g, m);
+  else
+    be.glu_forward(c.act, s.g, s.u, m);
   LinearSaved down = s.down;
   down.x = m;
   if (!down.x_lora.defined()) down.x_lora = m;
-  Tensor dm = be.empty(s.g.shape, act);
+  Tensor dm = be.empty({T, F}, act);
   linear_backward(be, L.down, down, df, &dm, false);
-  Tensor dg = be.empty(s.g.shape, act), du = be.empty(s.u.shape, act);
-  be.glu_backward(c.act, s.g, s.u, dm, dg, du);
   // the projections' inputs, recomputed: h2 = N_mlp(x1), later h = N_attn(x)
   auto with_input = [](LinearSaved ls, const Tensor& in) {
     ls.x = in;
@@ -251,10 +256,11 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
     Tensor dwi = be.empty({T, 2 * F}, act);
-    be.copy_columns(dg, 0, dwi, 0, F);
-    be.copy_columns(du, 0, dwi, F, F);
+    be.glu_packed_backward(c.act, s.g, dm, dwi);
     linear_backward(be, L.wi, with_input(s.wi, h2), dwi, &dh2, false);
   } else {
+    Tensor dg = be.empty({T, F}, act), du = be.empty({T, F}, act);
+    be.glu_backward(c.act, s.g, s.u, dm, dg, du);
     linear_backward(be, L.gate, with_input(s.gate, h2), dg, &dh2, false);
     linear_backward(be, L.up, with_input(s.up, h2), du, &dh2, true);
   }
@@ -275,8 +281,10 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     be.rope(kr, positions, c.kv_heads, static_cast<int>(D), theta, false);
   }
   be.attention_backward(attn, qr, kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
-  be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
-  be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
+  if (!L.qkv.weight) {
+    be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
+    be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
+  }
   if (L.q_norm) {
     dq = norm_backward(be, c, Norm{L.q_norm, nullptr}, NormSaved{s.q_pre, {}, s.q_rstd}, dq);
     dk = norm_backward(be, c, Norm{L.k_norm, nullptr}, NormSaved{s.k_pre, {}, s.k_rstd}, dk);
@@ -284,9 +292,9 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   const Tensor h = norm_forward(be, c, L.attn_norm, s.x, nullptr);
   Tensor dh = be.empty({T, H}, act);
   if (L.qkv.weight) {
-    Tensor dqkv = be.empty({T, qdim + 2 * kvdim}, act);
-    be.copy_columns(dq, 0, dqkv, 0, qdim);
-    be.copy_columns(dk, 0, dqkv, qdim, kvdim);
+    Tensor dqkv = be.empty({T, qdim + 2 * kvdim}, act);  // rotated back on the way
+    be.rope_columns(dq, 0, dqkv, 0, positions, c.heads, static_cast<int>(D), theta, true);
+    be.rope_columns(dk, 0, dqkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta, true);
     be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
     linear_backward(be, L.qkv, with_input(s.qkv, h), dqkv, &dh, false);
   } else {

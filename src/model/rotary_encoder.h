@@ -67,7 +67,7 @@ struct RotaryLayerSaved {
   // from x and x1; with q/k norms, q and k after norm and RoPE are recomputed from q_pre/k_pre.
   Tensor q_pre, k_pre, q_rstd, k_rstd;  // inputs of the q/k norms
   Tensor qr, kr, vr, ctx, lse;          // attention inputs (qr, kr only without q/k norms)
-  Tensor g, u;                          // GLU inputs; the product is recomputed in backward
+  Tensor g, u;  // GLU inputs (ModernBERT: g = Wi's packed gate|up); the product is recomputed
   Rng rng;
 };
 

@@ -8,6 +8,7 @@
 //   - "accumulate" outputs (parameter gradients) are added to; other outputs are overwritten.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -89,13 +90,28 @@ struct Backend {
   // i + D/2, as transformers' apply_rotary_pos_emb): with a = positions[t] * theta^(-2i/D),
   //   (x_i, x_{i+D/2}) -> (x_i cos a - x_{i+D/2} sin a, x_{i+D/2} cos a + x_i sin a).
   // inverse = true rotates by -a, which is the backward pass (the rotation is orthogonal).
-  virtual void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
-                    bool inverse) const = 0;
+  // rope_columns reads the heads * D columns of `src` from src_col and writes them rotated to
+  // `dst` from dst_col (both 2-D with T rows; src == dst with equal columns is in place), so a
+  // fused q|k|v projection is split and rotated in one pass.
+  virtual void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                            const Tensor& positions, int heads, int head_dim, double theta,
+                            bool inverse) const = 0;
+  void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
+            bool inverse) const {
+    Tensor x2 = x;
+    x2.shape = {positions.numel(), x.numel() / std::max<int64_t>(positions.numel(), 1)};
+    rope_columns(x2, 0, x2, 0, positions, heads, head_dim, theta, inverse);
+  }
 
   // Gated linear unit: y = act(gate) * up;  dgate = act'(gate) up dy, dup = act(gate) dy.
   virtual void glu_forward(Act act, const Tensor& gate, const Tensor& up, Tensor& y) const = 0;
   virtual void glu_backward(Act act, const Tensor& gate, const Tensor& up, const Tensor& dy,
                             Tensor& dgate, Tensor& dup) const = 0;
+  // The same with gate and up packed side by side in one [T, 2F] tensor (gate columns first,
+  // as ModernBERT's Wi writes them); the gradient comes back packed the same way.
+  virtual void glu_packed_forward(Act act, const Tensor& gate_up, Tensor& y) const = 0;
+  virtual void glu_packed_backward(Act act, const Tensor& gate_up, const Tensor& dy,
+                                   Tensor& d_gate_up) const = 0;
 
   // dst[:, dst_col : dst_col + width] = src[:, src_col : src_col + width] (2-D, same rows).
   virtual void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,

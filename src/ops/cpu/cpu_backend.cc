@@ -250,13 +250,19 @@ struct CpuBackend final : Backend {
     }
   }
 
-  void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
-            bool inverse) const override {
-    const int64_t T = positions.numel(), half = head_dim / 2;
-    ET_CHECK(x.numel() == T * heads * head_dim && head_dim % 2 == 0, "rope: x has ", x.numel(),
-             " values, expected ", T, " x ", heads, " x ", head_dim);
+  void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                    const Tensor& positions, int heads, int head_dim, double theta,
+                    bool inverse) const override {
+    const int64_t T = positions.numel(), half = head_dim / 2, w = int64_t{heads} * head_dim;
+    const int64_t sc = src.dim(1), dc = dst.dim(1);
+    ET_CHECK(head_dim % 2 == 0 && src.dim(0) == T && dst.dim(0) == T && src_col + w <= sc &&
+                 dst_col + w <= dc,
+             "rope: ", heads, " x ", head_dim, " columns from ", src_col, " of ",
+             shape_str(src.shape), " to ", dst_col, " of ", shape_str(dst.shape), " for ", T,
+             " positions");
     const int32_t* pos = positions.i32();
-    float* px = x.f32();
+    const float* ps = src.f32();
+    float* pd = dst.f32();
 #pragma omp parallel for if (T > 64)
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t i = 0; i < half; ++i) {
@@ -264,10 +270,11 @@ struct CpuBackend final : Backend {
         float c = static_cast<float>(std::cos(a)), sn = static_cast<float>(std::sin(a));
         if (inverse) sn = -sn;
         for (int h = 0; h < heads; ++h) {
-          float* v = px + (t * heads + h) * head_dim;
-          float x1 = v[i], x2 = v[i + half];
-          v[i] = x1 * c - x2 * sn;
-          v[i + half] = x2 * c + x1 * sn;
+          const float* x = ps + t * sc + src_col + h * head_dim;
+          float* y = pd + t * dc + dst_col + h * head_dim;
+          const float x1 = x[i], x2 = x[i + half];
+          y[i] = x1 * c - x2 * sn;
+          y[i + half] = x2 * c + x1 * sn;
         }
       }
     }
@@ -295,6 +302,30 @@ struct CpuBackend final : Backend {
       pdg[i] = act_grad(act, g) * u * d;
       pdu[i] = act_value(act, g) * d;
     }
+  }
+
+  void glu_packed_forward(Act act, const Tensor& gu, Tensor& y) const override {
+    const int64_t F = y.dim(1), T = y.dim(0);
+    ET_CHECK(gu.dim(0) == T && gu.dim(1) == 2 * F, "glu_packed_forward: ", shape_str(gu.shape),
+             " is not [T, 2 x ", F, "]");
+#pragma omp parallel for if (T * F > 65536)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t f = 0; f < F; ++f)
+        y.f32()[t * F + f] = act_value(act, gu.f32()[t * 2 * F + f]) * gu.f32()[t * 2 * F + F + f];
+  }
+
+  void glu_packed_backward(Act act, const Tensor& gu, const Tensor& dy,
+                           Tensor& dgu) const override {
+    const int64_t F = dy.dim(1), T = dy.dim(0);
+    ET_CHECK(gu.dim(1) == 2 * F && dgu.dim(1) == 2 * F, "glu_packed_backward: shapes");
+#pragma omp parallel for if (T * F > 65536)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t f = 0; f < F; ++f) {
+        const float g = gu.f32()[t * 2 * F + f], u = gu.f32()[t * 2 * F + F + f];
+        const float d = dy.f32()[t * F + f];
+        dgu.f32()[t * 2 * F + f] = act_grad(act, g) * u * d;
+        dgu.f32()[t * 2 * F + F + f] = act_value(act, g) * d;
+      }
   }
 
   void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,

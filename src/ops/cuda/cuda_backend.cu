@@ -383,22 +383,24 @@ __global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float off
     for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
 }
 
-// Rotary embedding in place, one thread per (token, head, i < D/2) pair; the angle
-// pos * theta^(-2i/D) in fp32 as transformers computes it.
-__global__ void rope_kernel(Ptr x, const int32_t* pos, int64_t T, int heads, int half,
-                            float log_theta, float sign) {
+// Rotary embedding, one thread per (token, head, i < D/2) pair, from columns of src to columns
+// of dst (the same columns of one tensor: in place); the angle pos * theta^(-2i/D) in fp32 as
+// transformers computes it.
+__global__ void rope_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc, int64_t d0,
+                            const int32_t* pos, int64_t T, int heads, int half, float log_theta,
+                            float sign) {
   GRID_STRIDE(k, T * heads * half) {
     const int i = static_cast<int>(k % half);
     const int64_t th = k / half;  // token * heads + head
-    const int64_t t = th / heads;
+    const int64_t t = th / heads, h = th % heads;
     const float inv_freq = expf(-log_theta * (2.0f * i) / (2 * half));
     float sn, cs;
     sincosf(static_cast<float>(pos[t]) * inv_freq, &sn, &cs);
     sn *= sign;
-    const int64_t base = th * 2 * half;
-    const float x1 = x.get(base + i), x2 = x.get(base + i + half);
-    x.set(base + i, x1 * cs - x2 * sn);
-    x.set(base + i + half, x2 * cs + x1 * sn);
+    const int64_t in = t * sc + s0 + h * 2 * half, out = t * dc + d0 + h * 2 * half;
+    const float x1 = src.get(in + i), x2 = src.get(in + i + half);
+    dst.set(out + i, x1 * cs - x2 * sn);
+    dst.set(out + i + half, x2 * cs + x1 * sn);
   }
 }
 
@@ -410,6 +412,22 @@ __global__ void glu_backward_kernel(int act, Ptr g, Ptr u, Ptr dy, Ptr dg, Ptr d
     const float gv = g.get(i), uv = u.get(i), d = dy.get(i);
     dg.set(i, act_df(act, gv) * uv * d);
     du.set(i, act_f(act, gv) * d);
+  }
+}
+
+// gate_up [T, 2F]: gate columns then up columns.
+__global__ void glu_packed_forward_kernel(int act, Ptr gu, Ptr y, int64_t T, int64_t F) {
+  GRID_STRIDE(k, T * F) {
+    const int64_t t = k / F, f = k % F;
+    y.set(k, act_f(act, gu.get(t * 2 * F + f)) * gu.get(t * 2 * F + F + f));
+  }
+}
+__global__ void glu_packed_backward_kernel(int act, Ptr gu, Ptr dy, Ptr dgu, int64_t T, int64_t F) {
+  GRID_STRIDE(k, T * F) {
+    const int64_t t = k / F, f = k % F;
+    const float g = gu.get(t * 2 * F + f), u = gu.get(t * 2 * F + F + f), d = dy.get(k);
+    dgu.set(t * 2 * F + f, act_df(act, g) * u * d);
+    dgu.set(t * 2 * F + F + f, act_f(act, g) * d);
   }
 }
 
@@ -861,17 +879,41 @@ struct CudaBackend final : Backend {
                                                      dw ? W(*dw) : nullptr, rows, n);
     ET_LAUNCH_CHECK();
   }
-  void rope(Tensor& x, const Tensor& positions, int heads, int head_dim, double theta,
-            bool inverse) const override {
+  void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                    const Tensor& positions, int heads, int head_dim, double theta,
+                    bool inverse) const override {
     OpScope scope_(prof.get(), "rope");
-    const int64_t T = positions.numel();
-    ET_CHECK(x.numel() == T * heads * head_dim && head_dim % 2 == 0, "rope: x has ", x.numel(),
-             " values, expected ", T, " x ", heads, " x ", head_dim);
+    const int64_t T = positions.numel(), w = int64_t{heads} * head_dim;
+    const int64_t sc = src.dim(1), dc = dst.dim(1);
+    ET_CHECK(head_dim % 2 == 0 && src.dim(0) == T && dst.dim(0) == T && src_col + w <= sc &&
+                 dst_col + w <= dc,
+             "rope: ", heads, " x ", head_dim, " columns from ", src_col, " of ",
+             shape_str(src.shape), " to ", dst_col, " of ", shape_str(dst.shape), " for ", T,
+             " positions");
     const int half = head_dim / 2;
     if (T > 0)
-      rope_kernel<<<blocks_for(T * heads * half, 256), 256>>>(P(x), I(positions), T, heads, half,
-                                                              static_cast<float>(std::log(theta)),
-                                                              inverse ? -1.0f : 1.0f);
+      rope_kernel<<<blocks_for(T * heads * half, 256), 256>>>(
+          P(src), sc, src_col, P(dst), dc, dst_col, I(positions), T, heads, half,
+          static_cast<float>(std::log(theta)), inverse ? -1.0f : 1.0f);
+    ET_LAUNCH_CHECK();
+  }
+  void glu_packed_forward(Act a, const Tensor& gu, Tensor& y) const override {
+    OpScope scope_(prof.get(), "glu_forward");
+    const int64_t T = y.dim(0), F = y.dim(1);
+    ET_CHECK(gu.dim(0) == T && gu.dim(1) == 2 * F, "glu_packed_forward: ", shape_str(gu.shape),
+             " is not [T, 2 x ", F, "]");
+    if (T * F > 0)
+      glu_packed_forward_kernel<<<blocks_for(T * F, 256), 256>>>(static_cast<int>(a), P(gu), P(y),
+                                                                 T, F);
+    ET_LAUNCH_CHECK();
+  }
+  void glu_packed_backward(Act a, const Tensor& gu, const Tensor& dy, Tensor& dgu) const override {
+    OpScope scope_(prof.get(), "glu_backward");
+    const int64_t T = dy.dim(0), F = dy.dim(1);
+    ET_CHECK(gu.dim(1) == 2 * F && dgu.dim(1) == 2 * F, "glu_packed_backward: shapes");
+    if (T * F > 0)
+      glu_packed_backward_kernel<<<blocks_for(T * F, 256), 256>>>(static_cast<int>(a), P(gu), P(dy),
+                                                                  P(dgu), T, F);
     ET_LAUNCH_CHECK();
   }
   void glu_forward(Act a, const Tensor& gate, const Tensor& up, Tensor& y) const override {
