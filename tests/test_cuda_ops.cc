@@ -195,6 +195,28 @@ TEST(CudaOps, RotaryFamilyOps) {
   b.cpu->rope(rr, p_host, static_cast<int>(heads), static_cast<int>(D), 10000.0, false);
   b.gpu->rope(rd, p_dev, static_cast<int>(heads), static_cast<int>(D), 10000.0, false);
   expect_close(b.down(rd), rr, 1e-2, "bf16 rope");
+  // bf16 GLUs (the vectorised kernels): separate and packed gate|up
+  Tensor gb = b.down(bf(g)), ub = b.down(bf(u)), gyb = b.down(bf(gy)), gub = b.down(bf(gu));
+  for (Act act : {Act::GeluTanh, Act::SiLU}) {
+    Tensor yr = cpu_empty(g.shape), yd = b.gpu->empty(g.shape, DType::BF16);
+    b.cpu->glu_forward(act, gb, ub, yr);
+    b.gpu->glu_forward(act, bf(gb), bf(ub), yd);
+    expect_close(b.down(yd), yr, 1e-2, "bf16 glu_forward");
+    Tensor dgr = cpu_empty(g.shape), dur = cpu_empty(g.shape);
+    Tensor dgd = b.gpu->empty(g.shape, DType::BF16), dud = b.gpu->empty(g.shape, DType::BF16);
+    b.cpu->glu_backward(act, gb, ub, gyb, dgr, dur);
+    b.gpu->glu_backward(act, bf(gb), bf(ub), bf(gyb), dgd, dud);
+    expect_close(b.down(dgd), dgr, 1e-2, "bf16 glu_backward dgate");
+    expect_close(b.down(dud), dur, 1e-2, "bf16 glu_backward dup");
+    Tensor pr = cpu_empty({T, 64}), pd = b.gpu->empty({T, 64}, DType::BF16);
+    b.cpu->glu_packed_forward(act, gub, pr);
+    b.gpu->glu_packed_forward(act, bf(gub), pd);
+    expect_close(b.down(pd), pr, 1e-2, "bf16 glu_packed_forward");
+    Tensor dpr = cpu_empty(gu.shape), dpd = b.gpu->empty(gu.shape, DType::BF16);
+    b.cpu->glu_packed_backward(act, gub, gyb, dpr);
+    b.gpu->glu_packed_backward(act, bf(gub), bf(gyb), dpd);
+    expect_close(b.down(dpd), dpr, 1e-2, "bf16 glu_packed_backward");
+  }
 }
 
 TEST(CudaOps, Bf16Activations) {

@@ -272,6 +272,38 @@ __global__ void f32_to_bf16x8(const float* x, bf16* y, int64_t n8) {
   }
 }
 
+// Gated linear units on bf16, 8 values per thread: gate and up at row stride `ld` (ld = F for
+// separate tensors, 2F with up starting F columns after gate for a packed gate|up).
+__global__ void glu_forward_bf16x8(int act, const bf16* g, const bf16* u, int64_t ld, bf16* y,
+                                   int64_t F, int64_t n8) {
+  GRID_STRIDE(k, n8) {
+    const int64_t e = 8 * k, t = e / F, f = e % F;
+    Vec8 a, b;
+    a.load(g + t * ld + f);
+    b.load(u + t * ld + f);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a.v[j] = act_f(act, a.v[j]) * b.v[j];
+    a.store(y + e);
+  }
+}
+__global__ void glu_backward_bf16x8(int act, const bf16* g, const bf16* u, int64_t ld,
+                                    const bf16* dy, bf16* dg, bf16* du, int64_t F, int64_t n8) {
+  GRID_STRIDE(k, n8) {
+    const int64_t e = 8 * k, t = e / F, f = e % F;
+    Vec8 a, b, d, ga, ub;
+    a.load(g + t * ld + f);
+    b.load(u + t * ld + f);
+    d.load(dy + e);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      ga.v[j] = act_df(act, a.v[j]) * b.v[j] * d.v[j];
+      ub.v[j] = act_f(act, a.v[j]) * d.v[j];
+    }
+    ga.store(dg + t * ld + f);
+    ub.store(du + t * ld + f);
+  }
+}
+
 __global__ void act_forward_kernel(int act, Ptr x, Ptr y, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, act_f(act, x.get(i)));
 }
@@ -383,24 +415,25 @@ __global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float off
     for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
 }
 
-// Rotary embedding, one thread per (token, head, i < D/2) pair, from columns of src to columns
-// of dst (the same columns of one tensor: in place); the angle pos * theta^(-2i/D) in fp32 as
-// transformers computes it.
+// Rotary embedding, one thread per (token, i < D/2) computing the angle pos * theta^(-2i/D)
+// once (in fp32, as transformers computes it) and rotating that pair in every head, from
+// columns of src to columns of dst (the same columns of one tensor: in place).
 __global__ void rope_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc, int64_t d0,
                             const int32_t* pos, int64_t T, int heads, int half, float log_theta,
                             float sign) {
-  GRID_STRIDE(k, T * heads * half) {
+  GRID_STRIDE(k, T * half) {
     const int i = static_cast<int>(k % half);
-    const int64_t th = k / half;  // token * heads + head
-    const int64_t t = th / heads, h = th % heads;
+    const int64_t t = k / half;
     const float inv_freq = expf(-log_theta * (2.0f * i) / (2 * half));
     float sn, cs;
     sincosf(static_cast<float>(pos[t]) * inv_freq, &sn, &cs);
     sn *= sign;
-    const int64_t in = t * sc + s0 + h * 2 * half, out = t * dc + d0 + h * 2 * half;
-    const float x1 = src.get(in + i), x2 = src.get(in + i + half);
-    dst.set(out + i, x1 * cs - x2 * sn);
-    dst.set(out + i + half, x2 * cs + x1 * sn);
+    for (int h = 0; h < heads; ++h) {
+      const int64_t in = t * sc + s0 + h * 2 * half, out = t * dc + d0 + h * 2 * half;
+      const float x1 = src.get(in + i), x2 = src.get(in + i + half);
+      dst.set(out + i, x1 * cs - x2 * sn);
+      dst.set(out + i + half, x2 * cs + x1 * sn);
+    }
   }
 }
 
@@ -892,7 +925,7 @@ struct CudaBackend final : Backend {
              " positions");
     const int half = head_dim / 2;
     if (T > 0)
-      rope_kernel<<<blocks_for(T * heads * half, 256), 256>>>(
+      rope_kernel<<<blocks_for(T * half, 256), 256>>>(
           P(src), sc, src_col, P(dst), dc, dst_col, I(positions), T, heads, half,
           static_cast<float>(std::log(theta)), inverse ? -1.0f : 1.0f);
     ET_LAUNCH_CHECK();
@@ -902,6 +935,12 @@ struct CudaBackend final : Backend {
     const int64_t T = y.dim(0), F = y.dim(1);
     ET_CHECK(gu.dim(0) == T && gu.dim(1) == 2 * F, "glu_packed_forward: ", shape_str(gu.shape),
              " is not [T, 2 x ", F, "]");
+    if (F % 8 == 0 && bf16x8({&gu, &y})) {
+      glu_forward_bf16x8<<<blocks_for(T * F / 8, 256), 256>>>(
+          static_cast<int>(a), B16(gu), B16(gu) + F, 2 * F, B16(y), F, T * F / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     if (T * F > 0)
       glu_packed_forward_kernel<<<blocks_for(T * F, 256), 256>>>(static_cast<int>(a), P(gu), P(y),
                                                                  T, F);
@@ -911,6 +950,13 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "glu_backward");
     const int64_t T = dy.dim(0), F = dy.dim(1);
     ET_CHECK(gu.dim(1) == 2 * F && dgu.dim(1) == 2 * F, "glu_packed_backward: shapes");
+    if (F % 8 == 0 && bf16x8({&gu, &dy, &dgu})) {
+      glu_backward_bf16x8<<<blocks_for(T * F / 8, 256), 256>>>(
+          static_cast<int>(a), B16(gu), B16(gu) + F, 2 * F, B16(dy), B16(dgu), B16(dgu) + F, F,
+          T * F / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     if (T * F > 0)
       glu_packed_backward_kernel<<<blocks_for(T * F, 256), 256>>>(static_cast<int>(a), P(gu), P(dy),
                                                                   P(dgu), T, F);
@@ -919,6 +965,12 @@ struct CudaBackend final : Backend {
   void glu_forward(Act a, const Tensor& gate, const Tensor& up, Tensor& y) const override {
     OpScope scope_(prof.get(), "glu_forward");
     ET_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "glu_forward: size mismatch");
+    if (bf16x8({&gate, &up, &y})) {  // as one row of n values
+      glu_forward_bf16x8<<<blocks_for(y.numel() / 8, 256), 256>>>(
+          static_cast<int>(a), B16(gate), B16(up), 0, B16(y), y.numel(), y.numel() / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     glu_forward_kernel<<<blocks_for(y.numel(), 256), 256>>>(static_cast<int>(a), P(gate), P(up),
                                                             P(y), y.numel());
     ET_LAUNCH_CHECK();
@@ -927,6 +979,13 @@ struct CudaBackend final : Backend {
                     Tensor& dup) const override {
     OpScope scope_(prof.get(), "glu_backward");
     ET_CHECK(gate.numel() == dy.numel() && up.numel() == dy.numel(), "glu_backward: size mismatch");
+    if (bf16x8({&gate, &up, &dy, &dgate, &dup})) {
+      glu_backward_bf16x8<<<blocks_for(dy.numel() / 8, 256), 256>>>(
+          static_cast<int>(a), B16(gate), B16(up), 0, B16(dy), B16(dgate), B16(dup), dy.numel(),
+          dy.numel() / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     glu_backward_kernel<<<blocks_for(dy.numel(), 256), 256>>>(static_cast<int>(a), P(gate), P(up),
                                                               P(dy), P(dgate), P(dup), dy.numel());
     ET_LAUNCH_CHECK();
