@@ -121,6 +121,26 @@ TEST(CudaOps, RotaryFamilyOps) {
       expect_close(b.down(dxd), dxr, 1e-5, what + " dx");
       expect_close(b.down(dwd), dwr, 1e-4, what + " dw");
     }
+  // wide rows: dw summed in registers (n <= 1024) or in shared memory (n > 1024)
+  for (int64_t C : {int64_t{768}, int64_t{1536}}) {
+    Tensor xw = b.rand({50, C}, -2, 2), dyw = b.rand({50, C}), w = b.rand({C}, 0.5f, 1.5f);
+    Tensor bias = b.rand({C});
+    Tensor yr = cpu_empty(xw.shape), mr = cpu_empty({50}), sr = cpu_empty({50});
+    b.cpu->layernorm_forward(xw, w, &bias, 1e-5f, yr, mr, sr);
+    Tensor dxr = cpu_empty(xw.shape), dwr = cpu_zeros({C}), dbr = cpu_zeros({C});
+    b.cpu->layernorm_backward(dyw, xw, w, mr, sr, dxr, &dwr, &dbr);
+    Tensor dxd = b.poisoned(xw.shape), dwd = b.gpu->zeros({C}), dbd = b.gpu->zeros({C});
+    b.gpu->layernorm_backward(b.up(dyw), b.up(xw), b.up(w), b.up(mr), b.up(sr), dxd, &dwd, &dbd);
+    expect_close(b.down(dxd), dxr, 1e-5, "layernorm_backward dx wide");
+    expect_close(b.down(dwd), dwr, 1e-5, "layernorm_backward dw wide");
+    expect_close(b.down(dbd), dbr, 1e-5, "layernorm_backward db wide");
+    b.cpu->rmsnorm_forward(xw, w, 0.0f, 1e-6f, yr, sr);
+    Tensor dwr2 = cpu_zeros({C}), dwd2 = b.gpu->zeros({C});
+    b.cpu->rmsnorm_backward(dyw, xw, w, 0.0f, sr, dxr, &dwr2);
+    b.gpu->rmsnorm_backward(b.up(dyw), b.up(xw), b.up(w), 0.0f, b.up(sr), dxd, &dwd2);
+    expect_close(b.down(dxd), dxr, 1e-5, "rmsnorm_backward dx wide");
+    expect_close(b.down(dwd2), dwr2, 1e-5, "rmsnorm_backward dw wide");
+  }
   std::vector<int32_t> pos(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t)
     pos[static_cast<size_t>(t)] = static_cast<int32_t>((t * 37) % 300);

@@ -337,8 +337,11 @@ __global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, 
   }
 }
 
-// dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)); dw, db accumulated per block in shared
-// memory, then added once per block.
+// dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)). dw, db: each lane sums its columns over
+// the rows its warp visits in registers (K = columns per lane, n <= 32 K), then once per warp
+// into shared memory and once per block into global memory; K = 0 (wide rows) adds every
+// row's terms into shared memory directly.
+template <int K>
 __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const float* mean,
                                           const float* rstd, Ptr dx, float* dw, float* db,
                                           int64_t rows, int n) {
@@ -346,24 +349,44 @@ __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const f
   for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
   __syncthreads();
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  constexpr int KR = K > 0 ? K : 1;
+  float wsum[KR] = {}, bsum_c[KR] = {};
+  const int kn = K > 0 ? K : (n + 31) / 32;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     const float mu = mean[r], rs = rstd[r];
     float a = 0, bsum = 0;
-    for (int c = lane; c < n; c += 32) {
+#pragma unroll
+    for (int k = 0; k < kn; ++k) {
+      const int c = lane + 32 * k;
+      if (c >= n) continue;
       float g = dy.get(r * n + c);
       float xh = (x.get(r * n + c) - mu) * rs;
       float d = g * w[c];
       a += d;
       bsum += d * xh;
-      if (dw) atomicAdd(&acc[c], g * xh);
-      if (db) atomicAdd(&acc[n + c], g);
+      if constexpr (K > 0) {
+        wsum[k] += g * xh;
+        bsum_c[k] += g;
+      } else {
+        if (dw) atomicAdd(&acc[c], g * xh);
+        if (db) atomicAdd(&acc[n + c], g);
+      }
     }
     a = warp_sum(a) / n;
     bsum = warp_sum(bsum) / n;
     for (int c = lane; c < n; c += 32) {
       float xh = (x.get(r * n + c) - mu) * rs;
       dx.set(r * n + c, rs * (dy.get(r * n + c) * w[c] - a - xh * bsum));
+    }
+  }
+  if constexpr (K > 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = lane + 32 * k;
+      if (c >= n) continue;
+      if (dw) atomicAdd(&acc[c], wsum[k]);
+      if (db) atomicAdd(&acc[n + c], bsum_c[k]);
     }
   }
   __syncthreads();
@@ -389,26 +412,43 @@ __global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, floa
   if (lane == 0) rstd[r] = rs;
 }
 
-// dx = rstd (g - x rstd^2 mean(g x)), g = dy (w + offset); dw accumulated per block in shared
-// memory, then added once per block.
+// dx = rstd (g - x rstd^2 mean(g x)), g = dy (w + offset); dw summed as in
+// layernorm_backward_kernel (registers per lane for K > 0, else shared memory per row).
+template <int K>
 __global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
                                         const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
   extern __shared__ float acc[];  // [n]
   for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
   __syncthreads();
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  constexpr int KR = K > 0 ? K : 1;
+  float wsum[KR] = {};
+  const int kn = K > 0 ? K : (n + 31) / 32;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     const float rs = rstd[r];
     float dot = 0;
-    for (int c = lane; c < n; c += 32) {
+#pragma unroll
+    for (int k = 0; k < kn; ++k) {
+      const int c = lane + 32 * k;
+      if (c >= n) continue;
       float g = dy.get(r * n + c), xv = x.get(r * n + c);
       dot += g * (w[c] + offset) * xv;
-      if (dw) atomicAdd(&acc[c], g * xv * rs);
+      if constexpr (K > 0)
+        wsum[k] += g * xv * rs;
+      else if (dw)
+        atomicAdd(&acc[c], g * xv * rs);
     }
     dot = warp_sum(dot) / n * rs * rs;
     for (int c = lane; c < n; c += 32)
       dx.set(r * n + c, rs * (dy.get(r * n + c) * (w[c] + offset) - x.get(r * n + c) * dot));
+  }
+  if constexpr (K > 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = lane + 32 * k;
+      if (c < n && dw) atomicAdd(&acc[c], wsum[k]);
+    }
   }
   __syncthreads();
   if (dw)
@@ -880,11 +920,18 @@ struct CudaBackend final : Backend {
     int n = static_cast<int>(cols_of(x));
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
     size_t smem = 2 * sizeof(float) * n;
-    allow_dynamic_smem(layernorm_backward_kernel, smem);
-    if (rows > 0)
-      layernorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
-                                                       dw ? W(*dw) : nullptr, db ? W(*db) : nullptr,
-                                                       rows, n);
+    auto launch = [&](auto kernel) {
+      allow_dynamic_smem(kernel, smem);
+      if (rows > 0)
+        kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
+                                      dw ? W(*dw) : nullptr, db ? W(*db) : nullptr, rows, n);
+    };
+    if (n <= 128)
+      launch(layernorm_backward_kernel<4>);
+    else if (n <= 1024)
+      launch(layernorm_backward_kernel<32>);
+    else
+      launch(layernorm_backward_kernel<0>);
     ET_LAUNCH_CHECK();
   }
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
@@ -906,10 +953,18 @@ struct CudaBackend final : Backend {
     const int64_t rows = x.numel() / n;
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
     size_t smem = sizeof(float) * n;
-    allow_dynamic_smem(rmsnorm_backward_kernel, smem);
-    if (rows > 0)
-      rmsnorm_backward_kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), offset, F(rstd), P(dx),
-                                                     dw ? W(*dw) : nullptr, rows, n);
+    auto launch = [&](auto kernel) {
+      allow_dynamic_smem(kernel, smem);
+      if (rows > 0)
+        kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), offset, F(rstd), P(dx),
+                                      dw ? W(*dw) : nullptr, rows, n);
+    };
+    if (n <= 128)
+      launch(rmsnorm_backward_kernel<4>);
+    else if (n <= 1024)
+      launch(rmsnorm_backward_kernel<32>);
+    else
+      launch(rmsnorm_backward_kernel<0>);
     ET_LAUNCH_CHECK();
   }
   void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
