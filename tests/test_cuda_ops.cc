@@ -166,6 +166,27 @@ TEST(CudaOps, RotaryFamilyOps) {
     expect_close(b.down(dgd), dgr, 1e-5, "glu_backward dgate");
     expect_close(b.down(dud), dur, 1e-5, "glu_backward dup");
   }
+  // fused per-head RMSNorm + RoPE (Qwen3/Gemma3 q, k) against the CPU's two separate ops
+  for (int64_t hd : {int64_t{32}, int64_t{128}, int64_t{256}})
+    for (float offset : {0.0f, 1.0f}) {
+      const int nh = hd == 256 ? 1 : 3;
+      std::string what = "rmsnorm_rope D=" + std::to_string(hd);
+      Tensor xq = b.rand({T, nh * hd}, -2, 2), dyq = b.rand({T, nh * hd}),
+             w = b.rand({hd}, 0.5f, 1.5f);
+      Tensor yr = cpu_empty(xq.shape), sr = cpu_empty({T * nh}), yd = b.poisoned(xq.shape),
+             sd = b.poisoned({T * nh});
+      b.cpu->rmsnorm_rope_forward(xq, w, offset, 1e-6f, p_host, nh, 1e6, yr, sr);
+      b.gpu->rmsnorm_rope_forward(b.up(xq), b.up(w), offset, 1e-6f, p_dev, nh, 1e6, yd, sd);
+      expect_close(b.down(yd), yr, 2e-5, what);
+      expect_close(b.down(sd), sr, 1e-5, what + " rstd");
+      Tensor dxr = cpu_empty(xq.shape), dxd = b.poisoned(xq.shape);
+      Tensor dwr = cpu_zeros({hd}), dwd = b.gpu->zeros({hd});
+      b.cpu->rmsnorm_rope_backward(dyq, xq, w, offset, sr, p_host, nh, 1e6, dxr, &dwr);
+      b.gpu->rmsnorm_rope_backward(b.up(dyq), b.up(xq), b.up(w), offset, sd, p_dev, nh, 1e6, dxd,
+                                   &dwd);
+      expect_close(b.down(dxd), dxr, 2e-5, what + " dx");
+      expect_close(b.down(dwd), dwr, 1e-4, what + " dw");
+    }
   // packed gate|up (ModernBERT's Wi output)
   Tensor gu = b.rand({T, 128}, -3, 3);
   for (Act act : {Act::GeluErf, Act::SiLU}) {

@@ -163,20 +163,23 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     k = linear_forward(be, L.k, h, s ? &s->k : nullptr, rng);
     v = linear_forward(be, L.v, h, s ? &s->v : nullptr, rng);
   }
-  if (L.q_norm) {
-    NormSaved qs, ks;
-    Tensor qn = norm_forward(be, c, Norm{L.q_norm, nullptr}, q, &qs);
-    Tensor kn = norm_forward(be, c, Norm{L.k_norm, nullptr}, k, &ks);
+  const float norm_offset = c.norm_plus_one ? 1.0f : 0.0f;
+  if (L.q_norm) {  // per-head RMSNorm and RoPE in one pass
+    Tensor qn = be.empty(q.shape, act), kn = be.empty(k.shape, act);
+    Tensor qrs = be.empty({T * c.heads}, DType::F32), krs = be.empty({T * c.kv_heads}, DType::F32);
+    be.rmsnorm_rope_forward(q, L.q_norm->value, norm_offset, c.norm_eps, positions, c.heads, theta,
+                            qn, qrs);
+    be.rmsnorm_rope_forward(k, L.k_norm->value, norm_offset, c.norm_eps, positions, c.kv_heads,
+                            theta, kn, krs);
     if (s) {
       s->q_pre = q;
       s->k_pre = k;
-      s->q_rstd = qs.rstd;
-      s->k_rstd = ks.rstd;
+      s->q_rstd = qrs;
+      s->k_rstd = krs;
     }
     q = qn;
     k = kn;
-  }
-  if (!L.qkv.weight) {
+  } else if (!L.qkv.weight) {
     be.rope(q, positions, c.heads, static_cast<int>(D), theta, false);
     be.rope(k, positions, c.kv_heads, static_cast<int>(D), theta, false);
   }
@@ -274,20 +277,28 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
          dv = be.empty({T, kvdim}, act);
   const double theta = theta_of(c, L);
   Tensor qr = s.qr, kr = s.kr;
+  const float norm_offset = c.norm_plus_one ? 1.0f : 0.0f;
   if (L.q_norm) {  // q, k after norm and RoPE, recomputed
-    qr = norm_forward(be, c, Norm{L.q_norm, nullptr}, s.q_pre, nullptr);
-    kr = norm_forward(be, c, Norm{L.k_norm, nullptr}, s.k_pre, nullptr);
-    be.rope(qr, positions, c.heads, static_cast<int>(D), theta, false);
-    be.rope(kr, positions, c.kv_heads, static_cast<int>(D), theta, false);
+    qr = be.empty({T, qdim}, act);
+    kr = be.empty({T, kvdim}, act);
+    Tensor qrs = be.empty({T * c.heads}, DType::F32), krs = be.empty({T * c.kv_heads}, DType::F32);
+    be.rmsnorm_rope_forward(s.q_pre, L.q_norm->value, norm_offset, c.norm_eps, positions, c.heads,
+                            theta, qr, qrs);
+    be.rmsnorm_rope_forward(s.k_pre, L.k_norm->value, norm_offset, c.norm_eps, positions,
+                            c.kv_heads, theta, kr, krs);
   }
   be.attention_backward(attn, qr, kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
-  if (!L.qkv.weight) {
+  if (L.q_norm) {
+    Tensor dq_pre = be.empty({T, qdim}, act), dk_pre = be.empty({T, kvdim}, act);
+    be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, norm_offset, s.q_rstd, positions,
+                             c.heads, theta, dq_pre, grad_of(L.q_norm));
+    be.rmsnorm_rope_backward(dk, s.k_pre, L.k_norm->value, norm_offset, s.k_rstd, positions,
+                             c.kv_heads, theta, dk_pre, grad_of(L.k_norm));
+    dq = dq_pre;
+    dk = dk_pre;
+  } else if (!L.qkv.weight) {
     be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
-  }
-  if (L.q_norm) {
-    dq = norm_backward(be, c, Norm{L.q_norm, nullptr}, NormSaved{s.q_pre, {}, s.q_rstd}, dq);
-    dk = norm_backward(be, c, Norm{L.k_norm, nullptr}, NormSaved{s.k_pre, {}, s.k_rstd}, dk);
   }
   const Tensor h = norm_forward(be, c, L.attn_norm, s.x, nullptr);
   Tensor dh = be.empty({T, H}, act);

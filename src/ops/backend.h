@@ -103,6 +103,24 @@ struct Backend {
     rope_columns(x2, 0, x2, 0, positions, heads, head_dim, theta, inverse);
   }
 
+  // Per-head RMSNorm then RoPE (Qwen3's and Gemma3's q and k): y = rope(rmsnorm(x)) over
+  // x, y [T, heads * D] with w [D], rstd [T * heads]; and its gradient (dy rotated back, then the
+  // RMSNorm backward). The defaults compose the two ops; backends may fuse them.
+  virtual void rmsnorm_rope_forward(const Tensor& x, const Tensor& w, float offset, float eps,
+                                    const Tensor& positions, int heads, double theta, Tensor& y,
+                                    Tensor& rstd) const {
+    rmsnorm_forward(x, w, offset, eps, y, rstd);
+    rope(y, positions, heads, static_cast<int>(w.numel()), theta, false);
+  }
+  virtual void rmsnorm_rope_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                     float offset, const Tensor& rstd, const Tensor& positions,
+                                     int heads, double theta, Tensor& dx, Tensor* dw) const {
+    Tensor g = empty(dy.shape, dy.dtype);
+    copy(g, dy);
+    rope(g, positions, heads, static_cast<int>(w.numel()), theta, true);
+    rmsnorm_backward(g, x, w, offset, rstd, dx, dw);
+  }
+
   // Gated linear unit: y = act(gate) * up;  dgate = act'(gate) up dy, dup = act(gate) dy.
   virtual void glu_forward(Act act, const Tensor& gate, const Tensor& up, Tensor& y) const = 0;
   virtual void glu_backward(Act act, const Tensor& gate, const Tensor& up, const Tensor& dy,

@@ -455,6 +455,94 @@ __global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float off
     for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
 }
 
+// Per-head RMSNorm then RoPE in one pass, one warp per (token, head) row of D <= 256: lane
+// holds the rotation pairs (i, i + D/2) for i = lane + 32 j, so the rotation stays in registers.
+constexpr int kNormRopeMaxPairs = 4;  // D / 2 <= 128
+__global__ void rmsnorm_rope_forward_kernel(Ptr x, const float* w, float offset, float eps,
+                                            const int32_t* pos, int heads, int half,
+                                            float log_theta, Ptr y, float* rstd, int64_t rows) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32, D = 2 * half;
+  if (r >= rows) return;
+  float a[kNormRopeMaxPairs], b[kNormRopeMaxPairs], ss = 0;
+#pragma unroll
+  for (int j = 0; j < kNormRopeMaxPairs; ++j) {
+    const int i = lane + 32 * j;
+    a[j] = i < half ? x.get(r * D + i) : 0.0f;
+    b[j] = i < half ? x.get(r * D + i + half) : 0.0f;
+    ss += a[j] * a[j] + b[j] * b[j];
+  }
+  const float rs = rsqrtf(warp_sum(ss) / D + eps);
+  const float p = static_cast<float>(pos[r / heads]);
+#pragma unroll
+  for (int j = 0; j < kNormRopeMaxPairs; ++j) {
+    const int i = lane + 32 * j;
+    if (i >= half) continue;
+    const float na = a[j] * rs * (w[i] + offset), nb = b[j] * rs * (w[i + half] + offset);
+    float sn, cs;
+    sincosf(p * expf(-log_theta * (2.0f * i) / D), &sn, &cs);
+    y.set(r * D + i, na * cs - nb * sn);
+    y.set(r * D + i + half, nb * cs + na * sn);
+  }
+  if (lane == 0) rstd[r] = rs;
+}
+
+// g = dy rotated back (the transpose of the rotation), then dx = rstd (g w' - x rstd^2
+// mean(g w' x)) with w' = w + offset; dw summed per lane, then per block.
+__global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
+                                             const float* rstd, const int32_t* pos, int heads,
+                                             int half, float log_theta, Ptr dx, float* dw,
+                                             int64_t rows) {
+  extern __shared__ float acc[];  // [D]
+  const int D = 2 * half;
+  for (int c = threadIdx.x; c < D; c += blockDim.x) acc[c] = 0;
+  __syncthreads();
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float wa[kNormRopeMaxPairs] = {}, wb[kNormRopeMaxPairs] = {};
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * warps) {
+    const float rs = rstd[r], p = static_cast<float>(pos[r / heads]);
+    float ga[kNormRopeMaxPairs], gb[kNormRopeMaxPairs], xa[kNormRopeMaxPairs],
+        xb[kNormRopeMaxPairs], dot = 0;
+#pragma unroll
+    for (int j = 0; j < kNormRopeMaxPairs; ++j) {
+      const int i = lane + 32 * j;
+      ga[j] = gb[j] = xa[j] = xb[j] = 0.0f;
+      if (i >= half) continue;
+      float sn, cs;
+      sincosf(p * expf(-log_theta * (2.0f * i) / D), &sn, &cs);
+      const float d1 = dy.get(r * D + i), d2 = dy.get(r * D + i + half);
+      ga[j] = d1 * cs + d2 * sn;
+      gb[j] = d2 * cs - d1 * sn;
+      xa[j] = x.get(r * D + i);
+      xb[j] = x.get(r * D + i + half);
+      dot += ga[j] * (w[i] + offset) * xa[j] + gb[j] * (w[i + half] + offset) * xb[j];
+      wa[j] += ga[j] * xa[j] * rs;
+      wb[j] += gb[j] * xb[j] * rs;
+    }
+    dot = warp_sum(dot) / D * rs * rs;
+#pragma unroll
+    for (int j = 0; j < kNormRopeMaxPairs; ++j) {
+      const int i = lane + 32 * j;
+      if (i >= half) continue;
+      dx.set(r * D + i, rs * (ga[j] * (w[i] + offset) - xa[j] * dot));
+      dx.set(r * D + i + half, rs * (gb[j] * (w[i + half] + offset) - xb[j] * dot));
+    }
+  }
+  if (dw) {
+#pragma unroll
+    for (int j = 0; j < kNormRopeMaxPairs; ++j) {
+      const int i = lane + 32 * j;
+      if (i >= half) continue;
+      atomicAdd(&acc[i], wa[j]);
+      atomicAdd(&acc[i + half], wb[j]);
+    }
+  }
+  __syncthreads();
+  if (dw)
+    for (int c = threadIdx.x; c < D; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
+}
+
 // Rotary embedding, one thread per (token, i < D/2) computing the angle pos * theta^(-2i/D)
 // once (in fp32, as transformers computes it) and rotating that pair in every head, from
 // columns of src to columns of dst (the same columns of one tensor: in place).
@@ -983,6 +1071,40 @@ struct CudaBackend final : Backend {
       rope_kernel<<<blocks_for(T * half, 256), 256>>>(
           P(src), sc, src_col, P(dst), dc, dst_col, I(positions), T, heads, half,
           static_cast<float>(std::log(theta)), inverse ? -1.0f : 1.0f);
+    ET_LAUNCH_CHECK();
+  }
+  void rmsnorm_rope_forward(const Tensor& x, const Tensor& w, float offset, float eps,
+                            const Tensor& positions, int heads, double theta, Tensor& y,
+                            Tensor& rstd) const override {
+    const int D = static_cast<int>(w.numel()), half = D / 2;
+    const int64_t rows = positions.numel() * heads;
+    if (D % 2 != 0 || half > 32 * kNormRopeMaxPairs || x.numel() != rows * D) {
+      Backend::rmsnorm_rope_forward(x, w, offset, eps, positions, heads, theta, y, rstd);
+      return;
+    }
+    OpScope scope_(prof.get(), "rmsnorm_rope_forward");
+    if (rows > 0)
+      rmsnorm_rope_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(
+          P(x), F(w), offset, eps, I(positions), heads, half, static_cast<float>(std::log(theta)),
+          P(y), W(rstd), rows);
+    ET_LAUNCH_CHECK();
+  }
+  void rmsnorm_rope_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
+                             const Tensor& rstd, const Tensor& positions, int heads, double theta,
+                             Tensor& dx, Tensor* dw) const override {
+    const int D = static_cast<int>(w.numel()), half = D / 2;
+    const int64_t rows = positions.numel() * heads;
+    if (D % 2 != 0 || half > 32 * kNormRopeMaxPairs || x.numel() != rows * D) {
+      Backend::rmsnorm_rope_backward(dy, x, w, offset, rstd, positions, heads, theta, dx, dw);
+      return;
+    }
+    OpScope scope_(prof.get(), "rmsnorm_rope_backward");
+    unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
+    size_t smem = sizeof(float) * D;
+    if (rows > 0)
+      rmsnorm_rope_backward_kernel<<<blocks, 256, smem>>>(
+          P(dy), P(x), F(w), offset, F(rstd), I(positions), heads, half,
+          static_cast<float>(std::log(theta)), P(dx), dw ? W(*dw) : nullptr, rows);
     ET_LAUNCH_CHECK();
   }
   void glu_packed_forward(Act a, const Tensor& gu, Tensor& y) const override {
