@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "ops/op_checks.h"
 #include "ops/relative_bucket.h"
 
 namespace et {
@@ -253,13 +254,9 @@ struct CpuBackend final : Backend {
   void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                     const Tensor& positions, int heads, int head_dim, double theta,
                     bool inverse) const override {
-    const int64_t T = positions.numel(), half = head_dim / 2, w = int64_t{heads} * head_dim;
+    const int64_t T = positions.numel(), half = head_dim / 2;
     const int64_t sc = src.dim(1), dc = dst.dim(1);
-    ET_CHECK(head_dim % 2 == 0 && src.dim(0) == T && dst.dim(0) == T && src_col + w <= sc &&
-                 dst_col + w <= dc,
-             "rope: ", heads, " x ", head_dim, " columns from ", src_col, " of ",
-             shape_str(src.shape), " to ", dst_col, " of ", shape_str(dst.shape), " for ", T,
-             " positions");
+    check_rope_columns(src, src_col, dst, dst_col, T, heads, head_dim);
     const int32_t* pos = positions.i32();
     const float* ps = src.f32();
     float* pd = dst.f32();
@@ -306,8 +303,7 @@ struct CpuBackend final : Backend {
 
   void glu_packed_forward(Act act, const Tensor& gu, Tensor& y) const override {
     const int64_t F = y.dim(1), T = y.dim(0);
-    ET_CHECK(gu.dim(0) == T && gu.dim(1) == 2 * F, "glu_packed_forward: ", shape_str(gu.shape),
-             " is not [T, 2 x ", F, "]");
+    check_glu_packed("glu_packed_forward", gu, y);
 #pragma omp parallel for if (T * F > 65536)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t f = 0; f < F; ++f)
@@ -317,7 +313,8 @@ struct CpuBackend final : Backend {
   void glu_packed_backward(Act act, const Tensor& gu, const Tensor& dy,
                            Tensor& dgu) const override {
     const int64_t F = dy.dim(1), T = dy.dim(0);
-    ET_CHECK(gu.dim(1) == 2 * F && dgu.dim(1) == 2 * F, "glu_packed_backward: shapes");
+    check_glu_packed("glu_packed_backward", gu, dy);
+    check_glu_packed("glu_packed_backward", dgu, dy);
 #pragma omp parallel for if (T * F > 65536)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t f = 0; f < F; ++f) {
@@ -331,9 +328,7 @@ struct CpuBackend final : Backend {
   void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                     int64_t width) const override {
     const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
-    ET_CHECK(dst.dim(0) == rows && src_col + width <= sc && dst_col + width <= dc,
-             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ",
-             shape_str(dst.shape));
+    check_copy_columns(src, src_col, dst, dst_col, width);
     for (int64_t r = 0; r < rows; ++r)
       std::memcpy(dst.f32() + r * dc + dst_col, src.f32() + r * sc + src_col,
                   static_cast<size_t>(width) * sizeof(float));

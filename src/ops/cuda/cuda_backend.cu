@@ -19,6 +19,7 @@
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/op_checks.h"
 
 namespace et {
 
@@ -1059,13 +1060,9 @@ struct CudaBackend final : Backend {
                     const Tensor& positions, int heads, int head_dim, double theta,
                     bool inverse) const override {
     OpScope scope_(prof.get(), "rope");
-    const int64_t T = positions.numel(), w = int64_t{heads} * head_dim;
+    const int64_t T = positions.numel();
     const int64_t sc = src.dim(1), dc = dst.dim(1);
-    ET_CHECK(head_dim % 2 == 0 && src.dim(0) == T && dst.dim(0) == T && src_col + w <= sc &&
-                 dst_col + w <= dc,
-             "rope: ", heads, " x ", head_dim, " columns from ", src_col, " of ",
-             shape_str(src.shape), " to ", dst_col, " of ", shape_str(dst.shape), " for ", T,
-             " positions");
+    check_rope_columns(src, src_col, dst, dst_col, T, heads, head_dim);
     const int half = head_dim / 2;
     if (T > 0)
       rope_kernel<<<blocks_for(T * half, 256), 256>>>(
@@ -1110,8 +1107,7 @@ struct CudaBackend final : Backend {
   void glu_packed_forward(Act a, const Tensor& gu, Tensor& y) const override {
     OpScope scope_(prof.get(), "glu_forward");
     const int64_t T = y.dim(0), F = y.dim(1);
-    ET_CHECK(gu.dim(0) == T && gu.dim(1) == 2 * F, "glu_packed_forward: ", shape_str(gu.shape),
-             " is not [T, 2 x ", F, "]");
+    check_glu_packed("glu_packed_forward", gu, y);
     if (F % 8 == 0 && bf16x8({&gu, &y})) {
       glu_forward_bf16x8<<<blocks_for(T * F / 8, 256), 256>>>(
           static_cast<int>(a), B16(gu), B16(gu) + F, 2 * F, B16(y), F, T * F / 8);
@@ -1126,7 +1122,8 @@ struct CudaBackend final : Backend {
   void glu_packed_backward(Act a, const Tensor& gu, const Tensor& dy, Tensor& dgu) const override {
     OpScope scope_(prof.get(), "glu_backward");
     const int64_t T = dy.dim(0), F = dy.dim(1);
-    ET_CHECK(gu.dim(1) == 2 * F && dgu.dim(1) == 2 * F, "glu_packed_backward: shapes");
+    check_glu_packed("glu_packed_backward", gu, dy);
+    check_glu_packed("glu_packed_backward", dgu, dy);
     if (F % 8 == 0 && bf16x8({&gu, &dy, &dgu})) {
       glu_backward_bf16x8<<<blocks_for(T * F / 8, 256), 256>>>(
           static_cast<int>(a), B16(gu), B16(gu) + F, 2 * F, B16(dy), B16(dgu), B16(dgu) + F, F,
@@ -1171,9 +1168,7 @@ struct CudaBackend final : Backend {
                     int64_t width) const override {
     OpScope scope_(prof.get(), "copy_columns");
     const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
-    ET_CHECK(dst.dim(0) == rows && src_col + width <= sc && dst_col + width <= dc,
-             "copy_columns: ranges do not fit ", shape_str(src.shape), " -> ",
-             shape_str(dst.shape));
+    check_copy_columns(src, src_col, dst, dst_col, width);
     if (rows * width > 0)
       copy_columns_kernel<<<blocks_for(rows * width, 256), 256>>>(P(src), sc, src_col, P(dst), dc,
                                                                   dst_col, rows, width);
@@ -1279,16 +1274,18 @@ struct CudaBackend final : Backend {
     const bool bf = q.dtype == DType::BF16;
     Tensor delta = empty({lse.numel()}, DType::F32);
     float* dbias = d_rel_bias ? W(*d_rel_bias) : nullptr;
+    // fp32 gradient buffers (the kernels accumulate in fp32), copied into bf16 outputs at the end
+    auto f32_out = [&](Tensor& t) {
+      return t.dtype == DType::F32 ? t : empty(t.shape, DType::F32);
+    };
+    Tensor dq32 = f32_out(dq), dk32 = f32_out(dk), dv32 = f32_out(dv);
     if (attention_use_tc(a)) {
       P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
       attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-      // fp32 gradient buffers: dq always takes atomic adds; dk/dv do with grouped heads.
+      // dq always takes atomic adds; dk/dv do with grouped heads.
       const bool atomic_kv = a.n_heads != a.n_kv_heads;
-      Tensor dq32 = dq.dtype == DType::F32 ? dq : empty(dq.shape, DType::F32);
-      Tensor dk32 = dk.dtype == DType::F32 ? dk : empty(dk.shape, DType::F32);
-      Tensor dv32 = dv.dtype == DType::F32 ? dv : empty(dv.shape, DType::F32);
       ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));
       if (atomic_kv) {
         ET_CUDA(cudaMemsetAsync(dk32.data, 0, dk32.nbytes()));
@@ -1296,28 +1293,23 @@ struct CudaBackend final : Backend {
       }
       attention_backward_tc(a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
                             W(dk32), W(dv32), atomic_kv, dbias, I(tiles), n, I(cu));
-      if (dq.dtype != DType::F32) copy(dq, dq32);
-      if (dk.dtype != DType::F32) copy(dk, dk32);
-      if (dv.dtype != DType::F32) copy(dv, dv32);
-      return;
-    }
-    // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
-    // (which run first: with grouped heads they clear all of dk, dv).
-    const bool gemm = attention_use_gemm(a);
-    if (gemm) tiles = tiles_of(a, &n, kGemmMinLen);
-    auto f32 = [&](const Tensor& t) { return convert(t, DType::F32); };
-    Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(out), g32 = f32(dout);
-    Tensor dq32 = dq.dtype == DType::F32 ? dq : empty(dq.shape, DType::F32);
-    Tensor dk32 = dk.dtype == DType::F32 ? dk : empty(dk.shape, DType::F32);
-    Tensor dv32 = dv.dtype == DType::F32 ? dv : empty(dv.shape, DType::F32);
-    if (n > 0)
-      cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32), W(dk32),
-                               W(dv32), dbias, W(delta), I(tiles), n, I(cu));
-    if (gemm) {
-      attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-      Tensor ws = empty({static_cast<int64_t>(attention_gemm_workspace(a))}, DType::U8);
-      attention_backward_gemm(blas, a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta),
-                              W(dq32), W(dk32), W(dv32), ws.data, kGemmMinLen);
+    } else {
+      // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
+      // (which run first: with grouped heads they clear all of dk, dv).
+      const bool gemm = attention_use_gemm(a);
+      if (gemm) tiles = tiles_of(a, &n, kGemmMinLen);
+      if (n > 0) {
+        auto f32 = [&](const Tensor& t) { return convert(t, DType::F32); };
+        Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(out), g32 = f32(dout);
+        cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32),
+                                 W(dk32), W(dv32), dbias, W(delta), I(tiles), n, I(cu));
+      }
+      if (gemm) {
+        attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
+        Tensor ws = empty({static_cast<int64_t>(attention_gemm_workspace(a))}, DType::U8);
+        attention_backward_gemm(blas, a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta),
+                                W(dq32), W(dk32), W(dv32), ws.data, kGemmMinLen);
+      }
     }
     if (dq.dtype != DType::F32) copy(dq, dq32);
     if (dk.dtype != DType::F32) copy(dk, dk32);
