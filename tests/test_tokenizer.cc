@@ -14,6 +14,16 @@
 namespace et::test {
 namespace {
 
+// The error message parse_tokenizer_json gives for `j` (as file "tok.json"), or "no error".
+std::string parse_error(const json& j) {
+  try {
+    parse_tokenizer_json(j, "tok.json");
+  } catch (const Error& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
+
 class TokenizerParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerParity, MatchesHuggingFace) {
@@ -87,29 +97,16 @@ TEST(WordPiece, RobustToBadInput) {
 }
 
 TEST(WordPiece, MalformedTokenizerJsonNamesTheField) {
-  auto msg = [](const json& j) {
-    try {
-      parse_tokenizer_json(j, "tok.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(msg(json::object()).find("'model'"), std::string::npos);
-  EXPECT_NE(msg({{"model", {{"type", "WordPiece"}, {"vocab", 3}}}}).find("model.vocab"),
+  EXPECT_NE(parse_error(json::object()).find("'model'"), std::string::npos);
+  EXPECT_NE(parse_error({{"model", {{"type", "WordPiece"}, {"vocab", 3}}}}).find("model.vocab"),
             std::string::npos);
-  EXPECT_NE(msg({{"model", {{"type", "WordPiece"}, {"vocab", {{"x", 0}}}}}}).find("unk_token"),
-            std::string::npos);
+  EXPECT_NE(
+      parse_error({{"model", {{"type", "WordPiece"}, {"vocab", {{"x", 0}}}}}}).find("unk_token"),
+      std::string::npos);
   json j = {{"model", {{"type", "WordPiece"}, {"vocab", {{"[UNK]", 0}}}}},
             {"normalizer", {{"type", "Fancy"}}}};
-  EXPECT_NE(msg(j).find("normalizer.type 'Fancy'"), std::string::npos);
+  EXPECT_NE(parse_error(j).find("normalizer.type 'Fancy'"), std::string::npos);
 }
-
-}  // namespace
-}  // namespace et::test
-
-namespace et::test {
-namespace {
 
 // A SentencePiece BPE .model converted here must give the tokenizer.json transformers made from
 // it (gemma-style-spm-bpe was converted from this file): same merges in the same order, same
@@ -184,12 +181,6 @@ TEST(SentencePieceModel, RejectsGarbage) {
   }
 }
 
-}  // namespace
-}  // namespace et::test
-
-namespace et::test {
-namespace {
-
 // Hostile input through every fixture pipeline: nothing crashes, hangs or loses text.
 TEST(TokenizerRobustness, HostileInputEveryPipeline) {
   std::string root = fixtures_root() + "/tokenizers";
@@ -227,43 +218,36 @@ TEST(TokenizerRobustness, HostileInputEveryPipeline) {
 }
 
 TEST(TokenizerRobustness, MalformedFilesNameTheField) {
-  auto msg = [](const json& j) {
-    try {
-      parse_tokenizer_json(j, "tok.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   json bpe = {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}}}, {"merges", {"a b"}}};
-  EXPECT_EQ(msg({{"model", bpe}}), "no error");
+  EXPECT_EQ(parse_error({{"model", bpe}}), "no error");
   json bad = bpe;
   bad["merges"] = {"a c"};
-  EXPECT_NE(msg({{"model", bad}}).find("model.merges[0]"), std::string::npos);
+  EXPECT_NE(parse_error({{"model", bad}}).find("model.merges[0]"), std::string::npos);
   bad = bpe;
   bad["merges"] = {"ab"};
-  EXPECT_NE(msg({{"model", bad}}).find("model.merges[0]"), std::string::npos);
+  EXPECT_NE(parse_error({{"model", bad}}).find("model.merges[0]"), std::string::npos);
   json ug = {{"type", "Unigram"},
              {"vocab", json::array({json::array({"<unk>", 0.0}), json::array({"a", -1.0})})},
              {"unk_id", 0}};
-  EXPECT_EQ(msg({{"model", ug}}), "no error");
+  EXPECT_EQ(parse_error({{"model", ug}}), "no error");
   bad = ug;
   bad["vocab"][1] = "a";
-  EXPECT_NE(msg({{"model", bad}}).find("model.vocab[1]"), std::string::npos);
+  EXPECT_NE(parse_error({{"model", bad}}).find("model.vocab[1]"), std::string::npos);
   bad = ug;
   bad["unk_id"] = 7;
-  EXPECT_NE(msg({{"model", bad}}).find("unk_id"), std::string::npos);
+  EXPECT_NE(parse_error({{"model", bad}}).find("unk_id"), std::string::npos);
   json split = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}};
-  EXPECT_NE(msg({{"model", ug}, {"pre_tokenizer", split}}).find("pre_tokenizer Split.pattern"),
-            std::string::npos);
+  EXPECT_NE(
+      parse_error({{"model", ug}, {"pre_tokenizer", split}}).find("pre_tokenizer Split.pattern"),
+      std::string::npos);
   split["pattern"] = {{"String", " "}};
   split["behavior"] = "Sideways";
-  EXPECT_NE(msg({{"model", ug}, {"pre_tokenizer", split}}).find("behavior 'Sideways'"),
+  EXPECT_NE(parse_error({{"model", ug}, {"pre_tokenizer", split}}).find("behavior 'Sideways'"),
             std::string::npos);
   json pre = {{"type", "Precompiled"}, {"precompiled_charsmap", "!!!"}};
-  EXPECT_NE(msg({{"model", ug}, {"normalizer", pre}}).find("precompiled_charsmap"),
+  EXPECT_NE(parse_error({{"model", ug}, {"normalizer", pre}}).find("precompiled_charsmap"),
             std::string::npos);
-  EXPECT_NE(msg({{"model", {{"type", "WordLevel"}}}}).find("model.type 'WordLevel'"),
+  EXPECT_NE(parse_error({{"model", {{"type", "WordLevel"}}}}).find("model.type 'WordLevel'"),
             std::string::npos);
 }
 
@@ -271,9 +255,7 @@ TEST(TokenizerRobustness, MalformedFilesNameTheField) {
 // hand from tokenizers' definitions.
 TEST(TokenizerComponents, SplitBehavioursAndNormalizers) {
   auto words = [](const json& pre, const std::string& text, const json& norm = json()) {
-    NormString s;
-    std::u32string cs = unicode::decode_utf8(text);
-    for (size_t i = 0; i < cs.size(); ++i) s.push_back({cs[i], static_cast<int32_t>(i)});
+    NormString s = to_norm_string(unicode::decode_utf8(text));
     normalize(parse_normalizer(norm, "t"), s);
     std::vector<NormString> w{s};
     pre_tokenize(parse_pre_tokenizer(pre, "t"), w);

@@ -6,6 +6,7 @@
 
 namespace et {
 
+std::string base64_encode(std::string_view bytes);
 // Throws et::Error naming `where` on a character outside the alphabet or a bad length.
 std::string base64_decode(std::string_view text, const std::string& where);
 

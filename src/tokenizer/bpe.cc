@@ -13,12 +13,7 @@ static uint64_t pair_key(int32_t a, int32_t b) {
 
 Bpe parse_bpe(const json& m, const std::string& where) {
   Bpe bpe;
-  ET_CHECK(m.contains("vocab") && m["vocab"].is_object(), where,
-           ": model.vocab must be an object of token -> id");
-  for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-    ET_CHECK(it->is_number_integer(), where, ": model.vocab['", it.key(), "'] must be an integer");
-    bpe.vocab[it.key()] = it->get<int32_t>();
-  }
+  bpe.vocab = parse_vocab_object(m, where);
   auto opt_string = [&](const char* key) {
     return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string();
   };
@@ -40,12 +35,7 @@ Bpe parse_bpe(const json& m, const std::string& where) {
              "' is not in the vocabulary");
     bpe.unk_id = it->second;
   }
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof name, "<0x%02X>", b);
-    auto it = bpe.vocab.find(name);
-    bpe.byte_ids[b] = it == bpe.vocab.end() ? -1 : it->second;
-  }
+  bpe.byte_ids = byte_token_ids(bpe.vocab);
   ET_CHECK(m.contains("merges") && m["merges"].is_array(), where,
            ": model.merges must be an array");
   const json& merges = m["merges"];
@@ -118,6 +108,7 @@ void bpe_tokenize(const Bpe& bpe, const NormString& word, std::vector<Piece>& ou
     unk_begin = -1;
   };
   std::string ch_utf8;
+  std::vector<Piece> bytes;
   for (int32_t i = 0; i < n; ++i) {
     ch_utf8.clear();
     unicode::append_utf8(ch_utf8, word[i].c);
@@ -132,11 +123,10 @@ void bpe_tokenize(const Bpe& bpe, const NormString& word, std::vector<Piece>& ou
       continue;
     }
     if (bpe.byte_fallback) {
-      bool all = true;
-      for (unsigned char b : key) all = all && bpe.byte_ids[b] >= 0;
-      if (all) {
-        // Byte tokens are final: a merge never joins them (their pairs are not in merges).
-        for (unsigned char b : key) sym.push_back({bpe.byte_ids[b], i, i + 1, 0, 0, true});
+      // Byte tokens are final: a merge never joins them (their pairs are not in merges).
+      bytes.clear();
+      if (append_byte_tokens(bpe.byte_ids, key, {i, i + 1}, bytes)) {
+        for (const Piece& p : bytes) sym.push_back({p.id, i, i + 1, 0, 0, true});
         continue;
       }
     }

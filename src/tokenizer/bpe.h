@@ -17,13 +17,13 @@
 namespace et {
 
 struct Bpe {
-  std::unordered_map<std::string, int32_t> vocab;
+  TokenIds vocab;
   // (left id << 32 | right id) -> (rank, merged id)
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
   std::optional<int32_t> unk_id;
   std::string prefix, suffix;  // continuing_subword_prefix, end_of_word_suffix
   bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
-  int32_t byte_ids[256];  // <0xXX> token ids for byte_fallback (-1 when absent)
+  ByteTokenIds byte_ids;  // <0xXX> token ids for byte_fallback
 };
 
 Bpe parse_bpe(const json& model, const std::string& where);

@@ -100,6 +100,12 @@ Normalizer parse_normalizer(const json& j, const std::string& where) {
   return n;
 }
 
+NormString to_norm_string(std::u32string_view text) {
+  NormString s(text.size());
+  for (size_t i = 0; i < text.size(); ++i) s[i] = {text[i], static_cast<int32_t>(i)};
+  return s;
+}
+
 void apply_rewrites(NormString& s, const std::vector<Rewrite>& rw) {
   NormString out;
   out.reserve(rw.size());
@@ -217,25 +223,9 @@ static void bert_normalize(const Normalizer& n, NormString& s) {
 // The i-th replacement character takes the i-th replaced character's source (the last one's
 // when the replacement is longer), as tokenizers' alignment does.
 static void replace_all(const Normalizer& n, NormString& s) {
-  std::vector<std::pair<Span, bool>> parts;
-  if (n.regex) {
-    parts = regex_find_matches(*n.regex, s, 0, static_cast<int32_t>(s.size()));
-  } else {
-    int32_t len = static_cast<int32_t>(n.pattern.size()), size = static_cast<int32_t>(s.size());
-    int32_t prev = 0;
-    for (int32_t i = 0; i + len <= size;) {
-      bool hit = true;
-      for (int32_t k = 0; k < len && hit; ++k) hit = s[i + k].c == n.pattern[k];
-      if (!hit) {
-        ++i;
-        continue;
-      }
-      if (prev < i) parts.push_back({{prev, i}, false});
-      parts.push_back({{i, i + len}, true});
-      prev = i += len;
-    }
-    if (prev < size) parts.push_back({{prev, size}, false});
-  }
+  const std::vector<std::pair<Span, bool>> parts =
+      n.regex ? regex_find_matches(*n.regex, s, 0, static_cast<int32_t>(s.size()))
+              : literal_find_matches(s, n.pattern);
   NormString out;
   out.reserve(s.size());
   for (const auto& [span, is_match] : parts) {

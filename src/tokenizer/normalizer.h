@@ -53,6 +53,9 @@ struct Normalizer {
   std::vector<Normalizer> sequence;
 };
 
+// The characters of a text, each aligned to its own index.
+NormString to_norm_string(std::u32string_view text);
+
 // Parses the "normalizer" object (null gives Kind::None); `where` names the file for errors.
 Normalizer parse_normalizer(const json& j, const std::string& where);
 void normalize(const Normalizer& n, NormString& s);

@@ -181,26 +181,6 @@ static std::vector<std::pair<Span, bool>> char_matches(const NormString& w, F is
   return parts;
 }
 
-static std::vector<std::pair<Span, bool>> literal_matches(const NormString& w,
-                                                          const std::u32string& lit) {
-  std::vector<std::pair<Span, bool>> parts;
-  const int32_t n = static_cast<int32_t>(w.size()), len = static_cast<int32_t>(lit.size());
-  int32_t prev = 0;
-  for (int32_t i = 0; len > 0 && i + len <= n;) {
-    bool hit = true;
-    for (int32_t k = 0; k < len && hit; ++k) hit = w[i + k].c == lit[k];
-    if (!hit) {
-      ++i;
-      continue;
-    }
-    if (prev < i) parts.push_back({{prev, i}, false});
-    parts.push_back({{i, i + len}, true});
-    prev = i += len;
-  }
-  if (prev < n) parts.push_back({{prev, n}, false});
-  return parts;
-}
-
 // \w+|[^\w\s]+ (the Whitespace pre-tokenizer): runs of word characters and runs of other
 // non-space characters; spaces are dropped.
 static void whitespace_words(const NormString& w, std::vector<NormString>& out) {
@@ -252,12 +232,12 @@ static void pre_tokenize_one(const PreTokenizer& p, NormString& w, std::vector<N
                  out);
       return;
     case K::CharDelimiterSplit:
-      split_word(w, literal_matches(w, p.literal), SplitBehavior::Removed, false, out);
+      split_word(w, literal_find_matches(w, p.literal), SplitBehavior::Removed, false, out);
       return;
     case K::Split:
       split_word(w,
                  p.regex ? regex_find_matches(*p.regex, w, 0, static_cast<int32_t>(w.size()))
-                         : literal_matches(w, p.literal),
+                         : literal_find_matches(w, p.literal),
                  p.behavior, p.invert, out);
       return;
     case K::Metaspace: {

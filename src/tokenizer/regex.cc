@@ -67,4 +67,24 @@ std::vector<std::pair<Span, bool>> regex_find_matches(const Regex& re, const Nor
   return out;
 }
 
+std::vector<std::pair<Span, bool>> literal_find_matches(const NormString& s,
+                                                        std::u32string_view lit) {
+  std::vector<std::pair<Span, bool>> parts;
+  const int32_t n = static_cast<int32_t>(s.size()), len = static_cast<int32_t>(lit.size());
+  int32_t prev = 0;
+  for (int32_t i = 0; len > 0 && i + len <= n;) {
+    bool hit = true;
+    for (int32_t k = 0; k < len && hit; ++k) hit = s[i + k].c == lit[k];
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    if (prev < i) parts.push_back({{prev, i}, false});
+    parts.push_back({{i, i + len}, true});
+    prev = i += len;
+  }
+  if (prev < n) parts.push_back({{prev, n}, false});
+  return parts;
+}
+
 }  // namespace et

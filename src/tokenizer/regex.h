@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -22,5 +23,8 @@ std::shared_ptr<const Regex> compile_regex(const std::string& pattern, const std
 // them (false), like tokenizers' Pattern::find_matches; empty matches are skipped.
 std::vector<std::pair<Span, bool>> regex_find_matches(const Regex& re, const NormString& s,
                                                       int32_t b, int32_t e);
+// The same for a literal pattern ({"String": ...}): occurrences left to right, not overlapping.
+std::vector<std::pair<Span, bool>> literal_find_matches(const NormString& s,
+                                                        std::u32string_view literal);
 
 }  // namespace et

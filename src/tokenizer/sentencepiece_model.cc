@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/base64.h"
 #include "tokenizer/unicode.h"
 
 namespace et {
@@ -150,25 +151,6 @@ SpModel parse_model_proto(std::string_view data, const std::string& where) {
   ET_CHECK(m.unk_id >= 0 && m.unk_id < static_cast<int>(m.pieces.size()), where,
            ": trainer_spec.unk_id ", m.unk_id, " is outside the ", m.pieces.size(), " pieces");
   return m;
-}
-
-std::string base64_encode(std::string_view in) {
-  static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    for (int s = 18; s >= 0; s -= 6) out.push_back(abc[(v >> s) & 63]);
-  }
-  if (i < in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    if (i + 1 < in.size()) v |= uint8_t(in[i + 1]) << 8;
-    out.push_back(abc[(v >> 18) & 63]);
-    out.push_back(abc[(v >> 12) & 63]);
-    out.push_back(i + 1 < in.size() ? abc[(v >> 6) & 63] : '=');
-    out.push_back('=');
-  }
-  return out;
 }
 
 // SentencePieceExtractor: merges (l, r) for every piece that splits into two pieces.

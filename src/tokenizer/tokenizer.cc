@@ -114,8 +114,7 @@ static void model_tokenize(const TokenizerModel& m, const NormString& word,
 
 // Normalizes a whole string with the tokenizer's normalizer (for normalized added tokens).
 static std::u32string normalized_text(const Normalizer& n, const std::u32string& s) {
-  NormString ns;
-  for (size_t i = 0; i < s.size(); ++i) ns.push_back({s[i], static_cast<int32_t>(i)});
+  NormString ns = to_norm_string(s);
   normalize(n, ns);
   std::u32string out;
   for (const NormChar& c : ns) out.push_back(c.c);
@@ -295,9 +294,7 @@ void trim_offsets(const Tokenizer& tok, Encoding& seq) {
 
 Encoding encode(const Tokenizer& tok, std::string_view text, bool add_special_tokens,
                 int max_length, WordCache* cache) {
-  std::u32string chars = u::decode_utf8(text);
-  NormString raw(chars.size());
-  for (size_t i = 0; i < chars.size(); ++i) raw[i] = {chars[i], static_cast<int32_t>(i)};
+  NormString raw = to_norm_string(u::decode_utf8(text));
   std::vector<Segment> raw_segments, segments;
   split_added(tok, tok.added_raw, std::move(raw), raw_segments);
   for (Segment& seg : raw_segments) {

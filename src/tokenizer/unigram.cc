@@ -24,9 +24,10 @@ Unigram make_unigram(std::vector<std::pair<std::string, double>> vocab, int32_t 
   ET_CHECK(unk_id < static_cast<int32_t>(ug.vocab.size()), where, ": model.unk_id ", unk_id,
            " is outside the vocabulary of ", ug.vocab.size());
   ug.min_score = std::numeric_limits<double>::infinity();
-  ug.trie.emplace_back();
+  // built with hash maps of children and the id ending at each node, then frozen sorted
   std::vector<std::unordered_map<char32_t, int32_t>> building(1);
-  std::unordered_map<std::string, int32_t> ids;
+  std::vector<int32_t> token_at(1, -1);
+  TokenIds ids;
   for (size_t id = 0; id < ug.vocab.size(); ++id) {
     const auto& [piece, score] = ug.vocab[id];
     ug.min_score = std::min(ug.min_score, score);
@@ -38,28 +39,22 @@ Unigram make_unigram(std::vector<std::pair<std::string, double>> vocab, int32_t 
         int32_t fresh = static_cast<int32_t>(building.size());
         building[static_cast<size_t>(node)][c] = fresh;
         building.emplace_back();
+        token_at.push_back(-1);
         node = fresh;
       } else {
         node = it->second;
       }
     }
-    if (node != 0) {
-      if (static_cast<size_t>(node) >= ug.trie.size()) ug.trie.resize(building.size());
-      ug.trie[static_cast<size_t>(node)].token = static_cast<int32_t>(id);
-    }
+    if (node != 0) token_at[static_cast<size_t>(node)] = static_cast<int32_t>(id);
   }
   ug.trie.resize(building.size());
   for (size_t k = 0; k < building.size(); ++k) {
+    ug.trie[k].token = token_at[k];
     auto& ch = ug.trie[k].children;
     ch.assign(building[k].begin(), building[k].end());
     std::sort(ch.begin(), ch.end());
   }
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof name, "<0x%02X>", b);
-    auto it = ids.find(name);
-    ug.byte_ids[b] = it == ids.end() ? -1 : it->second;
-  }
+  ug.byte_ids = byte_token_ids(ids);
   return ug;
 }
 
@@ -138,12 +133,7 @@ void unigram_tokenize(const Unigram& ug, const NormString& word, std::vector<Pie
       std::string utf8;
       for (int32_t k = it->span.first; k < it->span.second; ++k)
         unicode::append_utf8(utf8, word[k].c);
-      bool all = true;
-      for (unsigned char c : utf8) all = all && ug.byte_ids[c] >= 0;
-      if (all) {
-        for (unsigned char c : utf8) out.push_back({ug.byte_ids[c], it->span});
-        continue;
-      }
+      if (append_byte_tokens(ug.byte_ids, utf8, it->span, out)) continue;
     }
     out.push_back(*it);
   }

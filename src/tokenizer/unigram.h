@@ -19,7 +19,7 @@ struct Unigram {
   int32_t unk_id = -1;
   bool byte_fallback = false;
   double min_score = 0;
-  int32_t byte_ids[256];  // <0xXX> ids (-1 when absent)
+  ByteTokenIds byte_ids;  // <0xXX> ids
   // Trie over code points: node 0 is the root; children sorted by character.
   struct Node {
     int32_t token = -1;  // id of the piece ending here

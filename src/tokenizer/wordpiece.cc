@@ -9,12 +9,7 @@ namespace et {
 
 WordPiece parse_wordpiece(const json& m, const std::string& where) {
   WordPiece wp;
-  ET_CHECK(m.contains("vocab") && m["vocab"].is_object(), where,
-           ": model.vocab must be an object of token -> id");
-  for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-    ET_CHECK(it->is_number_integer(), where, ": model.vocab['", it.key(), "'] must be an integer");
-    wp.vocab[it.key()] = it->get<int32_t>();
-  }
+  wp.vocab = parse_vocab_object(m, where);
   if (m.contains("unk_token") && m["unk_token"].is_string())
     wp.unk_token = m["unk_token"].get<std::string>();
   if (m.contains("continuing_subword_prefix") && m["continuing_subword_prefix"].is_string())

@@ -7,21 +7,15 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tokenizer/normalizer.h"
+#include "tokenizer/vocab.h"
 
 namespace et {
 
 struct WordPiece {
-  std::unordered_map<std::string, int32_t> vocab;
+  TokenIds vocab;
   std::string unk_token = "[UNK]";
   std::string prefix = "##";
   int max_input_chars_per_word = 100;
-};
-
-// One token of a word: its id and the [begin, end) characters of the word it covers.
-struct Piece {
-  int32_t id;
-  Span span;
 };
 
 WordPiece parse_wordpiece(const json& model, const std::string& where);
