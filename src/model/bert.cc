@@ -152,8 +152,7 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
     // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
     // largest activation of a layer. (With LoRA dropout the masked copy stays.)
     s->h_pre = h_pre;
-    if (s->ffn_out.x_lora.data == h.data) s->ffn_out.x_lora = Tensor{};
-    s->ffn_out.x = Tensor{};
+    drop_saved_input(s->ffn_out, h);
     s->res2 = res2;
     s->ln2_mean = m2;
     s->ln2_rstd = r2;
@@ -251,11 +250,8 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
                           grad_of(L.ln2_w), grad_of(L.ln2_b));
     Tensor h = be.empty(s.h_pre.shape, act);
     be.act_forward(c.act, s.h_pre, h);
-    LinearSaved ffn_out = s.ffn_out;
-    ffn_out.x = h;
-    if (!ffn_out.x_lora.defined()) ffn_out.x_lora = h;
     Tensor dh = be.empty(s.h_pre.shape, act);
-    linear_backward(be, L.ffn_out, ffn_out, d_res, &dh, false);
+    linear_backward(be, L.ffn_out, with_saved_input(s.ffn_out, h), d_res, &dh, false);
     be.act_backward(c.act, s.h_pre, dh, dh);
     be.copy(dx1, d_res);
     linear_backward(be, L.ffn_in, s.ffn_in, dh, &dx1, true);

@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -60,8 +61,9 @@ static void check_rope_type(const json& j, const std::string& where) {
     if (it->is_object()) check(*it);
 }
 
-// layer_types (transformers 5) or the older per-family rules.
-static std::vector<bool> sliding_layers(const json& j, int layers, int every_n_global,
+// layer_types (transformers 5), else the family's older rule `sliding(i)`.
+template <typename Rule>
+static std::vector<bool> sliding_layers(const json& j, int layers, Rule sliding,
                                         const std::string& where) {
   std::vector<bool> s(static_cast<size_t>(layers), false);
   if (j.contains("layer_types") && j["layer_types"].is_array()) {
@@ -73,8 +75,8 @@ static std::vector<bool> sliding_layers(const json& j, int layers, int every_n_g
                t, "' is not full_attention or sliding_attention");
       s[static_cast<size_t>(i)] = t == "sliding_attention";
     }
-  } else if (every_n_global > 0) {
-    for (int i = 0; i < layers; ++i) s[static_cast<size_t>(i)] = i % every_n_global != 0;
+  } else {
+    for (int i = 0; i < layers; ++i) s[static_cast<size_t>(i)] = sliding(i);
   }
   return s;
 }
@@ -150,6 +152,7 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
   ET_CHECK(c.heads > 0 && c.hidden % c.heads == 0, where, ": hidden size ", c.hidden,
            " is not divisible by the number of attention heads ", c.heads);
   c.head_dim = c.hidden / c.heads;
+  c.kv_heads = c.heads;
   if (c.family == Family::XlmRoberta || c.family == Family::MPNet) c.position_offset = c.pad_id + 1;
   if (c.family == Family::MPNet) c.rel_buckets = j.value("relative_attention_num_buckets", 32);
   return c;
@@ -190,7 +193,9 @@ static ModelConfig parse_rotary(const json& j, Family fam, const std::string& wh
     c.norm_bias = j.value("norm_bias", false);
     c.attn_bias = j.value("attention_bias", false);
     c.mlp_bias = j.value("mlp_bias", false);
-    c.sliding = sliding_layers(j, c.layers, j.value("global_attn_every_n_layers", 3), where);
+    const int every = std::max(1, j.value("global_attn_every_n_layers", 3));
+    c.sliding = sliding_layers(
+        j, c.layers, [every](int i) { return i % every != 0; }, where);
     // ModernBERT's local attention: a window of local_attention tokens centred on the query
     c.window = j.value("local_attention", 128) / 2;
     c.rope_theta = rope_theta_of(j, "full_attention", "global_rope_theta", 160000.0);
@@ -201,7 +206,8 @@ static ModelConfig parse_rotary(const json& j, Family fam, const std::string& wh
     c.causal = true;
     c.qk_norm = true;
     c.attn_bias = j.value("attention_bias", false);
-    c.sliding = sliding_layers(j, c.layers, 0, where);
+    c.sliding = sliding_layers(
+        j, c.layers, [](int) { return false; }, where);
     ET_CHECK(!j.value("use_sliding_window", false), where,
              ": use_sliding_window=true is not supported for qwen3");
     c.rope_theta = c.rope_theta_local = rope_theta_of(j, "full_attention", nullptr, 1000000.0);
@@ -210,14 +216,13 @@ static ModelConfig parse_rotary(const json& j, Family fam, const std::string& wh
     c.norm_eps = j.value("rms_norm_eps", 1e-6f);
     c.causal = !j.value("use_bidirectional_attention", false);
     c.qk_norm = true;
-    c.norm_plus_one = true;
+    c.norm_offset = 1.0f;
     c.sandwich_norm = true;
     c.attn_bias = j.value("attention_bias", false);
-    c.sliding = sliding_layers(j, c.layers, 0, where);
-    if (!j.contains("layer_types")) {  // pattern: every n-th layer is global
-      int n = j.value("sliding_window_pattern", 6);
-      for (int i = 0; i < c.layers; ++i) c.sliding[static_cast<size_t>(i)] = (i + 1) % n != 0;
-    }
+    // older files: every sliding_window_pattern-th layer (counting from 1) is global
+    const int every = std::max(1, j.value("sliding_window_pattern", 6));
+    c.sliding = sliding_layers(
+        j, c.layers, [every](int i) { return (i + 1) % every != 0; }, where);
     // bidirectional sliding window: sliding_window tokens centred on the query, |i - j| <=
     // sliding_window / 2 (what transformers 5 computes for EmbeddingGemma; fixture-checked)
     c.window = j.value("sliding_window", 512) / 2;

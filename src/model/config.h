@@ -39,7 +39,7 @@ struct ModelConfig {
   double rope_theta_local = 10000.0;  // sliding layers
   float attn_scale = 0.0f;            // 0: 1/sqrt(head_dim)
   bool qk_norm = false;               // per-head RMSNorm of q and k before RoPE
-  bool norm_plus_one = false;         // Gemma RMSNorm: x * rstd * (1 + w)
+  float norm_offset = 0.0f;           // RMSNorm x * rstd * (w + offset): 1 for Gemma
   bool sandwich_norm = false;         // Gemma3: norms after attention and MLP outputs too
   bool layer_norm = false;            // ModernBERT: LayerNorm (no bias) instead of RMSNorm
   bool norm_bias = false, attn_bias = false, mlp_bias = false;

@@ -39,6 +39,17 @@ Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, Linea
   return y;
 }
 
+void drop_saved_input(LinearSaved& s, const Tensor& in) {
+  if (s.x_lora.data == in.data) s.x_lora = Tensor{};
+  s.x = Tensor{};
+}
+
+LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
+  s.x = in;
+  if (!s.x_lora.defined()) s.x_lora = in;
+  return s;
+}
+
 // dW += dy^T x;  db += sum dy;  dB += s dy^T xa;  dA += (s dy B)^T x_lora;
 // dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,

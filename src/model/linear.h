@@ -34,6 +34,13 @@ struct LinearSaved {
   Tensor xa;
 };
 
+// Not keeping the input: a layer that can recompute `in` cheaply (a norm's or an activation's
+// output) drops it from the saved state after forward, and hands the recomputed tensor back
+// before backward. Without LoRA dropout x_lora is the input itself and goes too; a dropout
+// mask's masked copy stays.
+void drop_saved_input(LinearSaved& s, const Tensor& in);
+LinearSaved with_saved_input(LinearSaved s, const Tensor& in);
+
 // y = linear(x) for x [n, in] -> [n, out]. With `saved`, keeps what backward needs;
 // `rng` drives LoRA dropout (training only; null means no dropout).
 Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,

@@ -202,7 +202,7 @@ static std::vector<std::pair<std::string, Tensor>> random_rotary_weights(const j
     fill_normal(t, rng, 0.02f);
     w.emplace_back(name, t);
   };
-  const float unit = cfg.norm_plus_one ? 0.0f : 1.0f;
+  const float unit = 1.0f - cfg.norm_offset;  // norm weights at the identity
   auto norm = [&](const std::string& name, int64_t n) {
     w.emplace_back(name + ".weight", filled({n}, unit));
   };

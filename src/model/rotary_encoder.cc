@@ -111,7 +111,7 @@ Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, cons
     mean = be.empty({rows}, DType::F32);
     be.layernorm_forward(x, n.w->value, n.b ? &n.b->value : nullptr, c.norm_eps, y, mean, rstd);
   } else {
-    be.rmsnorm_forward(x, n.w->value, c.norm_plus_one ? 1.0f : 0.0f, c.norm_eps, y, rstd);
+    be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, y, rstd);
   }
   if (s) *s = {x, mean, rstd};
   return y;
@@ -125,8 +125,7 @@ Tensor norm_backward(const Backend& be, const ModelConfig& c, const Norm& n, con
   if (c.layer_norm)
     be.layernorm_backward(dy, s.x, n.w->value, s.mean, s.rstd, dx, grad_of(n.w), grad_of(n.b));
   else
-    be.rmsnorm_backward(dy, s.x, n.w->value, c.norm_plus_one ? 1.0f : 0.0f, s.rstd, dx,
-                        grad_of(n.w));
+    be.rmsnorm_backward(dy, s.x, n.w->value, c.norm_offset, s.rstd, dx, grad_of(n.w));
   return dx;
 }
 
@@ -163,13 +162,12 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     k = linear_forward(be, L.k, h, s ? &s->k : nullptr, rng);
     v = linear_forward(be, L.v, h, s ? &s->v : nullptr, rng);
   }
-  const float norm_offset = c.norm_plus_one ? 1.0f : 0.0f;
   if (L.q_norm) {  // per-head RMSNorm and RoPE in one pass
     Tensor qn = be.empty(q.shape, act), kn = be.empty(k.shape, act);
     Tensor qrs = be.empty({T * c.heads}, DType::F32), krs = be.empty({T * c.kv_heads}, DType::F32);
-    be.rmsnorm_rope_forward(q, L.q_norm->value, norm_offset, c.norm_eps, positions, c.heads, theta,
-                            qn, qrs);
-    be.rmsnorm_rope_forward(k, L.k_norm->value, norm_offset, c.norm_eps, positions, c.kv_heads,
+    be.rmsnorm_rope_forward(q, L.q_norm->value, c.norm_offset, c.norm_eps, positions, c.heads,
+                            theta, qn, qrs);
+    be.rmsnorm_rope_forward(k, L.k_norm->value, c.norm_offset, c.norm_eps, positions, c.kv_heads,
                             theta, kn, krs);
     if (s) {
       s->q_pre = q;
@@ -207,12 +205,8 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   if (s) {
     s->x = x;
     // The projections' inputs h = N_attn(x), h2 = N_mlp(x1) are recomputed in backward.
-    auto drop_input = [](LinearSaved& ls, const Tensor& in) {
-      if (ls.x_lora.data == in.data) ls.x_lora = Tensor{};  // no dropout: x_lora is x itself
-      ls.x = Tensor{};
-    };
-    for (LinearSaved* ls : {&s->qkv, &s->q, &s->k, &s->v}) drop_input(*ls, h);
-    for (LinearSaved* ls : {&s->wi, &s->gate, &s->up}) drop_input(*ls, h2);
+    for (LinearSaved* ls : {&s->qkv, &s->q, &s->k, &s->v}) drop_saved_input(*ls, h);
+    for (LinearSaved* ls : {&s->wi, &s->gate, &s->up}) drop_saved_input(*ls, h2);
     if (!L.q_norm) {  // no norm to recompute them from: keep q, k after RoPE
       s->qr = q;
       s->kr = k;
@@ -223,8 +217,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     s->g = g;
     s->u = u;
     // m = act(g) * u is recomputed in backward: [T, intermediate] is the largest activation
-    if (s->down.x_lora.data == m.data) s->down.x_lora = Tensor{};
-    s->down.x = Tensor{};
+    drop_saved_input(s->down, m);
   }
   return out;
 }
@@ -244,28 +237,20 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     be.glu_packed_forward(c.act, s.g, m);
   else
     be.glu_forward(c.act, s.g, s.u, m);
-  LinearSaved down = s.down;
-  down.x = m;
-  if (!down.x_lora.defined()) down.x_lora = m;
   Tensor dm = be.empty({T, F}, act);
-  linear_backward(be, L.down, down, df, &dm, false);
+  linear_backward(be, L.down, with_saved_input(s.down, m), df, &dm, false);
   // the projections' inputs, recomputed: h2 = N_mlp(x1), later h = N_attn(x)
-  auto with_input = [](LinearSaved ls, const Tensor& in) {
-    ls.x = in;
-    if (!ls.x_lora.defined()) ls.x_lora = in;
-    return ls;
-  };
   const Tensor h2 = norm_forward(be, c, L.mlp_norm, s.mlp_norm.x, nullptr);
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
     Tensor dwi = be.empty({T, 2 * F}, act);
     be.glu_packed_backward(c.act, s.g, dm, dwi);
-    linear_backward(be, L.wi, with_input(s.wi, h2), dwi, &dh2, false);
+    linear_backward(be, L.wi, with_saved_input(s.wi, h2), dwi, &dh2, false);
   } else {
     Tensor dg = be.empty({T, F}, act), du = be.empty({T, F}, act);
     be.glu_backward(c.act, s.g, s.u, dm, dg, du);
-    linear_backward(be, L.gate, with_input(s.gate, h2), dg, &dh2, false);
-    linear_backward(be, L.up, with_input(s.up, h2), du, &dh2, true);
+    linear_backward(be, L.gate, with_saved_input(s.gate, h2), dg, &dh2, false);
+    linear_backward(be, L.up, with_saved_input(s.up, h2), du, &dh2, true);
   }
   Tensor dx1 = be.empty({T, H}, DType::F32);
   be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dx1);
@@ -277,22 +262,21 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
          dv = be.empty({T, kvdim}, act);
   const double theta = theta_of(c, L);
   Tensor qr = s.qr, kr = s.kr;
-  const float norm_offset = c.norm_plus_one ? 1.0f : 0.0f;
   if (L.q_norm) {  // q, k after norm and RoPE, recomputed
     qr = be.empty({T, qdim}, act);
     kr = be.empty({T, kvdim}, act);
     Tensor qrs = be.empty({T * c.heads}, DType::F32), krs = be.empty({T * c.kv_heads}, DType::F32);
-    be.rmsnorm_rope_forward(s.q_pre, L.q_norm->value, norm_offset, c.norm_eps, positions, c.heads,
+    be.rmsnorm_rope_forward(s.q_pre, L.q_norm->value, c.norm_offset, c.norm_eps, positions, c.heads,
                             theta, qr, qrs);
-    be.rmsnorm_rope_forward(s.k_pre, L.k_norm->value, norm_offset, c.norm_eps, positions,
+    be.rmsnorm_rope_forward(s.k_pre, L.k_norm->value, c.norm_offset, c.norm_eps, positions,
                             c.kv_heads, theta, kr, krs);
   }
   be.attention_backward(attn, qr, kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
   if (L.q_norm) {
     Tensor dq_pre = be.empty({T, qdim}, act), dk_pre = be.empty({T, kvdim}, act);
-    be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, norm_offset, s.q_rstd, positions,
+    be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, c.norm_offset, s.q_rstd, positions,
                              c.heads, theta, dq_pre, grad_of(L.q_norm));
-    be.rmsnorm_rope_backward(dk, s.k_pre, L.k_norm->value, norm_offset, s.k_rstd, positions,
+    be.rmsnorm_rope_backward(dk, s.k_pre, L.k_norm->value, c.norm_offset, s.k_rstd, positions,
                              c.kv_heads, theta, dk_pre, grad_of(L.k_norm));
     dq = dq_pre;
     dk = dk_pre;
@@ -307,11 +291,11 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     be.rope_columns(dq, 0, dqkv, 0, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope_columns(dk, 0, dqkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta, true);
     be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
-    linear_backward(be, L.qkv, with_input(s.qkv, h), dqkv, &dh, false);
+    linear_backward(be, L.qkv, with_saved_input(s.qkv, h), dqkv, &dh, false);
   } else {
-    linear_backward(be, L.q, with_input(s.q, h), dq, &dh, false);
-    linear_backward(be, L.k, with_input(s.k, h), dk, &dh, true);
-    linear_backward(be, L.v, with_input(s.v, h), dv, &dh, true);
+    linear_backward(be, L.q, with_saved_input(s.q, h), dq, &dh, false);
+    linear_backward(be, L.k, with_saved_input(s.k, h), dk, &dh, true);
+    linear_backward(be, L.v, with_saved_input(s.v, h), dv, &dh, true);
   }
   Tensor dx = be.empty({T, H}, DType::F32);
   be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx);

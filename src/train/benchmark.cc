@@ -76,8 +76,7 @@ double step_flops(const SentenceModel& m, const std::vector<PackedBatch>& cols, 
   const ModelConfig& c = m.cfg;
   const double h = c.hidden, f = c.intermediate;
   const double qd = static_cast<double>(c.heads) * c.head_dim,
-               kvd = static_cast<double>(is_rotary_family(c.family) ? c.kv_heads : c.heads) *
-                     c.head_dim;
+               kvd = static_cast<double>(c.kv_heads) * c.head_dim;
   // multiply-adds per token and layer: q, k, v, o projections and the MLP (3 matrices if gated)
   const double mlp = is_rotary_family(c.family) ? 3 * h * f : 2 * h * f;
   const double linear = c.layers * (h * (qd + 2 * kvd) + qd * h + mlp);
