@@ -108,6 +108,30 @@ TEST(WordPiece, MalformedTokenizerJsonNamesTheField) {
   EXPECT_NE(parse_error(j).find("normalizer.type 'Fancy'"), std::string::npos);
 }
 
+// ByteLevel offset trimming (tokenizers' process_offsets): a token that carries the space
+// before a word ('Ġworld') reports the word's characters only.
+TEST(TokenizerComponents, ByteLevelTrimOffsets) {
+  std::string dir = fixtures_root() + "/tokenizers/gpt2-bytelevel-bpe";
+  SKIP_WITHOUT_FIXTURES(dir);
+  json j = read_json_file(dir + "/tokenizer.json");
+  Tokenizer plain = parse_tokenizer_json(j, "plain");
+  j["post_processor"] = {
+      {"type", "ByteLevel"}, {"trim_offsets", true}, {"add_prefix_space", false}};
+  Tokenizer trimmed = parse_tokenizer_json(j, "trimmed");
+  Encoding a = encode(plain, "hello  world"), b = encode(trimmed, "hello  world");
+  ASSERT_EQ(a.ids, b.ids);
+  ASSERT_GE(a.ids.size(), 2u);
+  const auto toks = tokens_of(plain, a.ids);
+  EXPECT_NE(a.offsets, b.offsets) << "no token carried a space";
+  for (size_t i = 0; i < a.ids.size(); ++i) {
+    int lead = 0;
+    for (size_t k = 0; k + 1 < toks[i].size() && toks[i].compare(k, 2, "\xC4\xA0") == 0; k += 2)
+      ++lead;  // 'Ġ' (U+0120) is two UTF-8 bytes
+    EXPECT_EQ(b.offsets[i].first, std::min(a.offsets[i].first + lead, a.offsets[i].second))
+        << toks[i];
+  }
+}
+
 // A SentencePiece BPE .model converted here must give the tokenizer.json transformers made from
 // it (gemma-style-spm-bpe was converted from this file): same merges in the same order, same
 // ids on every fixture text.

@@ -183,6 +183,17 @@ Tokenizer parse_tokenizer_json(const json& j, const std::string& where) {
   });
   for (const auto& a : t.added)
     t.id_to_token[static_cast<size_t>(a.id)] = u::encode_utf8(a.content);
+  if (t.post.trim_offsets) {
+    auto space = [](char32_t c) { return c == 0x120 || u::is_whitespace(c); };
+    t.edge_spaces.resize(t.id_to_token.size());
+    for (size_t id = 0; id < t.id_to_token.size(); ++id) {
+      const std::u32string s = u::decode_utf8(t.id_to_token[id]);
+      int32_t lead = 0, trail = 0;
+      while (lead < static_cast<int32_t>(s.size()) && space(s[lead])) ++lead;
+      while (trail < static_cast<int32_t>(s.size()) && space(s[s.size() - 1 - trail])) ++trail;
+      t.edge_spaces[id] = {lead, trail};
+    }
+  }
   if (j.contains("padding") && j["padding"].is_object() && j["padding"].contains("pad_id"))
     t.pad_id = j["padding"]["pad_id"].get<int32_t>();
   return t;
@@ -276,11 +287,7 @@ void split_added(const Tokenizer& tok,
 // spaces are trimmed to the text without them (except the single space added as a prefix).
 void trim_offsets(const Tokenizer& tok, Encoding& seq) {
   for (size_t i = 0; i < seq.ids.size(); ++i) {
-    std::u32string t = u::decode_utf8(tok.id_to_token[static_cast<size_t>(seq.ids[i])]);
-    auto space = [](char32_t c) { return c == 0x120 || u::is_whitespace(c); };
-    int32_t lead = 0, trail = 0;
-    while (lead < static_cast<int32_t>(t.size()) && space(t[lead])) ++lead;
-    while (trail < static_cast<int32_t>(t.size()) && space(t[t.size() - 1 - trail])) ++trail;
+    const auto [lead, trail] = tok.edge_spaces[static_cast<size_t>(seq.ids[i])];
     auto& [b, e] = seq.offsets[i];
     if (lead > 0) {
       bool first = i == 0 || b == 0;

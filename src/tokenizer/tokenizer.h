@@ -55,6 +55,9 @@ struct Tokenizer {
   std::unordered_map<char32_t, std::vector<int32_t>> added_raw, added_norm;
   PostProcessor post;
   std::vector<std::string> id_to_token;
+  // With post.trim_offsets: per id, the whitespace characters ('Ġ' or Unicode White_Space) a
+  // token starts and ends with (counted once at load rather than per encoded token)
+  std::vector<std::pair<int32_t, int32_t>> edge_spaces;
   int32_t pad_id = 0;
 
   int num_special_tokens() const;
