@@ -10,6 +10,9 @@
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cuda/cuda_backend.h"
+#ifdef EMBEDTUNE_HAVE_CUDA
+#include "ops/cuda/attention_gemm.h"
+#endif
 #include "ops/cuda/device_info.h"
 #include "train/lora.h"
 #include "train/step.h"
@@ -410,6 +413,11 @@ TEST(CudaOps, AttentionForwardBackward) {
       // head dim 256: sequences of 128+ tokens take the cuBLAS path, shorter ones the tiles
       {{200, 33, 1, 130}, 3, 1, 256, false, 8, false},  // EmbeddingGemma's shape
       {{150, 20}, 4, 2, 256, true, -1, false},
+      // cuBLAS buckets: lengths within 1/8 padded together (gathered, GQA), equal adjacent
+      // lengths read in place, causal with padded keys
+      {{150, 140, 20, 150, 129, 150}, 4, 2, 256, false, -1, false},
+      {{160, 160, 160, 40}, 3, 1, 256, false, 32, false},
+      {{150, 145, 200, 190}, 2, 1, 256, true, -1, false},
   };
   for (const char* path : {"tc", "scalar"})
     for (const AttnCase& c : cases) {
@@ -461,6 +469,54 @@ TEST(CudaOps, AttentionForwardBackward) {
     }
   unsetenv("EMBEDTUNE_ATTENTION");
 }
+
+#ifdef EMBEDTUNE_HAVE_CUDA
+// The cuBLAS attention path's buckets (host code, no GPU needed): every sequence of at least
+// min_len tokens exactly once, padding within 1/8 of the bucket's length, in-place reading only
+// for adjacent sequences of the bucket's exact length, the scratch budget respected.
+TEST(CudaAttentionPlan, BucketsCoverSequencesOnce) {
+  AttentionArgs a;
+  a.n_heads = 4;
+  a.n_kv_heads = 2;
+  a.head_dim = 256;
+  std::vector<int32_t> lens = {512, 512, 512, 100, 300, 290, 512, 128, 127, 1000, 270, 140};
+  a.cu_seqlens = {0};
+  for (int l : lens) a.cu_seqlens.push_back(a.cu_seqlens.back() + l);
+  const size_t budget = size_t{64} << 20;
+  for (bool backward : {false, true}) {
+    cuda::GemmAttentionPlan plan = cuda::plan_attention_gemm(a, 128, backward, 2, budget);
+    ASSERT_EQ(plan.starts.size(), plan.lens.size());
+    std::vector<int> seen(lens.size(), 0);
+    bool any_direct = false, any_gathered = false;
+    for (const cuda::GemmBucket& b : plan.buckets) {
+      ASSERT_GT(b.count, 0);
+      bool adjacent_exact = true;
+      for (int x = b.first; x < b.first + b.count; ++x) {
+        const auto it = std::find(a.cu_seqlens.begin(), a.cu_seqlens.end(), plan.starts[x]);
+        ASSERT_NE(it, a.cu_seqlens.end());
+        const size_t seq = static_cast<size_t>(it - a.cu_seqlens.begin());
+        ++seen[seq];
+        EXPECT_EQ(plan.lens[x], lens[seq]);
+        EXPECT_LE(plan.lens[x], b.len);
+        EXPECT_GE(plan.lens[x] * 8, 7 * b.len) << "more than 1/8 padding";
+        adjacent_exact = adjacent_exact && plan.lens[x] == b.len &&
+                         plan.starts[x] == plan.starts[b.first] + (x - b.first) * b.len;
+      }
+      EXPECT_EQ(b.direct, adjacent_exact);
+      any_direct = any_direct || b.direct;
+      any_gathered = any_gathered || !b.direct;
+    }
+    EXPECT_LE(plan.workspace_bytes, budget);  // one 1000-token sequence needs about 50 MB
+    for (size_t i = 0; i < lens.size(); ++i) EXPECT_EQ(seen[i], lens[i] >= 128 ? 1 : 0) << i;
+    EXPECT_TRUE(any_direct);  // the three adjacent 512s
+    EXPECT_TRUE(any_gathered);
+  }
+  // A budget below one 512-token sequence's scratch still plans it, one sequence per bucket.
+  cuda::GemmAttentionPlan tight = cuda::plan_attention_gemm(a, 128, true, 2, 1);
+  for (const cuda::GemmBucket& b : tight.buckets) EXPECT_EQ(b.count, 1);
+  EXPECT_EQ(tight.buckets.size(), 10u);
+}
+#endif
 
 // Whole models: the CUDA path against the CPU path on the fixtures (embeddings, loss, every
 // gradient of full fine-tuning and of LoRA), with fp32 activations on the GPU (the kernels'

@@ -28,6 +28,9 @@ namespace {
 
 // Sequences at least this long use the cuBLAS attention path for head dims above 128.
 constexpr int kGemmMinLen = 128;
+// Scratch of the cuBLAS attention path per bucket of sequences (score matrices and padded
+// copies); a bucket that would need more is split.
+constexpr size_t kGemmBudgetBytes = size_t{512} << 20;
 
 // ---- memory -------------------------------------------------------------------------------
 
@@ -1228,6 +1231,12 @@ struct CudaBackend final : Backend {
     *n = static_cast<int>(tiles.size() / 2);
     return upload(cpu_from_i32(tiles, {static_cast<int64_t>(tiles.size())}));
   }
+  // The cuBLAS attention plan's sequence table on the device: starts, then lengths.
+  Tensor upload_plan(const GemmAttentionPlan& plan) const {
+    std::vector<int32_t> seq = plan.starts;
+    seq.insert(seq.end(), plan.lens.begin(), plan.lens.end());
+    return upload(cpu_from_i32(seq, {static_cast<int64_t>(seq.size())}));
+  }
   Tensor cu_of(const AttentionArgs& a) const {
     if (a.cu_seqlens_dev.defined()) return a.cu_seqlens_dev;
     return upload(cpu_from_i32(a.cu_seqlens, {static_cast<int64_t>(a.cu_seqlens.size())}));
@@ -1251,9 +1260,12 @@ struct CudaBackend final : Backend {
     // no launch per sequence.
     const bool gemm = attention_use_gemm(a);
     if (gemm) {
-      Tensor ws = empty({static_cast<int64_t>(attention_gemm_workspace(a))}, DType::U8);
-      attention_forward_gemm(blas, a, q.data, k.data, v.data, out.data, bf, W(lse), ws.data,
-                             kGemmMinLen);
+      GemmAttentionPlan plan =
+          plan_attention_gemm(a, kGemmMinLen, false, dtype_size(q.dtype), kGemmBudgetBytes);
+      Tensor ws = empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8);
+      Tensor seq = upload_plan(plan);
+      attention_forward_gemm(blas, a, plan, I(seq), q.data, k.data, v.data, out.data, bf, W(lse),
+                             ws.data);
       tiles = tiles_of(a, &n, kGemmMinLen);
       if (n == 0) return;
     }
@@ -1306,9 +1318,12 @@ struct CudaBackend final : Backend {
       }
       if (gemm) {
         attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-        Tensor ws = empty({static_cast<int64_t>(attention_gemm_workspace(a))}, DType::U8);
-        attention_backward_gemm(blas, a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta),
-                                W(dq32), W(dk32), W(dv32), ws.data, kGemmMinLen);
+        GemmAttentionPlan plan =
+            plan_attention_gemm(a, kGemmMinLen, true, dtype_size(q.dtype), kGemmBudgetBytes);
+        Tensor ws = empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8);
+        Tensor seq = upload_plan(plan);
+        attention_backward_gemm(blas, a, plan, I(seq), q.data, k.data, v.data, dout.data, bf,
+                                F(lse), F(delta), W(dq32), W(dk32), W(dv32), ws.data);
       }
     }
     if (dq.dtype != DType::F32) copy(dq, dq32);
