@@ -17,6 +17,7 @@
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/tensor_core.cuh"
 #include "ops/relative_bucket.h"
 
 namespace et::cuda {
@@ -61,22 +62,8 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
   }
 }
 
-// Asynchronous tile loads (cp.async, 16 bytes per copy, zero-filled past the sequence end) so
-// that the next tile streams in while the current one is computed on. fp32 inputs (tests,
-// fp32 activations) take the synchronous converting load instead.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
+// Asynchronous tile loads (cp.async) so that the next tile streams in while the current one
+// is computed on. fp32 inputs (tests, fp32 activations) take the synchronous converting load.
 template <int D>
 __device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t stride, int col,
                                                 int r0, int len) {
@@ -97,50 +84,6 @@ __device__ __forceinline__ void store_val(float* p, float v) {
 }
 __device__ __forceinline__ void store_val(bf16* p, float v) {
   *p = __float2bfloat16(v);
-}
-
-// ---- warp-level tensor-core primitives (PTX ISA: mma.sync m16n8k16, ldmatrix) ------------
-// Fragment layouts (g = lane / 4, t = lane % 4):
-//   A 16x16 (row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
-//   B 16x8 (k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
-//   C 16x8 (fp32):       c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
-// so the accumulators of two adjacent 16x8 tiles of S are, packed to bf16, exactly the A
-// fragment of P for the next product (FlashAttention-2's register reuse).
-
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, const bf16* p) {
-  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const bf16* p) {
-  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-// Address of this lane's row for an A fragment at (r0, c0) of a row-major tile.
-__device__ __forceinline__ const bf16* a_addr(const bf16* tile, int ld, int r0, int c0, int lane) {
-  return tile + (r0 + (lane % 16)) * ld + c0 + (lane / 16) * 8;
-}
-// B fragments of two adjacent n-blocks [n0, n0+16) from a tile stored [n][k] (B = tile^T).
-__device__ __forceinline__ const bf16* bt_addr(const bf16* tile, int ld, int n0, int k0, int lane) {
-  return tile + (n0 + (lane % 8) + (lane / 16) * 8) * ld + k0 + ((lane / 8) % 2) * 8;
-}
-// B fragments of two adjacent n-blocks from a tile stored [k][n] (use with ldsm_x4_t).
-__device__ __forceinline__ const bf16* b_addr(const bf16* tile, int ld, int k0, int n0, int lane) {
-  return tile + (k0 + (lane % 8) + ((lane / 8) % 2) * 8) * ld + n0 + (lane / 16) * 8;
 }
 
 template <int D>
@@ -438,8 +381,7 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int kc = 0; kc < 4; ++kc) {
       uint32_t a[4];
-      ldsm_x4_t(a, dSt + (kc * 16 + (lane % 8) + (lane / 16) * 8) * LS + warp * 16 +
-                       ((lane / 8) % 2) * 8);
+      ldsm_x4_t(a, at_addr(dSt, LS, kc * 16, warp * 16, lane));
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
         uint32_t b[4];
@@ -523,7 +465,9 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      allow_dynamic_smem(attn_fwd_tc_kernel<D, T>, FwdSmem<D>::bytes);
+      static const bool smem_set =
+          (allow_dynamic_smem(attn_fwd_tc_kernel<D, T>, FwdSmem<D>::bytes), true);  // once
+      (void)smem_set;
       attn_fwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, FwdSmem<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
           static_cast<T*>(out), lse, tiles, cu);
@@ -546,7 +490,9 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes);
+      static const bool smem_set =
+          (allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes), true);  // once
+      (void)smem_set;
       attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
           static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);
