@@ -56,8 +56,16 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
                      Tensor* dx, bool accumulate) {
   const int64_t n = dy.numel() / l.out;
   Tensor g = dy.reshape({n, l.out});
-  if (l.weight->trainable) be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
   if (l.bias && l.bias->trainable) be.bias_backward(g, l.bias->grad);
+  // A gradient arriving in fp32 (from the rotary encoders' fp32 residual stream) feeds up to
+  // three products, each of which would convert it to the activation dtype on its own: convert
+  // once (same values; on the CPU the activation dtype is fp32 and nothing happens).
+  if (g.dtype != be.act_dtype()) {
+    Tensor t = be.empty(g.shape, be.act_dtype());
+    be.copy(t, g);
+    g = t;
+  }
+  if (l.weight->trainable) be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
   if (dx) {
     Tensor d2 = dx->reshape({n, l.in});
     be.matmul(g, false, l.weight->value, false, d2, 1.0f, accumulate ? 1.0f : 0.0f);

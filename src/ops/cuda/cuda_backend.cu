@@ -864,13 +864,17 @@ struct CudaBackend final : Backend {
   Tensor convert(const Tensor& t, DType to) const {
     if (t.dtype == to) return t;
     Tensor out = empty(t.shape, to);
+    convert_into(t, out);
+    return out;
+  }
+  // out = t in out's dtype (same number of elements).
+  void convert_into(const Tensor& t, Tensor& out) const {
     const int64_t n = t.numel();
-    if (t.dtype == DType::F32 && to == DType::BF16 && n % 8 == 0)
+    if (t.dtype == DType::F32 && out.dtype == DType::BF16 && n % 8 == 0)
       f32_to_bf16x8<<<blocks_for(n / 8, 256), 256>>>(F(t), static_cast<bf16*>(out.data), n / 8);
     else
       convert_kernel<<<blocks_for(n, 256), 256>>>(P(t), P(out), n);
     ET_LAUNCH_CHECK();
-    return out;
   }
   static bool bf16x8(std::initializer_list<const Tensor*> ts) {
     for (const Tensor* t : ts)
@@ -909,8 +913,7 @@ struct CudaBackend final : Backend {
     ET_CHECK(dst.numel() == src.numel(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
              shape_str(src.shape));
     if (dst.dtype != src.dtype) {
-      convert_kernel<<<blocks_for(src.numel(), 256), 256>>>(P(src), P(dst), src.numel());
-      ET_LAUNCH_CHECK();
+      convert_into(src, dst);
       return;
     }
     if (dst.data != src.data && src.nbytes())
