@@ -9,10 +9,12 @@
 // updates the running max/sum of its rows, rescales its output accumulators and adds P V
 // with P taken directly from the score registers.
 //
-// Backward: a block owns 64 key rows (16 per warp) and streams query tiles of 64 rows:
+// Backward: a block owns 64 key rows (16 per warp) of one key/value head and streams the query
+// tiles of every query head that uses it (grouped-query attention: `group` heads):
 //   S^T = K Q^T, P^T = exp(scale S^T + bias - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
-//   dV += P^T dO, dK += dS^T Q (register accumulators), dQ += dS K (fp32 atomics, since every
-//   key tile contributes to every query row).
+//   dV += P^T dO, dK += dS^T Q (register accumulators, summed over the group in place, so dK
+//   and dV are written once without atomics), dQ += dS K (fp32 atomics, since every key tile
+//   contributes to every query row).
 #include <cuda_bf16.h>
 
 #include "ops/cuda/attention.h"
@@ -239,8 +241,8 @@ struct BwdSmem {
 };
 
 // Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
-// stream through shared memory. dK, dV accumulate in registers; dS^T goes through shared
-// memory so that every warp can form its 16 query rows of dQ = dS K.
+// (head by head of the group) stream through shared memory. dK, dV accumulate in registers;
+// dS^T goes through shared memory so that every warp can form its 16 query rows of dQ = dS K.
 template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
     attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
@@ -259,7 +261,7 @@ __global__ void __launch_bounds__(NW * 32)
   float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);  // [2][64]
   float* del_b = lse_b + 128;                              // [2][64]
   float* bias_acc = del_b + 128;
-  const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
@@ -281,7 +283,9 @@ __global__ void __launch_bounds__(NW * 32)
     q_end = min(len, key0 + 64 + p.window);
   }
   const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
-  auto issue = [&](int buf, int c0) {
+  // Iteration it: query head kvh * group + it / n_q, query tile it % n_q.
+  auto head_of = [&](int it) { return kvh * p.group + it / n_q; };
+  auto issue = [&](int buf, int h, int c0) {
     load_tile_async<D>(Qb[buf], q + start * p.qs, p.qs, h * D, c0, len);
     load_tile_async<D>(Gb[buf], dout + start * p.qs, p.qs, h * D, c0, len);
     if (threadIdx.x < 64) {
@@ -290,15 +294,16 @@ __global__ void __launch_bounds__(NW * 32)
       del_b[buf * 64 + threadIdx.x] = i < len ? delta[(start + i) * p.hq + h] : 0.0f;
     }
   };
-  if (n_q > 0) issue(0, q_begin);
+  if (n_q > 0) issue(0, head_of(0), q_begin);
   cp_async_commit();
-  for (int it = 0; it < n_q; ++it) {
-    const int c0 = q_begin + it * BM;
+  for (int it = 0; it < n_q * p.group; ++it) {
+    const int h = head_of(it), c0 = q_begin + (it % n_q) * BM;
     const bf16* Qs = Qb[it & 1];
     const bf16* Gs = Gb[it & 1];
     const float* lse_s = lse_b + (it & 1) * 64;
     const float* del_s = del_b + (it & 1) * 64;
-    if (it + 1 < n_q) issue((it + 1) & 1, c0 + BM);
+    if (it + 1 < n_q * p.group)
+      issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -401,6 +406,13 @@ __global__ void __launch_bounds__(NW * 32)
         atomicAdd(dqrow + nb * 8 + 2 * t + 1, p.scale * dq_acc[nb][2 * r + 1]);
       }
     }
+    if (d_bias && (it + 1 == n_q * p.group || head_of(it + 1) != h)) {  // head done
+      __syncthreads();
+      for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) {
+        if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
+        bias_acc[b] = 0;
+      }
+    }
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -413,20 +425,9 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = nb * 8 + 2 * t + e;
-        const float kvk = p.scale * dk_acc[nb][2 * r + e], kvv = dv_acc[nb][2 * r + e];
-        if (p.dkv_atomic) {
-          atomicAdd(dkrow + c, kvk);
-          atomicAdd(dvrow + c, kvv);
-        } else {
-          dkrow[c] = kvk;
-          dvrow[c] = kvv;
-        }
+        dkrow[c] = p.scale * dk_acc[nb][2 * r + e];
+        dvrow[c] = dv_acc[nb][2 * r + e];
       }
-  }
-  if (d_bias) {
-    __syncthreads();
-    for (int b = threadIdx.x; b < p.buckets; b += blockDim.x)
-      if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
   }
 }
 
@@ -482,10 +483,9 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
 
 void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
                            const void* dout, bool bf16_in, const float* lse, const float* delta,
-                           float* dq, float* dk, float* dv, bool dkv_zeroed, float* d_rel_bias,
-                           const int32_t* tiles, int n_tiles, const int32_t* cu) {
+                           float* dq, float* dk, float* dv, float* d_rel_bias, const int32_t* tiles,
+                           int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  p.dkv_atomic = dkv_zeroed;
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
@@ -493,7 +493,7 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
       static const bool smem_set =
           (allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes), true);  // once
       (void)smem_set;
-      attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, BwdSmem<D>::bytes>>>(
+      attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hk), NW * 32, BwdSmem<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
           static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);
     };

@@ -1299,15 +1299,9 @@ struct CudaBackend final : Backend {
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
       attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-      // dq always takes atomic adds; dk/dv do with grouped heads.
-      const bool atomic_kv = a.n_heads != a.n_kv_heads;
-      ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));
-      if (atomic_kv) {
-        ET_CUDA(cudaMemsetAsync(dk32.data, 0, dk32.nbytes()));
-        ET_CUDA(cudaMemsetAsync(dv32.data, 0, dv32.nbytes()));
-      }
+      ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));  // dq takes atomic adds
       attention_backward_tc(a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
-                            W(dk32), W(dv32), atomic_kv, dbias, I(tiles), n, I(cu));
+                            W(dk32), W(dv32), dbias, I(tiles), n, I(cu));
     } else {
       // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
       // (which run first: with grouped heads they clear all of dk, dv).
