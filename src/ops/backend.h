@@ -172,6 +172,31 @@ struct Backend {
   // sum of squares of all elements (for the global gradient norm)
   virtual double sum_squares(const Tensor& t) const = 0;
 
+  // The optimizer step over all trainable tensors at once. These defaults loop over the
+  // per-tensor ops; the CUDA backend overrides them with multi-tensor kernels (one launch per
+  // group of tensors instead of one per tensor, and one device->host copy for the norm).
+  struct AdamWSlot {
+    Tensor *p, *g, *m, *v;  // parameter, gradient, Adam moments: fp32, one shape
+  };
+  // adamw_step on every slot, then (zero_grads) every gradient set to 0.
+  virtual void adamw_step_all(const std::vector<AdamWSlot>& slots, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int64_t step,
+                              bool zero_grads) const {
+    for (const AdamWSlot& s : slots) {
+      adamw_step(*s.p, *s.g, *s.m, *s.v, lr, beta1, beta2, eps, weight_decay, step);
+      if (zero_grads) fill(*s.g, 0.0f);
+    }
+  }
+  // The sum of sum_squares over the tensors; fill(t, 0) on each.
+  virtual double sum_squares_all(const std::vector<const Tensor*>& ts) const {
+    double s = 0;
+    for (const Tensor* t : ts) s += sum_squares(*t);
+    return s;
+  }
+  virtual void zero_all(const std::vector<Tensor*>& ts) const {
+    for (Tensor* t : ts) fill(*t, 0.0f);
+  }
+
   // Row-wise L2 normalisation y = x / max(|x|, 1e-12); norms: [rows].
   virtual void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const = 0;
   virtual void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,

@@ -136,11 +136,10 @@ json run_bench(const BenchConfig& c, const Backend& be) {
     LossSpec spec;
     spec.mini_batch_size = c.mini_batch_size;
     loss = train_step_grads(be, *m, batches[i % batches.size()], spec, 1.0, nullptr);
-    for (size_t j = 0; j < params.size(); ++j) {
-      be.adamw_step(params[j]->value, params[j]->grad, mom[j], vel[j], 2e-4f, 0.9f, 0.999f, 1e-8f,
-                    0.01f, i + 1);
-      be.fill(params[j]->grad, 0.0f);
-    }
+    std::vector<Backend::AdamWSlot> slots;
+    for (size_t j = 0; j < params.size(); ++j)
+      slots.push_back({&params[j]->value, &params[j]->grad, &mom[j], &vel[j]});
+    be.adamw_step_all(slots, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, i + 1, /*zero_grads=*/true);
   };
   for (int i = 0; i < c.warmup; ++i) step(i);
   be.synchronize();

@@ -38,7 +38,9 @@ std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode
 }
 
 void zero_grads(const Backend& be, const std::vector<Param*>& params) {
-  for (Param* p : params) be.fill(p->grad, 0.0f);
+  std::vector<Tensor*> grads;
+  for (Param* p : params) grads.push_back(&p->grad);
+  be.zero_all(grads);
 }
 
 double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,

@@ -287,9 +287,9 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       if (++micro_in_step < in_step) continue;
       micro_in_step = 0;
       // Optimizer step: clip by global norm (torch clip_grad_norm_), schedule, AdamW.
-      double sq = 0;
-      for (Param* p : params) sq += be.sum_squares(p->grad);
-      const double gnorm = std::sqrt(sq);
+      std::vector<const Tensor*> grads;
+      for (Param* p : params) grads.push_back(&p->grad);
+      const double gnorm = std::sqrt(be.sum_squares_all(grads));
       if (c.max_grad_norm > 0 && gnorm > 0) {
         const double coef = c.max_grad_norm / (gnorm + 1e-6);
         if (coef < 1)
@@ -297,12 +297,12 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       }
       const double lr =
           c.learning_rate * lr_multiplier(c.lr_scheduler_type, st.step, warmup, total);
+      std::vector<Backend::AdamWSlot> slots;
       for (size_t i = 0; i < params.size(); ++i)
-        be.adamw_step(params[i]->value, params[i]->grad, opt.m[i], opt.v[i], static_cast<float>(lr),
-                      static_cast<float>(c.adam_beta1), static_cast<float>(c.adam_beta2),
-                      static_cast<float>(c.adam_epsilon), static_cast<float>(c.weight_decay),
-                      st.step + 1);
-      zero_grads(be, params);
+        slots.push_back({&params[i]->value, &params[i]->grad, &opt.m[i], &opt.v[i]});
+      be.adamw_step_all(slots, static_cast<float>(lr), static_cast<float>(c.adam_beta1),
+                        static_cast<float>(c.adam_beta2), static_cast<float>(c.adam_epsilon),
+                        static_cast<float>(c.weight_decay), st.step + 1, /*zero_grads=*/true);
       ++st.step;
       ++window_n;
       last_loss = window_loss / static_cast<double>(window_n);

@@ -718,16 +718,66 @@ __global__ void pool_backward_kernel(int mode, const float* dout, const int32_t*
   }
 }
 
-__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, float lr, float b1,
-                             float b2, float eps, float wd, float step_size, float bc2_sqrt,
+// AdamW on element i (Backend::adamw_step's formula); step_size = lr / (1 - b1^t),
+// bc2_sqrt = sqrt(1 - b2^t).
+struct AdamWHyper {
+  float lr, b1, b2, eps, wd, step_size, bc2_sqrt;
+};
+__device__ __forceinline__ void adamw_element(float* p, const float* g, float* m, float* v,
+                                              const AdamWHyper& h, int64_t i) {
+  const float pi = p[i] * (1.0f - h.lr * h.wd);
+  const float mi = h.b1 * m[i] + (1 - h.b1) * g[i];
+  const float vi = h.b2 * v[i] + (1 - h.b2) * g[i] * g[i];
+  m[i] = mi;
+  v[i] = vi;
+  p[i] = pi - h.step_size * mi / (sqrtf(vi) / h.bc2_sqrt + h.eps);
+}
+
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, AdamWHyper h,
                              int64_t n) {
-  GRID_STRIDE(i, n) {
-    float pi = p[i] * (1.0f - lr * wd);
-    float mi = b1 * m[i] + (1 - b1) * g[i];
-    float vi = b2 * v[i] + (1 - b2) * g[i] * g[i];
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  GRID_STRIDE(i, n) adamw_element(p, g, m, v, h, i);
+}
+
+// Multi-tensor launches: up to kMultiTensors tensors per launch, passed by value (under the
+// 4 KB kernel-parameter limit); blockIdx.y picks the tensor, blocks along x stride over it.
+constexpr int kMultiTensors = 48;
+struct MultiTensors {
+  float* p[kMultiTensors];
+  float* g[kMultiTensors];
+  float* m[kMultiTensors];
+  float* v[kMultiTensors];
+  int64_t n[kMultiTensors];
+};
+#define MULTI_STRIDE(i, n)                                                               \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+__global__ void adamw_multi_kernel(MultiTensors t, AdamWHyper h, int zero_grads) {
+  const int k = blockIdx.y;
+  MULTI_STRIDE(i, t.n[k]) {
+    adamw_element(t.p[k], t.g[k], t.m[k], t.v[k], h, i);
+    if (zero_grads) t.g[k][i] = 0.0f;
+  }
+}
+
+__global__ void zero_multi_kernel(MultiTensors t) {
+  const int k = blockIdx.y;
+  MULTI_STRIDE(i, t.n[k]) t.g[k][i] = 0.0f;
+}
+
+// out += sum over the launch's tensors of g^2 (fp64 block sums, one atomic per block).
+__global__ void sum_squares_multi_kernel(MultiTensors t, double* out) {
+  __shared__ double part[32];
+  const int k = blockIdx.y;
+  double s = 0;
+  MULTI_STRIDE(i, t.n[k]) s += static_cast<double>(t.g[k][i]) * t.g[k][i];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double b = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) b += part[w];
+    atomicAdd(out, b);
   }
 }
 
@@ -1359,12 +1409,84 @@ struct CudaBackend final : Backend {
   void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int64_t step) const override {
     OpScope scope_(prof.get(), "adamw_step");
+    adamw_kernel<<<blocks_for(p.numel(), 256), 256>>>(
+        W(p), F(g), W(m), W(v), adamw_hyper(lr, beta1, beta2, eps, weight_decay, step), p.numel());
+    ET_LAUNCH_CHECK();
+  }
+  static AdamWHyper adamw_hyper(float lr, float beta1, float beta2, float eps, float weight_decay,
+                                int64_t step) {
     const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
     const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
-    adamw_kernel<<<blocks_for(p.numel(), 256), 256>>>(
-        W(p), F(g), W(m), W(v), lr, beta1, beta2, eps, weight_decay, static_cast<float>(lr / bc1),
-        static_cast<float>(std::sqrt(bc2)), p.numel());
-    ET_LAUNCH_CHECK();
+    return {lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            static_cast<float>(lr / bc1),
+            static_cast<float>(std::sqrt(bc2))};
+  }
+  // Runs `launch(group, grid)` for groups of up to kMultiTensors tensors (filled by `set`).
+  template <typename Set, typename Launch>
+  static void for_groups(size_t count, Set&& set, Launch&& launch) {
+    for (size_t first = 0; first < count; first += kMultiTensors) {
+      MultiTensors t{};
+      int64_t longest = 0;
+      const size_t k = std::min<size_t>(kMultiTensors, count - first);
+      for (size_t j = 0; j < k; ++j) {
+        set(t, j, first + j);
+        longest = std::max(longest, t.n[j]);
+      }
+      if (longest == 0) continue;
+      const dim3 grid(std::min(blocks_for(longest, 256), 1024u), static_cast<unsigned>(k));
+      launch(t, grid);
+      ET_LAUNCH_CHECK();
+    }
+  }
+  void adamw_step_all(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2,
+                      float eps, float weight_decay, int64_t step, bool zero_grads) const override {
+    OpScope scope_(prof.get(), "adamw_step_all");
+    for (const AdamWSlot& s : slots) {
+      ET_CHECK(s.p->dtype == DType::F32 && s.g->dtype == DType::F32 && s.m->dtype == DType::F32 &&
+                   s.v->dtype == DType::F32 && s.g->numel() == s.p->numel() &&
+                   s.m->numel() == s.p->numel() && s.v->numel() == s.p->numel(),
+               "adamw_step_all: parameter, gradient and moments must be fp32 of one size, got ",
+               shape_str(s.p->shape), " ", shape_str(s.g->shape));
+    }
+    const AdamWHyper h = adamw_hyper(lr, beta1, beta2, eps, weight_decay, step);
+    for_groups(
+        slots.size(),
+        [&](MultiTensors& t, size_t j, size_t i) {
+          t.p[j] = W(*slots[i].p), t.g[j] = W(*slots[i].g), t.m[j] = W(*slots[i].m);
+          t.v[j] = W(*slots[i].v), t.n[j] = slots[i].p->numel();
+        },
+        [&](const MultiTensors& t, dim3 grid) {
+          adamw_multi_kernel<<<grid, 256>>>(t, h, zero_grads ? 1 : 0);
+        });
+  }
+  double sum_squares_all(const std::vector<const Tensor*>& ts) const override {
+    OpScope scope_(prof.get(), "sum_squares_all");
+    Tensor acc = zeros({1}, DType::F64);
+    for (const Tensor* x : ts)
+      ET_CHECK(x->dtype == DType::F32, "sum_squares_all: fp32 tensors only");
+    for_groups(
+        ts.size(),
+        [&](MultiTensors& t, size_t j, size_t i) {
+          t.g[j] = const_cast<float*>(F(*ts[i])), t.n[j] = ts[i]->numel();
+        },
+        [&](const MultiTensors& t, dim3 grid) {
+          sum_squares_multi_kernel<<<grid, 256>>>(t, static_cast<double*>(acc.data));
+        });
+    double out = 0;
+    ET_CUDA(cudaMemcpy(&out, acc.data, sizeof(double), cudaMemcpyDeviceToHost));
+    return out;
+  }
+  void zero_all(const std::vector<Tensor*>& ts) const override {
+    OpScope scope_(prof.get(), "zero_all");
+    for (const Tensor* x : ts) ET_CHECK(x->dtype == DType::F32, "zero_all: fp32 tensors only");
+    for_groups(
+        ts.size(),
+        [&](MultiTensors& t, size_t j, size_t i) { t.g[j] = W(*ts[i]), t.n[j] = ts[i]->numel(); },
+        [&](const MultiTensors& t, dim3 grid) { zero_multi_kernel<<<grid, 256>>>(t); });
   }
   double sum_squares(const Tensor& t) const override {
     OpScope scope_(prof.get(), "sum_squares");
