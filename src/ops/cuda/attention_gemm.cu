@@ -274,6 +274,18 @@ BucketView view_of(const GemmAttentionPlan& plan, const GemmBucket& b, const int
   return w;
 }
 
+// Gathers q, k, v of a bucket that is not read in place into its padded buffers and points
+// the view at them.
+void gather_qkv(BucketView& w, const BucketScratch& b, const AttentionArgs& a, size_t esize,
+                const void* q, const void* k, const void* v) {
+  const size_t qs = static_cast<size_t>(a.n_heads) * a.head_dim * esize;
+  const size_t ks = static_cast<size_t>(a.n_kv_heads) * a.head_dim * esize;
+  move_padded_rows<true>(q, b.q, w.starts, w.lens, w.n, w.L, qs);
+  move_padded_rows<true>(k, b.k, w.starts, w.lens, w.n, w.L, ks);
+  move_padded_rows<true>(v, b.v, w.starts, w.lens, w.n, w.L, ks);
+  w.q = b.q, w.k = b.k, w.v = b.v;
+}
+
 }  // namespace
 
 bool attention_use_gemm(const AttentionArgs& a) {
@@ -334,12 +346,7 @@ void attention_forward_gemm(cublasHandle_t blas, const AttentionArgs& a,
     BucketView w = view_of(plan, bk, seq, a, g.esize, q, k, v);
     const int n = w.n, L = w.L;
     void* o = bk.direct ? at(out, plan.starts[bk.first] * qs, g.esize) : b.o;
-    if (!bk.direct) {
-      move_padded_rows<true>(q, b.q, w.starts, w.lens, n, L, qs * g.esize);
-      move_padded_rows<true>(k, b.k, w.starts, w.lens, n, L, ks * g.esize);
-      move_padded_rows<true>(v, b.v, w.starts, w.lens, n, L, ks * g.esize);
-      w.q = b.q, w.k = b.k, w.v = b.v;
-    }
+    if (!bk.direct) gather_qkv(w, b, a, g.esize, q, k, v);
     const int64_t LL = static_cast<int64_t>(L) * L, plane = n * LL;
     for (int h = 0; h < hq; ++h) {  // S_h = scale Q_h K_kvh^T, per sequence of the bucket
       const int kh = h / group;
@@ -382,11 +389,8 @@ void attention_backward_gemm(cublasHandle_t blas, const AttentionArgs& a,
     float* gk = bk.direct ? dk + start * ks : b.dk;
     float* gv = bk.direct ? dv + start * ks : b.dv;
     if (!bk.direct) {
-      move_padded_rows<true>(q, b.q, w.starts, w.lens, n, L, qs * g.esize);
-      move_padded_rows<true>(k, b.k, w.starts, w.lens, n, L, ks * g.esize);
-      move_padded_rows<true>(v, b.v, w.starts, w.lens, n, L, ks * g.esize);
+      gather_qkv(w, b, a, g.esize, q, k, v);
       move_padded_rows<true>(dout, b.o, w.starts, w.lens, n, L, qs * g.esize);
-      w.q = b.q, w.k = b.k, w.v = b.v;
     }
     const int64_t LL = static_cast<int64_t>(L) * L, plane = n * LL;
     for (int h = 0; h < hq; ++h) {

@@ -733,11 +733,6 @@ __device__ __forceinline__ void adamw_element(float* p, const float* g, float* m
   p[i] = pi - h.step_size * mi / (sqrtf(vi) / h.bc2_sqrt + h.eps);
 }
 
-__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, AdamWHyper h,
-                             int64_t n) {
-  GRID_STRIDE(i, n) adamw_element(p, g, m, v, h, i);
-}
-
 // Multi-tensor launches: up to kMultiTensors tensors per launch, passed by value (under the
 // 4 KB kernel-parameter limit); blockIdx.y picks the tensor, blocks along x stride over it.
 constexpr int kMultiTensors = 48;
@@ -778,20 +773,6 @@ __global__ void sum_squares_multi_kernel(MultiTensors t, double* out) {
     double b = 0;
     for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) b += part[w];
     atomicAdd(out, b);
-  }
-}
-
-__global__ void sum_squares_kernel(const float* x, int64_t n, double* out) {
-  __shared__ double part[32];
-  double s = 0;
-  GRID_STRIDE(i, n) s += static_cast<double>(x[i]) * x[i];
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0;
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) t += part[w];
-    atomicAdd(out, t);
   }
 }
 
@@ -1284,11 +1265,19 @@ struct CudaBackend final : Backend {
     *n = static_cast<int>(tiles.size() / 2);
     return upload(cpu_from_i32(tiles, {static_cast<int64_t>(tiles.size())}));
   }
-  // The cuBLAS attention plan's sequence table on the device: starts, then lengths.
-  Tensor upload_plan(const GemmAttentionPlan& plan) const {
-    std::vector<int32_t> seq = plan.starts;
-    seq.insert(seq.end(), plan.lens.begin(), plan.lens.end());
-    return upload(cpu_from_i32(seq, {static_cast<int64_t>(seq.size())}));
+  // A cuBLAS attention plan with what its passes need on the device: the scratch and the
+  // sequence table (starts, then lengths).
+  struct GemmRun {
+    GemmAttentionPlan plan;
+    Tensor workspace, seq;
+  };
+  GemmRun gemm_run(const AttentionArgs& a, bool backward, DType io) const {
+    GemmRun r{plan_attention_gemm(a, kGemmMinLen, backward, dtype_size(io), kGemmBudgetBytes)};
+    r.workspace = empty({static_cast<int64_t>(r.plan.workspace_bytes)}, DType::U8);
+    std::vector<int32_t> seq = r.plan.starts;
+    seq.insert(seq.end(), r.plan.lens.begin(), r.plan.lens.end());
+    r.seq = upload(cpu_from_i32(seq, {static_cast<int64_t>(seq.size())}));
+    return r;
   }
   Tensor cu_of(const AttentionArgs& a) const {
     if (a.cu_seqlens_dev.defined()) return a.cu_seqlens_dev;
@@ -1313,12 +1302,9 @@ struct CudaBackend final : Backend {
     // no launch per sequence.
     const bool gemm = attention_use_gemm(a);
     if (gemm) {
-      GemmAttentionPlan plan =
-          plan_attention_gemm(a, kGemmMinLen, false, dtype_size(q.dtype), kGemmBudgetBytes);
-      Tensor ws = empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8);
-      Tensor seq = upload_plan(plan);
-      attention_forward_gemm(blas, a, plan, I(seq), q.data, k.data, v.data, out.data, bf, W(lse),
-                             ws.data);
+      GemmRun r = gemm_run(a, false, q.dtype);
+      attention_forward_gemm(blas, a, r.plan, I(r.seq), q.data, k.data, v.data, out.data, bf,
+                             W(lse), r.workspace.data);
       tiles = tiles_of(a, &n, kGemmMinLen);
       if (n == 0) return;
     }
@@ -1365,12 +1351,9 @@ struct CudaBackend final : Backend {
       }
       if (gemm) {
         attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-        GemmAttentionPlan plan =
-            plan_attention_gemm(a, kGemmMinLen, true, dtype_size(q.dtype), kGemmBudgetBytes);
-        Tensor ws = empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8);
-        Tensor seq = upload_plan(plan);
-        attention_backward_gemm(blas, a, plan, I(seq), q.data, k.data, v.data, dout.data, bf,
-                                F(lse), F(delta), W(dq32), W(dk32), W(dv32), ws.data);
+        GemmRun r = gemm_run(a, true, q.dtype);
+        attention_backward_gemm(blas, a, r.plan, I(r.seq), q.data, k.data, v.data, dout.data, bf,
+                                F(lse), F(delta), W(dq32), W(dk32), W(dv32), r.workspace.data);
       }
     }
     if (dq.dtype != DType::F32) copy(dq, dq32);
@@ -1406,13 +1389,14 @@ struct CudaBackend final : Backend {
         argmax ? I(*argmax) : nullptr, P(dx), nseq, c);
     ET_LAUNCH_CHECK();
   }
+  // The single-tensor ops are the multi-tensor ones on one tensor (g is only read when the
+  // gradient is not zeroed).
   void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int64_t step) const override {
-    OpScope scope_(prof.get(), "adamw_step");
-    adamw_kernel<<<blocks_for(p.numel(), 256), 256>>>(
-        W(p), F(g), W(m), W(v), adamw_hyper(lr, beta1, beta2, eps, weight_decay, step), p.numel());
-    ET_LAUNCH_CHECK();
+    adamw_step_all({{&p, const_cast<Tensor*>(&g), &m, &v}}, lr, beta1, beta2, eps, weight_decay,
+                   step, false);
   }
+  double sum_squares(const Tensor& t) const override { return sum_squares_all({&t}); }
   static AdamWHyper adamw_hyper(float lr, float beta1, float beta2, float eps, float weight_decay,
                                 int64_t step) {
     const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
@@ -1487,16 +1471,6 @@ struct CudaBackend final : Backend {
         ts.size(),
         [&](MultiTensors& t, size_t j, size_t i) { t.g[j] = W(*ts[i]), t.n[j] = ts[i]->numel(); },
         [&](const MultiTensors& t, dim3 grid) { zero_multi_kernel<<<grid, 256>>>(t); });
-  }
-  double sum_squares(const Tensor& t) const override {
-    OpScope scope_(prof.get(), "sum_squares");
-    Tensor acc = zeros({1}, DType::F64);
-    sum_squares_kernel<<<std::min(blocks_for(t.numel(), 256), 1024u), 256>>>(
-        F(t), t.numel(), static_cast<double*>(acc.data));
-    ET_LAUNCH_CHECK();
-    double out = 0;
-    ET_CUDA(cudaMemcpy(&out, acc.data, sizeof(double), cudaMemcpyDeviceToHost));
-    return out;
   }
   void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const override {
     OpScope scope_(prof.get(), "l2norm_forward");
