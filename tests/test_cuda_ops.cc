@@ -459,6 +459,11 @@ TEST(CudaOps, AttentionForwardBackward) {
       {{100, 65}, 4, 2, 32, true, -1, false},    // causal, grouped-query
       {{150, 40}, 4, 1, 128, false, 16, false},  // sliding window, one kv head
       {{70}, 2, 1, 256, true, 8, false},
+      // long sequences: interior tiles take the unmasked fast path, edges the masked one
+      {{256, 100}, 4, 4, 64, false, -1, false},
+      {{192, 70}, 2, 2, 128, false, -1, false},
+      {{256, 77}, 4, 2, 64, true, -1, false},
+      {{300}, 2, 2, 64, false, 100, false},
       // head dim 256: sequences of 128+ tokens take the cuBLAS path, shorter ones the tiles
       {{200, 33, 1, 130}, 3, 1, 256, false, 8, false},  // EmbeddingGemma's shape
       {{150, 20}, 4, 2, 256, true, -1, false},

@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "io/text_input.h"
+#include "ops/attention_bench.h"
 #include "ops/cuda/cuda_backend.h"
 #include "tokenizer/tokenizer.h"
 #include "train/benchmark.h"
@@ -63,6 +64,8 @@ Run add_bench(CLI::App& app) {
     int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
     bool checkpointing = false;
     int mini_batch = 0;
+    bool attention = false;
+    AttentionBenchConfig attn;
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--only", o->only, "Presets to run (minilm-l6, bge-base, ...)")->delimiter(',');
@@ -86,12 +89,33 @@ Run add_bench(CLI::App& app) {
   app.add_option("--texts", o->texts, "Texts for --tokenizer (.txt lines or JSONL 'text')");
   app.add_option("--threads", o->threads, "Threads for --tokenizer (0: all cores)");
   app.add_option("--repeats", o->repeats, "Runs for --tokenizer (best reported)");
+  app.add_flag("--attention", o->attention,
+               "Benchmark the attention op alone (forward, backward) on random inputs: "
+               "--pairs sequences of --seq-len tokens");
+  app.add_option("--heads", o->attn.heads, "Query heads for --attention")->capture_default_str();
+  app.add_option("--kv-heads", o->attn.kv_heads, "Key/value heads for --attention (0: --heads)");
+  app.add_option("--head-dim", o->attn.head_dim, "Head dimension for --attention")
+      ->capture_default_str();
+  app.add_flag("--causal", o->attn.causal, "Causal mask for --attention");
+  app.add_option("--window", o->attn.window, "Sliding window for --attention (-1: none)")
+      ->capture_default_str();
   return [o]() {
     if (!o->tokenizer.empty()) {
       ET_CHECK(!o->texts.empty(), "bench --tokenizer needs --texts");
       return run_tokenizer_bench(o->tokenizer, o->texts, o->threads, o->repeats);
     }
     auto be = make_backend(o->device);
+    if (o->attention) {
+      AttentionBenchConfig c = o->attn;
+      if (o->seq_len > 0) c.seq_len = o->seq_len;
+      if (o->pairs > 0) c.seqs = o->pairs;
+      c.iters = o->steps;
+      c.warmup = o->warmup;
+      json r = run_attention_bench(c, *be);
+      std::printf("%s\n", r.dump().c_str());
+      if (!o->out.empty()) write_text_atomic(o->out, r.dump() + "\n");
+      return 0;
+    }
     std::vector<json> results;
     for (BenchConfig c : default_bench_configs()) {
       if (!o->only.empty() && std::find(o->only.begin(), o->only.end(), c.preset) == o->only.end())

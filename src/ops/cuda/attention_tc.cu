@@ -36,6 +36,27 @@ __device__ __forceinline__ bool masked(const TcParams& p, int i, int j, int len)
   return i >= len || j >= len || (p.causal && j > i) || (p.window >= 0 && abs(i - j) > p.window);
 }
 
+// Softmax in base 2 (FlashAttention-2): scores scaled by scale * log2(e), so every
+// probability is one FFMA and one ex2; row maxima and log-sum-exp live in log2 units inside
+// the kernels (lse is stored in natural units).
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Whether any (query, key) pair of rows [i0, i0 + 64) x [j0, j0 + 64) is masked by the
+// causal or window rule or needs the relative bias. Tiles without one (the interior of long
+// sequences) skip the per-element tests. Rows past the sequence end are zero-filled in shared
+// memory: their scores are finite and never stored, so only keys past the end (forward) need
+// masking, which the caller checks.
+__device__ __forceinline__ bool tile_needs_mask(const TcParams& p, int i0, int j0) {
+  if (p.bias) return true;
+  if (p.causal && j0 + 63 > i0) return true;
+  return p.window >= 0 && max(i0 + 63 - j0, j0 + 63 - i0) > p.window;
+}
+
 // rows [r0, r0 + 64) of a [len, stride] slice at column col -> bf16 [64][D + 8] (zeros past
 // len); 16-byte loads (4 floats or 8 bf16 values).
 template <int D>
@@ -104,8 +125,10 @@ __global__ void __launch_bounds__(NW * 32)
   constexpr int LD = FwdSmem<D>::LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Kb[2] = {Qs + 64 * LD, Qs + 3 * 64 * LD};
-  bf16* Vb[2] = {Qs + 2 * 64 * LD, Qs + 4 * 64 * LD};
+  // K and V tiles, double-buffered: [Q | K0 | V0 | K1 | V1] (computed, not an array of
+  // pointers: an indexed array would live in local memory)
+  auto kbuf = [&](int b) { return Qs + (1 + 2 * b) * 64 * LD; };
+  auto vbuf = [&](int b) { return Qs + (2 + 2 * b) * 64 * LD; };
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
@@ -119,7 +142,8 @@ __global__ void __launch_bounds__(NW * 32)
   float o[D / 8][4];
 #pragma unroll
   for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // running max (log2 units), sum
+  const float sl2 = p.scale * kLog2e;
   const int irow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
   int kv_begin = 0, kv_end = len;
   if (p.causal) kv_end = min(len, row0 + BM);
@@ -129,17 +153,17 @@ __global__ void __launch_bounds__(NW * 32)
   }
   const int n_kv = kv_end > kv_begin ? (kv_end - kv_begin + BN - 1) / BN : 0;
   if (n_kv > 0) {
-    load_tile_async<D>(Kb[0], k + start * p.ks, p.ks, kvh * D, kv_begin, len);
-    load_tile_async<D>(Vb[0], v + start * p.ks, p.ks, kvh * D, kv_begin, len);
+    load_tile_async<D>(kbuf(0), k + start * p.ks, p.ks, kvh * D, kv_begin, len);
+    load_tile_async<D>(vbuf(0), v + start * p.ks, p.ks, kvh * D, kv_begin, len);
   }
   cp_async_commit();
   for (int it = 0; it < n_kv; ++it) {
     const int c0 = kv_begin + it * BN;
-    const bf16* Ks = Kb[it & 1];
-    const bf16* Vs = Vb[it & 1];
+    const bf16* Ks = kbuf(it & 1);
+    const bf16* Vs = vbuf(it & 1);
     if (it + 1 < n_kv) {
-      load_tile_async<D>(Kb[(it + 1) & 1], k + start * p.ks, p.ks, kvh * D, c0 + BN, len);
-      load_tile_async<D>(Vb[(it + 1) & 1], v + start * p.ks, p.ks, kvh * D, c0 + BN, len);
+      load_tile_async<D>(kbuf((it + 1) & 1), k + start * p.ks, p.ks, kvh * D, c0 + BN, len);
+      load_tile_async<D>(vbuf((it + 1) & 1), v + start * p.ks, p.ks, kvh * D, c0 + BN, len);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -156,40 +180,65 @@ __global__ void __launch_bounds__(NW * 32)
         mma16816(s[2 * np], qf[kk], b[0], b[1]);
         mma16816(s[2 * np + 1], qf[kk], b[2], b[3]);
       }
-    float mx[2] = {-INFINITY, -INFINITY};
+    float mx[2] = {-INFINITY, -INFINITY}, corr[2];
+    if (!tile_needs_mask(p, row0, c0) && c0 + BN <= len) {
+      // P = 2^(S sl2 - m): one FFMA and one ex2 per score
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
-        float x = -INFINITY;
-        if (!masked(p, i, key, len)) {
-          x = s[j][e] * p.scale;
-          if (p.bias)
-            x += p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+        for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m[r], mx[r] * sl2);
+        corr[r] = fast_exp2(m[r] - m_new);  // 0 while m was -inf (nothing accumulated yet)
+        m[r] = m_new;
+        l[r] *= corr[r];
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float pv = fast_exp2(fmaf(s[j][e], sl2, -m[e / 2]));
+          s[j][e] = pv;
+          l[e / 2] += pv;
         }
-        s[j][e] = x;
-        mx[e / 2] = fmaxf(mx[e / 2], x);
-      }
-    float corr[2];
+    } else {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m[r], mx[r]);
-      corr[r] = m_new == -INFINITY ? 1.0f : __expf(m[r] - m_new);
-      m[r] = m_new;
-      l[r] *= corr[r];
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
+          float x = -INFINITY;
+          if (!masked(p, i, key, len)) {
+            x = s[j][e] * sl2;
+            if (p.bias)
+              x += kLog2e *
+                   p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+          }
+          s[j][e] = x;
+          mx[e / 2] = fmaxf(mx[e / 2], x);
+        }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m[r], mx[r]);
+        corr[r] = m_new == -INFINITY ? 1.0f : fast_exp2(m[r] - m_new);
+        m[r] = m_new;
+        l[r] *= corr[r];
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float mm = m[e / 2];
+          const float pv = mm == -INFINITY ? 0.0f : fast_exp2(s[j][e] - mm);
+          s[j][e] = pv;
+          l[e / 2] += pv;
+        }
     }
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float mm = m[e / 2];
-        const float pv = mm == -INFINITY ? 0.0f : __expf(s[j][e] - mm);
-        s[j][e] = pv;
-        l[e / 2] += pv;
-      }
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb) {
       o[nb][0] *= corr[0];
@@ -229,7 +278,7 @@ __global__ void __launch_bounds__(NW * 32)
       store_val(orow + nb * 8 + 2 * t, o[nb][2 * r] * inv);
       store_val(orow + nb * 8 + 2 * t + 1, o[nb][2 * r + 1] * inv);
     }
-    if (t == 0) lse[(start + i) * p.hq + h] = m[r] + logf(l[r]);
+    if (t == 0) lse[(start + i) * p.hq + h] = (m[r] + log2f(l[r])) * kLn2;
   }
 }
 
@@ -255,8 +304,9 @@ __global__ void __launch_bounds__(NW * 32)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
-  bf16* Qb[2] = {Vs + 64 * LD, Vs + 3 * 64 * LD};          // query tiles, double-buffered
-  bf16* Gb[2] = {Vs + 2 * 64 * LD, Vs + 4 * 64 * LD};      // their dO
+  // query tiles and their dO, double-buffered: [K | V | Q0 | dO0 | Q1 | dO1 | dS^T]
+  auto qbuf = [&](int b) { return Vs + (1 + 2 * b) * 64 * LD; };
+  auto gbuf = [&](int b) { return Vs + (2 + 2 * b) * 64 * LD; };
   bf16* dSt = Vs + 5 * 64 * LD;                            // [64 keys][LS]
   float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);  // [2][64]
   float* del_b = lse_b + 128;                              // [2][64]
@@ -275,7 +325,21 @@ __global__ void __launch_bounds__(NW * 32)
   for (int nb = 0; nb < D / 8; ++nb)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[nb][e] = dv_acc[nb][e] = 0;
+  // Head dims up to 64: this warp's K and V rows as A fragments, read from shared memory once
+  // (they are the same for every query tile); larger head dims reload them per tile, for lack
+  // of registers.
+  constexpr bool kKeepKV = D <= 64;
+  uint32_t kfr[kKeepKV ? D / 16 : 1][4], vfr[kKeepKV ? D / 16 : 1][4];
+  if constexpr (kKeepKV) {
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      ldsm_x4(kfr[kk], a_addr(Ks, LD, warp * 16, kk * 16, lane));
+      ldsm_x4(vfr[kk], a_addr(Vs, LD, warp * 16, kk * 16, lane));
+    }
+  }
   const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
+  const float sl2 = p.scale * kLog2e;
   int q_begin = 0, q_end = len;
   if (p.causal) q_begin = key0 / BM * BM;
   if (p.window >= 0) {
@@ -285,27 +349,31 @@ __global__ void __launch_bounds__(NW * 32)
   const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
   // Iteration it: query head kvh * group + it / n_q, query tile it % n_q.
   auto head_of = [&](int it) { return kvh * p.group + it / n_q; };
+  // The next query tile, its dO, lse and delta (all asynchronous: a plain load of lse here
+  // would stall two warps on global memory at the top of every iteration).
   auto issue = [&](int buf, int h, int c0) {
-    load_tile_async<D>(Qb[buf], q + start * p.qs, p.qs, h * D, c0, len);
-    load_tile_async<D>(Gb[buf], dout + start * p.qs, p.qs, h * D, c0, len);
+    load_tile_async<D>(qbuf(buf), q + start * p.qs, p.qs, h * D, c0, len);
+    load_tile_async<D>(gbuf(buf), dout + start * p.qs, p.qs, h * D, c0, len);
     if (threadIdx.x < 64) {
-      int i = c0 + threadIdx.x;
-      lse_b[buf * 64 + threadIdx.x] = i < len ? lse[(start + i) * p.hq + h] : 0.0f;
-      del_b[buf * 64 + threadIdx.x] = i < len ? delta[(start + i) * p.hq + h] : 0.0f;
+      const int i = c0 + threadIdx.x;
+      const int64_t at = (start + min(i, len - 1)) * p.hq + h;
+      cp_async4(lse_b + buf * 64 + threadIdx.x, lse + at, i < len);
+      cp_async4(del_b + buf * 64 + threadIdx.x, delta + at, i < len);
     }
   };
   if (n_q > 0) issue(0, head_of(0), q_begin);
   cp_async_commit();
   for (int it = 0; it < n_q * p.group; ++it) {
     const int h = head_of(it), c0 = q_begin + (it % n_q) * BM;
-    const bf16* Qs = Qb[it & 1];
-    const bf16* Gs = Gb[it & 1];
-    const float* lse_s = lse_b + (it & 1) * 64;
+    const bf16* Qs = qbuf(it & 1);
+    const bf16* Gs = gbuf(it & 1);
+    float* lse_s = lse_b + (it & 1) * 64;
     const float* del_s = del_b + (it & 1) * 64;
     if (it + 1 < n_q * p.group)
       issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
     cp_async_commit();
     cp_async_wait<1>();
+    if (threadIdx.x < 64) lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
     __syncthreads();
     float st[8][4], dpt[8][4];
 #pragma unroll
@@ -315,8 +383,13 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t ka[4], va[4];
-      ldsm_x4(ka, a_addr(Ks, LD, warp * 16, kk * 16, lane));
-      ldsm_x4(va, a_addr(Vs, LD, warp * 16, kk * 16, lane));
+      if constexpr (kKeepKV) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ka[e] = kfr[kk][e], va[e] = vfr[kk][e];
+      } else {
+        ldsm_x4(ka, a_addr(Ks, LD, warp * 16, kk * 16, lane));
+        ldsm_x4(va, a_addr(Vs, LD, warp * 16, kk * 16, lane));
+      }
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t b[4];
@@ -328,27 +401,40 @@ __global__ void __launch_bounds__(NW * 32)
         mma16816(dpt[2 * np + 1], va, b[2], b[3]);
       }
     }
-    // P^T and dS^T (in place of S^T and dP^T)
+    // P^T and dS^T (in place of S^T and dP^T); lse_s is in log2 units
+    if (!tile_needs_mask(p, c0, key0) && key0 + 64 <= len) {
+      // Query rows past the end have zero Q and dO (and lse = delta = 0): P = 1, dP = 0, dS = 0.
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
-        float pv = 0, ds = 0;
-        if (!masked(p, i, key, len)) {
-          float x = st[j][e] * p.scale;
-          int bucket = 0;
-          if (p.bias) {
-            bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
-            x += p.bias[bucket * p.hq + h];
-          }
-          pv = __expf(x - lse_s[qi]);
-          ds = pv * (dpt[j][e] - del_s[qi]);
-          if (d_bias) atomicAdd(&bias_acc[bucket], ds);
+        for (int e = 0; e < 4; ++e) {
+          const int qi = 8 * j + 2 * t + (e & 1);
+          const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
+          dpt[j][e] = pv * (dpt[j][e] - del_s[qi]);
+          st[j][e] = pv;
         }
-        st[j][e] = pv;
-        dpt[j][e] = ds;
-      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
+          float pv = 0, ds = 0;
+          if (!masked(p, i, key, len)) {
+            float x = st[j][e] * sl2;
+            int bucket = 0;
+            if (p.bias) {
+              bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
+              x += kLog2e * p.bias[bucket * p.hq + h];
+            }
+            pv = fast_exp2(x - lse_s[qi]);
+            ds = pv * (dpt[j][e] - del_s[qi]);
+            if (d_bias) atomicAdd(&bias_acc[bucket], ds);
+          }
+          st[j][e] = pv;
+          dpt[j][e] = ds;
+        }
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) =
@@ -401,10 +487,9 @@ __global__ void __launch_bounds__(NW * 32)
       if (i >= len) continue;
       float* dqrow = dq + (start + i) * p.qs + h * D;
 #pragma unroll
-      for (int nb = 0; nb < D / 8; ++nb) {
-        atomicAdd(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r]);
-        atomicAdd(dqrow + nb * 8 + 2 * t + 1, p.scale * dq_acc[nb][2 * r + 1]);
-      }
+      for (int nb = 0; nb < D / 8; ++nb)
+        atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
+                    p.scale * dq_acc[nb][2 * r + 1]);
     }
     if (d_bias && (it + 1 == n_q * p.group || head_of(it + 1) != h)) {  // head done
       __syncthreads();
