@@ -26,16 +26,19 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
                         float* dv, float* d_rel_bias, float* delta, const int32_t* tiles,
                         int n_tiles, const int32_t* cu_seqlens);
 // Tensor-core path (attention_tc.cu): head_dim 16/32/64/128, relative-bias tables of at most
-// 64 buckets. q, k, v, dout and out are fp32 or bf16 (`bf16` flag); lse, delta fp32. The
-// backward writes fp32 dq (zeroed by the caller; atomic adds), dk and dv (plain stores: one
-// block sums the whole group of query heads of its key/value head).
+// 64 buckets. q, k, v, dout, out, dk and dv are fp32 or bf16 (`bf16` flag); lse, delta fp32.
+// The backward writes fp32 dq (zeroed by the caller; atomic adds), dk and dv (plain stores:
+// one block sums the whole group of query heads of its key/value head).
 bool attention_tc_supported(const AttentionArgs& a);
+// Query rows per block of the tensor-core forward (its `tiles` step by this many rows; the
+// backward's by kAttnTileRows).
+int attention_tc_forward_rows(int head_dim);
 void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
                           void* out, bool bf16, float* lse, const int32_t* tiles, int n_tiles,
                           const int32_t* cu_seqlens);
 void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
                            const void* dout, bool bf16, const float* lse, const float* delta,
-                           float* dq, float* dk, float* dv, float* d_rel_bias, const int32_t* tiles,
+                           float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu_seqlens);
 // delta[t, h] = dO[t, h, :] . O[t, h, :] for fp32 or bf16 tensors.
 void attention_delta(const void* out, const void* dout, bool bf16, float* delta, int64_t rows,

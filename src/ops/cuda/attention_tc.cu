@@ -46,17 +46,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// Whether any (query, key) pair of rows [i0, i0 + 64) x [j0, j0 + 64) is masked by the
-// causal or window rule or needs the relative bias. Tiles without one (the interior of long
-// sequences) skip the per-element tests. Rows past the sequence end are zero-filled in shared
-// memory: their scores are finite and never stored, so only keys past the end (forward) need
-// masking, which the caller checks.
-__device__ __forceinline__ bool tile_needs_mask(const TcParams& p, int i0, int j0) {
-  if (p.bias) return true;
-  if (p.causal && j0 + 63 > i0) return true;
-  return p.window >= 0 && max(i0 + 63 - j0, j0 + 63 - i0) > p.window;
-}
-
 // rows [r0, r0 + 64) of a [len, stride] slice at column col -> bf16 [64][D + 8] (zeros past
 // len); 16-byte loads (4 floats or 8 bf16 values).
 template <int D>
@@ -102,54 +91,84 @@ __device__ __forceinline__ void load_tile_async(bf16* dst, const float* src, int
   load_tile<D>(dst, src, stride, col, r0, len);
 }
 
-__device__ __forceinline__ void store_val(float* p, float v) {
-  *p = v;
+// Two adjacent columns of an accumulator row (p 8-byte aligned for fp32, 4-byte for bf16).
+__device__ __forceinline__ void store2(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
 }
-__device__ __forceinline__ void store_val(bf16* p, float v) {
-  *p = __float2bfloat16(v);
+__device__ __forceinline__ void store2(bf16* p, float a, float b) {
+  *reinterpret_cast<uint32_t*>(p) = pack2(a, b);
 }
 
+// Forward tiles: each warp owns MT m16 row tiles (16 MT query rows), so every K/V fragment
+// read from shared memory feeds MT products (FlashAttention-2 gives each warp 32 rows for the
+// same reason: with 16, ldmatrix bandwidth and not the tensor cores bounds the kernel). Head
+// dim 128 keeps one row tile per warp for lack of registers (o alone would take 128).
 template <int D>
-struct FwdSmem {
+struct FwdTile {
+  static constexpr int MT = D <= 64 ? 2 : 1;
+  static constexpr int BM = NW * 16 * MT;  // query rows per block
   static constexpr int LD = D + 8;
-  static constexpr size_t bytes = sizeof(bf16) * 5 * 64 * LD;  // Q, then K and V twice
+  static constexpr size_t bytes = sizeof(bf16) * (BM + 4 * 64) * LD;  // Q, then K, V twice
 };
 
-// Forward. Warp w owns query rows row0 + 16w .. +16 of the tile; this lane holds rows g and
-// g + 8 of them, and of every 16x8 tile the columns 2t, 2t + 1.
+// Whether any (query, key) pair of rows [i0, i0 + ni) x [j0, j0 + nj) is masked by the causal
+// or window rule or needs the relative bias. Blocks without one (the interior of long
+// sequences) skip the per-element tests. Rows past the sequence end are zero-filled in shared
+// memory: their scores are finite and never stored, so only keys past the end need masking,
+// which the callers check.
+__device__ __forceinline__ bool block_needs_mask(const TcParams& p, int i0, int ni, int j0,
+                                                 int nj) {
+  if (p.bias) return true;
+  if (p.causal && j0 + nj - 1 > i0) return true;
+  return p.window >= 0 && max(i0 + ni - 1 - j0, j0 + nj - 1 - i0) > p.window;
+}
+
+// Forward. Warp w owns query rows row0 + 16 MT w .. + 16 MT; of row tile mt this lane holds
+// rows g and g + 8, and of every 16x8 tile the columns 2t, 2t + 1.
 template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
     attn_fwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse,
                        const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
-  constexpr int LD = FwdSmem<D>::LD;
+  constexpr int MT = FwdTile<D>::MT, BMF = FwdTile<D>::BM, LD = FwdTile<D>::LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   // K and V tiles, double-buffered: [Q | K0 | V0 | K1 | V1] (computed, not an array of
   // pointers: an indexed array would live in local memory)
-  auto kbuf = [&](int b) { return Qs + (1 + 2 * b) * 64 * LD; };
-  auto vbuf = [&](int b) { return Qs + (2 + 2 * b) * 64 * LD; };
+  auto kbuf = [&](int b) { return Qs + BMF * LD + 2 * b * 64 * LD; };
+  auto vbuf = [&](int b) { return Qs + BMF * LD + (2 * b + 1) * 64 * LD; };
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  load_tile<D>(Qs, q + start * p.qs, p.qs, h * D, row0, len);
+#pragma unroll
+  for (int part = 0; part < MT; ++part)
+    load_tile<D>(Qs + part * 64 * LD, q + start * p.qs, p.qs, h * D, row0 + part * 64, len);
   __syncthreads();
-  uint32_t qf[D / 16][4];
+  const int wrow = warp * 16 * MT;  // this warp's first row in the tile
+  uint32_t qf[MT][D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[kk], a_addr(Qs, LD, warp * 16, kk * 16, lane));
-  float o[D / 8][4];
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // running max (log2 units), sum
+    for (int kk = 0; kk < D / 16; ++kk)
+      ldsm_x4(qf[mt][kk], a_addr(Qs, LD, wrow + mt * 16, kk * 16, lane));
+  float o[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb)
+      o[mt][nb][0] = o[mt][nb][1] = o[mt][nb][2] = o[mt][nb][3] = 0;
+  // running max (log2 units) and sum of rows g, g + 8 of each row tile
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0;
   const float sl2 = p.scale * kLog2e;
-  const int irow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
   int kv_begin = 0, kv_end = len;
-  if (p.causal) kv_end = min(len, row0 + BM);
+  if (p.causal) kv_end = min(len, row0 + BMF);
   if (p.window >= 0) {
     kv_begin = max(0, row0 - p.window) / BN * BN;
-    kv_end = min(kv_end, row0 + BM + p.window);
+    kv_end = min(kv_end, row0 + BMF + p.window);
   }
   const int n_kv = kv_end > kv_begin ? (kv_end - kv_begin + BN - 1) / BN : 0;
   if (n_kv > 0) {
@@ -168,118 +187,136 @@ __global__ void __launch_bounds__(NW * 32)
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    float s[8][4];
+    float s[MT][8][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t b[4];
         ldsm_x4(b, bt_addr(Ks, LD, np * 16, kk * 16, lane));
-        mma16816(s[2 * np], qf[kk], b[0], b[1]);
-        mma16816(s[2 * np + 1], qf[kk], b[2], b[3]);
-      }
-    float mx[2] = {-INFINITY, -INFINITY}, corr[2];
-    if (!tile_needs_mask(p, row0, c0) && c0 + BN <= len) {
-      // P = 2^(S sl2 - m): one FFMA and one ex2 per score
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(m[r], mx[r] * sl2);
-        corr[r] = fast_exp2(m[r] - m_new);  // 0 while m was -inf (nothing accumulated yet)
-        m[r] = m_new;
-        l[r] *= corr[r];
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float pv = fast_exp2(fmaf(s[j][e], sl2, -m[e / 2]));
-          s[j][e] = pv;
-          l[e / 2] += pv;
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(s[mt][2 * np], qf[mt][kk], b[0], b[1]);
+          mma16816(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
         }
-    } else {
+      }
+    // This warp's rows against the key tile: P = 2^(S sl2 - m), one FFMA and one ex2 per score
+    // where nothing is masked; per-element tests at the edges.
+    const bool full = c0 + BN <= len && !block_needs_mask(p, row0 + wrow, 16 * MT, c0, BN);
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+    for (int mt = 0; mt < MT; ++mt) {
+      const int irow[2] = {row0 + wrow + mt * 16 + g, row0 + wrow + mt * 16 + g + 8};
+      float mx[2] = {-INFINITY, -INFINITY}, corr[2];
+      if (full) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
-          float x = -INFINITY;
-          if (!masked(p, i, key, len)) {
-            x = s[j][e] * sl2;
-            if (p.bias)
-              x += kLog2e *
-                   p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[mt][j][e]);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          const float m_new = fmaxf(m[mt][r], mx[r] * sl2);
+          corr[r] = fast_exp2(m[mt][r] - m_new);  // 0 while m was -inf (nothing accumulated)
+          m[mt][r] = m_new;
+          l[mt][r] *= corr[r];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float pv = fast_exp2(fmaf(s[mt][j][e], sl2, -m[mt][e / 2]));
+            s[mt][j][e] = pv;
+            l[mt][e / 2] += pv;
           }
-          s[j][e] = x;
-          mx[e / 2] = fmaxf(mx[e / 2], x);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
+            float x = -INFINITY;
+            if (!masked(p, i, key, len)) {
+              x = s[mt][j][e] * sl2;
+              if (p.bias)
+                x +=
+                    kLog2e *
+                    p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+            }
+            s[mt][j][e] = x;
+            mx[e / 2] = fmaxf(mx[e / 2], x);
+          }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          const float m_new = fmaxf(m[mt][r], mx[r]);
+          corr[r] = m_new == -INFINITY ? 1.0f : fast_exp2(m[mt][r] - m_new);
+          m[mt][r] = m_new;
+          l[mt][r] *= corr[r];
         }
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(m[r], mx[r]);
-        corr[r] = m_new == -INFINITY ? 1.0f : fast_exp2(m[r] - m_new);
-        m[r] = m_new;
-        l[r] *= corr[r];
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float mm = m[mt][e / 2];
+            const float pv = mm == -INFINITY ? 0.0f : fast_exp2(s[mt][j][e] - mm);
+            s[mt][j][e] = pv;
+            l[mt][e / 2] += pv;
+          }
       }
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float mm = m[e / 2];
-          const float pv = mm == -INFINITY ? 0.0f : fast_exp2(s[j][e] - mm);
-          s[j][e] = pv;
-          l[e / 2] += pv;
-        }
-    }
-#pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb) {
-      o[nb][0] *= corr[0];
-      o[nb][1] *= corr[0];
-      o[nb][2] *= corr[1];
-      o[nb][3] *= corr[1];
+      for (int nb = 0; nb < D / 8; ++nb) {
+        o[mt][nb][0] *= corr[0];
+        o[mt][nb][1] *= corr[0];
+        o[mt][nb][2] *= corr[1];
+        o[mt][nb][3] *= corr[1];
+      }
     }
     // O += P V, P straight from the S accumulators
 #pragma unroll
     for (int kc = 0; kc < 4; ++kc) {
-      uint32_t pa[4] = {pack2(s[2 * kc][0], s[2 * kc][1]), pack2(s[2 * kc][2], s[2 * kc][3]),
-                        pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                        pack2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+        pa[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+        pa[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+        pa[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+      }
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
         uint32_t b[4];
         ldsm_x4_t(b, b_addr(Vs, LD, kc * 16, np * 16, lane));
-        mma16816(o[2 * np], pa, b[0], b[1]);
-        mma16816(o[2 * np + 1], pa, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(o[mt][2 * np], pa[mt], b[0], b[1]);
+          mma16816(o[mt][2 * np + 1], pa[mt], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // this buffer is refilled two tiles later
   }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = irow[r];
-    if (i >= len) continue;
-    const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
-    T* orow = out + (start + i) * p.qs + h * D;
+    for (int r = 0; r < 2; ++r) {
+      float lr = l[mt][r];
+      lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+      lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+      const int i = row0 + wrow + mt * 16 + g + 8 * r;
+      if (i >= len) continue;
+      const float inv = lr > 0 ? 1.0f / lr : 0.0f;
+      T* orow = out + (start + i) * p.qs + h * D;
 #pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb) {
-      store_val(orow + nb * 8 + 2 * t, o[nb][2 * r] * inv);
-      store_val(orow + nb * 8 + 2 * t + 1, o[nb][2 * r + 1] * inv);
+      for (int nb = 0; nb < D / 8; ++nb)
+        store2(orow + nb * 8 + 2 * t, o[mt][nb][2 * r] * inv, o[mt][nb][2 * r + 1] * inv);
+      if (t == 0) lse[(start + i) * p.hq + h] = (m[mt][r] + log2f(lr)) * kLn2;
     }
-    if (t == 0) lse[(start + i) * p.hq + h] = (m[r] + log2f(l[r])) * kLn2;
-  }
 }
 
 template <int D>
@@ -297,7 +334,7 @@ __global__ void __launch_bounds__(NW * 32)
     attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, const float* __restrict__ lse,
                        const T* __restrict__ dout, const float* __restrict__ delta,
-                       float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
+                       float* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
                        float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
                        const int32_t* __restrict__ cu) {
   constexpr int LD = BwdSmem<D>::LD, LS = BwdSmem<D>::LS;
@@ -402,7 +439,7 @@ __global__ void __launch_bounds__(NW * 32)
       }
     }
     // P^T and dS^T (in place of S^T and dP^T); lse_s is in log2 units
-    if (!tile_needs_mask(p, c0, key0) && key0 + 64 <= len) {
+    if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
       // Query rows past the end have zero Q and dO (and lse = delta = 0): P = 1, dP = 0, dS = 0.
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -503,16 +540,14 @@ __global__ void __launch_bounds__(NW * 32)
   for (int r = 0; r < 2; ++r) {
     const int jj = jrow[r];
     if (jj >= len) continue;
-    float* dkrow = dk + (start + jj) * p.ks + kvh * D;
-    float* dvrow = dv + (start + jj) * p.ks + kvh * D;
+    T* dkrow = dk + (start + jj) * p.ks + kvh * D;
+    T* dvrow = dv + (start + jj) * p.ks + kvh * D;
 #pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = nb * 8 + 2 * t + e;
-        dkrow[c] = p.scale * dk_acc[nb][2 * r + e];
-        dvrow[c] = dv_acc[nb][2 * r + e];
-      }
+    for (int nb = 0; nb < D / 8; ++nb) {
+      const int c = nb * 8 + 2 * t;
+      store2(dkrow + c, p.scale * dk_acc[nb][2 * r], p.scale * dk_acc[nb][2 * r + 1]);
+      store2(dvrow + c, dv_acc[nb][2 * r], dv_acc[nb][2 * r + 1]);
+    }
   }
 }
 
@@ -538,6 +573,12 @@ bool dispatch_tc(int d, F&& f) {
 
 }  // namespace
 
+int attention_tc_forward_rows(int head_dim) {
+  int rows = 0;
+  dispatch_tc(head_dim, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
+  return rows;
+}
+
 bool attention_tc_supported(const AttentionArgs& a) {
   return (a.head_dim == 16 || a.head_dim == 32 || a.head_dim == 64 || a.head_dim == 128) &&
          (!a.rel_bias || a.rel_buckets <= 64);
@@ -552,9 +593,9 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       static const bool smem_set =
-          (allow_dynamic_smem(attn_fwd_tc_kernel<D, T>, FwdSmem<D>::bytes), true);  // once
+          (allow_dynamic_smem(attn_fwd_tc_kernel<D, T>, FwdTile<D>::bytes), true);  // once
       (void)smem_set;
-      attn_fwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, FwdSmem<D>::bytes>>>(
+      attn_fwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, FwdTile<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
           static_cast<T*>(out), lse, tiles, cu);
     };
@@ -568,7 +609,7 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
 
 void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
                            const void* dout, bool bf16_in, const float* lse, const float* delta,
-                           float* dq, float* dk, float* dv, float* d_rel_bias, const int32_t* tiles,
+                           float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
   dispatch_tc(a.head_dim, [&](auto dd) {
@@ -580,7 +621,8 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
       (void)smem_set;
       attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hk), NW * 32, BwdSmem<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
-          static_cast<const T*>(dout), delta, dq, dk, dv, d_rel_bias, tiles, cu);
+          static_cast<const T*>(dout), delta, dq, static_cast<T*>(dk), static_cast<T*>(dv),
+          d_rel_bias, tiles, cu);
     };
     if (bf16_in)
       launch(static_cast<bf16*>(nullptr));

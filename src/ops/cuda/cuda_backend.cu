@@ -1252,13 +1252,14 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
 
-  // (sequence, first row) of every 64-row tile, for the attention kernels' grids.
+  // (sequence, first row) of every tile of `rows` rows, for the attention kernels' grids.
   // Sequences shorter than `below` only (the others go through the cuBLAS path).
-  Tensor tiles_of(const AttentionArgs& a, int* n, int below = INT32_MAX) const {
+  Tensor tiles_of(const AttentionArgs& a, int* n, int below = INT32_MAX,
+                  int rows = kAttnTileRows) const {
     std::vector<int32_t> tiles;
     for (size_t b = 0; b + 1 < a.cu_seqlens.size(); ++b)
       for (int r = 0, len = a.cu_seqlens[b + 1] - a.cu_seqlens[b]; len < below && r < len;
-           r += kAttnTileRows) {
+           r += rows) {
         tiles.push_back(static_cast<int32_t>(b));
         tiles.push_back(r);
       }
@@ -1287,12 +1288,15 @@ struct CudaBackend final : Backend {
                          Tensor& out, Tensor& lse) const override {
     OpScope scope_(prof.get(), "attention_forward");
     int n = 0;
-    Tensor tiles = tiles_of(a, &n), cu = cu_of(a);
+    const bool tc = attention_use_tc(a);
+    Tensor tiles = tiles_of(a, &n, INT32_MAX,
+                            tc ? attention_tc_forward_rows(a.head_dim) : kAttnTileRows),
+           cu = cu_of(a);
     if (n == 0) return;
     const bool bf = q.dtype == DType::BF16;
     ET_CHECK(k.dtype == q.dtype && v.dtype == q.dtype && out.dtype == q.dtype,
              "attention: q, k, v and out must share a dtype");
-    if (attention_use_tc(a)) {
+    if (tc) {
       P(q);
       attention_forward_tc(a, q.data, k.data, v.data, out.data, bf, W(lse), I(tiles), n, I(cu));
       return;
@@ -1329,32 +1333,39 @@ struct CudaBackend final : Backend {
     auto f32_out = [&](Tensor& t) {
       return t.dtype == DType::F32 ? t : empty(t.shape, DType::F32);
     };
-    Tensor dq32 = f32_out(dq), dk32 = f32_out(dk), dv32 = f32_out(dv);
     if (attention_use_tc(a)) {
       P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
+      // dk, dv come out of the kernel in the activation dtype (plain stores); dq accumulates
+      // in fp32 (atomic adds) and is converted after.
+      auto io_out = [&](Tensor& t) { return t.dtype == q.dtype ? t : empty(t.shape, q.dtype); };
+      Tensor dq32 = f32_out(dq), dkt = io_out(dk), dvt = io_out(dv);
       attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
       ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));  // dq takes atomic adds
       attention_backward_tc(a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
-                            W(dk32), W(dv32), dbias, I(tiles), n, I(cu));
-    } else {
-      // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
-      // (which run first: with grouped heads they clear all of dk, dv).
-      const bool gemm = attention_use_gemm(a);
-      if (gemm) tiles = tiles_of(a, &n, kGemmMinLen);
-      if (n > 0) {
-        auto f32 = [&](const Tensor& t) { return convert(t, DType::F32); };
-        Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(out), g32 = f32(dout);
-        cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32),
-                                 W(dk32), W(dv32), dbias, W(delta), I(tiles), n, I(cu));
-      }
-      if (gemm) {
-        attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-        GemmRun r = gemm_run(a, true, q.dtype);
-        attention_backward_gemm(blas, a, r.plan, I(r.seq), q.data, k.data, v.data, dout.data, bf,
-                                F(lse), F(delta), W(dq32), W(dk32), W(dv32), r.workspace.data);
-      }
+                            dkt.data, dvt.data, dbias, I(tiles), n, I(cu));
+      if (dq.dtype != DType::F32) copy(dq, dq32);
+      if (dkt.data != dk.data) copy(dk, dkt);
+      if (dvt.data != dv.data) copy(dv, dvt);
+      return;
+    }
+    // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
+    // (which run first: with grouped heads they clear all of dk, dv).
+    Tensor dq32 = f32_out(dq), dk32 = f32_out(dk), dv32 = f32_out(dv);
+    const bool gemm = attention_use_gemm(a);
+    if (gemm) tiles = tiles_of(a, &n, kGemmMinLen);
+    if (n > 0) {
+      auto f32 = [&](const Tensor& t) { return convert(t, DType::F32); };
+      Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(out), g32 = f32(dout);
+      cuda::attention_backward(a, F(q32), F(k32), F(v32), F(o32), F(lse), F(g32), W(dq32), W(dk32),
+                               W(dv32), dbias, W(delta), I(tiles), n, I(cu));
+    }
+    if (gemm) {
+      attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
+      GemmRun r = gemm_run(a, true, q.dtype);
+      attention_backward_gemm(blas, a, r.plan, I(r.seq), q.data, k.data, v.data, dout.data, bf,
+                              F(lse), F(delta), W(dq32), W(dk32), W(dv32), r.workspace.data);
     }
     if (dq.dtype != DType::F32) copy(dq, dq32);
     if (dk.dtype != DType::F32) copy(dk, dk32);
