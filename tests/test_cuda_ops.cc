@@ -301,6 +301,29 @@ TEST(CudaOps, Bf16Activations) {
   b.gpu->layernorm_backward(bf(y), bf(x), b.up(w), mud, rsd, d, &dwd, nullptr);
   expect_close(b.down(d), r, 1e-2, "bf16 layernorm_backward dx");
   expect_close(b.down(dwd), dw, 1e-2, "bf16 layernorm_backward dw");
+  // mixed storage: an fp32 residual stream (gradient) with bf16 branches, as in the rotary
+  // families; the vectorised add and norms read either type
+  Tensor y32 = b.up(y), s32 = b.gpu->empty(x.shape, DType::F32), sr = cpu_empty(x.shape);
+  b.cpu->add(y, x, sr);
+  b.gpu->add(y32, bf(x), s32);
+  expect_close(b.down(s32), sr, 1e-6, "mixed add");
+  Tensor dw2 = cpu_zeros({96}), dwd2 = b.gpu->zeros({96}, DType::F32);
+  Tensor dx32 = b.gpu->empty(x.shape, DType::F32);
+  b.cpu->layernorm_backward(y, x, w, mu, rs, r, &dw2, nullptr);
+  b.gpu->layernorm_backward(y32, bf(x), b.up(w), mud, rsd, dx32, &dwd2, nullptr);
+  expect_close(b.down(dx32), r, 1e-4, "mixed layernorm_backward dx");
+  expect_close(b.down(dwd2), dw2, 1e-4, "mixed layernorm_backward dw");
+  for (float offset : {0.0f, 1.0f}) {
+    Tensor rsr = cpu_empty({256}), rsg = b.gpu->empty({256}, DType::F32);
+    b.cpu->rmsnorm_forward(x, w, offset, 1e-6f, r, rsr);
+    b.gpu->rmsnorm_forward(bf(x), b.up(w), offset, 1e-6f, d, rsg);
+    expect_close(b.down(d), r, 1e-2, "bf16 rmsnorm_forward");
+    Tensor dw3 = cpu_zeros({96}), dwd3 = b.gpu->zeros({96}, DType::F32);
+    b.cpu->rmsnorm_backward(y, x, w, offset, rsr, r, &dw3);
+    b.gpu->rmsnorm_backward(y32, bf(x), b.up(w), offset, rsg, d, &dwd3);
+    expect_close(b.down(d), r, 1e-2, "mixed rmsnorm_backward dx (bf16 out)");
+    expect_close(b.down(dwd3), dw3, 1e-4, "mixed rmsnorm_backward dw");
+  }
   // bf16 activations times fp32 weights, fp32 and bf16 results
   Tensor wm = b.rand({40, 96}), c = cpu_empty({256, 40});
   b.cpu->matmul(x, false, wm, true, c);
@@ -320,7 +343,8 @@ TEST(CudaOps, Bf16Activations) {
 TEST(CudaOps, LayerNormAndL2Norm) {
   SKIP_WITHOUT_GPU();
   Both b;
-  for (int64_t n : {64, 384, 1000}) {
+  // 100: the generic kernels (n % 8 != 0); the others the vectorised rows (1000: a partial chunk)
+  for (int64_t n : {64, 100, 384, 1000}) {
     Tensor x = b.rand({257, n}, -2, 3), w = b.rand({n}, 0.5, 1.5), bias = b.rand({n}),
            dy = b.rand({257, n});
     Tensor y = cpu_empty(x.shape), mu = cpu_empty({257}), rs = cpu_empty({257});

@@ -19,6 +19,8 @@
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/norms.h"
+#include "ops/cuda/operand.cuh"
 #include "ops/op_checks.h"
 
 namespace et {
@@ -96,22 +98,6 @@ struct Pool {
 
 using bf16 = __nv_bfloat16;
 
-// A float operand stored as fp32 or bf16 (activations are bf16, parameters fp32); kernels read
-// and write through it in fp32. The branch is uniform across a launch.
-struct Ptr {
-  void* p;
-  int bf;
-  __device__ __forceinline__ float get(int64_t i) const {
-    return bf ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
-  }
-  __device__ __forceinline__ void set(int64_t i, float v) const {
-    if (bf)
-      static_cast<bf16*>(p)[i] = __float2bfloat16(v);
-    else
-      static_cast<float*>(p)[i] = v;
-  }
-};
-
 // ---- elementwise kernels -----------------------------------------------------------------
 
 #define GRID_STRIDE(i, n)                                                                \
@@ -123,6 +109,18 @@ __global__ void fill_kernel(Ptr y, float v, int64_t n) {
 }
 __global__ void add_kernel(Ptr a, Ptr b, Ptr y, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, a.get(i) + b.get(i));
+}
+// The same, 8 elements per access, any mix of fp32 and bf16 operands (the residual stream is
+// fp32 in the rotary families, their branches bf16).
+__global__ void add_vec8_kernel(Ptr a, Ptr b, Ptr y, int64_t n8) {
+  GRID_STRIDE(i, n8) {
+    float u[8], v[8];
+    a.load8(8 * i, u);
+    b.load8(8 * i, v);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) u[k] += v[k];
+    y.store8(8 * i, u);
+  }
 }
 __global__ void mul_kernel(Ptr a, Ptr b, Ptr y, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, a.get(i) * b.get(i));
@@ -1016,6 +1014,12 @@ struct CudaBackend final : Backend {
       ET_LAUNCH_CHECK();
       return;
     }
+    if (a.numel() % 8 == 0 && vec8_aligned(a.data) && vec8_aligned(b.data) &&
+        vec8_aligned(y.data)) {
+      add_vec8_kernel<<<blocks_for(a.numel() / 8, 256), 256>>>(P(a), P(b), P(y), a.numel() / 8);
+      ET_LAUNCH_CHECK();
+      return;
+    }
     add_kernel<<<blocks_for(a.numel(), 256), 256>>>(P(a), P(b), P(y), a.numel());
     ET_LAUNCH_CHECK();
   }
@@ -1035,6 +1039,10 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "layernorm_forward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
+    if (norm_rows_vectorised(n, {x.data, y.data, w.data, b ? b->data : nullptr})) {
+      layernorm_forward_rows(P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), rows, n);
+      return;
+    }
     layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(
         P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), rows, n);
     ET_LAUNCH_CHECK();
@@ -1044,6 +1052,11 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "layernorm_backward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
+    if (norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data})) {
+      layernorm_backward_rows(P(dy), P(x), F(w), F(mean), F(rstd), P(dx), dw ? W(*dw) : nullptr,
+                              db ? W(*db) : nullptr, rows, n);
+      return;
+    }
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
     size_t smem = 2 * sizeof(float) * n;
     auto launch = [&](auto kernel) {
@@ -1067,6 +1080,10 @@ struct CudaBackend final : Backend {
     const int64_t rows = x.numel() / n;
     ET_CHECK(rows * n == x.numel() && y.numel() == x.numel() && rstd.numel() == rows,
              "rmsnorm_forward: sizes do not match");
+    if (norm_rows_vectorised(n, {x.data, y.data, w.data})) {
+      rmsnorm_forward_rows(P(x), F(w), offset, eps, P(y), W(rstd), rows, n);
+      return;
+    }
     if (rows > 0)
       rmsnorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), F(w), offset, eps, P(y),
                                                                   W(rstd), rows, n);
@@ -1077,6 +1094,11 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "rmsnorm_backward");
     const int n = static_cast<int>(w.numel());
     const int64_t rows = x.numel() / n;
+    if (norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data})) {
+      rmsnorm_backward_rows(P(dy), P(x), F(w), offset, F(rstd), P(dx), dw ? W(*dw) : nullptr, rows,
+                            n);
+      return;
+    }
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
     size_t smem = sizeof(float) * n;
     auto launch = [&](auto kernel) {

@@ -1,0 +1,279 @@
+#include "ops/cuda/norms.h"
+
+#include <algorithm>
+
+#include "ops/cuda/cuda_common.h"
+
+namespace et::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;                // rows in flight per block
+constexpr int kMaxBackwardBlocks = 528;  // 4 per H100 SM: few partial dw/db sums to add
+
+__device__ __forceinline__ void load_w8(const float* w, int c, float off, float* v) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(w + c)),
+               b = __ldg(reinterpret_cast<const float4*>(w + c) + 1);
+  v[0] = a.x + off, v[1] = a.y + off, v[2] = a.z + off, v[3] = a.w + off;
+  v[4] = b.x + off, v[5] = b.y + off, v[6] = b.z + off, v[7] = b.w + off;
+}
+
+template <int V>
+__global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, float eps, Ptr y,
+                                      float* mean, float* rstd, int64_t rows, int n) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  float v[V][8], s = 0;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = 8 * (lane + 32 * k);
+    if (c >= n) continue;
+    x.load8(r * n + c, v[k]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s += v[k][j];
+  }
+  const float mu = warp_sum(s) / n;
+  float var = 0;
+#pragma unroll
+  for (int k = 0; k < V; ++k)
+    if (8 * (lane + 32 * k) < n)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) var += (v[k][j] - mu) * (v[k][j] - mu);
+  const float rs = rsqrtf(warp_sum(var) / n + eps);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = 8 * (lane + 32 * k);
+    if (c >= n) continue;
+    float wv[8], bv[8] = {};
+    load_w8(w, c, 0.0f, wv);
+    if (b) load_w8(b, c, 0.0f, bv);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[k][j] = (v[k][j] - mu) * rs * wv[j] + bv[j];
+    y.store8(r * n + c, v[k]);
+  }
+  if (lane == 0) mean[r] = mu, rstd[r] = rs;
+}
+
+// Per-lane column sums (dw, db) over the rows a warp visits stay in registers; then once per
+// warp into shared memory and once per block into global memory.
+template <int V>
+__global__ void layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const float* mean,
+                                       const float* rstd, Ptr dx, float* dw, float* db,
+                                       int64_t rows, int n) {
+  extern __shared__ float acc[];  // [2n]
+  for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
+  __syncthreads();
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float wsum[V][8] = {}, bsum[V][8] = {};
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * warps) {
+    const float mu = mean[r], rs = rstd[r];
+    float g[V][8], xh[V][8], a = 0, bb = 0;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= n) continue;
+      dy.load8(r * n + c, g[k]);
+      x.load8(r * n + c, xh[k]);
+      float wv[8];
+      load_w8(w, c, 0.0f, wv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        xh[k][j] = (xh[k][j] - mu) * rs;
+        const float d = g[k][j] * wv[j];
+        a += d;
+        bb += d * xh[k][j];
+        wsum[k][j] += g[k][j] * xh[k][j];
+        bsum[k][j] += g[k][j];
+      }
+    }
+    a = warp_sum(a) / n;
+    bb = warp_sum(bb) / n;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= n) continue;
+      float wv[8];
+      load_w8(w, c, 0.0f, wv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) g[k][j] = rs * (g[k][j] * wv[j] - a - xh[k][j] * bb);
+      dx.store8(r * n + c, g[k]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = 8 * (lane + 32 * k);
+    if (c >= n) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (dw) atomicAdd(&acc[c + j], wsum[k][j]);
+      if (db) atomicAdd(&acc[n + c + j], bsum[k][j]);
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    if (dw) atomicAdd(&dw[c], acc[c]);
+    if (db) atomicAdd(&db[c], acc[n + c]);
+  }
+}
+
+template <int V>
+__global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float eps, Ptr y,
+                                    float* rstd, int64_t rows, int n) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  float v[V][8], ss = 0;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = 8 * (lane + 32 * k);
+    if (c >= n) continue;
+    x.load8(r * n + c, v[k]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
+  }
+  const float rs = rsqrtf(warp_sum(ss) / n + eps);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = 8 * (lane + 32 * k);
+    if (c >= n) continue;
+    float wv[8];
+    load_w8(w, c, offset, wv);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[k][j] *= rs * wv[j];
+    y.store8(r * n + c, v[k]);
+  }
+  if (lane == 0) rstd[r] = rs;
+}
+
+template <int V>
+__global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, const float* w, float offset, const float* rstd,
+                                     Ptr dx, float* dw, int64_t rows, int n) {
+  extern __shared__ float acc[];  // [n]
+  for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
+  __syncthreads();
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float wsum[V][8] = {};
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * warps) {
+    const float rs = rstd[r];
+    float g[V][8], xv[V][8], dot = 0;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= n) continue;
+      dy.load8(r * n + c, g[k]);
+      x.load8(r * n + c, xv[k]);
+      float wv[8];
+      load_w8(w, c, offset, wv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        dot += g[k][j] * wv[j] * xv[k][j];
+        wsum[k][j] += g[k][j] * xv[k][j] * rs;
+      }
+    }
+    dot = warp_sum(dot) / n * rs * rs;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= n) continue;
+      float wv[8];
+      load_w8(w, c, offset, wv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) g[k][j] = rs * (g[k][j] * wv[j] - xv[k][j] * dot);
+      dx.store8(r * n + c, g[k]);
+    }
+  }
+  if (dw) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= n) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) atomicAdd(&acc[c + j], wsum[k][j]);
+    }
+  }
+  __syncthreads();
+  if (dw)
+    for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
+}
+
+// V = ceil(n / 256) chunks of 8 columns per lane, 1..4.
+template <typename F>
+void dispatch_chunks(int n, F&& f) {
+  switch ((n + 255) / 256) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    default:
+      f(std::integral_constant<int, 4>{});
+      break;
+  }
+}
+
+unsigned forward_blocks(int64_t rows) {
+  return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
+}
+unsigned backward_blocks(int64_t rows) {
+  return static_cast<unsigned>(std::min<int64_t>((rows + kWarps - 1) / kWarps, kMaxBackwardBlocks));
+}
+
+}  // namespace
+
+bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands) {
+  if (n <= 0 || n > 1024 || n % 8 != 0) return false;
+  for (const void* p : operands)
+    if (p && !vec8_aligned(p)) return false;
+  return true;
+}
+
+void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
+                            float* rstd, int64_t rows, int n) {
+  if (rows == 0) return;
+  dispatch_chunks(n, [&](auto v) {
+    layernorm_forward_vec<decltype(v)::value>
+        <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, rows, n);
+  });
+  ET_LAUNCH_CHECK();
+}
+
+void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
+                             Ptr dx, float* dw, float* db, int64_t rows, int n) {
+  if (rows == 0) return;
+  dispatch_chunks(n, [&](auto v) {
+    layernorm_backward_vec<decltype(v)::value>
+        <<<backward_blocks(rows), kWarps * 32, 2 * sizeof(float) * n>>>(dy, x, w, mean, rstd, dx,
+                                                                        dw, db, rows, n);
+  });
+  ET_LAUNCH_CHECK();
+}
+
+void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
+                          int64_t rows, int n) {
+  if (rows == 0) return;
+  dispatch_chunks(n, [&](auto v) {
+    rmsnorm_forward_vec<decltype(v)::value>
+        <<<forward_blocks(rows), kWarps * 32>>>(x, w, offset, eps, y, rstd, rows, n);
+  });
+  ET_LAUNCH_CHECK();
+}
+
+void rmsnorm_backward_rows(Ptr dy, Ptr x, const float* w, float offset, const float* rstd, Ptr dx,
+                           float* dw, int64_t rows, int n) {
+  if (rows == 0) return;
+  dispatch_chunks(n, [&](auto v) {
+    rmsnorm_backward_vec<decltype(v)::value>
+        <<<backward_blocks(rows), kWarps * 32, sizeof(float) * n>>>(dy, x, w, offset, rstd, dx, dw,
+                                                                    rows, n);
+  });
+  ET_LAUNCH_CHECK();
+}
+
+}  // namespace et::cuda
