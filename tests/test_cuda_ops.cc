@@ -499,13 +499,12 @@ TEST(CudaOps, AttentionForwardBackward) {
   };
   for (const char* path : {"tc", "scalar"})
     for (const AttnCase& c : cases) {
-      // Tensor-core kernels round q, k, v, P and dS to bf16: about 1e-2 relative; the cuBLAS
-      // path for head dims above 128 runs its fp32 products as TF32 (about 1e-3); the fp32
-      // kernels agree with the CPU to rounding.
+      // Tensor-core kernels round q, k, v, P and dS to bf16: about 1e-2 relative (head dim 256:
+      // forward only; its backward runs through cuBLAS, TF32, from that forward's output); the
+      // fp32 kernels agree with the CPU to rounding.
       setenv("EMBEDTUNE_ATTENTION", path, 1);
-      const bool tc = std::string(path) == "tc" && c.d % 16 == 0 && c.d <= 128;
-      const bool gemm = std::string(path) == "tc" && c.d > 128;
-      const double tol_f = tc ? 1e-2 : gemm ? 3e-3 : 1e-5, tol_b = tc ? 2e-2 : gemm ? 5e-3 : 1e-4;
+      const bool tc = std::string(path) == "tc" && c.d % 16 == 0 && (c.d <= 128 || c.d == 256);
+      const double tol_f = tc ? 1e-2 : 1e-5, tol_b = tc ? 2e-2 : 1e-4;
       AttentionArgs a;
       a.cu_seqlens = {0};
       for (int l : c.lens) a.cu_seqlens.push_back(a.cu_seqlens.back() + l);

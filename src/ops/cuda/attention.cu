@@ -393,10 +393,10 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
   ET_LAUNCH_CHECK();
 }
 
-bool attention_use_tc(const AttentionArgs& a) {
+bool attention_use_tc(const AttentionArgs& a, bool forward) {
   const char* env = std::getenv("EMBEDTUNE_ATTENTION");
   if (env && std::string(env) == "scalar") return false;
-  return attention_tc_supported(a);
+  return attention_tc_supported(a, forward);
 }
 
 void attention_forward(const AttentionArgs& a, const float* q, const float* k, const float* v,

@@ -28,7 +28,7 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int BM = 64, BN = 64, NW = 4;
+constexpr int BM = 64, NW = 4;  // backward: key rows per block; warps per block
 
 using TcParams = AttnParams;
 
@@ -46,12 +46,12 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// rows [r0, r0 + 64) of a [len, stride] slice at column col -> bf16 [64][D + 8] (zeros past
-// len); 16-byte loads (4 floats or 8 bf16 values).
-template <int D>
+// rows [r0, r0 + ROWS) of a [len, stride] slice at column col -> bf16 [ROWS][D + 8] (zeros
+// past len); 16-byte loads (4 floats or 8 bf16 values).
+template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile(bf16* dst, const float* src, int64_t stride, int col,
                                           int r0, int len) {
-  for (int idx = threadIdx.x; idx < 64 * D / 4; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < ROWS * D / 4; idx += blockDim.x) {
     int r = idx / (D / 4), c = (idx % (D / 4)) * 4;
     float4 v = make_float4(0, 0, 0, 0);
     if (r0 + r < len) v = *reinterpret_cast<const float4*>(src + (r0 + r) * stride + col + c);
@@ -63,10 +63,10 @@ __device__ __forceinline__ void load_tile(bf16* dst, const float* src, int64_t s
   }
 }
 
-template <int D>
+template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int col,
                                           int r0, int len) {
-  for (int idx = threadIdx.x; idx < 64 * D / 8; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < ROWS * D / 8; idx += blockDim.x) {
     int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r0 + r < len) v = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + col + c);
@@ -76,19 +76,19 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
 
 // Asynchronous tile loads (cp.async) so that the next tile streams in while the current one
 // is computed on. fp32 inputs (tests, fp32 activations) take the synchronous converting load.
-template <int D>
+template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t stride, int col,
                                                 int r0, int len) {
-  for (int idx = threadIdx.x; idx < 64 * D / 8; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < ROWS * D / 8; idx += blockDim.x) {
     int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
     const bool valid = r0 + r < len;
     cp_async16(dst + r * (D + 8) + c, valid ? src + (r0 + r) * stride + col + c : src, valid);
   }
 }
-template <int D>
+template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile_async(bf16* dst, const float* src, int64_t stride,
                                                 int col, int r0, int len) {
-  load_tile<D>(dst, src, stride, col, r0, len);
+  load_tile<D, ROWS>(dst, src, stride, col, r0, len);
 }
 
 // Two adjacent columns of an accumulator row (p 8-byte aligned for fp32, 4-byte for bf16).
@@ -99,16 +99,21 @@ __device__ __forceinline__ void store2(bf16* p, float a, float b) {
   *reinterpret_cast<uint32_t*>(p) = pack2(a, b);
 }
 
-// Forward tiles: each warp owns MT m16 row tiles (16 MT query rows), so every K/V fragment
+// Forward tiles. Each warp owns MT m16 row tiles (16 MT query rows), so every K/V fragment
 // read from shared memory feeds MT products (FlashAttention-2 gives each warp 32 rows for the
-// same reason: with 16, ldmatrix bandwidth and not the tensor cores bounds the kernel). Head
-// dim 128 keeps one row tile per warp for lack of registers (o alone would take 128).
+// same reason: with 16, ldmatrix bandwidth and not the tensor cores bounds the kernel); head
+// dims above 64 keep one row tile for lack of registers (o alone takes D / 2 per row tile).
+// Q's fragments stay in registers up to head dim 128 and are re-read from shared memory per
+// product at 256, where key/value tiles of 32 rows keep the double-buffered tiles within an
+// A100's 163 KB of shared memory.
 template <int D>
 struct FwdTile {
   static constexpr int MT = D <= 64 ? 2 : 1;
-  static constexpr int BM = NW * 16 * MT;  // query rows per block
+  static constexpr int BM = NW * 16 * MT;        // query rows per block
+  static constexpr int BN = D <= 128 ? 64 : 32;  // key rows per tile
+  static constexpr bool keep_q = D <= 128;
   static constexpr int LD = D + 8;
-  static constexpr size_t bytes = sizeof(bf16) * (BM + 4 * 64) * LD;  // Q, then K, V twice
+  static constexpr size_t bytes = sizeof(bf16) * (BM + 4 * BN) * LD;  // Q, then K, V twice
 };
 
 // Whether any (query, key) pair of rows [i0, i0 + ni) x [j0, j0 + nj) is masked by the causal
@@ -130,13 +135,14 @@ __global__ void __launch_bounds__(NW * 32)
     attn_fwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse,
                        const int32_t* __restrict__ tiles, const int32_t* __restrict__ cu) {
-  constexpr int MT = FwdTile<D>::MT, BMF = FwdTile<D>::BM, LD = FwdTile<D>::LD;
+  constexpr int MT = FwdTile<D>::MT, BMF = FwdTile<D>::BM, BN = FwdTile<D>::BN, LD = FwdTile<D>::LD;
+  constexpr bool keep_q = FwdTile<D>::keep_q;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   // K and V tiles, double-buffered: [Q | K0 | V0 | K1 | V1] (computed, not an array of
   // pointers: an indexed array would live in local memory)
-  auto kbuf = [&](int b) { return Qs + BMF * LD + 2 * b * 64 * LD; };
-  auto vbuf = [&](int b) { return Qs + BMF * LD + (2 * b + 1) * 64 * LD; };
+  auto kbuf = [&](int b) { return Qs + BMF * LD + 2 * b * BN * LD; };
+  auto vbuf = [&](int b) { return Qs + BMF * LD + (2 * b + 1) * BN * LD; };
   const int h = blockIdx.y, kvh = h / p.group, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
@@ -147,12 +153,13 @@ __global__ void __launch_bounds__(NW * 32)
     load_tile<D>(Qs + part * 64 * LD, q + start * p.qs, p.qs, h * D, row0 + part * 64, len);
   __syncthreads();
   const int wrow = warp * 16 * MT;  // this warp's first row in the tile
-  uint32_t qf[MT][D / 16][4];
+  uint32_t qf[MT][keep_q ? D / 16 : 1][4];
+  if constexpr (keep_q)
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      ldsm_x4(qf[mt][kk], a_addr(Qs, LD, wrow + mt * 16, kk * 16, lane));
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldsm_x4(qf[mt][kk], a_addr(Qs, LD, wrow + mt * 16, kk * 16, lane));
   float o[MT][D / 8][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -172,8 +179,8 @@ __global__ void __launch_bounds__(NW * 32)
   }
   const int n_kv = kv_end > kv_begin ? (kv_end - kv_begin + BN - 1) / BN : 0;
   if (n_kv > 0) {
-    load_tile_async<D>(kbuf(0), k + start * p.ks, p.ks, kvh * D, kv_begin, len);
-    load_tile_async<D>(vbuf(0), v + start * p.ks, p.ks, kvh * D, kv_begin, len);
+    load_tile_async<D, BN>(kbuf(0), k + start * p.ks, p.ks, kvh * D, kv_begin, len);
+    load_tile_async<D, BN>(vbuf(0), v + start * p.ks, p.ks, kvh * D, kv_begin, len);
   }
   cp_async_commit();
   for (int it = 0; it < n_kv; ++it) {
@@ -181,29 +188,41 @@ __global__ void __launch_bounds__(NW * 32)
     const bf16* Ks = kbuf(it & 1);
     const bf16* Vs = vbuf(it & 1);
     if (it + 1 < n_kv) {
-      load_tile_async<D>(kbuf((it + 1) & 1), k + start * p.ks, p.ks, kvh * D, c0 + BN, len);
-      load_tile_async<D>(vbuf((it + 1) & 1), v + start * p.ks, p.ks, kvh * D, c0 + BN, len);
+      load_tile_async<D, BN>(kbuf((it + 1) & 1), k + start * p.ks, p.ks, kvh * D, c0 + BN, len);
+      load_tile_async<D, BN>(vbuf((it + 1) & 1), v + start * p.ks, p.ks, kvh * D, c0 + BN, len);
     }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    float s[MT][8][4];
+    constexpr int NJ = BN / 8;  // 16x8 score tiles per row tile
+    float s[MT][NJ][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0;
+      for (int j = 0; j < NJ; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MT][4];
 #pragma unroll
-      for (int np = 0; np < 4; ++np) {
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (keep_q) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
+        } else {
+          ldsm_x4(qa[mt], a_addr(Qs, LD, wrow + mt * 16, kk * 16, lane));
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
         uint32_t b[4];
         ldsm_x4(b, bt_addr(Ks, LD, np * 16, kk * 16, lane));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          mma16816(s[mt][2 * np], qf[mt][kk], b[0], b[1]);
-          mma16816(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+          mma16816(s[mt][2 * np], qa[mt], b[0], b[1]);
+          mma16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
         }
       }
+    }
     // This warp's rows against the key tile: P = 2^(S sl2 - m), one FFMA and one ex2 per score
     // where nothing is masked; per-element tests at the edges.
     const bool full = c0 + BN <= len && !block_needs_mask(p, row0 + wrow, 16 * MT, c0, BN);
@@ -213,7 +232,7 @@ __global__ void __launch_bounds__(NW * 32)
       float mx[2] = {-INFINITY, -INFINITY}, corr[2];
       if (full) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[mt][j][e]);
 #pragma unroll
@@ -226,7 +245,7 @@ __global__ void __launch_bounds__(NW * 32)
           l[mt][r] *= corr[r];
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const float pv = fast_exp2(fmaf(s[mt][j][e], sl2, -m[mt][e / 2]));
@@ -235,7 +254,7 @@ __global__ void __launch_bounds__(NW * 32)
           }
       } else {
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
@@ -260,7 +279,7 @@ __global__ void __launch_bounds__(NW * 32)
           l[mt][r] *= corr[r];
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const float mm = m[mt][e / 2];
@@ -279,7 +298,7 @@ __global__ void __launch_bounds__(NW * 32)
     }
     // O += P V, P straight from the S accumulators
 #pragma unroll
-    for (int kc = 0; kc < 4; ++kc) {
+    for (int kc = 0; kc < BN / 16; ++kc) {
       uint32_t pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
@@ -551,8 +570,10 @@ __global__ void __launch_bounds__(NW * 32)
   }
 }
 
+// Head dims of the tensor-core kernels: 16..128 both ways; 256 forward only (its backward's
+// dK/dV accumulators would not fit in registers: see attention_gemm.cu).
 template <typename F>
-bool dispatch_tc(int d, F&& f) {
+bool dispatch_tc(int d, bool forward, F&& f) {
   switch (d) {
     case 16:
       f(std::integral_constant<int, 16>{});
@@ -566,6 +587,10 @@ bool dispatch_tc(int d, F&& f) {
     case 128:
       f(std::integral_constant<int, 128>{});
       return true;
+    case 256:
+      if (!forward) return false;
+      f(std::integral_constant<int, 256>{});
+      return true;
     default:
       return false;
   }
@@ -575,12 +600,13 @@ bool dispatch_tc(int d, F&& f) {
 
 int attention_tc_forward_rows(int head_dim) {
   int rows = 0;
-  dispatch_tc(head_dim, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
+  dispatch_tc(head_dim, true, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
   return rows;
 }
 
-bool attention_tc_supported(const AttentionArgs& a) {
-  return (a.head_dim == 16 || a.head_dim == 32 || a.head_dim == 64 || a.head_dim == 128) &&
+bool attention_tc_supported(const AttentionArgs& a, bool forward) {
+  const int d = a.head_dim;
+  return (d == 16 || d == 32 || d == 64 || d == 128 || (forward && d == 256)) &&
          (!a.rel_bias || a.rel_buckets <= 64);
 }
 
@@ -588,7 +614,7 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
                           void* out, bool bf16_io, float* lse, const int32_t* tiles, int n_tiles,
                           const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  dispatch_tc(a.head_dim, [&](auto dd) {
+  dispatch_tc(a.head_dim, true, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
@@ -612,7 +638,7 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
                            float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  dispatch_tc(a.head_dim, [&](auto dd) {
+  dispatch_tc(a.head_dim, false, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;

@@ -1310,7 +1310,7 @@ struct CudaBackend final : Backend {
                          Tensor& out, Tensor& lse) const override {
     OpScope scope_(prof.get(), "attention_forward");
     int n = 0;
-    const bool tc = attention_use_tc(a);
+    const bool tc = attention_use_tc(a, true);
     Tensor tiles = tiles_of(a, &n, INT32_MAX,
                             tc ? attention_tc_forward_rows(a.head_dim) : kAttnTileRows),
            cu = cu_of(a);
@@ -1323,9 +1323,9 @@ struct CudaBackend final : Backend {
       attention_forward_tc(a, q.data, k.data, v.data, out.data, bf, W(lse), I(tiles), n, I(cu));
       return;
     }
-    // Head dims above 128: sequences of kGemmMinLen tokens or more through cuBLAS (one set of
-    // batched products per sequence), shorter ones through the fp32 tile kernels, which need
-    // no launch per sequence.
+    // Other head dims above 128 (256 has the tensor-core forward): sequences of kGemmMinLen
+    // tokens or more through cuBLAS (batched products per bucket of similar lengths), shorter
+    // ones through the fp32 tile kernels, which need no launch per sequence.
     const bool gemm = attention_use_gemm(a);
     if (gemm) {
       GemmRun r = gemm_run(a, false, q.dtype);
@@ -1355,7 +1355,7 @@ struct CudaBackend final : Backend {
     auto f32_out = [&](Tensor& t) {
       return t.dtype == DType::F32 ? t : empty(t.shape, DType::F32);
     };
-    if (attention_use_tc(a)) {
+    if (attention_use_tc(a, false)) {
       P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
