@@ -15,14 +15,23 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   $D/embedtune_tests --gtest_filter="${TEST_FILTER:-*Cuda*:*PythonCompat*}" >"$OUT/tests.log" 2>&1
   echo "tests exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|rel err|OK$|FAILED$" "$OUT/tests.log" | head -40
 fi
-if [ "${TOKENIZER_BENCH:-0}" = 1 ]; then  # tokens/s, ours and Hugging Face's, same CPUs
+if [ "${TOKENIZER_BENCH:-0}" = 1 ]; then  # tokens/s, ours and Hugging Face's, same CPUs (prepare with EXTRAS=1)
   for t in $D/tokenizers/*/; do
     $D/embedtune bench --tokenizer "$t" --texts $D/tokenizers/texts.txt | tee -a "$OUT/tokenizer_bench.jsonl"
   done
   python3 $D/tokenizer_bench_hf.py $D/tokenizers/texts.txt $D/tokenizers/*/ | tee -a "$OUT/tokenizer_bench.jsonl"
 fi
-[ "${SKIP_TRAIN_BENCH:-0}" = 1 ] || $D/embedtune bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${BENCH_ARGS:-} --out "$OUT/embedtune_bench.jsonl" 2>&1 | tail -8
+if [ "${ATTENTION_BENCH:-0}" = 1 ]; then  # the attention op alone: ours, then PyTorch SDPA's
+  for shp in "--pairs 64 --seq-len 512 --heads 12 --head-dim 64" \
+    "--pairs 32 --seq-len 512 --heads 16 --kv-heads 8 --head-dim 128 --causal" \
+    "--pairs 64 --seq-len 512 --heads 3 --kv-heads 1 --head-dim 256"; do
+    $D/embedtune bench --attention $shp | tee -a "$OUT/attention_bench.jsonl"
+    python3 $D/attention_torch.py $shp 2>/dev/null | tee -a "$OUT/attention_bench.jsonl"
+  done
+fi
+[ "${SKIP_TRAIN_BENCH:-0}" = 1 ] || $D/embedtune bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${BENCH_ARGS:-} --out "$OUT/embedtune_bench.jsonl" 2>&1 | tail -15
 if [ "${TRAIN_DEMO:-0}" = 1 ]; then  # real text end to end on the GPU (random-init bge-small)
+  # (prepare with EXTRAS=1)
   $D/embedtune init --preset bge-small --vocab $D/data/vocab.txt --output /tmp/et-bge-small >/dev/null
   $D/embedtune train --model /tmp/et-bge-small --train $D/data/train.jsonl --output /tmp/et-run \
     --device cuda --max_steps 60 --per_device_train_batch_size 64 --learning_rate 2e-4 \
