@@ -572,8 +572,8 @@ __global__ void __launch_bounds__(NW * 32)
 
 // Head dims of the tensor-core kernels: 16..128 both ways; 256 forward only (its backward's
 // dK/dV accumulators would not fit in registers: see attention_gemm.cu).
-template <typename F>
-bool dispatch_tc(int d, bool forward, F&& f) {
+template <bool kForward, typename F>
+bool dispatch_tc(int d, F&& f) {
   switch (d) {
     case 16:
       f(std::integral_constant<int, 16>{});
@@ -587,10 +587,13 @@ bool dispatch_tc(int d, bool forward, F&& f) {
     case 128:
       f(std::integral_constant<int, 128>{});
       return true;
-    case 256:
-      if (!forward) return false;
-      f(std::integral_constant<int, 256>{});
-      return true;
+    case 256:  // compiled for the forward only
+      if constexpr (!kForward)
+        return false;
+      else {
+        f(std::integral_constant<int, 256>{});
+        return true;
+      }
     default:
       return false;
   }
@@ -600,7 +603,7 @@ bool dispatch_tc(int d, bool forward, F&& f) {
 
 int attention_tc_forward_rows(int head_dim) {
   int rows = 0;
-  dispatch_tc(head_dim, true, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
+  dispatch_tc<true>(head_dim, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
   return rows;
 }
 
@@ -614,7 +617,7 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
                           void* out, bool bf16_io, float* lse, const int32_t* tiles, int n_tiles,
                           const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  dispatch_tc(a.head_dim, true, [&](auto dd) {
+  dispatch_tc<true>(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
@@ -638,7 +641,7 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
                            float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  dispatch_tc(a.head_dim, false, [&](auto dd) {
+  dispatch_tc<false>(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
