@@ -224,22 +224,26 @@ struct Vec8 {
   }
 };
 
-__global__ void act_forward_bf16x8(int act, const bf16* x, bf16* y, int64_t n8) {
+// The bf16x8 kernels below are compiled per activation (template argument A = Act), so the
+// activation's switch folds away instead of running per element.
+template <int A>
+__global__ void act_forward_bf16x8(const bf16* x, bf16* y, int64_t n8) {
   GRID_STRIDE(i, n8) {
     Vec8 a;
     a.load(x + 8 * i);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) a.v[k] = act_f(act, a.v[k]);
+    for (int k = 0; k < 8; ++k) a.v[k] = act_f(A, a.v[k]);
     a.store(y + 8 * i);
   }
 }
-__global__ void act_backward_bf16x8(int act, const bf16* x, const bf16* dy, bf16* dx, int64_t n8) {
+template <int A>
+__global__ void act_backward_bf16x8(const bf16* x, const bf16* dy, bf16* dx, int64_t n8) {
   GRID_STRIDE(i, n8) {
     Vec8 a, g;
     a.load(x + 8 * i);
     g.load(dy + 8 * i);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) a.v[k] = act_df(act, a.v[k]) * g.v[k];
+    for (int k = 0; k < 8; ++k) a.v[k] = act_df(A, a.v[k]) * g.v[k];
     a.store(dx + 8 * i);
   }
 }
@@ -276,20 +280,22 @@ __global__ void f32_to_bf16x8(const float* x, bf16* y, int64_t n8) {
 
 // Gated linear units on bf16, 8 values per thread: gate and up at row stride `ld` (ld = F for
 // separate tensors, 2F with up starting F columns after gate for a packed gate|up).
-__global__ void glu_forward_bf16x8(int act, const bf16* g, const bf16* u, int64_t ld, bf16* y,
-                                   int64_t F, int64_t n8) {
+template <int A>
+__global__ void glu_forward_bf16x8(const bf16* g, const bf16* u, int64_t ld, bf16* y, int64_t F,
+                                   int64_t n8) {
   GRID_STRIDE(k, n8) {
     const int64_t e = 8 * k, t = e / F, f = e % F;
     Vec8 a, b;
     a.load(g + t * ld + f);
     b.load(u + t * ld + f);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) a.v[j] = act_f(act, a.v[j]) * b.v[j];
+    for (int j = 0; j < 8; ++j) a.v[j] = act_f(A, a.v[j]) * b.v[j];
     a.store(y + e);
   }
 }
-__global__ void glu_backward_bf16x8(int act, const bf16* g, const bf16* u, int64_t ld,
-                                    const bf16* dy, bf16* dg, bf16* du, int64_t F, int64_t n8) {
+template <int A>
+__global__ void glu_backward_bf16x8(const bf16* g, const bf16* u, int64_t ld, const bf16* dy,
+                                    bf16* dg, bf16* du, int64_t F, int64_t n8) {
   GRID_STRIDE(k, n8) {
     const int64_t e = 8 * k, t = e / F, f = e % F;
     Vec8 a, b, d, ga, ub;
@@ -298,11 +304,32 @@ __global__ void glu_backward_bf16x8(int act, const bf16* g, const bf16* u, int64
     d.load(dy + e);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      ga.v[j] = act_df(act, a.v[j]) * b.v[j] * d.v[j];
-      ub.v[j] = act_f(act, a.v[j]) * d.v[j];
+      ga.v[j] = act_df(A, a.v[j]) * b.v[j] * d.v[j];
+      ub.v[j] = act_f(A, a.v[j]) * d.v[j];
     }
     ga.store(dg + t * ld + f);
     ub.store(du + t * ld + f);
+  }
+}
+
+// Calls f(std::integral_constant<int, a>) for the templated kernels above.
+template <typename F>
+void with_act(Act a, F&& f) {
+  switch (a) {
+    case Act::Identity:
+      return f(std::integral_constant<int, 0>{});
+    case Act::Tanh:
+      return f(std::integral_constant<int, 1>{});
+    case Act::ReLU:
+      return f(std::integral_constant<int, 2>{});
+    case Act::Sigmoid:
+      return f(std::integral_constant<int, 3>{});
+    case Act::GeluErf:
+      return f(std::integral_constant<int, 4>{});
+    case Act::GeluTanh:
+      return f(std::integral_constant<int, 5>{});
+    default:
+      return f(std::integral_constant<int, 6>{});
   }
 }
 
@@ -1168,8 +1195,10 @@ struct CudaBackend final : Backend {
     const int64_t T = y.dim(0), F = y.dim(1);
     check_glu_packed("glu_packed_forward", gu, y);
     if (F % 8 == 0 && bf16x8({&gu, &y})) {
-      glu_forward_bf16x8<<<blocks_for(T * F / 8, 256), 256>>>(
-          static_cast<int>(a), B16(gu), B16(gu) + F, 2 * F, B16(y), F, T * F / 8);
+      with_act(a, [&](auto A) {
+        glu_forward_bf16x8<A><<<blocks_for(T * F / 8, 256), 256>>>(B16(gu), B16(gu) + F, 2 * F,
+                                                                   B16(y), F, T * F / 8);
+      });
       ET_LAUNCH_CHECK();
       return;
     }
@@ -1184,9 +1213,10 @@ struct CudaBackend final : Backend {
     check_glu_packed("glu_packed_backward", gu, dy);
     check_glu_packed("glu_packed_backward", dgu, dy);
     if (F % 8 == 0 && bf16x8({&gu, &dy, &dgu})) {
-      glu_backward_bf16x8<<<blocks_for(T * F / 8, 256), 256>>>(
-          static_cast<int>(a), B16(gu), B16(gu) + F, 2 * F, B16(dy), B16(dgu), B16(dgu) + F, F,
-          T * F / 8);
+      with_act(a, [&](auto A) {
+        glu_backward_bf16x8<A><<<blocks_for(T * F / 8, 256), 256>>>(
+            B16(gu), B16(gu) + F, 2 * F, B16(dy), B16(dgu), B16(dgu) + F, F, T * F / 8);
+      });
       ET_LAUNCH_CHECK();
       return;
     }
@@ -1199,8 +1229,10 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "glu_forward");
     ET_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "glu_forward: size mismatch");
     if (bf16x8({&gate, &up, &y})) {  // as one row of n values
-      glu_forward_bf16x8<<<blocks_for(y.numel() / 8, 256), 256>>>(
-          static_cast<int>(a), B16(gate), B16(up), 0, B16(y), y.numel(), y.numel() / 8);
+      with_act(a, [&](auto A) {
+        glu_forward_bf16x8<A><<<blocks_for(y.numel() / 8, 256), 256>>>(
+            B16(gate), B16(up), 0, B16(y), y.numel(), y.numel() / 8);
+      });
       ET_LAUNCH_CHECK();
       return;
     }
@@ -1213,9 +1245,10 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "glu_backward");
     ET_CHECK(gate.numel() == dy.numel() && up.numel() == dy.numel(), "glu_backward: size mismatch");
     if (bf16x8({&gate, &up, &dy, &dgate, &dup})) {
-      glu_backward_bf16x8<<<blocks_for(dy.numel() / 8, 256), 256>>>(
-          static_cast<int>(a), B16(gate), B16(up), 0, B16(dy), B16(dgate), B16(dup), dy.numel(),
-          dy.numel() / 8);
+      with_act(a, [&](auto A) {
+        glu_backward_bf16x8<A><<<blocks_for(dy.numel() / 8, 256), 256>>>(
+            B16(gate), B16(up), 0, B16(dy), B16(dgate), B16(dup), dy.numel(), dy.numel() / 8);
+      });
       ET_LAUNCH_CHECK();
       return;
     }
@@ -1236,8 +1269,10 @@ struct CudaBackend final : Backend {
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
     OpScope scope_(prof.get(), "act_forward");
     if (bf16x8({&x, &y})) {
-      act_forward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x),
-                                                                  B16(y), x.numel() / 8);
+      with_act(a, [&](auto A) {
+        act_forward_bf16x8<A>
+            <<<blocks_for(x.numel() / 8, 256), 256>>>(B16(x), B16(y), x.numel() / 8);
+      });
       ET_LAUNCH_CHECK();
       return;
     }
@@ -1248,8 +1283,10 @@ struct CudaBackend final : Backend {
   void act_backward(Act a, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
     OpScope scope_(prof.get(), "act_backward");
     if (bf16x8({&x, &dy, &dx})) {
-      act_backward_bf16x8<<<blocks_for(x.numel() / 8, 256), 256>>>(static_cast<int>(a), B16(x),
-                                                                   B16(dy), B16(dx), x.numel() / 8);
+      with_act(a, [&](auto A) {
+        act_backward_bf16x8<A>
+            <<<blocks_for(x.numel() / 8, 256), 256>>>(B16(x), B16(dy), B16(dx), x.numel() / 8);
+      });
       ET_LAUNCH_CHECK();
       return;
     }
