@@ -1,6 +1,6 @@
-// Attention through cuBLAS for head dimensions the tensor-core kernel does not cover (> 128,
-// e.g. EmbeddingGemma's 256): the score matrices are materialised ([heads, L, L] fp32 per
-// sequence), so memory grows with the square of the longest sequence (bounded by
+// Attention through cuBLAS for head dimensions above 128 (EmbeddingGemma's 256: the backward;
+// its forward runs on the tensor-core kernel): the score matrices are materialised ([heads, L, L]
+// fp32 per sequence), so memory grows with the square of the longest sequence (bounded by
 // max_seq_length) and is capped per bucket by the plan's budget.
 //   forward:  S = scale Q K^T (masked) ; P = softmax(S) ; O = P V ; lse = log sum exp S
 //   backward: S and P recomputed from lse ; dP = dO V^T ; dS = P (dP - delta) ;

@@ -1,5 +1,6 @@
-// Attention through cuBLAS strided-batched products, for head dimensions above the tensor-core
-// kernel's 128 (see attention_gemm.cu). No relative-position bias.
+// Attention through cuBLAS strided-batched products for head dimensions above 128: the
+// backward of all of them, the forward of those the tensor-core kernel does not take (it takes
+// 256). See attention_gemm.cu. No relative-position bias.
 #pragma once
 
 #include <cublas_v2.h>

@@ -1,20 +1,21 @@
-// Tensor-core variable-length attention (head_dim 16/32/64/128): the algorithm of
-// attention.cu (FlashAttention-2, Dao 2023: online softmax forward, recomputing backward) with
-// every matrix product of a tile on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation)
-// and the scores, probabilities and output accumulators kept in registers. Inputs (bf16 or
-// fp32) are rounded to bf16 as tiles enter shared memory; statistics stay fp32.
+// Tensor-core variable-length attention (head_dim 16/32/64/128, and 256 forward only): the
+// algorithm of attention.cu (FlashAttention-2, Dao 2023: online softmax forward, recomputing
+// backward) with every matrix product of a tile on bf16 tensor cores (mma.sync m16n8k16, fp32
+// accumulation) and the scores, probabilities and output accumulators kept in registers.
+// Inputs (bf16 or fp32) are rounded to bf16 as tiles enter shared memory; statistics stay fp32.
 //
-// Forward: a block = 4 warps = 64 query rows of one (sequence, head); key/value tiles of 64
-// rows stream through shared memory. Each warp computes its 16 x 64 score tile S = Q K^T,
-// updates the running max/sum of its rows, rescales its output accumulators and adds P V
-// with P taken directly from the score registers.
+// Forward: a block = 4 warps = 64 or 128 query rows of one (sequence, head) (FwdTile); key/value
+// tiles stream through shared memory, double-buffered by cp.async. Each warp computes its score
+// tiles S = Q K^T, updates the running max/sum of its rows, rescales its output accumulators
+// and adds P V with P taken directly from the score registers.
 //
 // Backward: a block owns 64 key rows (16 per warp) of one key/value head and streams the query
 // tiles of every query head that uses it (grouped-query attention: `group` heads):
 //   S^T = K Q^T, P^T = exp(scale S^T + bias - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //   dV += P^T dO, dK += dS^T Q (register accumulators, summed over the group in place, so dK
-//   and dV are written once without atomics), dQ += dS K (fp32 atomics, since every key tile
-//   contributes to every query row).
+//   and dV are written once without atomics), dQ += dS K (fp32 atomic adds, since every key
+//   tile contributes to every query row).
+// `embedtune bench --attention` times both against PyTorch's SDPA (bench/NOTES.md).
 #include <cuda_bf16.h>
 
 #include "ops/cuda/attention.h"
