@@ -88,6 +88,36 @@ TEST(Cli, BadInputsExitNonZeroWithContext) {
   EXPECT_NE(out.find("--prompt-name"), std::string::npos);
 }
 
+// `bench --attention` on the CPU backend (the CUDA numbers come from the GPU machine): one JSON
+// line with both passes timed and the FLOPs of the causal pairs; bad head counts are refused.
+TEST(Cli, AttentionBenchReportsBothPasses) {
+  if (!file_exists(embedtune_bin())) GTEST_SKIP() << "skipped: no binary at " << embedtune_bin();
+  std::string out;
+  ASSERT_EQ(run_command(embedtune_bin() +
+                            " bench --attention --device cpu --pairs 2 --seq-len 40 --heads 4 "
+                            "--kv-heads 2 --head-dim 16 --causal --steps 1 --warmup 0",
+                        &out),
+            0)
+      << out;
+  const json r = json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(r["op"], "attention");
+  EXPECT_EQ(r["seqs"], 2);
+  EXPECT_EQ(r["kv_heads"], 2);
+  EXPECT_TRUE(r["causal"].get<bool>());
+  ASSERT_GT(r["forward_ms"].get<double>(), 0.0);
+  ASSERT_GT(r["backward_ms"].get<double>(), 0.0);
+  // causal: 40 * 41 / 2 scored pairs per sequence and head; 4 x 16 FLOPs each forward
+  const double pairs = 40.0 * 41.0 / 2.0 * 2 * 4;
+  EXPECT_NEAR(r["forward_tflops"].get<double>() * r["forward_ms"].get<double>() * 1e9,
+              4.0 * 16 * pairs, 1e-6 * 4.0 * 16 * pairs);
+  out.clear();
+  EXPECT_NE(
+      run_command(embedtune_bin() + " bench --attention --device cpu --heads 3 --kv-heads 2", &out),
+      0);
+  EXPECT_NE(out.find("--heads must be a positive multiple of --kv-heads"), std::string::npos)
+      << out;
+}
+
 TEST(Cli, TrainFromTomlWithFlagOverrides) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
