@@ -110,8 +110,8 @@ __global__ void fill_kernel(Ptr y, float v, int64_t n) {
 __global__ void add_kernel(Ptr a, Ptr b, Ptr y, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, a.get(i) + b.get(i));
 }
-// The same, 8 elements per access, any mix of fp32 and bf16 operands (the residual stream is
-// fp32 in the rotary families, their branches bf16).
+// The same, 8 elements per access, any mix of fp32 and bf16 operands (all bf16 in the BERT
+// family; the residual stream is fp32 in the rotary families, their branches bf16).
 __global__ void add_vec8_kernel(Ptr a, Ptr b, Ptr y, int64_t n8) {
   GRID_STRIDE(i, n8) {
     float u[8], v[8];
@@ -205,23 +205,8 @@ __device__ __forceinline__ float act_df(int act, float x) {
 // bf16 operands whose size is a multiple of 8.
 struct Vec8 {
   float v[8];
-  __device__ __forceinline__ void load(const bf16* p) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __bfloat1622float2(h[i]);
-      v[2 * i] = f.x;
-      v[2 * i + 1] = f.y;
-    }
-  }
-  __device__ __forceinline__ void store(bf16* p) const {
-    uint4 raw;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-    *reinterpret_cast<uint4*>(p) = raw;
-  }
+  __device__ __forceinline__ void load(const bf16* p) { load_bf16x8(p, v); }
+  __device__ __forceinline__ void store(bf16* p) const { store_bf16x8(p, v); }
 };
 
 // The bf16x8 kernels below are compiled per activation (template argument A = Act), so the
@@ -245,16 +230,6 @@ __global__ void act_backward_bf16x8(const bf16* x, const bf16* dy, bf16* dx, int
 #pragma unroll
     for (int k = 0; k < 8; ++k) a.v[k] = act_df(A, a.v[k]) * g.v[k];
     a.store(dx + 8 * i);
-  }
-}
-__global__ void add_bf16x8(const bf16* a, const bf16* b, bf16* y, int64_t n8) {
-  GRID_STRIDE(i, n8) {
-    Vec8 x, z;
-    x.load(a + 8 * i);
-    z.load(b + 8 * i);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) x.v[k] += z.v[k];
-    x.store(y + 8 * i);
   }
 }
 __global__ void add_bias_bf16x8(bf16* y, const float* b, int64_t n8, int cols8) {
@@ -1036,11 +1011,6 @@ struct CudaBackend final : Backend {
   void add(const Tensor& a, const Tensor& b, Tensor& y) const override {
     OpScope scope_(prof.get(), "add");
     ET_CHECK(a.numel() == b.numel() && a.numel() == y.numel(), "add: size mismatch");
-    if (bf16x8({&a, &b, &y})) {
-      add_bf16x8<<<blocks_for(a.numel() / 8, 256), 256>>>(B16(a), B16(b), B16(y), a.numel() / 8);
-      ET_LAUNCH_CHECK();
-      return;
-    }
     if (a.numel() % 8 == 0 && vec8_aligned(a.data) && vec8_aligned(b.data) &&
         vec8_aligned(y.data)) {
       add_vec8_kernel<<<blocks_for(a.numel() / 8, 256), 256>>>(P(a), P(b), P(y), a.numel() / 8);

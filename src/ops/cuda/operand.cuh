@@ -9,6 +9,25 @@
 
 namespace et::cuda {
 
+// 8 bf16 values <-> 8 floats in one 16-byte access (p 16-byte aligned).
+__device__ __forceinline__ void load_bf16x8(const __nv_bfloat16* p, float* v) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(h[k]);
+    v[2 * k] = f.x;
+    v[2 * k + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* v) {
+  uint4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
 struct Ptr {
   void* p;
   int bf;
@@ -26,14 +45,7 @@ struct Ptr {
   // base 16-byte aligned (see vec8_aligned).
   __device__ __forceinline__ void load8(int64_t i, float* v) const {
     if (bf) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p) + i);
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 f = __bfloat1622float2(h[k]);
-        v[2 * k] = f.x;
-        v[2 * k + 1] = f.y;
-      }
+      load_bf16x8(static_cast<const __nv_bfloat16*>(p) + i, v);
     } else {
       const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
       const float4 a = q[0], b = q[1];
@@ -43,11 +55,7 @@ struct Ptr {
   }
   __device__ __forceinline__ void store8(int64_t i, const float* v) const {
     if (bf) {
-      uint4 raw;
-      __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-      *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p) + i) = raw;
+      store_bf16x8(static_cast<__nv_bfloat16*>(p) + i, v);
     } else {
       float4* q = reinterpret_cast<float4*>(static_cast<float*>(p) + i);
       q[0] = make_float4(v[0], v[1], v[2], v[3]);
