@@ -139,7 +139,9 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   be.add(f, x1, res2);
   be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
   if (s) {
-    s->x = x;
+    // x and x1 are recomputed from the norm inputs in backward (see BertLayerSaved)
+    for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
+    drop_saved_input(s->ffn_in, x1);
     s->qt = q;
     s->kt = k;
     s->vt = v;
@@ -148,7 +150,6 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
     s->res1 = res1;
     s->ln1_mean = m1;
     s->ln1_rstd = r1;
-    s->x1 = x1;
     // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
     // largest activation of a layer. (With LoRA dropout the masked copy stays.)
     s->h_pre = h_pre;
@@ -228,6 +229,47 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
   return x;
 }
 
+// y = LN(x) with the weights of a saved forward: the same kernel on the same input gives the
+// same bits as the forward did (the statistics are recomputed into scratch).
+static Tensor layernorm_recompute(const Backend& be, const ModelConfig& c, const Tensor& x,
+                                  const Param* w, const Param* b) {
+  const int64_t T = x.dim(0);
+  Tensor y = be.empty(x.shape, be.act_dtype());
+  Tensor mean = be.empty({T}, DType::F32), rstd = be.empty({T}, DType::F32);
+  be.layernorm_forward(x, w->value, &b->value, c.norm_eps, y, mean, rstd);
+  return y;
+}
+
+// The input of layer i: kept with gradient checkpointing, else LN2 of layer i - 1 (or the
+// embedding LayerNorm) recomputed.
+static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
+                               size_t i) {
+  if (saved.layers[i].x.defined()) return saved.layers[i].x;
+  if (i == 0) return layernorm_recompute(be, enc.cfg, saved.emb, enc.emb_ln_w, enc.emb_ln_b);
+  const BertLayer& P = enc.layers[i - 1];
+  return layernorm_recompute(be, enc.cfg, saved.layers[i - 1].res2, P.ln2_w, P.ln2_b);
+}
+
+// The FFN half of a layer's backward: takes d(out) in dx, leaves d(x1) in dx1 (d_res is scratch).
+// x' = LN2(W2 act(W1 x1) + x1). Its [T, intermediate] temporaries are freed on return, before
+// the attention half allocates its own.
+static void bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
+                              const BertLayerSaved& s, const Tensor& dx, Tensor& d_res,
+                              Tensor& dx1) {
+  const ModelConfig& c = enc.cfg;
+  be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res, grad_of(L.ln2_w),
+                        grad_of(L.ln2_b));
+  // h = act(h_pre) is read by W2's backward before W2's dx overwrites it: one buffer serves both
+  Tensor h = be.empty(s.h_pre.shape, be.act_dtype());
+  be.act_forward(c.act, s.h_pre, h);
+  linear_backward(be, L.ffn_out, with_saved_input(s.ffn_out, h), d_res, &h, false);
+  Tensor& dh = h;
+  be.act_backward(c.act, s.h_pre, dh, dh);
+  be.copy(dx1, d_res);
+  const Tensor x1 = layernorm_recompute(be, c, s.res1, L.ln1_w, L.ln1_b);
+  linear_backward(be, L.ffn_in, with_saved_input(s.ffn_in, x1), dh, &dx1, true);
+}
+
 void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
                    const Tensor& d_hidden) {
   const ModelConfig& c = enc.cfg;
@@ -245,16 +287,7 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
                          saved.has_rng ? &rng : nullptr);
     }
     const BertLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
-    // x' = LN2(W2 act(W1 x1) + x1)
-    be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res,
-                          grad_of(L.ln2_w), grad_of(L.ln2_b));
-    Tensor h = be.empty(s.h_pre.shape, act);
-    be.act_forward(c.act, s.h_pre, h);
-    Tensor dh = be.empty(s.h_pre.shape, act);
-    linear_backward(be, L.ffn_out, with_saved_input(s.ffn_out, h), d_res, &dh, false);
-    be.act_backward(c.act, s.h_pre, dh, dh);
-    be.copy(dx1, d_res);
-    linear_backward(be, L.ffn_in, s.ffn_in, dh, &dx1, true);
+    bert_ffn_backward(be, enc, L, s, dx, d_res, dx1);
     // x1 = LN1(Wo attn(q, k, v) + x)
     be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, d_res,
                           grad_of(L.ln1_w), grad_of(L.ln1_b));
@@ -264,9 +297,10 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
     be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq, dk, dv,
                           grad_of(enc.rel_bias));
     be.copy(dx, d_res);
-    linear_backward(be, L.q, s.q, dq, &dx, true);
-    linear_backward(be, L.k, s.k, dk, &dx, true);
-    linear_backward(be, L.v, s.v, dv, &dx, true);
+    const Tensor x = bert_layer_input(be, enc, saved, i);
+    linear_backward(be, L.q, with_saved_input(s.q, x), dq, &dx, true);
+    linear_backward(be, L.k, with_saved_input(s.k, x), dk, &dx, true);
+    linear_backward(be, L.v, with_saved_input(s.v, x), dv, &dx, true);
   }
   Tensor* dw = grad_of(enc.word);
   Tensor* dp = grad_of(enc.pos);

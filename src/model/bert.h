@@ -53,11 +53,16 @@ struct BertEncoder {
   bool gradient_checkpointing = false;
 };
 
+// What a layer keeps for backward. The LayerNorm outputs are not kept: x1 = LN1(res1) and the
+// layer input x (the previous layer's LN2(res2), or the embedding LayerNorm's output) are
+// recomputed from the saved norm inputs and statistics, bit for bit, when backward needs
+// them: two [T, hidden] tensors of the seven a layer would otherwise hold per token (plus
+// the FFN pre-activation) for two elementwise passes.
 struct BertLayerSaved {
-  Tensor x;
+  Tensor x;  // only with gradient checkpointing: the layer input the layer is recomputed from
   LinearSaved q, k, v, o, ffn_in, ffn_out;
   Tensor qt, kt, vt, ctx, lse;
-  Tensor res1, ln1_mean, ln1_rstd, x1;
+  Tensor res1, ln1_mean, ln1_rstd;
   Tensor h_pre;  // the FFN activation act(h_pre) is recomputed in backward
   Tensor res2, ln2_mean, ln2_rstd;
   Rng rng;  // LoRA dropout state at the layer's start (replayed when recomputing)

@@ -52,6 +52,8 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
 
 // dW += dy^T x;  db += sum dy;  dB += s dy^T xa;  dA += (s dy B)^T x_lora;
 // dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
+// Every read of the saved input comes before dx is first written, so dx may share the saved
+// input's buffer (a layer that recomputed the input hands its buffer back as dx).
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
                      Tensor* dx, bool accumulate) {
   const int64_t n = dy.numel() / l.out;
@@ -66,26 +68,25 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     g = t;
   }
   if (l.weight->trainable) be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
-  if (dx) {
-    Tensor d2 = dx->reshape({n, l.in});
-    be.matmul(g, false, l.weight->value, false, d2, 1.0f, accumulate ? 1.0f : 0.0f);
+  Tensor dxa;
+  if (l.lora_a) {
+    const int64_t r = l.lora_a->value.dim(0);
+    dxa = be.empty({n, r}, dy.dtype);
+    be.matmul(g, false, l.lora_b->value, false, dxa, l.lora_scaling, 0.0f);
+    if (l.lora_b->trainable) be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
+    if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
   }
+  if (!dx) return;
+  Tensor d2 = dx->reshape({n, l.in});
+  be.matmul(g, false, l.weight->value, false, d2, 1.0f, accumulate ? 1.0f : 0.0f);
   if (!l.lora_a) return;
-  const int64_t r = l.lora_a->value.dim(0);
-  Tensor dxa = be.empty({n, r}, dy.dtype);
-  be.matmul(g, false, l.lora_b->value, false, dxa, l.lora_scaling, 0.0f);
-  if (l.lora_b->trainable) be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
-  if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
-  if (dx) {
-    Tensor d2 = dx->reshape({n, l.in});
-    if (!s.mask.defined()) {
-      be.matmul(dxa, false, l.lora_a->value, false, d2, 1.0f, 1.0f);
-    } else {
-      Tensor t = be.empty({n, l.in}, dy.dtype);
-      be.matmul(dxa, false, l.lora_a->value, false, t);
-      be.mul(t, s.mask, t);
-      be.add(d2, t, d2);
-    }
+  if (!s.mask.defined()) {
+    be.matmul(dxa, false, l.lora_a->value, false, d2, 1.0f, 1.0f);
+  } else {
+    Tensor t = be.empty({n, l.in}, dy.dtype);
+    be.matmul(dxa, false, l.lora_a->value, false, t);
+    be.mul(t, s.mask, t);
+    be.add(d2, t, d2);
   }
 }
 

@@ -46,6 +46,7 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in);
 Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,
                       Rng* rng);
 // Accumulates gradients of trainable W, b, A, B; writes (or adds to, when `accumulate`) dx.
+// dx may be the buffer of the saved input (s.x / s.x_lora): it is read before dx is written.
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
                      Tensor* dx, bool accumulate);
 

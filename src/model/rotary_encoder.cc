@@ -222,24 +222,24 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   return out;
 }
 
-// Gradient of a layer: takes d(out), returns d(x); accumulates parameter gradients.
-Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                      const AttentionArgs& attn, const Tensor& positions, const RotaryLayerSaved& s,
-                      const Tensor& dout) {
+// The MLP half of a layer's backward: takes d(out), returns d(x1) (fp32). Its [T, intermediate]
+// temporaries are freed on return, before the attention half allocates its own.
+Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
+                    const RotaryLayerSaved& s, const Tensor& dout) {
   const ModelConfig& c = enc.cfg;
-  const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
-  const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D, F = c.intermediate;
+  const int64_t T = dout.dim(0), H = c.hidden, F = c.intermediate;
   const DType act = be.act_dtype();
   // x' = x1 + N_post_mlp(Wd m)
   Tensor df = norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout);
+  // m = act(g) * u, recomputed; Wd's backward reads it before writing dm into the same buffer
   Tensor m = be.empty({T, F}, act);
   if (L.wi.weight)
     be.glu_packed_forward(c.act, s.g, m);
   else
     be.glu_forward(c.act, s.g, s.u, m);
-  Tensor dm = be.empty({T, F}, act);
-  linear_backward(be, L.down, with_saved_input(s.down, m), df, &dm, false);
-  // the projections' inputs, recomputed: h2 = N_mlp(x1), later h = N_attn(x)
+  linear_backward(be, L.down, with_saved_input(s.down, m), df, &m, false);
+  const Tensor& dm = m;
+  // the projections' input, recomputed: h2 = N_mlp(x1)
   const Tensor h2 = norm_forward(be, c, L.mlp_norm, s.mlp_norm.x, nullptr);
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
@@ -254,6 +254,18 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   }
   Tensor dx1 = be.empty({T, H}, DType::F32);
   be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dx1);
+  return dx1;
+}
+
+// Gradient of a layer: takes d(out), returns d(x); accumulates parameter gradients.
+Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
+                      const AttentionArgs& attn, const Tensor& positions, const RotaryLayerSaved& s,
+                      const Tensor& dout) {
+  const ModelConfig& c = enc.cfg;
+  const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
+  const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
+  const DType act = be.act_dtype();
+  const Tensor dx1 = mlp_backward(be, enc, L, s, dout);
   // x1 = x + N_post_attn(Wo attn(q, k, v))
   Tensor da = norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1);
   Tensor dctx = be.empty({T, qdim}, act);
