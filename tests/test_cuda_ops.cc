@@ -68,6 +68,32 @@ TEST(CudaOps, MatmulAllTransposes) {
     }
 }
 
+// Small uploads go through a ring of pinned slots without waiting for the GPU: the bytes must
+// be taken at the call (the host buffer is rewritten at once), each copy must land before the
+// ops queued after it read it, and slots are reused many times over; large ones go directly.
+TEST(CudaOps, UploadsKeepTheirBytesAndOrder) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t n = 3000;
+  Tensor host = b.rand({n}), sum_ref = cpu_empty({n});
+  for (int64_t i = 0; i < n; ++i) sum_ref.f32()[i] = 0;
+  Tensor acc = b.gpu->zeros({n}, DType::F32);
+  Tensor big = b.rand({1024, 1024});
+  Tensor busy = b.gpu->empty({1024, 1024}, DType::F32);
+  for (int round = 0; round < 50; ++round) {
+    // queue some work ahead of the copy so that it cannot have drained
+    b.gpu->matmul(b.up(big), false, b.up(big), true, busy, 1.0f, 0.0f);
+    Tensor d = b.gpu->upload(host);
+    b.gpu->add(acc, d, acc);
+    for (int64_t i = 0; i < n; ++i) {
+      sum_ref.f32()[i] += host.f32()[i];
+      host.f32()[i] = std::sin(static_cast<float>(round * n + i));  // rewritten at once
+    }
+  }
+  expect_close(b.down(acc), sum_ref, 1e-6, "sum of 50 uploads");
+  expect_close(b.down(b.up(big)), big, 1e-12, "4 MiB upload");
+}
+
 TEST(CudaOps, ElementwiseBiasActivations) {
   SKIP_WITHOUT_GPU();
   Both b;

@@ -19,6 +19,7 @@
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/host_staging.h"
 #include "ops/cuda/norms.h"
 #include "ops/cuda/operand.cuh"
 #include "ops/op_checks.h"
@@ -854,6 +855,7 @@ struct OpScope {
 struct CudaBackend final : Backend {
   std::unique_ptr<Profiler> prof = std::make_unique<Profiler>();
   std::shared_ptr<Pool> pool = std::make_shared<Pool>();
+  std::unique_ptr<cuda::HostStaging> staging = std::make_unique<cuda::HostStaging>();
   cublasHandle_t blas = nullptr;
   int device_index = 0;
   DType act = DType::BF16;
@@ -917,8 +919,7 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "upload");
     ET_CHECK(host.device == Device::CPU, "upload: tensor is not on the host");
     Tensor t = empty(host.shape, host.dtype);
-    if (host.nbytes())
-      ET_CUDA(cudaMemcpy(t.data, host.data, host.nbytes(), cudaMemcpyHostToDevice));
+    cuda::upload_bytes(*staging, t.data, host.data, host.nbytes());
     return t;
   }
   Tensor download(const Tensor& dev) const override {
