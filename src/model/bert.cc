@@ -229,45 +229,73 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
   return x;
 }
 
-// y = LN(x) with the weights of a saved forward: the same kernel on the same input gives the
-// same bits as the forward did (the statistics are recomputed into scratch).
-static Tensor layernorm_recompute(const Backend& be, const ModelConfig& c, const Tensor& x,
-                                  const Param* w, const Param* b) {
+// y = LN(x) with the weights of a saved forward, into y: the same kernel on the same input gives
+// the same bits as the forward did (the statistics are recomputed into scratch).
+static void layernorm_recompute(const Backend& be, const ModelConfig& c, const Tensor& x,
+                                const Param* w, const Param* b, Tensor& y) {
   const int64_t T = x.dim(0);
-  Tensor y = be.empty(x.shape, be.act_dtype());
   Tensor mean = be.empty({T}, DType::F32), rstd = be.empty({T}, DType::F32);
   be.layernorm_forward(x, w->value, &b->value, c.norm_eps, y, mean, rstd);
-  return y;
 }
 
 // The input of layer i: kept with gradient checkpointing, else LN2 of layer i - 1 (or the
-// embedding LayerNorm) recomputed.
+// embedding LayerNorm) recomputed into buf.
 static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
-                               size_t i) {
+                               size_t i, Tensor& buf) {
   if (saved.layers[i].x.defined()) return saved.layers[i].x;
-  if (i == 0) return layernorm_recompute(be, enc.cfg, saved.emb, enc.emb_ln_w, enc.emb_ln_b);
-  const BertLayer& P = enc.layers[i - 1];
-  return layernorm_recompute(be, enc.cfg, saved.layers[i - 1].res2, P.ln2_w, P.ln2_b);
+  if (i == 0) {
+    layernorm_recompute(be, enc.cfg, saved.emb, enc.emb_ln_w, enc.emb_ln_b, buf);
+  } else {
+    const BertLayer& P = enc.layers[i - 1];
+    layernorm_recompute(be, enc.cfg, saved.layers[i - 1].res2, P.ln2_w, P.ln2_b, buf);
+  }
+  return buf;
 }
 
-// The FFN half of a layer's backward: takes d(out) in dx, leaves d(x1) in dx1 (d_res is scratch).
-// x' = LN2(W2 act(W1 x1) + x1). Its [T, intermediate] temporaries are freed on return, before
-// the attention half allocates its own.
+// Backward carries three [T, hidden] buffers from layer to layer, g_out, g_a and g_b, and gives
+// each several jobs in turn (a buffer is taken once what it held is dead), so that a layer
+// allocates only its [T, intermediate] FFN activation and, for attention, dk, dv and the
+// kernel's fp32 dq. With x' = LN2(res2), res2 = W2 act(W1 x1) + x1, x1 = LN1(res1),
+// res1 = Wo attn(Wq x, Wk x, Wv x) + x:
+//   FFN half:       g_a = d(res2) = LN2'(g_out); g_out := x1 (recomputed);
+//                   g_b = d(x1) = g_a + W1'(act'(W2' g_a))
+//   attention half: g_a = d(res1) = LN1'(g_b); g_out := g_a (the residual path);
+//                   g_b := dctx = Wo' g_a; g_a := dq; dq, dk, dv = attn'(dctx);
+//                   g_b := x (recomputed); g_out += Wq' dq + Wk' dk + Wv' dv = d(x)
 static void bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
-                              const BertLayerSaved& s, const Tensor& dx, Tensor& d_res,
-                              Tensor& dx1) {
+                              const BertLayerSaved& s, Tensor& g_out, Tensor& g_a, Tensor& g_b) {
   const ModelConfig& c = enc.cfg;
-  be.layernorm_backward(dx, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, d_res, grad_of(L.ln2_w),
-                        grad_of(L.ln2_b));
+  be.layernorm_backward(g_out, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, g_a,
+                        grad_of(L.ln2_w), grad_of(L.ln2_b));
   // h = act(h_pre) is read by W2's backward before W2's dx overwrites it: one buffer serves both
   Tensor h = be.empty(s.h_pre.shape, be.act_dtype());
   be.act_forward(c.act, s.h_pre, h);
-  linear_backward(be, L.ffn_out, with_saved_input(s.ffn_out, h), d_res, &h, false);
+  linear_backward(be, L.ffn_out, with_saved_input(s.ffn_out, h), g_a, &h, false);
   Tensor& dh = h;
   be.act_backward(c.act, s.h_pre, dh, dh);
-  be.copy(dx1, d_res);
-  const Tensor x1 = layernorm_recompute(be, c, s.res1, L.ln1_w, L.ln1_b);
-  linear_backward(be, L.ffn_in, with_saved_input(s.ffn_in, x1), dh, &dx1, true);
+  be.copy(g_b, g_a);
+  Tensor& x1 = g_out;
+  layernorm_recompute(be, c, s.res1, L.ln1_w, L.ln1_b, x1);
+  linear_backward(be, L.ffn_in, with_saved_input(s.ffn_in, x1), dh, &g_b, true);
+}
+
+static void bert_attention_backward(const Backend& be, const BertEncoder& enc, size_t i,
+                                    const BertSaved& saved, const BertLayerSaved& s, Tensor& g_out,
+                                    Tensor& g_a, Tensor& g_b) {
+  const BertLayer& L = enc.layers[i];
+  be.layernorm_backward(g_b, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_a, grad_of(L.ln1_w),
+                        grad_of(L.ln1_b));
+  be.copy(g_out, g_a);
+  Tensor& dctx = g_b;
+  linear_backward(be, L.o, s.o, g_a, &dctx, false);
+  Tensor& dq = g_a;
+  Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
+  be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq, dk, dv,
+                        grad_of(enc.rel_bias));
+  const Tensor x = bert_layer_input(be, enc, saved, i, g_b);
+  linear_backward(be, L.q, with_saved_input(s.q, x), dq, &g_out, true);
+  linear_backward(be, L.k, with_saved_input(s.k, x), dk, &g_out, true);
+  linear_backward(be, L.v, with_saved_input(s.v, x), dv, &g_out, true);
 }
 
 void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
@@ -275,33 +303,21 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
   const ModelConfig& c = enc.cfg;
   const int64_t T = d_hidden.dim(0), H = c.hidden;
   const DType act = be.act_dtype();
-  Tensor dx = be.empty({T, H}, act);
-  be.copy(dx, d_hidden);
-  Tensor d_res = be.empty({T, H}, act), dx1 = be.empty({T, H}, act);
+  Tensor g_out = be.empty({T, H}, act), g_a = be.empty({T, H}, act), g_b = be.empty({T, H}, act);
+  be.copy(g_out, d_hidden);
   for (size_t i = enc.layers.size(); i-- > 0;) {
-    const BertLayer& L = enc.layers[i];
     BertLayerSaved recomputed;
     if (enc.gradient_checkpointing) {
       Rng rng = saved.layers[i].rng;
-      bert_layer_forward(be, enc, L, saved.attn, saved.layers[i].x, &recomputed,
+      bert_layer_forward(be, enc, enc.layers[i], saved.attn, saved.layers[i].x, &recomputed,
                          saved.has_rng ? &rng : nullptr);
     }
     const BertLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
-    bert_ffn_backward(be, enc, L, s, dx, d_res, dx1);
-    // x1 = LN1(Wo attn(q, k, v) + x)
-    be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, d_res,
-                          grad_of(L.ln1_w), grad_of(L.ln1_b));
-    Tensor dctx = be.empty({T, H}, act);
-    linear_backward(be, L.o, s.o, d_res, &dctx, false);
-    Tensor dq = be.empty({T, H}, act), dk = be.empty({T, H}, act), dv = be.empty({T, H}, act);
-    be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq, dk, dv,
-                          grad_of(enc.rel_bias));
-    be.copy(dx, d_res);
-    const Tensor x = bert_layer_input(be, enc, saved, i);
-    linear_backward(be, L.q, with_saved_input(s.q, x), dq, &dx, true);
-    linear_backward(be, L.k, with_saved_input(s.k, x), dk, &dx, true);
-    linear_backward(be, L.v, with_saved_input(s.v, x), dv, &dx, true);
+    bert_ffn_backward(be, enc, enc.layers[i], s, g_out, g_a, g_b);
+    bert_attention_backward(be, enc, i, saved, s, g_out, g_a, g_b);
   }
+  Tensor& dx = g_out;
+  Tensor& d_res = g_a;
   Tensor* dw = grad_of(enc.word);
   Tensor* dp = grad_of(enc.pos);
   Tensor* dt = grad_of(enc.type);
