@@ -124,6 +124,72 @@ TEST(CudaOps, ElementwiseBiasActivations) {
   }
 }
 
+// Norms that keep their normalized input: forward also writes xhat (fp32 or bf16) and computes
+// y from xhat as stored, so that norm_scale_shift(xhat) gives y again bit for bit; backward
+// from xhat matches the CPU's backward from x. Row widths for the vectorised (104, 768) and the
+// generic kernels (100: n % 8 != 0; 1536: n > 1024). Tolerances: 1e-5 in fp32, 2e-2 with bf16
+// storage (xhat, y, dx rounded to 8 bits).
+TEST(CudaOps, NormsFromNormalizedInput) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t rows = 61;
+  for (int64_t C : {int64_t{104}, int64_t{100}, int64_t{768}, int64_t{1536}})
+    for (DType dt : {DType::F32, DType::BF16})
+      for (int kind = 0; kind < 3; ++kind) {  // LayerNorm with bias, RMSNorm, RMSNorm (1 + w)
+        const std::string what =
+            std::string(kind == 0 ? "layernorm" : "rmsnorm") + " C=" + std::to_string(C) +
+            (dt == DType::BF16 ? " bf16" : " f32") + (kind == 2 ? " offset 1" : "");
+        const bool ln = kind == 0;
+        const float offset = kind == 2 ? 1.0f : 0.0f;
+        const double tol = dt == DType::BF16 ? 2e-2 : 1e-5;
+        Tensor x = b.rand({rows, C}, -2, 3), dy = b.rand({rows, C}), w = b.rand({C}, 0.5f, 1.5f);
+        Tensor bias = b.rand({C});
+        Tensor yr = cpu_empty(x.shape), mr = cpu_empty({rows}), sr = cpu_empty({rows});
+        Tensor dxr = cpu_empty(x.shape), dwr = cpu_zeros({C}), dbr = cpu_zeros({C});
+        if (ln) {
+          b.cpu->layernorm_forward(x, w, &bias, 1e-5f, yr, mr, sr);
+          b.cpu->layernorm_backward(dy, x, w, mr, sr, dxr, &dwr, &dbr);
+        } else {
+          b.cpu->rmsnorm_forward(x, w, offset, 1e-6f, yr, sr);
+          b.cpu->rmsnorm_backward(dy, x, w, offset, sr, dxr, &dwr);
+        }
+        auto poisoned_dt = [&](const Shape& sh) {
+          Tensor t = b.gpu->empty(sh, dt);
+          b.gpu->fill(t, NAN);
+          return t;
+        };
+        // the input stays fp32 (the residual stream); y, xhat, dy, dx in dt
+        Tensor xd = b.up(x), wd = b.up(w), bd = b.up(bias), dyd = poisoned_dt(x.shape);
+        b.gpu->copy(dyd, b.up(dy));
+        Tensor yd = poisoned_dt(x.shape), xh = poisoned_dt(x.shape), md = b.poisoned({rows}),
+               sd = b.poisoned({rows});
+        if (ln)
+          b.gpu->layernorm_forward(xd, wd, &bd, 1e-5f, yd, md, sd, &xh);
+        else
+          b.gpu->rmsnorm_forward(xd, wd, offset, 1e-6f, yd, sd, &xh);
+        expect_close(b.down(yd), yr, tol, what + " y");
+        expect_close(b.down(sd), sr, 1e-5, what + " rstd");
+        Tensor xhat_ref = cpu_empty(x.shape);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const float v = x.f32()[r * C + c];
+            xhat_ref.f32()[r * C + c] = (ln ? v - mr.f32()[r] : v) * sr.f32()[r];
+          }
+        expect_close(b.down(xh), xhat_ref, tol, what + " xhat");
+        Tensor y2 = poisoned_dt(x.shape);
+        b.gpu->norm_scale_shift(xh, wd, offset, ln ? &bd : nullptr, y2);
+        EXPECT_EQ(rel_error(b.down(y2), b.down(yd)), 0.0) << what << ": y recomputed from xhat";
+        Tensor dxd = poisoned_dt(x.shape), dwd = b.gpu->zeros({C}), dbd = b.gpu->zeros({C});
+        if (ln)
+          b.gpu->layernorm_backward_normalized(dyd, xh, wd, sd, dxd, &dwd, &dbd);
+        else
+          b.gpu->rmsnorm_backward_normalized(dyd, xh, wd, offset, sd, dxd, &dwd);
+        expect_close(b.down(dxd), dxr, tol, what + " dx");
+        expect_close(b.down(dwd), dwr, tol, what + " dw");
+        if (ln) expect_close(b.down(dbd), dbr, tol, what + " db");
+      }
+}
+
 // The same ops on bf16 activations (the CUDA backend's storage type): about 1e-2.
 // RMSNorm (plain and Gemma's 1 + w, over the row and per head), rotary embeddings (forward and
 // inverse), gated linear units and column copies, fp32 and bf16.

@@ -100,20 +100,34 @@ std::vector<Param*> rotary_params(RotaryEncoder& enc) {
 
 namespace {
 
-// y = N(x) (a new tensor; x itself for an identity norm); keeps x and the row statistics.
+float norm_offset(const ModelConfig& c) {
+  return c.layer_norm ? 0.0f : c.norm_offset;
+}
+
+// y = N(x) (a new tensor; x itself for an identity norm); with s, keeps xhat and rstd.
 Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
                     NormSaved* s) {
   if (!n.w) return x;
   const int64_t rows = x.numel() / n.w->value.numel();
   Tensor y = be.empty(x.shape, be.act_dtype()), rstd = be.empty({rows}, DType::F32);
-  Tensor mean;
+  Tensor xhat = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
   if (c.layer_norm) {
-    mean = be.empty({rows}, DType::F32);
-    be.layernorm_forward(x, n.w->value, n.b ? &n.b->value : nullptr, c.norm_eps, y, mean, rstd);
+    Tensor mean = be.empty({rows}, DType::F32);
+    be.layernorm_forward(x, n.w->value, n.b ? &n.b->value : nullptr, c.norm_eps, y, mean, rstd,
+                         s ? &xhat : nullptr);
   } else {
-    be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, y, rstd);
+    be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, y, rstd, s ? &xhat : nullptr);
   }
-  if (s) *s = {x, mean, rstd};
+  if (s) *s = {xhat, rstd};
+  return y;
+}
+
+// N(x) again from what norm_forward kept, bit for bit (`x`: the input, for an identity norm).
+Tensor norm_recompute(const Backend& be, const ModelConfig& c, const Norm& n, const NormSaved& s,
+                      const Tensor& x) {
+  if (!n.w) return x;
+  Tensor y = be.empty(s.xhat.shape, be.act_dtype());
+  be.norm_scale_shift(s.xhat, n.w->value, norm_offset(c), n.b ? &n.b->value : nullptr, y);
   return y;
 }
 
@@ -123,9 +137,10 @@ Tensor norm_backward(const Backend& be, const ModelConfig& c, const Norm& n, con
   if (!n.w) return dy;
   Tensor dx = be.empty(dy.shape, be.act_dtype());
   if (c.layer_norm)
-    be.layernorm_backward(dy, s.x, n.w->value, s.mean, s.rstd, dx, grad_of(n.w), grad_of(n.b));
+    be.layernorm_backward_normalized(dy, s.xhat, n.w->value, s.rstd, dx, grad_of(n.w),
+                                     grad_of(n.b));
   else
-    be.rmsnorm_backward(dy, s.x, n.w->value, c.norm_offset, s.rstd, dx, grad_of(n.w));
+    be.rmsnorm_backward_normalized(dy, s.xhat, n.w->value, c.norm_offset, s.rstd, dx, grad_of(n.w));
   return dx;
 }
 
@@ -203,7 +218,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   Tensor out = be.empty({T, H}, DType::F32);
   be.add(x1, f, out);
   if (s) {
-    s->x = x;
+    if (!L.attn_norm.w) s->x = x;  // h is x itself
     // The projections' inputs h = N_attn(x), h2 = N_mlp(x1) are recomputed in backward.
     for (LinearSaved* ls : {&s->qkv, &s->q, &s->k, &s->v}) drop_saved_input(*ls, h);
     for (LinearSaved* ls : {&s->wi, &s->gate, &s->up}) drop_saved_input(*ls, h2);
@@ -240,7 +255,7 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   linear_backward(be, L.down, with_saved_input(s.down, m), df, &m, false);
   const Tensor& dm = m;
   // the projections' input, recomputed: h2 = N_mlp(x1)
-  const Tensor h2 = norm_forward(be, c, L.mlp_norm, s.mlp_norm.x, nullptr);
+  const Tensor h2 = norm_recompute(be, c, L.mlp_norm, s.mlp_norm, Tensor{});
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
     Tensor dwi = be.empty({T, 2 * F}, act);
@@ -296,7 +311,7 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
   }
-  const Tensor h = norm_forward(be, c, L.attn_norm, s.x, nullptr);
+  const Tensor h = norm_recompute(be, c, L.attn_norm, s.attn_norm, s.x);
   Tensor dh = be.empty({T, H}, act);
   if (L.qkv.weight) {
     Tensor dqkv = be.empty({T, qdim + 2 * kvdim}, act);  // rotated back on the way

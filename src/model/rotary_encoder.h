@@ -55,16 +55,21 @@ struct RotaryEncoder {
   bool gradient_checkpointing = false;
 };
 
+// What a norm keeps for backward: its normalized input xhat = (x - mean) rstd (LayerNorm) or
+// x rstd (RMSNorm), in the activation dtype, and rstd. Not x: the norms of the residual stream
+// read fp32, and xhat in bf16 is half of it; the output y = xhat w (+ b) is recomputed from xhat
+// bit for bit (the forward computes y from xhat as stored).
 struct NormSaved {
-  Tensor x, mean, rstd;
+  Tensor xhat, rstd;
 };
 
 struct RotaryLayerSaved {
-  Tensor x;
+  Tensor x;  // the layer input: with gradient checkpointing, or when N_attn is the identity
   NormSaved attn_norm, post_attn_norm, mlp_norm, post_mlp_norm;
   LinearSaved qkv, q, k, v, o, wi, gate, up, down;
   // Kept small: N_attn(x) and N_mlp(x1) (the projections' inputs) are recomputed in backward
-  // from x and x1; with q/k norms, q and k after norm and RoPE are recomputed from q_pre/k_pre.
+  // from the norms' xhat; with q/k norms, q and k after norm and RoPE are recomputed from
+  // q_pre/k_pre.
   Tensor q_pre, k_pre, q_rstd, k_rstd;  // inputs of the q/k norms
   Tensor qr, kr, vr, ctx, lse;          // attention inputs (qr, kr only without q/k norms)
   Tensor g, u;  // GLU inputs (ModernBERT: g = Wi's packed gate|up); the product is recomputed

@@ -69,22 +69,38 @@ struct Backend {
   virtual void mul(const Tensor& a, const Tensor& b, Tensor& y) const = 0;
   virtual void scale(Tensor& y, float s) const = 0;
 
-  // LayerNorm over the last dim: y = (x - mean) * rstd * w + b; mean, rstd: [rows].
+  // LayerNorm over the last dim: y = xhat * w + b, xhat = (x - mean) * rstd; mean, rstd: [rows].
+  // With `xhat`, also writes the normalized input in xhat's dtype and computes y from the
+  // stored (rounded) value, so that norm_scale_shift(xhat) gives y again bit for bit.
   virtual void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps,
-                                 Tensor& y, Tensor& mean, Tensor& rstd) const = 0;
+                                 Tensor& y, Tensor& mean, Tensor& rstd,
+                                 Tensor* xhat = nullptr) const = 0;
   // dx overwritten; dw, db accumulated (null when frozen).
   virtual void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                   const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor* dw,
                                   Tensor* db) const = 0;
+  // The same from the normalized input xhat instead of x and mean: training keeps xhat (bf16)
+  // rather than an fp32 residual-stream input, half the bytes.
+  virtual void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
+                                             const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                             Tensor* db) const = 0;
 
   // RMSNorm over the last dim of w's size C (x viewed as [numel / C, C], so per-head norms of
-  // q [T, H*D] use w of size D): y = x * rstd * (w + offset), rstd = 1 / sqrt(mean(x^2) + eps);
-  // offset = 1 gives Gemma's (1 + w) form. rstd: [rows].
+  // q [T, H*D] use w of size D): y = xhat * (w + offset), xhat = x * rstd,
+  // rstd = 1 / sqrt(mean(x^2) + eps); offset = 1 gives Gemma's (1 + w) form. rstd: [rows].
+  // `xhat` as for layernorm_forward.
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
-                               Tensor& rstd) const = 0;
-  // dx = rstd (g - x rstd^2 mean(g x)) with g = dy (w + offset); dw += sum dy x rstd.
+                               Tensor& rstd, Tensor* xhat = nullptr) const = 0;
+  // dx = rstd (g - xhat mean(g xhat)) with g = dy (w + offset); dw += sum dy xhat.
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
                                 const Tensor& rstd, Tensor& dx, Tensor* dw) const = 0;
+  virtual void rmsnorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
+                                           float offset, const Tensor& rstd, Tensor& dx,
+                                           Tensor* dw) const = 0;
+  // y = xhat * (w + offset) + b over rows of w's size (b optional): a norm's output recomputed
+  // from its saved normalized input.
+  virtual void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,
+                                Tensor& y) const = 0;
 
   // Rotary position embedding, in place on x [T, heads * D], "rotate half" pairing (dims i and
   // i + D/2, as transformers' apply_rotary_pos_emb): with a = positions[t] * theta^(-2i/D),

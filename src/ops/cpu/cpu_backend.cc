@@ -163,10 +163,11 @@ struct CpuBackend final : Backend {
   }
 
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
-                         Tensor& mean, Tensor& rstd) const override {
+                         Tensor& mean, Tensor& rstd, Tensor* xhat) const override {
     int64_t n = cols_of(x), r = rows_of(x);
     const float *px = x.f32(), *pw = w.f32(), *pb = b ? b->f32() : nullptr;
     float *py = y.f32(), *pm = mean.f32(), *ps = rstd.f32();
+    float* pxh = xhat ? xhat->f32() : nullptr;
 #pragma omp parallel for if (r > 64)
     for (int64_t i = 0; i < r; ++i) {
       const float* row = px + i * n;
@@ -179,27 +180,30 @@ struct CpuBackend final : Backend {
       pm[i] = static_cast<float>(mu);
       ps[i] = s;
       for (int64_t j = 0; j < n; ++j) {
-        float v = (row[j] - pm[i]) * s * pw[j];
-        py[i * n + j] = pb ? v + pb[j] : v;
+        const float xh = (row[j] - pm[i]) * s;
+        if (pxh) pxh[i * n + j] = xh;
+        py[i * n + j] = pb ? xh * pw[j] + pb[j] : xh * pw[j];
       }
     }
   }
 
-  // xhat = (x - mean) rstd;  dxhat = dy w;
+  // xhat = (x - mean) rstd (or given);  dxhat = dy w;
   // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));  dw += sum dy xhat;  db += sum dy.
-  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
-                          const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
+  static void layernorm_backward_rows(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                      const float* pm, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                      Tensor* db) {
     int64_t n = cols_of(x), r = rows_of(x);
-    const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *pm = mean.f32(), *ps = rstd.f32();
+    const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *ps = rstd.f32();
     float* pdx = dx.f32();
     float* pdw = dw ? dw->f32() : nullptr;
     float* pdb = db ? db->f32() : nullptr;
     for (int64_t i = 0; i < r; ++i) {
       const float* g = pdy + i * n;
       const float* row = px + i * n;
+      auto xhat = [&](int64_t j) { return pm ? (row[j] - pm[i]) * ps[i] : row[j]; };
       double a = 0, bsum = 0;
       for (int64_t j = 0; j < n; ++j) {
-        float xh = (row[j] - pm[i]) * ps[i];
+        float xh = xhat(j);
         float d = g[j] * pw[j];
         a += d;
         bsum += d * xh;
@@ -207,20 +211,27 @@ struct CpuBackend final : Backend {
         if (pdb) pdb[j] += g[j];
       }
       float ma = static_cast<float>(a / n), mb = static_cast<float>(bsum / n);
-      for (int64_t j = 0; j < n; ++j) {
-        float xh = (row[j] - pm[i]) * ps[i];
-        pdx[i * n + j] = ps[i] * (g[j] * pw[j] - ma - xh * mb);
-      }
+      for (int64_t j = 0; j < n; ++j) pdx[i * n + j] = ps[i] * (g[j] * pw[j] - ma - xhat(j) * mb);
     }
+  }
+  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
+    layernorm_backward_rows(dy, x, w, mean.f32(), rstd, dx, dw, db);
+  }
+  void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
+                                     const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                     Tensor* db) const override {
+    layernorm_backward_rows(dy, xhat, w, nullptr, rstd, dx, dw, db);
   }
 
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
-                       Tensor& rstd) const override {
+                       Tensor& rstd, Tensor* xhat) const override {
     const int64_t n = w.numel(), r = x.numel() / n;
     ET_CHECK(x.numel() == r * n && y.numel() == x.numel() && rstd.numel() == r,
              "rmsnorm_forward: sizes do not match");
     const float *px = x.f32(), *pw = w.f32();
     float *py = y.f32(), *ps = rstd.f32();
+    float* pxh = xhat ? xhat->f32() : nullptr;
 #pragma omp parallel for if (r > 64)
     for (int64_t i = 0; i < r; ++i) {
       const float* row = px + i * n;
@@ -228,27 +239,58 @@ struct CpuBackend final : Backend {
       for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(row[j]) * row[j];
       float s = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
       ps[i] = s;
-      for (int64_t j = 0; j < n; ++j) py[i * n + j] = row[j] * s * (pw[j] + offset);
+      for (int64_t j = 0; j < n; ++j) {
+        const float xh = row[j] * s;
+        if (pxh) pxh[i * n + j] = xh;
+        py[i * n + j] = xh * (pw[j] + offset);
+      }
     }
   }
 
-  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
-                        const Tensor& rstd, Tensor& dx, Tensor* dw) const override {
+  // xhat = x rstd (or given); g = dy (w + offset);
+  // dx = rstd (g - xhat mean(g xhat));  dw += sum dy xhat.
+  static void rmsnorm_backward_rows(const Tensor& dy, const Tensor& x, bool normalized,
+                                    const Tensor& w, float offset, const Tensor& rstd, Tensor& dx,
+                                    Tensor* dw) {
     const int64_t n = w.numel(), r = x.numel() / n;
     const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *ps = rstd.f32();
     float* pdx = dx.f32();
     float* pdw = dw ? dw->f32() : nullptr;
     for (int64_t i = 0; i < r; ++i) {
       const float *g = pdy + i * n, *row = px + i * n;
+      auto xhat = [&](int64_t j) { return normalized ? row[j] : row[j] * ps[i]; };
       double dot = 0;
       for (int64_t j = 0; j < n; ++j) {
-        dot += static_cast<double>(g[j]) * (pw[j] + offset) * row[j];
-        if (pdw) pdw[j] += g[j] * row[j] * ps[i];
+        dot += static_cast<double>(g[j]) * (pw[j] + offset) * xhat(j);
+        if (pdw) pdw[j] += g[j] * xhat(j);
       }
-      const float c = static_cast<float>(dot / static_cast<double>(n)) * ps[i] * ps[i];
+      const float c = static_cast<float>(dot / static_cast<double>(n));
       for (int64_t j = 0; j < n; ++j)
-        pdx[i * n + j] = ps[i] * (g[j] * (pw[j] + offset) - row[j] * c);
+        pdx[i * n + j] = ps[i] * (g[j] * (pw[j] + offset) - xhat(j) * c);
     }
+  }
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
+                        const Tensor& rstd, Tensor& dx, Tensor* dw) const override {
+    rmsnorm_backward_rows(dy, x, false, w, offset, rstd, dx, dw);
+  }
+  void rmsnorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
+                                   float offset, const Tensor& rstd, Tensor& dx,
+                                   Tensor* dw) const override {
+    rmsnorm_backward_rows(dy, xhat, true, w, offset, rstd, dx, dw);
+  }
+
+  void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,
+                        Tensor& y) const override {
+    const int64_t n = w.numel(), r = xhat.numel() / n;
+    ET_CHECK(xhat.numel() == r * n && y.numel() == xhat.numel() && (!b || b->numel() == n),
+             "norm_scale_shift: sizes do not match");
+    const float *px = xhat.f32(), *pw = w.f32(), *pb = b ? b->f32() : nullptr;
+    float* py = y.f32();
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = px[i * n + j] * (pw[j] + offset);
+        py[i * n + j] = pb ? v + pb[j] : v;
+      }
   }
 
   void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,

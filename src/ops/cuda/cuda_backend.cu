@@ -318,8 +318,10 @@ __global__ void act_backward_kernel(int act, Ptr x, Ptr dy, Ptr dx, int64_t n) {
 
 // ---- row-wise kernels (one warp per row) ------------------------------------------------
 
+// xhat.p null: xhat not written. Else xhat = (x - mu) rstd is stored and y computed from the
+// stored value (see Backend::layernorm_forward).
 __global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, float eps, Ptr y,
-                                         float* mean, float* rstd, int64_t rows, int n) {
+                                         float* mean, float* rstd, Ptr xhat, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -333,7 +335,12 @@ __global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, 
   }
   float rs = rsqrtf(warp_sum(v) / n + eps);
   for (int c = lane; c < n; c += 32) {
-    float o = (x.get(r * n + c) - mu) * rs * w[c];
+    float xh = (x.get(r * n + c) - mu) * rs;
+    if (xhat.p) {
+      xh = xhat.as_stored(xh);
+      xhat.set(r * n + c, xh);
+    }
+    const float o = xh * w[c];
     y.set(r * n + c, b ? o + b[c] : o);
   }
   if (lane == 0) {
@@ -342,7 +349,8 @@ __global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, 
   }
 }
 
-// dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)). dw, db: each lane sums its columns over
+// dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)), xhat = (x - mean) rstd, or x itself
+// when mean is null (x holds the saved normalized input). dw, db: each lane sums its columns over
 // the rows its warp visits in registers (K = columns per lane, n <= 32 K), then once per warp
 // into shared memory and once per block into global memory; K = 0 (wide rows) adds every
 // row's terms into shared memory directly.
@@ -359,14 +367,14 @@ __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const f
   const int kn = K > 0 ? K : (n + 31) / 32;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
-    const float mu = mean[r], rs = rstd[r];
+    const float mu = mean ? mean[r] : 0.0f, rs = rstd[r], xs = mean ? rs : 1.0f;
     float a = 0, bsum = 0;
 #pragma unroll
     for (int k = 0; k < kn; ++k) {
       const int c = lane + 32 * k;
       if (c >= n) continue;
       float g = dy.get(r * n + c);
-      float xh = (x.get(r * n + c) - mu) * rs;
+      float xh = (x.get(r * n + c) - mu) * xs;
       float d = g * w[c];
       a += d;
       bsum += d * xh;
@@ -381,7 +389,7 @@ __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const f
     a = warp_sum(a) / n;
     bsum = warp_sum(bsum) / n;
     for (int c = lane; c < n; c += 32) {
-      float xh = (x.get(r * n + c) - mu) * rs;
+      float xh = (x.get(r * n + c) - mu) * xs;
       dx.set(r * n + c, rs * (dy.get(r * n + c) * w[c] - a - xh * bsum));
     }
   }
@@ -401,9 +409,10 @@ __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const f
   }
 }
 
-// RMSNorm: y = x rstd (w + offset), rstd = rsqrt(mean(x^2) + eps); one warp per row.
+// RMSNorm: y = xhat (w + offset), xhat = x rstd, rstd = rsqrt(mean(x^2) + eps); one warp per
+// row; xhat written as in layernorm_forward_kernel.
 __global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, float eps, Ptr y,
-                                       float* rstd, int64_t rows, int n) {
+                                       float* rstd, Ptr xhat, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -413,15 +422,24 @@ __global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, floa
     s += v * v;
   }
   float rs = rsqrtf(warp_sum(s) / n + eps);
-  for (int c = lane; c < n; c += 32) y.set(r * n + c, x.get(r * n + c) * rs * (w[c] + offset));
+  for (int c = lane; c < n; c += 32) {
+    float xh = x.get(r * n + c) * rs;
+    if (xhat.p) {
+      xh = xhat.as_stored(xh);
+      xhat.set(r * n + c, xh);
+    }
+    y.set(r * n + c, xh * (w[c] + offset));
+  }
   if (lane == 0) rstd[r] = rs;
 }
 
-// dx = rstd (g - x rstd^2 mean(g x)), g = dy (w + offset); dw summed as in
-// layernorm_backward_kernel (registers per lane for K > 0, else shared memory per row).
+// dx = rstd (g - xhat mean(g xhat)), g = dy (w + offset), xhat = x rstd (or x itself when
+// `normalized`); dw += sum dy xhat, summed as in layernorm_backward_kernel (registers per lane
+// for K > 0, else shared memory per row).
 template <int K>
-__global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
-                                        const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
+__global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, bool normalized, const float* w,
+                                        float offset, const float* rstd, Ptr dx, float* dw,
+                                        int64_t rows, int n) {
   extern __shared__ float acc[];  // [n]
   for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
   __syncthreads();
@@ -431,22 +449,22 @@ __global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, const float* w, float off
   const int kn = K > 0 ? K : (n + 31) / 32;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
-    const float rs = rstd[r];
+    const float rs = rstd[r], xs = normalized ? 1.0f : rs;
     float dot = 0;
 #pragma unroll
     for (int k = 0; k < kn; ++k) {
       const int c = lane + 32 * k;
       if (c >= n) continue;
-      float g = dy.get(r * n + c), xv = x.get(r * n + c);
-      dot += g * (w[c] + offset) * xv;
+      float g = dy.get(r * n + c), xh = x.get(r * n + c) * xs;
+      dot += g * (w[c] + offset) * xh;
       if constexpr (K > 0)
-        wsum[k] += g * xv * rs;
+        wsum[k] += g * xh;
       else if (dw)
-        atomicAdd(&acc[c], g * xv * rs);
+        atomicAdd(&acc[c], g * xh);
     }
-    dot = warp_sum(dot) / n * rs * rs;
+    dot = warp_sum(dot) / n;
     for (int c = lane; c < n; c += 32)
-      dx.set(r * n + c, rs * (dy.get(r * n + c) * (w[c] + offset) - x.get(r * n + c) * dot));
+      dx.set(r * n + c, rs * (dy.get(r * n + c) * (w[c] + offset) - x.get(r * n + c) * xs * dot));
   }
   if constexpr (K > 0) {
 #pragma unroll
@@ -1032,26 +1050,31 @@ struct CudaBackend final : Backend {
     scale_kernel<<<blocks_for(y.numel(), 256), 256>>>(P(y), s, y.numel());
     ET_LAUNCH_CHECK();
   }
+  static Ptr optional_ptr(const Tensor* t) { return t ? P(*t) : Ptr{nullptr, 0}; }
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
-                         Tensor& mean, Tensor& rstd) const override {
+                         Tensor& mean, Tensor& rstd, Tensor* xhat) const override {
     OpScope scope_(prof.get(), "layernorm_forward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
-    if (norm_rows_vectorised(n, {x.data, y.data, w.data, b ? b->data : nullptr})) {
-      layernorm_forward_rows(P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), rows, n);
+    ET_CHECK(!xhat || xhat->numel() == x.numel(), "layernorm_forward: xhat size mismatch");
+    const Ptr xh = optional_ptr(xhat);
+    if (norm_rows_vectorised(n, {x.data, y.data, w.data, b ? b->data : nullptr, xh.p})) {
+      layernorm_forward_rows(P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), xh, rows,
+                             n);
       return;
     }
     layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(
-        P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), rows, n);
+        P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), xh, rows, n);
     ET_LAUNCH_CHECK();
   }
-  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
-                          const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
+  // mean null: x is the saved xhat
+  void layernorm_backward_any(const Tensor& dy, const Tensor& x, const Tensor& w, const float* mean,
+                              const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const {
     OpScope scope_(prof.get(), "layernorm_backward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
     if (norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data})) {
-      layernorm_backward_rows(P(dy), P(x), F(w), F(mean), F(rstd), P(dx), dw ? W(*dw) : nullptr,
+      layernorm_backward_rows(P(dy), P(x), F(w), mean, F(rstd), P(dx), dw ? W(*dw) : nullptr,
                               db ? W(*db) : nullptr, rows, n);
       return;
     }
@@ -1060,7 +1083,7 @@ struct CudaBackend final : Backend {
     auto launch = [&](auto kernel) {
       allow_dynamic_smem(kernel, smem);
       if (rows > 0)
-        kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), F(mean), F(rstd), P(dx),
+        kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), mean, F(rstd), P(dx),
                                       dw ? W(*dw) : nullptr, db ? W(*db) : nullptr, rows, n);
     };
     if (n <= 128)
@@ -1071,30 +1094,41 @@ struct CudaBackend final : Backend {
       launch(layernorm_backward_kernel<0>);
     ET_LAUNCH_CHECK();
   }
+  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const override {
+    layernorm_backward_any(dy, x, w, F(mean), rstd, dx, dw, db);
+  }
+  void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
+                                     const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                     Tensor* db) const override {
+    layernorm_backward_any(dy, xhat, w, nullptr, rstd, dx, dw, db);
+  }
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
-                       Tensor& rstd) const override {
+                       Tensor& rstd, Tensor* xhat) const override {
     OpScope scope_(prof.get(), "rmsnorm_forward");
     const int n = static_cast<int>(w.numel());
     const int64_t rows = x.numel() / n;
-    ET_CHECK(rows * n == x.numel() && y.numel() == x.numel() && rstd.numel() == rows,
+    ET_CHECK(rows * n == x.numel() && y.numel() == x.numel() && rstd.numel() == rows &&
+                 (!xhat || xhat->numel() == x.numel()),
              "rmsnorm_forward: sizes do not match");
-    if (norm_rows_vectorised(n, {x.data, y.data, w.data})) {
-      rmsnorm_forward_rows(P(x), F(w), offset, eps, P(y), W(rstd), rows, n);
+    const Ptr xh = optional_ptr(xhat);
+    if (norm_rows_vectorised(n, {x.data, y.data, w.data, xh.p})) {
+      rmsnorm_forward_rows(P(x), F(w), offset, eps, P(y), W(rstd), xh, rows, n);
       return;
     }
     if (rows > 0)
       rmsnorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), F(w), offset, eps, P(y),
-                                                                  W(rstd), rows, n);
+                                                                  W(rstd), xh, rows, n);
     ET_LAUNCH_CHECK();
   }
-  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
-                        const Tensor& rstd, Tensor& dx, Tensor* dw) const override {
+  void rmsnorm_backward_any(const Tensor& dy, const Tensor& x, bool normalized, const Tensor& w,
+                            float offset, const Tensor& rstd, Tensor& dx, Tensor* dw) const {
     OpScope scope_(prof.get(), "rmsnorm_backward");
     const int n = static_cast<int>(w.numel());
     const int64_t rows = x.numel() / n;
     if (norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data})) {
-      rmsnorm_backward_rows(P(dy), P(x), F(w), offset, F(rstd), P(dx), dw ? W(*dw) : nullptr, rows,
-                            n);
+      rmsnorm_backward_rows(P(dy), P(x), normalized, F(w), offset, F(rstd), P(dx),
+                            dw ? W(*dw) : nullptr, rows, n);
       return;
     }
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
@@ -1102,7 +1136,7 @@ struct CudaBackend final : Backend {
     auto launch = [&](auto kernel) {
       allow_dynamic_smem(kernel, smem);
       if (rows > 0)
-        kernel<<<blocks, 256, smem>>>(P(dy), P(x), F(w), offset, F(rstd), P(dx),
+        kernel<<<blocks, 256, smem>>>(P(dy), P(x), normalized, F(w), offset, F(rstd), P(dx),
                                       dw ? W(*dw) : nullptr, rows, n);
     };
     if (n <= 128)
@@ -1112,6 +1146,24 @@ struct CudaBackend final : Backend {
     else
       launch(rmsnorm_backward_kernel<0>);
     ET_LAUNCH_CHECK();
+  }
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
+                        const Tensor& rstd, Tensor& dx, Tensor* dw) const override {
+    rmsnorm_backward_any(dy, x, false, w, offset, rstd, dx, dw);
+  }
+  void rmsnorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
+                                   float offset, const Tensor& rstd, Tensor& dx,
+                                   Tensor* dw) const override {
+    rmsnorm_backward_any(dy, xhat, true, w, offset, rstd, dx, dw);
+  }
+  void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,
+                        Tensor& y) const override {
+    OpScope scope_(prof.get(), "norm_scale_shift");
+    const int n = static_cast<int>(w.numel());
+    const int64_t rows = xhat.numel() / n;
+    ET_CHECK(rows * n == xhat.numel() && y.numel() == xhat.numel() && (!b || b->numel() == n),
+             "norm_scale_shift: sizes do not match");
+    norm_scale_shift_rows(P(xhat), F(w), offset, b ? F(*b) : nullptr, P(y), rows, n);
   }
   void rope_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                     const Tensor& positions, int heads, int head_dim, double theta,

@@ -18,9 +18,43 @@ __device__ __forceinline__ void load_w8(const float* w, int c, float off, float*
   v[4] = b.x + off, v[5] = b.y + off, v[6] = b.z + off, v[7] = b.w + off;
 }
 
+// Stores v into p and leaves in v the values as stored (rounded to bf16 for a bf16 p), so that
+// what is computed from v next is what a later pass computes from the stored copy.
+__device__ __forceinline__ void store_rounded8(Ptr p, int64_t i, float* v) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = p.as_stored(v[j]);
+  p.store8(i, v);
+}
+
+// y = xhat (w + offset) + b, 8 columns per thread (n % 8 == 0, aligned operands).
+__global__ void norm_scale_shift_vec(Ptr xhat, const float* w, float offset, const float* b, Ptr y,
+                                     int64_t n8, int cols8) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n8;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i % cols8) * 8;
+    float v[8], wv[8], bv[8] = {};
+    xhat.load8(i * 8, v);
+    load_w8(w, c, offset, wv);
+    if (b) load_w8(b, c, 0.0f, bv);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = v[j] * wv[j] + bv[j];
+    y.store8(i * 8, v);
+  }
+}
+
+__global__ void norm_scale_shift_kernel(Ptr xhat, const float* w, float offset, const float* b,
+                                        Ptr y, int64_t total, int n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i % n);
+    const float v = xhat.get(i) * (w[c] + offset);
+    y.set(i, b ? v + b[c] : v);
+  }
+}
+
 template <int V>
 __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, float eps, Ptr y,
-                                      float* mean, float* rstd, int64_t rows, int n) {
+                                      float* mean, float* rstd, Ptr xhat, int64_t rows, int n) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -49,7 +83,10 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
     load_w8(w, c, 0.0f, wv);
     if (b) load_w8(b, c, 0.0f, bv);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[k][j] = (v[k][j] - mu) * rs * wv[j] + bv[j];
+    for (int j = 0; j < 8; ++j) v[k][j] = (v[k][j] - mu) * rs;
+    if (xhat.p) store_rounded8(xhat, r * n + c, v[k]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[k][j] = v[k][j] * wv[j] + bv[j];
     y.store8(r * n + c, v[k]);
   }
   if (lane == 0) mean[r] = mu, rstd[r] = rs;
@@ -68,7 +105,8 @@ __global__ void layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const floa
   float wsum[V][8] = {}, bsum[V][8] = {};
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
-    const float mu = mean[r], rs = rstd[r];
+    // mean null: x holds the saved xhat
+    const float mu = mean ? mean[r] : 0.0f, rs = rstd[r], xs = mean ? rs : 1.0f;
     float g[V][8], xh[V][8], a = 0, bb = 0;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -80,7 +118,7 @@ __global__ void layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const floa
       load_w8(w, c, 0.0f, wv);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        xh[k][j] = (xh[k][j] - mu) * rs;
+        xh[k][j] = (xh[k][j] - mu) * xs;
         const float d = g[k][j] * wv[j];
         a += d;
         bb += d * xh[k][j];
@@ -120,7 +158,7 @@ __global__ void layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const floa
 
 template <int V>
 __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float eps, Ptr y,
-                                    float* rstd, int64_t rows, int n) {
+                                    float* rstd, Ptr xhat, int64_t rows, int n) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -141,15 +179,18 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
     float wv[8];
     load_w8(w, c, offset, wv);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[k][j] *= rs * wv[j];
+    for (int j = 0; j < 8; ++j) v[k][j] *= rs;
+    if (xhat.p) store_rounded8(xhat, r * n + c, v[k]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[k][j] *= wv[j];
     y.store8(r * n + c, v[k]);
   }
   if (lane == 0) rstd[r] = rs;
 }
 
 template <int V>
-__global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, const float* w, float offset, const float* rstd,
-                                     Ptr dx, float* dw, int64_t rows, int n) {
+__global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
+                                     const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
   extern __shared__ float acc[];  // [n]
   for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
   __syncthreads();
@@ -157,8 +198,8 @@ __global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, const float* w, float offset
   float wsum[V][8] = {};
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
-    const float rs = rstd[r];
-    float g[V][8], xv[V][8], dot = 0;
+    const float rs = rstd[r], xs = normalized ? 1.0f : rs;
+    float g[V][8], xv[V][8], dot = 0;  // xv: xhat
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
@@ -169,11 +210,12 @@ __global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, const float* w, float offset
       load_w8(w, c, offset, wv);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
+        xv[k][j] *= xs;
         dot += g[k][j] * wv[j] * xv[k][j];
-        wsum[k][j] += g[k][j] * xv[k][j] * rs;
+        wsum[k][j] += g[k][j] * xv[k][j];
       }
     }
-    dot = warp_sum(dot) / n * rs * rs;
+    dot = warp_sum(dot) / n;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
@@ -235,11 +277,11 @@ bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands) {
 }
 
 void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
-                            float* rstd, int64_t rows, int n) {
+                            float* rstd, Ptr xhat, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
     layernorm_forward_vec<decltype(v)::value>
-        <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, rows, n);
+        <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, xhat, rows, n);
   });
   ET_LAUNCH_CHECK();
 }
@@ -256,23 +298,41 @@ void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, c
 }
 
 void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
-                          int64_t rows, int n) {
+                          Ptr xhat, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
     rmsnorm_forward_vec<decltype(v)::value>
-        <<<forward_blocks(rows), kWarps * 32>>>(x, w, offset, eps, y, rstd, rows, n);
+        <<<forward_blocks(rows), kWarps * 32>>>(x, w, offset, eps, y, rstd, xhat, rows, n);
   });
   ET_LAUNCH_CHECK();
 }
 
-void rmsnorm_backward_rows(Ptr dy, Ptr x, const float* w, float offset, const float* rstd, Ptr dx,
-                           float* dw, int64_t rows, int n) {
+void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
+                           const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
     rmsnorm_backward_vec<decltype(v)::value>
-        <<<backward_blocks(rows), kWarps * 32, sizeof(float) * n>>>(dy, x, w, offset, rstd, dx, dw,
-                                                                    rows, n);
+        <<<backward_blocks(rows), kWarps * 32, sizeof(float) * n>>>(dy, x, normalized, w, offset,
+                                                                    rstd, dx, dw, rows, n);
   });
+  ET_LAUNCH_CHECK();
+}
+
+void norm_scale_shift_rows(Ptr xhat, const float* w, float offset, const float* b, Ptr y,
+                           int64_t rows, int n) {
+  const int64_t total = rows * n;
+  if (total == 0) return;
+  const unsigned threads = 256;
+  if (norm_rows_vectorised(n, {xhat.p, y.p, w, b})) {
+    const int64_t n8 = total / 8;
+    norm_scale_shift_vec<<<
+        static_cast<unsigned>(std::min<int64_t>((n8 + threads - 1) / threads, 65535)), threads>>>(
+        xhat, w, offset, b, y, n8, n / 8);
+  } else {
+    norm_scale_shift_kernel<<<static_cast<unsigned>(
+                                  std::min<int64_t>((total + threads - 1) / threads, 65535)),
+                              threads>>>(xhat, w, offset, b, y, total, n);
+  }
   ET_LAUNCH_CHECK();
 }
 

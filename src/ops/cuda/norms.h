@@ -2,11 +2,14 @@
 // owns 8-column chunks c = 8 (lane + 32 k), k < V = ceil(n / 256), read once with 16-byte
 // accesses. For rows of n <= 1024 columns, n % 8 == 0 and 16-byte aligned operands
 // (norm_rows_vectorised); the generic kernels in cuda_backend.cu take the rest.
-//   LayerNorm: y = (x - mu) rstd w + b;  dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)),
+//   LayerNorm: xhat = (x - mu) rstd, y = xhat w + b;
+//              dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)),
 //              dw += sum_rows dy xhat, db += sum_rows dy.
-//   RMSNorm:   y = x rstd (w + offset);  dx = rstd (g - x rstd^2 mean(g x)), g = dy (w + offset),
-//              dw += sum_rows dy x rstd.
-// dw, db accumulate (+=) and may be null.
+//   RMSNorm:   xhat = x rstd, y = xhat (w + offset);  dx = rstd (g - xhat mean(g xhat)),
+//              g = dy (w + offset), dw += sum_rows dy xhat.
+// Forward writes xhat too when xhat.p is set (y then computed from xhat as stored); backward
+// reads x as xhat when mean is null (LayerNorm) or `normalized` (RMSNorm). dw, db accumulate
+// (+=) and may be null.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +21,15 @@ namespace et::cuda {
 bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands);
 
 void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
-                            float* rstd, int64_t rows, int n);
+                            float* rstd, Ptr xhat, int64_t rows, int n);
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
                              Ptr dx, float* dw, float* db, int64_t rows, int n);
 void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
-                          int64_t rows, int n);
-void rmsnorm_backward_rows(Ptr dy, Ptr x, const float* w, float offset, const float* rstd, Ptr dx,
-                           float* dw, int64_t rows, int n);
+                          Ptr xhat, int64_t rows, int n);
+void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
+                           const float* rstd, Ptr dx, float* dw, int64_t rows, int n);
+// y = xhat (w + offset) + b (b may be null) over rows of n; any n and alignment.
+void norm_scale_shift_rows(Ptr xhat, const float* w, float offset, const float* b, Ptr y,
+                           int64_t rows, int n);
 
 }  // namespace et::cuda
