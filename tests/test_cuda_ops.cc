@@ -124,11 +124,11 @@ TEST(CudaOps, ElementwiseBiasActivations) {
   }
 }
 
-// Norms that keep their normalized input: forward also writes xhat (fp32 or bf16) and computes
-// y from xhat as stored, so that norm_scale_shift(xhat) gives y again bit for bit; backward
-// from xhat matches the CPU's backward from x. Row widths for the vectorised (104, 768) and the
-// generic kernels (100: n % 8 != 0; 1536: n > 1024). Tolerances: 1e-5 in fp32, 2e-2 with bf16
-// storage (xhat, y, dx rounded to 8 bits).
+// Norms that keep their normalized input: forward also writes xhat (fp32 or bf16);
+// norm_scale_shift(xhat) gives y again (exactly from an fp32 xhat, within one bf16 rounding
+// from a bf16 one); backward from xhat matches the CPU's backward from x. Row widths for the
+// vectorised (104, 768) and the generic kernels (100: n % 8 != 0; 1536: n > 1024). Tolerances: 1e-5
+// in fp32, 2e-2 with bf16 storage (xhat, y, dx rounded to 8 bits).
 TEST(CudaOps, NormsFromNormalizedInput) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -178,7 +178,9 @@ TEST(CudaOps, NormsFromNormalizedInput) {
         expect_close(b.down(xh), xhat_ref, tol, what + " xhat");
         Tensor y2 = poisoned_dt(x.shape);
         b.gpu->norm_scale_shift(xh, wd, offset, ln ? &bd : nullptr, y2);
-        EXPECT_EQ(rel_error(b.down(y2), b.down(yd)), 0.0) << what << ": y recomputed from xhat";
+        // one bf16 rounding (2^-9 relative) on part of the elements
+        EXPECT_LE(rel_error(b.down(y2), b.down(yd)), dt == DType::BF16 ? 4e-3 : 0.0)
+            << what << ": y recomputed from xhat";
         Tensor dxd = poisoned_dt(x.shape), dwd = b.gpu->zeros({C}), dbd = b.gpu->zeros({C});
         if (ln)
           b.gpu->layernorm_backward_normalized(dyd, xh, wd, sd, dxd, &dwd, &dbd);
@@ -711,8 +713,8 @@ std::vector<CudaModelCase> cuda_model_cases() {
 
 double all_grads_tolerance(const CudaModelCase& c) {
   if (c.act == DType::F32) return 3e-2;
-  if (c.arch == "qwen3") return 4e-2;   // measured 3.15% (H100)
-  if (c.arch == "gemma3") return 6e-2;  // measured 4.6%
+  if (c.arch == "qwen3") return 4e-2;   // measured 3.0% (LoRA, H100)
+  if (c.arch == "gemma3") return 6e-2;  // measured 3.9% (LoRA, H100)
   return 3e-2;
 }
 
@@ -767,6 +769,8 @@ TEST_P(CudaModel, MatchesCpu) {
       den += ref_norm * ref_norm;
       EXPECT_LT(err * ref_norm, tol_each * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
     }
+    std::printf("%s %s all gradients: rel err %.4f (tolerance %.4f)\n", mc_case.arch.c_str(),
+                mode == TrainMode::Full ? "full" : "lora", std::sqrt(num / den), tol_all);
     EXPECT_LT(std::sqrt(num / den), tol_all) << "all gradients";
   }
 }

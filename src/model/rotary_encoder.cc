@@ -122,7 +122,7 @@ Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, cons
   return y;
 }
 
-// N(x) again from what norm_forward kept, bit for bit (`x`: the input, for an identity norm).
+// N(x) again from what norm_forward kept (`x`: the input, for an identity norm).
 Tensor norm_recompute(const Backend& be, const ModelConfig& c, const Norm& n, const NormSaved& s,
                       const Tensor& x) {
   if (!n.w) return x;

@@ -56,9 +56,10 @@ struct RotaryEncoder {
 };
 
 // What a norm keeps for backward: its normalized input xhat = (x - mean) rstd (LayerNorm) or
-// x rstd (RMSNorm), in the activation dtype, and rstd. Not x: the norms of the residual stream
-// read fp32, and xhat in bf16 is half of it; the output y = xhat w (+ b) is recomputed from xhat
-// bit for bit (the forward computes y from xhat as stored).
+// x rstd (RMSNorm), in the activation dtype, and rstd; not x. The norms of the residual stream
+// read fp32, so a bf16 xhat is half of x. The output y = xhat w (+ b), the input of the
+// projections after the norm, is recomputed from xhat (exactly in fp32, within one bf16
+// rounding of the forward's y in bf16).
 struct NormSaved {
   Tensor xhat, rstd;
 };

@@ -318,8 +318,8 @@ __global__ void act_backward_kernel(int act, Ptr x, Ptr dy, Ptr dx, int64_t n) {
 
 // ---- row-wise kernels (one warp per row) ------------------------------------------------
 
-// xhat.p null: xhat not written. Else xhat = (x - mu) rstd is stored and y computed from the
-// stored value (see Backend::layernorm_forward).
+// xhat.p null: xhat not written. Else xhat = (x - mu) rstd is stored too (y is computed from
+// the unrounded value; see Backend::layernorm_forward).
 __global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, float eps, Ptr y,
                                          float* mean, float* rstd, Ptr xhat, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
@@ -335,13 +335,10 @@ __global__ void layernorm_forward_kernel(Ptr x, const float* w, const float* b, 
   }
   float rs = rsqrtf(warp_sum(v) / n + eps);
   for (int c = lane; c < n; c += 32) {
-    float xh = (x.get(r * n + c) - mu) * rs;
-    if (xhat.p) {
-      xh = xhat.as_stored(xh);
-      xhat.set(r * n + c, xh);
-    }
-    const float o = xh * w[c];
-    y.set(r * n + c, b ? o + b[c] : o);
+    const float xh = (x.get(r * n + c) - mu) * rs;
+    if (xhat.p) xhat.set(r * n + c, xh);
+    // one rounding, as norm_scale_shift computes it
+    y.set(r * n + c, __fmaf_rn(xh, w[c], b ? b[c] : 0.0f));
   }
   if (lane == 0) {
     mean[r] = mu;
@@ -423,11 +420,8 @@ __global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, floa
   }
   float rs = rsqrtf(warp_sum(s) / n + eps);
   for (int c = lane; c < n; c += 32) {
-    float xh = x.get(r * n + c) * rs;
-    if (xhat.p) {
-      xh = xhat.as_stored(xh);
-      xhat.set(r * n + c, xh);
-    }
+    const float xh = x.get(r * n + c) * rs;
+    if (xhat.p) xhat.set(r * n + c, xh);
     y.set(r * n + c, xh * (w[c] + offset));
   }
   if (lane == 0) rstd[r] = rs;

@@ -18,14 +18,6 @@ __device__ __forceinline__ void load_w8(const float* w, int c, float off, float*
   v[4] = b.x + off, v[5] = b.y + off, v[6] = b.z + off, v[7] = b.w + off;
 }
 
-// Stores v into p and leaves in v the values as stored (rounded to bf16 for a bf16 p), so that
-// what is computed from v next is what a later pass computes from the stored copy.
-__device__ __forceinline__ void store_rounded8(Ptr p, int64_t i, float* v) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = p.as_stored(v[j]);
-  p.store8(i, v);
-}
-
 // y = xhat (w + offset) + b, 8 columns per thread (n % 8 == 0, aligned operands).
 __global__ void norm_scale_shift_vec(Ptr xhat, const float* w, float offset, const float* b, Ptr y,
                                      int64_t n8, int cols8) {
@@ -37,7 +29,7 @@ __global__ void norm_scale_shift_vec(Ptr xhat, const float* w, float offset, con
     load_w8(w, c, offset, wv);
     if (b) load_w8(b, c, 0.0f, bv);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = v[j] * wv[j] + bv[j];
+    for (int j = 0; j < 8; ++j) v[j] = __fmaf_rn(v[j], wv[j], bv[j]);
     y.store8(i * 8, v);
   }
 }
@@ -47,8 +39,7 @@ __global__ void norm_scale_shift_kernel(Ptr xhat, const float* w, float offset, 
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int c = static_cast<int>(i % n);
-    const float v = xhat.get(i) * (w[c] + offset);
-    y.set(i, b ? v + b[c] : v);
+    y.set(i, __fmaf_rn(xhat.get(i), w[c] + offset, b ? b[c] : 0.0f));
   }
 }
 
@@ -84,9 +75,9 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
     if (b) load_w8(b, c, 0.0f, bv);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[k][j] = (v[k][j] - mu) * rs;
-    if (xhat.p) store_rounded8(xhat, r * n + c, v[k]);
+    if (xhat.p) xhat.store8(r * n + c, v[k]);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[k][j] = v[k][j] * wv[j] + bv[j];
+    for (int j = 0; j < 8; ++j) v[k][j] = __fmaf_rn(v[k][j], wv[j], bv[j]);
     y.store8(r * n + c, v[k]);
   }
   if (lane == 0) mean[r] = mu, rstd[r] = rs;
@@ -180,7 +171,7 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
     load_w8(w, c, offset, wv);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[k][j] *= rs;
-    if (xhat.p) store_rounded8(xhat, r * n + c, v[k]);
+    if (xhat.p) xhat.store8(r * n + c, v[k]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[k][j] *= wv[j];
     y.store8(r * n + c, v[k]);

@@ -7,7 +7,7 @@
 //              dw += sum_rows dy xhat, db += sum_rows dy.
 //   RMSNorm:   xhat = x rstd, y = xhat (w + offset);  dx = rstd (g - xhat mean(g xhat)),
 //              g = dy (w + offset), dw += sum_rows dy xhat.
-// Forward writes xhat too when xhat.p is set (y then computed from xhat as stored); backward
+// Forward writes xhat too when xhat.p is set (y from the unrounded value); backward
 // reads x as xhat when mean is null (LayerNorm) or `normalized` (RMSNorm). dw, db accumulate
 // (+=) and may be null.
 #pragma once

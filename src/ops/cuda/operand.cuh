@@ -41,10 +41,6 @@ struct Ptr {
     else
       static_cast<float*>(p)[i] = v;
   }
-  // v as this operand stores it and reads it back (rounded to bf16 for a bf16 operand).
-  __device__ __forceinline__ float as_stored(float v) const {
-    return bf ? __bfloat162float(__float2bfloat16(v)) : v;
-  }
   // Elements i .. i + 7 in one 16-byte access (bf16) or two (fp32); i a multiple of 8 and the
   // base 16-byte aligned (see vec8_aligned).
   __device__ __forceinline__ void load8(int64_t i, float* v) const {
