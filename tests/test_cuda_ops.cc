@@ -783,6 +783,47 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaModel, ::testing::ValuesIn(cuda_model_cases
                            return s;
                          });
 
+// LoRA training on bf16 activations stores the frozen Linear weights as bf16 device copies;
+// their fp32 values stay on the host, and exports and merges use those, not the copies.
+TEST(CudaTraining, FrozenWeightsInBf16ExportTheirFp32Values) {
+  SKIP_WITHOUT_GPU();
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0, DType::BF16);
+  auto mc = load_sentence_model(root + "/model", *cpu);
+  auto mg = load_sentence_model(root + "/model", *gpu);
+  load_adapter(*cpu, *mc, root + "/adapter");
+  load_adapter(*gpu, *mg, root + "/adapter");
+  set_trainable(*gpu, *mg, TrainMode::Lora);
+  int bf16_weights = 0;
+  for (Linear* l : encoder_linears(mg->encoder)) {
+    if (l->weight->value.dtype != DType::BF16) continue;
+    ++bf16_weights;
+    ASSERT_TRUE(l->weight->host_f32.defined()) << l->weight->name;
+    EXPECT_EQ(rel_error(l->weight->host_f32, mc->params.find(l->weight->name)->value), 0.0);
+  }
+  EXPECT_EQ(bf16_weights, static_cast<int>(encoder_linears(mg->encoder).size()));
+  train_step_grads(*gpu, *mg, fixture_columns(root), LossSpec{}, 1.0, nullptr);
+  const std::string dir = temp_dir("frozen_bf16") + "/model";
+  save_sentence_model(*gpu, *mg, dir);
+  auto saved = load_sentence_model(dir, *cpu);
+  for (Param& p : mc->params.params) {
+    if (p.name.find(".lora_") != std::string::npos) continue;
+    Param* q = saved->params.find(p.name);
+    ASSERT_NE(q, nullptr) << p.name;
+    EXPECT_EQ(rel_error(q->value, p.value), 0.0) << p.name << ": exported from the bf16 copy";
+  }
+  merge_lora(*cpu, *mc);
+  merge_lora(*gpu, *mg);
+  for (Linear* l : encoder_linears(mg->encoder)) {
+    EXPECT_EQ(l->weight->value.dtype, DType::F32) << l->weight->name;
+    EXPECT_LT(rel_error(gpu->download(l->weight->value), mc->params.find(l->weight->name)->value),
+              1e-6)
+        << l->weight->name << ": merged into the fp32 values";
+  }
+}
+
 // `train --device cuda` end to end: checkpoints, resume, outputs in the same formats.
 TEST(CudaTrainer, TrainsResumesAndMatchesCpu) {
   SKIP_WITHOUT_GPU();

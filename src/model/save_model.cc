@@ -15,7 +15,8 @@ namespace fs = std::filesystem;
 static std::vector<std::pair<std::string, Tensor>> host_params(const Backend& be,
                                                                const ParamStore& store) {
   std::vector<std::pair<std::string, Tensor>> out;
-  for (const Param& p : store.params) out.emplace_back(p.name, be.download(p.value));
+  for (const Param& p : store.params)
+    out.emplace_back(p.name, p.host_f32.defined() ? p.host_f32 : be.download(p.value));
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "train/step.h"
 
 namespace et {
 
@@ -169,6 +170,7 @@ void save_adapter(const Backend& be, const SentenceModel& m, const LoraConfig& c
 void merge_lora(const Backend& be, SentenceModel& m) {
   for (Linear* l : encoder_linears(m.encoder)) {
     if (!l->lora_a) continue;
+    restore_f32_weight(be, *l->weight);  // merge into the fp32 values, not a bf16 copy
     // W[out, in] += s * B[out, r] @ A[r, in]
     be.matmul(l->lora_b->value, false, l->lora_a->value, false, l->weight->value, l->lora_scaling,
               1.0f);

@@ -7,8 +7,27 @@
 
 namespace et {
 
+void restore_f32_weight(const Backend& be, Param& p) {
+  if (!p.host_f32.defined()) return;
+  p.value = be.upload(p.host_f32);
+  p.host_f32 = Tensor{};
+}
+
+void store_frozen_weights_bf16(const Backend& be, SentenceModel& m) {
+  if (be.act_dtype() != DType::BF16) return;
+  for (Linear* l : encoder_linears(m.encoder)) {
+    Param* p = l->weight;
+    if (p->trainable || p->value.dtype != DType::F32 || p->host_f32.defined()) continue;
+    p->host_f32 = be.download(p->value);
+    Tensor v = be.empty(p->value.shape, DType::BF16);
+    be.copy(v, p->value);
+    p->value = v;
+  }
+}
+
 std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode mode) {
   for (Param& p : m.params.params) {
+    restore_f32_weight(be, p);
     p.trainable = false;
     p.grad = Tensor{};
   }
@@ -33,6 +52,7 @@ std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode
       on(l->lora_b);
     }
     ET_CHECK(!out.empty(), "LoRA training: the model has no adapters");
+    store_frozen_weights_bf16(be, m);
   }
   return out;
 }

@@ -14,7 +14,16 @@ enum class TrainMode { Lora, Full };
 // Marks parameters trainable and allocates zeroed gradients. Full: every weight on the path
 // from tokens to the sentence embedding (the BERT pooler is not on it) and the Dense modules.
 // Lora: the adapters' A and B matrices on that path.
+// Lora on a backend with bf16 activations also stores the frozen Linear weights in bf16 on the
+// device (store_frozen_weights_bf16).
 std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode mode);
+
+// Frozen Linear weights of the encoder as bf16 device copies, their fp32 values kept on the host
+// (Param::host_f32): every product reads them in bf16 (the backend rounds an fp32 operand the
+// same way on each call), so training computes the same values with half the weight memory and
+// no conversion per product. restore_f32_weights puts the fp32 values back on the device.
+void store_frozen_weights_bf16(const Backend& be, SentenceModel& m);
+void restore_f32_weight(const Backend& be, Param& p);
 void zero_grads(const Backend& be, const std::vector<Param*>& params);
 
 // Tokenized columns of one batch: columns[c] holds the c-th text of every row
