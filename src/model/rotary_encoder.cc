@@ -1,6 +1,7 @@
 #include "model/rotary_encoder.h"
 
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 #include "model/bert.h"
@@ -260,10 +261,12 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   if (L.wi.weight) {
     Tensor dwi = be.empty({T, 2 * F}, act);
     be.glu_packed_backward(c.act, s.g, dm, dwi);
+    m = Tensor{};  // dm consumed: freed before the products
     linear_backward(be, L.wi, with_saved_input(s.wi, h2), dwi, &dh2, false);
   } else {
     Tensor dg = be.empty({T, F}, act), du = be.empty({T, F}, act);
     be.glu_backward(c.act, s.g, s.u, dm, dg, du);
+    m = Tensor{};
     linear_backward(be, L.gate, with_saved_input(s.gate, h2), dg, &dh2, false);
     linear_backward(be, L.up, with_saved_input(s.up, h2), du, &dh2, true);
   }
@@ -272,19 +275,23 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   return dx1;
 }
 
-// Gradient of a layer: takes d(out), returns d(x); accumulates parameter gradients.
+// Gradient of a layer: takes d(out) (by value: the caller hands it over, and it is freed once
+// used), returns d(x); accumulates parameter gradients. Temporaries are dropped as soon as they
+// are consumed: the peak of a step is the saved activations plus the largest set alive here.
 Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
                       const AttentionArgs& attn, const Tensor& positions, const RotaryLayerSaved& s,
-                      const Tensor& dout) {
+                      Tensor dout) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
   const Tensor dx1 = mlp_backward(be, enc, L, s, dout);
+  dout = Tensor{};
   // x1 = x + N_post_attn(Wo attn(q, k, v))
   Tensor da = norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1);
   Tensor dctx = be.empty({T, qdim}, act);
   linear_backward(be, L.o, s.o, da, &dctx, false);
+  da = Tensor{};
   Tensor dq = be.empty({T, qdim}, act), dk = be.empty({T, kvdim}, act),
          dv = be.empty({T, kvdim}, act);
   const double theta = theta_of(c, L);
@@ -299,6 +306,7 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
                             c.kv_heads, theta, kr, krs);
   }
   be.attention_backward(attn, qr, kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
+  dctx = qr = kr = Tensor{};
   if (L.q_norm) {
     Tensor dq_pre = be.empty({T, qdim}, act), dk_pre = be.empty({T, kvdim}, act);
     be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, c.norm_offset, s.q_rstd, positions,
@@ -318,6 +326,7 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     be.rope_columns(dq, 0, dqkv, 0, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope_columns(dk, 0, dqkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta, true);
     be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
+    dq = dk = dv = Tensor{};
     linear_backward(be, L.qkv, with_saved_input(s.qkv, h), dqkv, &dh, false);
   } else {
     linear_backward(be, L.q, with_saved_input(s.q, h), dq, &dh, false);
@@ -405,7 +414,7 @@ void rotary_backward(const Backend& be, const RotaryEncoder& enc, const RotarySa
                     saved.has_rng ? &rng : nullptr);
     }
     const RotaryLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
-    dx = layer_backward(be, enc, L, attn, saved.positions, s, dx);
+    dx = layer_backward(be, enc, L, attn, saved.positions, s, std::move(dx));
   }
   Tensor* dw = grad_of(enc.word);
   if (!dw && !grad_of(enc.emb_norm.w) && !grad_of(enc.emb_norm.b)) return;
