@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 #include "model/weight_binder.h"
@@ -252,47 +253,75 @@ static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const 
   return buf;
 }
 
-// Backward carries three [T, hidden] buffers from layer to layer, g_out, g_a and g_b, and gives
-// each several jobs in turn (a buffer is taken once what it held is dead), so that a layer
-// allocates only its [T, intermediate] FFN activation and, for attention, dk, dv and the
-// kernel's fp32 dq. With x' = LN2(res2), res2 = W2 act(W1 x1) + x1, x1 = LN1(res1),
-// res1 = Wo attn(Wq x, Wk x, Wv x) + x:
-//   FFN half:       g_a = d(res2) = LN2'(g_out); g_out := x1 (recomputed);
-//                   g_b = d(x1) = g_a + W1'(act'(W2' g_a))
-//   attention half: g_a = d(res1) = LN1'(g_b); g_out := g_a (the residual path);
-//                   g_b := dctx = Wo' g_a; g_a := dq; dq, dk, dv = attn'(dctx);
-//                   g_b := x (recomputed); g_out += Wq' dq + Wk' dk + Wv' dv = d(x)
-static void bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
-                              const BertLayerSaved& s, Tensor& g_out, Tensor& g_a, Tensor& g_b) {
+// Rows [b, e) of what a Linear saved (its tensors are all [T, ...]).
+static LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
+  LinearSaved r;
+  for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.mask, &r.mask},
+                          std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
+    if (from->defined()) *to = from->rows(b, e);
+  return r;
+}
+
+// Backward keeps what it allocates to the fewest [T, hidden] units alive at once (bf16; the
+// FFN activation is intermediate / hidden units, 4 for BERT), since the step's peak is the saved
+// activations plus this. g_out carries d(out) in and d(x) out. With x' = LN2(res2),
+// res2 = W2 act(W1 x1) + x1, x1 = LN1(res1), res1 = Wo attn(Wq x, Wk x, Wv x) + x:
+//   FFN half:       g_res = d(res2) = LN2'(g_out); g_out := x1 (recomputed);
+//                   dx1 = g_res + W1'(act'(W2' g_res)), over two row halves, so that only half
+//                   of the [T, intermediate] activation exists at a time (5 units)
+//   attention half: g_res = d(res1) = LN1'(dx1); g_out := g_res (the residual path);
+//                   dx1 := dctx = Wo' g_res; g_res freed; dq (fp32, the kernel's accumulator),
+//                   dk, dv = attn'(dctx) (6 units); dctx := dq in bf16; x recomputed;
+//                   g_out += Wq' dq + Wk' dk + Wv' dv = d(x)
+static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
+                                const BertLayerSaved& s, Tensor& g_out) {
   const ModelConfig& c = enc.cfg;
-  be.layernorm_backward(g_out, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, g_a,
+  const int64_t T = g_out.dim(0);
+  Tensor g_res = be.empty(g_out.shape, g_out.dtype);
+  be.layernorm_backward(g_out, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, g_res,
                         grad_of(L.ln2_w), grad_of(L.ln2_b));
-  // h = act(h_pre) is read by W2's backward before W2's dx overwrites it: one buffer serves both
-  Tensor h = be.empty(s.h_pre.shape, be.act_dtype());
-  be.act_forward(c.act, s.h_pre, h);
-  linear_backward(be, L.ffn_out, with_saved_input(s.ffn_out, h), g_a, &h, false);
-  Tensor& dh = h;
-  be.act_backward(c.act, s.h_pre, dh, dh);
-  be.copy(g_b, g_a);
+  Tensor dx1 = be.empty(g_out.shape, g_out.dtype);
+  be.copy(dx1, g_res);
   Tensor& x1 = g_out;
   layernorm_recompute(be, c, s.res1, L.ln1_w, L.ln1_b, x1);
-  linear_backward(be, L.ffn_in, with_saved_input(s.ffn_in, x1), dh, &g_b, true);
+  for (int64_t half = 0; half < 2; ++half) {
+    const int64_t b = T * half / 2, e = T * (half + 1) / 2;
+    if (b == e) continue;
+    const Tensor h_pre = s.h_pre.rows(b, e);
+    // h = act(h_pre) is read by W2's backward before W2's dx overwrites it: one buffer
+    Tensor h = be.empty(h_pre.shape, be.act_dtype());
+    be.act_forward(c.act, h_pre, h);
+    linear_backward(be, L.ffn_out, with_saved_input(saved_rows(s.ffn_out, b, e), h),
+                    g_res.rows(b, e), &h, false);
+    Tensor& dh = h;
+    be.act_backward(c.act, h_pre, dh, dh);
+    Tensor dx1_rows = dx1.rows(b, e);
+    linear_backward(be, L.ffn_in, with_saved_input(saved_rows(s.ffn_in, b, e), x1.rows(b, e)), dh,
+                    &dx1_rows, true);
+  }
+  return dx1;
 }
 
 static void bert_attention_backward(const Backend& be, const BertEncoder& enc, size_t i,
                                     const BertSaved& saved, const BertLayerSaved& s, Tensor& g_out,
-                                    Tensor& g_a, Tensor& g_b) {
+                                    Tensor dx1) {
   const BertLayer& L = enc.layers[i];
-  be.layernorm_backward(g_b, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_a, grad_of(L.ln1_w),
-                        grad_of(L.ln1_b));
-  be.copy(g_out, g_a);
-  Tensor& dctx = g_b;
-  linear_backward(be, L.o, s.o, g_a, &dctx, false);
-  Tensor& dq = g_a;
+  Tensor g_res = be.empty(g_out.shape, g_out.dtype);
+  be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_res,
+                        grad_of(L.ln1_w), grad_of(L.ln1_b));
+  be.copy(g_out, g_res);
+  Tensor& dctx = dx1;
+  linear_backward(be, L.o, s.o, g_res, &dctx, false);
+  g_res = Tensor{};
+  Tensor dq32 = be.empty(g_out.shape, DType::F32);
   Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
-  be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq, dk, dv,
+  be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq32, dk, dv,
                         grad_of(enc.rel_bias));
-  const Tensor x = bert_layer_input(be, enc, saved, i, g_b);
+  Tensor& dq = dctx;
+  be.copy(dq, dq32);
+  dq32 = Tensor{};
+  Tensor x_buf = be.empty(g_out.shape, g_out.dtype);
+  const Tensor x = bert_layer_input(be, enc, saved, i, x_buf);
   linear_backward(be, L.q, with_saved_input(s.q, x), dq, &g_out, true);
   linear_backward(be, L.k, with_saved_input(s.k, x), dk, &g_out, true);
   linear_backward(be, L.v, with_saved_input(s.v, x), dv, &g_out, true);
@@ -303,7 +332,7 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
   const ModelConfig& c = enc.cfg;
   const int64_t T = d_hidden.dim(0), H = c.hidden;
   const DType act = be.act_dtype();
-  Tensor g_out = be.empty({T, H}, act), g_a = be.empty({T, H}, act), g_b = be.empty({T, H}, act);
+  Tensor g_out = be.empty({T, H}, act);
   be.copy(g_out, d_hidden);
   for (size_t i = enc.layers.size(); i-- > 0;) {
     BertLayerSaved recomputed;
@@ -313,11 +342,11 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
                          saved.has_rng ? &rng : nullptr);
     }
     const BertLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
-    bert_ffn_backward(be, enc, enc.layers[i], s, g_out, g_a, g_b);
-    bert_attention_backward(be, enc, i, saved, s, g_out, g_a, g_b);
+    Tensor dx1 = bert_ffn_backward(be, enc, enc.layers[i], s, g_out);
+    bert_attention_backward(be, enc, i, saved, s, g_out, std::move(dx1));
   }
   Tensor& dx = g_out;
-  Tensor& d_res = g_a;
+  Tensor d_res = be.empty({T, H}, act);
   Tensor* dw = grad_of(enc.word);
   Tensor* dp = grad_of(enc.pos);
   Tensor* dt = grad_of(enc.type);
