@@ -115,34 +115,46 @@ static std::vector<int32_t> position_ids(const ModelConfig& cfg, const PackedBat
 
 // One encoder layer: x -> LN2(W2 act(W1 x1) + x1), x1 = LN1(Wo attn(Wq x, Wk x, Wv x) + x).
 // With `s`, keeps what backward needs.
+// Temporaries are released as soon as they are consumed (x, a, h, f, x1), so that with the
+// saved tensors at most x1, the [T, intermediate] activation and f are alive at once: the
+// forward's share of the step's peak stays within the backward's (see bert_ffn_backward).
+// x is taken by value: the caller hands it over (or keeps it, for gradient checkpointing).
 static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
-                                 const AttentionArgs& attn, const Tensor& x, BertLayerSaved* s,
-                                 Rng* rng) {
+                                 const AttentionArgs& attn, Tensor x, BertLayerSaved* s, Rng* rng) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = x.dim(0), H = c.hidden;
   const DType act = be.act_dtype();
   Tensor q = linear_forward(be, L.q, x, s ? &s->q : nullptr, rng);
   Tensor k = linear_forward(be, L.k, x, s ? &s->k : nullptr, rng);
   Tensor v = linear_forward(be, L.v, x, s ? &s->v : nullptr, rng);
+  // x and x1 are recomputed from the norm inputs in backward (see BertLayerSaved)
+  if (s)
+    for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
   Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
   Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
-  Tensor res1 = be.empty({T, H}, act), x1 = be.empty({T, H}, act);
-  Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
+  Tensor res1 = be.empty({T, H}, act);
   be.add(a, x, res1);
+  a = x = Tensor{};
+  Tensor x1 = be.empty({T, H}, act);
+  Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
   be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
   Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
+  if (s) drop_saved_input(s->ffn_in, x1);
   Tensor h = be.empty(h_pre.shape, act);
   be.act_forward(c.act, h_pre, h);
   Tensor f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
-  Tensor res2 = be.empty({T, H}, act), out = be.empty({T, H}, act);
-  Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
+  // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
+  // largest activation of a layer. (With LoRA dropout the masked copy stays.)
+  if (s) drop_saved_input(s->ffn_out, h);
+  h = Tensor{};
+  Tensor res2 = be.empty({T, H}, act);
   be.add(f, x1, res2);
+  f = x1 = Tensor{};
+  Tensor out = be.empty({T, H}, act);
+  Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
   be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
   if (s) {
-    // x and x1 are recomputed from the norm inputs in backward (see BertLayerSaved)
-    for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
-    drop_saved_input(s->ffn_in, x1);
     s->qt = q;
     s->kt = k;
     s->vt = v;
@@ -151,10 +163,7 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
     s->res1 = res1;
     s->ln1_mean = m1;
     s->ln1_rstd = r1;
-    // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
-    // largest activation of a layer. (With LoRA dropout the masked copy stays.)
     s->h_pre = h_pre;
-    drop_saved_input(s->ffn_out, h);
     s->res2 = res2;
     s->ln2_mean = m2;
     s->ln2_rstd = r2;
@@ -222,9 +231,9 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
       // keep only the layer input (and the dropout RNG state); backward recomputes the rest
       s->x = x;
       if (rng) s->rng = *rng;
-      x = bert_layer_forward(be, enc, enc.layers[i], attn, x, nullptr, rng);
+      x = bert_layer_forward(be, enc, enc.layers[i], attn, std::move(x), nullptr, rng);
     } else {
-      x = bert_layer_forward(be, enc, enc.layers[i], attn, x, s, rng);
+      x = bert_layer_forward(be, enc, enc.layers[i], attn, std::move(x), s, rng);
     }
   }
   return x;
