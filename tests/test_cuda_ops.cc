@@ -38,8 +38,8 @@ struct Both {
   Tensor up(const Tensor& h) { return gpu->upload(h); }
   Tensor down(const Tensor& d) { return gpu->download(d); }
   // Poisoned device output of a shape: every element must be written by the op.
-  Tensor poisoned(const Shape& s) {
-    Tensor t = gpu->empty(s, DType::F32);
+  Tensor poisoned(const Shape& s, DType dtype = DType::F32) {
+    Tensor t = gpu->empty(s, dtype);
     gpu->fill(t, NAN);
     return t;
   }
@@ -153,15 +153,10 @@ TEST(CudaOps, NormsFromNormalizedInput) {
           b.cpu->rmsnorm_forward(x, w, offset, 1e-6f, yr, sr);
           b.cpu->rmsnorm_backward(dy, x, w, offset, sr, dxr, &dwr);
         }
-        auto poisoned_dt = [&](const Shape& sh) {
-          Tensor t = b.gpu->empty(sh, dt);
-          b.gpu->fill(t, NAN);
-          return t;
-        };
         // the input stays fp32 (the residual stream); y, xhat, dy, dx in dt
-        Tensor xd = b.up(x), wd = b.up(w), bd = b.up(bias), dyd = poisoned_dt(x.shape);
+        Tensor xd = b.up(x), wd = b.up(w), bd = b.up(bias), dyd = b.poisoned(x.shape, dt);
         b.gpu->copy(dyd, b.up(dy));
-        Tensor yd = poisoned_dt(x.shape), xh = poisoned_dt(x.shape), md = b.poisoned({rows}),
+        Tensor yd = b.poisoned(x.shape, dt), xh = b.poisoned(x.shape, dt), md = b.poisoned({rows}),
                sd = b.poisoned({rows});
         if (ln)
           b.gpu->layernorm_forward(xd, wd, &bd, 1e-5f, yd, md, sd, &xh);
@@ -176,12 +171,12 @@ TEST(CudaOps, NormsFromNormalizedInput) {
             xhat_ref.f32()[r * C + c] = (ln ? v - mr.f32()[r] : v) * sr.f32()[r];
           }
         expect_close(b.down(xh), xhat_ref, tol, what + " xhat");
-        Tensor y2 = poisoned_dt(x.shape);
+        Tensor y2 = b.poisoned(x.shape, dt);
         b.gpu->norm_scale_shift(xh, wd, offset, ln ? &bd : nullptr, y2);
         // one bf16 rounding (2^-9 relative) on part of the elements
         EXPECT_LE(rel_error(b.down(y2), b.down(yd)), dt == DType::BF16 ? 4e-3 : 0.0)
             << what << ": y recomputed from xhat";
-        Tensor dxd = poisoned_dt(x.shape), dwd = b.gpu->zeros({C}), dbd = b.gpu->zeros({C});
+        Tensor dxd = b.poisoned(x.shape, dt), dwd = b.gpu->zeros({C}), dbd = b.gpu->zeros({C});
         if (ln)
           b.gpu->layernorm_backward_normalized(dyd, xh, wd, sd, dxd, &dwd, &dbd);
         else

@@ -262,15 +262,6 @@ static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const 
   return buf;
 }
 
-// Rows [b, e) of what a Linear saved (its tensors are all [T, ...]).
-static LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
-  LinearSaved r;
-  for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.mask, &r.mask},
-                          std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
-    if (from->defined()) *to = from->rows(b, e);
-  return r;
-}
-
 // Backward keeps what it allocates to the fewest [T, hidden] units alive at once (bf16; the
 // FFN activation is intermediate / hidden units, 4 for BERT), since the step's peak is the saved
 // activations plus this. g_out carries d(out) in and d(x) out. With x' = LN2(res2),

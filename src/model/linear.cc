@@ -1,5 +1,7 @@
 #include "model/linear.h"
 
+#include <utility>
+
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -42,6 +44,14 @@ Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, Linea
 void drop_saved_input(LinearSaved& s, const Tensor& in) {
   if (s.x_lora.data == in.data) s.x_lora = Tensor{};
   s.x = Tensor{};
+}
+
+LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
+  LinearSaved r;
+  for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.mask, &r.mask},
+                          std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
+    if (from->defined()) *to = from->rows(b, e);
+  return r;
 }
 
 LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {

@@ -40,6 +40,9 @@ struct LinearSaved {
 // mask's masked copy stays.
 void drop_saved_input(LinearSaved& s, const Tensor& in);
 LinearSaved with_saved_input(LinearSaved s, const Tensor& in);
+// Rows [b, e) of what forward saved (every tensor of it is [n, ...]): the backward of those rows
+// alone, for a layer that runs a backward in row chunks.
+LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e);
 
 // y = linear(x) for x [n, in] -> [n, out]. With `saved`, keeps what backward needs;
 // `rng` drives LoRA dropout (training only; null means no dropout).
