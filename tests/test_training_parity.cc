@@ -124,7 +124,11 @@ TEST_P(Training, LoraAdamWThreeSteps) {
   for (int step = 1; step <= opt["steps"].get<int>(); ++step) {
     zero_grads(*be, params);
     double loss = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr);
-    EXPECT_NEAR(loss, ref_losses[step - 1], 2e-5 * std::abs(ref_losses[step - 1])) << step;
+    // Step 1 is the forward alone; AdamW's first steps divide each gradient by its own
+    // magnitude, so later losses carry the BLAS's summation order amplified (gemma3 step 3:
+    // 2.6e-5 with two OpenBLAS threads on an AMD EPYC, exact with one).
+    const double tol = step == 1 ? 2e-5 : 1e-4;
+    EXPECT_NEAR(loss, ref_losses[step - 1], tol * std::abs(ref_losses[step - 1])) << step;
     for (size_t i = 0; i < params.size(); ++i)
       be->adamw_step(params[i]->value, params[i]->grad, mom[i], vel[i], opt["lr"], opt["betas"][0],
                      opt["betas"][1], opt["eps"], opt["weight_decay"], step);
