@@ -274,7 +274,7 @@ static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const 
 //                   dk, dv = attn'(dctx) (6 units); dctx := dq in bf16; x recomputed;
 //                   g_out += Wq' dq + Wk' dk + Wv' dv = d(x)
 static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
-                                const BertLayerSaved& s, Tensor& g_out) {
+                                BertLayerSaved& s, Tensor& g_out) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = g_out.dim(0);
   Tensor g_res = be.empty(g_out.shape, g_out.dtype);
@@ -299,11 +299,13 @@ static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const
     linear_backward(be, L.ffn_in, with_saved_input(saved_rows(s.ffn_in, b, e), x1.rows(b, e)), dh,
                     &dx1_rows, true);
   }
+  s.h_pre = s.res2 = s.ln2_mean = s.ln2_rstd = Tensor{};
+  s.ffn_in = s.ffn_out = LinearSaved{};
   return dx1;
 }
 
 static void bert_attention_backward(const Backend& be, const BertEncoder& enc, size_t i,
-                                    const BertSaved& saved, const BertLayerSaved& s, Tensor& g_out,
+                                    const BertSaved& saved, BertLayerSaved& s, Tensor& g_out,
                                     Tensor dx1) {
   const BertLayer& L = enc.layers[i];
   Tensor g_res = be.empty(g_out.shape, g_out.dtype);
@@ -317,6 +319,8 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
   Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
   be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq32, dk, dv,
                         grad_of(enc.rel_bias));
+  s.qt = s.kt = s.vt = s.ctx = s.lse = Tensor{};
+  s.o = LinearSaved{};
   Tensor& dq = dctx;
   be.copy(dq, dq32);
   dq32 = Tensor{};
@@ -327,13 +331,16 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
   linear_backward(be, L.v, with_saved_input(s.v, x), dv, &g_out, true);
 }
 
-void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
-                   const Tensor& d_hidden) {
+void bert_backward(const Backend& be, const BertEncoder& enc, BertSaved& saved, Tensor d_hidden) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = d_hidden.dim(0), H = c.hidden;
   const DType act = be.act_dtype();
-  Tensor g_out = be.empty({T, H}, act);
-  be.copy(g_out, d_hidden);
+  Tensor g_out = std::move(d_hidden);
+  if (g_out.dtype != act) {
+    Tensor t = be.empty({T, H}, act);
+    be.copy(t, g_out);
+    g_out = t;
+  }
   for (size_t i = enc.layers.size(); i-- > 0;) {
     BertLayerSaved recomputed;
     if (enc.gradient_checkpointing) {
@@ -341,9 +348,10 @@ void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& s
       bert_layer_forward(be, enc, enc.layers[i], saved.attn, saved.layers[i].x, &recomputed,
                          saved.has_rng ? &rng : nullptr);
     }
-    const BertLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
+    BertLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
     Tensor dx1 = bert_ffn_backward(be, enc, enc.layers[i], s, g_out);
     bert_attention_backward(be, enc, i, saved, s, g_out, std::move(dx1));
+    saved.layers[i] = BertLayerSaved{};  // (with checkpointing: the layer input)
   }
   Tensor& dx = g_out;
   Tensor d_res = be.empty({T, H}, act);

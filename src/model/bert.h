@@ -85,8 +85,10 @@ std::vector<Linear*> bert_linears(BertEncoder& enc);
 // Returns the last hidden state [T, hidden].
 Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch& batch,
                     BertSaved* saved, Rng* rng);
-// Accumulates parameter gradients from d_hidden [T, hidden].
-void bert_backward(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
-                   const Tensor& d_hidden);
+// Accumulates parameter gradients from d_hidden [T, hidden]. d_hidden is consumed: its buffer
+// carries the running gradient (one [T, hidden] tensor fewer alive during backward); so is
+// `saved`: each layer's tensors are released as its backward uses them (the step's peak is
+// the first layer's backward, with every other layer's saved tensors alive).
+void bert_backward(const Backend& be, const BertEncoder& enc, BertSaved& saved, Tensor d_hidden);
 
 }  // namespace et

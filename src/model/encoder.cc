@@ -1,5 +1,7 @@
 #include "model/encoder.h"
 
+#include <utility>
+
 namespace et {
 
 Encoder bind_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where) {
@@ -51,12 +53,11 @@ Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& b
   return bert_forward(be, e.bert, batch, saved ? &saved->bert : nullptr, rng);
 }
 
-void encoder_backward(const Backend& be, const Encoder& e, const EncoderSaved& saved,
-                      const Tensor& d_hidden) {
+void encoder_backward(const Backend& be, const Encoder& e, EncoderSaved& saved, Tensor d_hidden) {
   if (e.rotary)
-    rotary_backward(be, e.rotary_enc, saved.rotary, d_hidden);
+    rotary_backward(be, e.rotary_enc, saved.rotary, std::move(d_hidden));
   else
-    bert_backward(be, e.bert, saved.bert, d_hidden);
+    bert_backward(be, e.bert, saved.bert, std::move(d_hidden));
 }
 
 }  // namespace et

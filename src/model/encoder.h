@@ -36,7 +36,8 @@ void set_gradient_checkpointing(Encoder& e, bool on);
 // Last hidden state [T, hidden] of a packed batch.
 Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
                        EncoderSaved* saved, Rng* rng);
-void encoder_backward(const Backend& be, const Encoder& e, const EncoderSaved& saved,
-                      const Tensor& d_hidden);
+// Consumes d_hidden (the encoders reuse or free its buffer) and `saved` (released layer by
+// layer as backward uses it).
+void encoder_backward(const Backend& be, const Encoder& e, EncoderSaved& saved, Tensor d_hidden);
 
 }  // namespace et

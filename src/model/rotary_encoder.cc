@@ -155,14 +155,31 @@ double theta_of(const ModelConfig& c, const RotaryLayer& L) {
   return L.sliding ? c.rope_theta_local : c.rope_theta;
 }
 
+// The residual sum a + b into a's buffer when a is an fp32 tensor no one else holds (the
+// layer's own input or an earlier sum), else into a new fp32 tensor.
+Tensor residual_add(const Backend& be, Tensor a, const Tensor& b) {
+  if (a.dtype != DType::F32 || a.owner.use_count() != 1) {
+    Tensor y = be.empty(a.shape, DType::F32);
+    be.add(a, b, y);
+    return y;
+  }
+  be.add(a, b, a);
+  return a;
+}
+
+// x is taken by value: a caller that hands its input over lets the first residual sum reuse
+// its buffer. Temporaries are released as soon as they are consumed (h after the projections,
+// the attention's output after the sum, h2 and m after theirs): the last layer's forward, with
+// every layer's saved tensors alive, can be the step's peak.
 Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                     const AttentionArgs& attn, const Tensor& positions, const Tensor& x,
+                     const AttentionArgs& attn, const Tensor& positions, Tensor x,
                      RotaryLayerSaved* s, Rng* rng) {
   const ModelConfig& c = enc.cfg;
-  const int64_t T = x.dim(0), H = c.hidden, D = c.head_dim;
+  const int64_t T = x.dim(0), D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
   Tensor h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr);
+  if (s && !L.attn_norm.w) s->x = x;  // h is x itself
   Tensor q, k, v;
   const double theta = theta_of(c, L);
   if (L.qkv.weight) {
@@ -178,6 +195,10 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     k = linear_forward(be, L.k, h, s ? &s->k : nullptr, rng);
     v = linear_forward(be, L.v, h, s ? &s->v : nullptr, rng);
   }
+  // h = N_attn(x) is recomputed in backward
+  if (s)
+    for (LinearSaved* ls : {&s->qkv, &s->q, &s->k, &s->v}) drop_saved_input(*ls, h);
+  h = Tensor{};
   if (L.q_norm) {  // per-head RMSNorm and RoPE in one pass
     Tensor qn = be.empty(q.shape, act), kn = be.empty(k.shape, act);
     Tensor qrs = be.empty({T * c.heads}, DType::F32), krs = be.empty({T * c.kv_heads}, DType::F32);
@@ -201,8 +222,18 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   be.attention_forward(attn, q, k, v, ctx, lse);
   Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
   a = norm_forward(be, c, L.post_attn_norm, a, s ? &s->post_attn_norm : nullptr);
-  Tensor x1 = be.empty({T, H}, DType::F32);  // the residual stream stays fp32 (see below)
-  be.add(x, a, x1);
+  if (s) {
+    if (!L.q_norm) {  // no norm to recompute them from: keep q, k after RoPE
+      s->qr = q;
+      s->kr = k;
+    }
+    s->vr = v;
+    s->ctx = ctx;
+    s->lse = lse;
+  }
+  q = k = v = ctx = Tensor{};
+  Tensor x1 = residual_add(be, std::move(x), a);  // fp32 (see rotary_forward)
+  a = Tensor{};
   Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
   Tensor g, u;  // ModernBERT: g holds Wi's packed output (gate | up), u stays empty
   Tensor m = be.empty({T, c.intermediate}, act);
@@ -214,34 +245,27 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     u = linear_forward(be, L.up, h2, s ? &s->up : nullptr, rng);
     be.glu_forward(c.act, g, u, m);
   }
-  Tensor f = linear_forward(be, L.down, m, s ? &s->down : nullptr, rng);
-  f = norm_forward(be, c, L.post_mlp_norm, f, s ? &s->post_mlp_norm : nullptr);
-  Tensor out = be.empty({T, H}, DType::F32);
-  be.add(x1, f, out);
+  // h2 = N_mlp(x1) is recomputed in backward
   if (s) {
-    if (!L.attn_norm.w) s->x = x;  // h is x itself
-    // The projections' inputs h = N_attn(x), h2 = N_mlp(x1) are recomputed in backward.
-    for (LinearSaved* ls : {&s->qkv, &s->q, &s->k, &s->v}) drop_saved_input(*ls, h);
     for (LinearSaved* ls : {&s->wi, &s->gate, &s->up}) drop_saved_input(*ls, h2);
-    if (!L.q_norm) {  // no norm to recompute them from: keep q, k after RoPE
-      s->qr = q;
-      s->kr = k;
-    }
-    s->vr = v;
-    s->ctx = ctx;
-    s->lse = lse;
     s->g = g;
     s->u = u;
-    // m = act(g) * u is recomputed in backward: [T, intermediate] is the largest activation
-    drop_saved_input(s->down, m);
   }
-  return out;
+  h2 = g = u = Tensor{};
+  Tensor f = linear_forward(be, L.down, m, s ? &s->down : nullptr, rng);
+  // m = act(g) * u is recomputed in backward: [T, intermediate] is the largest activation
+  if (s) drop_saved_input(s->down, m);
+  m = Tensor{};
+  f = norm_forward(be, c, L.post_mlp_norm, f, s ? &s->post_mlp_norm : nullptr);
+  return residual_add(be, std::move(x1), f);
 }
 
-// The MLP half of a layer's backward: takes d(out), returns d(x1) (fp32). Its [T, intermediate]
-// temporaries are freed on return, before the attention half allocates its own.
+// The MLP half of a layer's backward: takes d(out) over (its buffer becomes d(x1), fp32). Its
+// [T, intermediate] temporaries are freed on return, before the attention half allocates its
+// own; each is dropped as soon as it is consumed (the saved GLU inputs too), and the
+// projections' input h2 is recomputed only once the GLU's gradient has replaced dm.
 Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                    const RotaryLayerSaved& s, const Tensor& dout) {
+                    RotaryLayerSaved& s, Tensor dout) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.dim(0), H = c.hidden, F = c.intermediate;
   const DType act = be.act_dtype();
@@ -254,39 +278,53 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   else
     be.glu_forward(c.act, s.g, s.u, m);
   linear_backward(be, L.down, with_saved_input(s.down, m), df, &m, false);
+  df = Tensor{};
   const Tensor& dm = m;
+  Tensor dwi, dg, du;
+  if (L.wi.weight) {
+    dwi = be.empty({T, 2 * F}, act);
+    be.glu_packed_backward(c.act, s.g, dm, dwi);
+  } else {
+    dg = be.empty({T, F}, act);
+    du = be.empty({T, F}, act);
+    be.glu_backward(c.act, s.g, s.u, dm, dg, du);
+  }
+  m = s.g = s.u = Tensor{};
   // the projections' input, recomputed: h2 = N_mlp(x1)
   const Tensor h2 = norm_recompute(be, c, L.mlp_norm, s.mlp_norm, Tensor{});
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
-    Tensor dwi = be.empty({T, 2 * F}, act);
-    be.glu_packed_backward(c.act, s.g, dm, dwi);
-    m = Tensor{};  // dm consumed: freed before the products
     linear_backward(be, L.wi, with_saved_input(s.wi, h2), dwi, &dh2, false);
   } else {
-    Tensor dg = be.empty({T, F}, act), du = be.empty({T, F}, act);
-    be.glu_backward(c.act, s.g, s.u, dm, dg, du);
-    m = Tensor{};
     linear_backward(be, L.gate, with_saved_input(s.gate, h2), dg, &dh2, false);
+    dg = Tensor{};
     linear_backward(be, L.up, with_saved_input(s.up, h2), du, &dh2, true);
   }
-  Tensor dx1 = be.empty({T, H}, DType::F32);
-  be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dx1);
-  return dx1;
+  dwi = du = Tensor{};
+  if (dout.dtype != DType::F32) {  // d(x1) accumulates in fp32, as the residual stream
+    Tensor t = be.empty({T, H}, DType::F32);
+    be.copy(t, dout);
+    dout = t;
+  }
+  be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dout);
+  s.wi = s.gate = s.up = s.down = LinearSaved{};
+  s.mlp_norm = s.post_mlp_norm = NormSaved{};
+  return dout;
 }
 
 // Gradient of a layer: takes d(out) (by value: the caller hands it over, and it is freed once
 // used), returns d(x); accumulates parameter gradients. Temporaries are dropped as soon as they
-// are consumed: the peak of a step is the saved activations plus the largest set alive here.
+// are consumed, and so is what the layer's forward saved (s is emptied): the peak of a step is
+// this layer's backward with every earlier layer's saved tensors alive, so each tensor of the
+// layer itself released early lowers it.
 Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                      const AttentionArgs& attn, const Tensor& positions, const RotaryLayerSaved& s,
+                      const AttentionArgs& attn, const Tensor& positions, RotaryLayerSaved& s,
                       Tensor dout) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
-  const Tensor dx1 = mlp_backward(be, enc, L, s, dout);
-  dout = Tensor{};
+  Tensor dx1 = mlp_backward(be, enc, L, s, std::move(dout));
   // x1 = x + N_post_attn(Wo attn(q, k, v))
   Tensor da = norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1);
   Tensor dctx = be.empty({T, qdim}, act);
@@ -306,7 +344,9 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
                             c.kv_heads, theta, kr, krs);
   }
   be.attention_backward(attn, qr, kr, s.vr, s.ctx, s.lse, dctx, dq, dk, dv, nullptr);
-  dctx = qr = kr = Tensor{};
+  dctx = qr = kr = s.qr = s.kr = s.vr = s.ctx = s.lse = Tensor{};
+  s.o = LinearSaved{};
+  s.post_attn_norm = NormSaved{};
   if (L.q_norm) {
     Tensor dq_pre = be.empty({T, qdim}, act), dk_pre = be.empty({T, kvdim}, act);
     be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, c.norm_offset, s.q_rstd, positions,
@@ -315,27 +355,34 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
                              c.kv_heads, theta, dk_pre, grad_of(L.k_norm));
     dq = dq_pre;
     dk = dk_pre;
+    s.q_pre = s.k_pre = s.q_rstd = s.k_rstd = Tensor{};
   } else if (!L.qkv.weight) {
     be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
   }
-  const Tensor h = norm_recompute(be, c, L.attn_norm, s.attn_norm, s.x);
-  Tensor dh = be.empty({T, H}, act);
+  Tensor dqkv;
   if (L.qkv.weight) {
-    Tensor dqkv = be.empty({T, qdim + 2 * kvdim}, act);  // rotated back on the way
+    dqkv = be.empty({T, qdim + 2 * kvdim}, act);  // rotated back on the way
     be.rope_columns(dq, 0, dqkv, 0, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope_columns(dk, 0, dqkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta, true);
     be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
     dq = dk = dv = Tensor{};
+  }
+  // the projections' input, recomputed once the q, k, v gradients are packed
+  const Tensor h = norm_recompute(be, c, L.attn_norm, s.attn_norm, s.x);
+  Tensor dh = be.empty({T, H}, act);
+  if (L.qkv.weight) {
     linear_backward(be, L.qkv, with_saved_input(s.qkv, h), dqkv, &dh, false);
   } else {
     linear_backward(be, L.q, with_saved_input(s.q, h), dq, &dh, false);
+    dq = Tensor{};
     linear_backward(be, L.k, with_saved_input(s.k, h), dk, &dh, true);
+    dk = Tensor{};
     linear_backward(be, L.v, with_saved_input(s.v, h), dv, &dh, true);
   }
-  Tensor dx = be.empty({T, H}, DType::F32);
-  be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx);
-  return dx;
+  be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx1);  // d(x), in place
+  s = RotaryLayerSaved{};
+  return dx1;
 }
 
 }  // namespace
@@ -394,16 +441,18 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
       if (rng) s->rng = *rng;
       x = layer_forward(be, enc, L, attn, positions, x, nullptr, rng);
     } else {
-      x = layer_forward(be, enc, L, attn, positions, x, s, rng);
+      x = layer_forward(be, enc, L, attn, positions, std::move(x), s, rng);
     }
   }
   return norm_forward(be, c, enc.final_norm, x, saved ? &saved->final_norm : nullptr);
 }
 
-void rotary_backward(const Backend& be, const RotaryEncoder& enc, const RotarySaved& saved,
-                     const Tensor& d_hidden) {
+void rotary_backward(const Backend& be, const RotaryEncoder& enc, RotarySaved& saved,
+                     Tensor d_hidden) {
   const ModelConfig& c = enc.cfg;
   Tensor dx = norm_backward(be, c, enc.final_norm, saved.final_norm, d_hidden);
+  d_hidden = Tensor{};
+  saved.final_norm = NormSaved{};
   for (size_t i = enc.layers.size(); i-- > 0;) {
     const RotaryLayer& L = enc.layers[i];
     const AttentionArgs& attn = L.sliding ? saved.attn_local : saved.attn_full;
@@ -413,8 +462,9 @@ void rotary_backward(const Backend& be, const RotaryEncoder& enc, const RotarySa
       layer_forward(be, enc, L, attn, saved.positions, saved.layers[i].x, &recomputed,
                     saved.has_rng ? &rng : nullptr);
     }
-    const RotaryLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
+    RotaryLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
     dx = layer_backward(be, enc, L, attn, saved.positions, s, std::move(dx));
+    saved.layers[i] = RotaryLayerSaved{};  // (with checkpointing: the layer input)
   }
   Tensor* dw = grad_of(enc.word);
   if (!dw && !grad_of(enc.emb_norm.w) && !grad_of(enc.emb_norm.b)) return;

@@ -93,7 +93,9 @@ std::vector<Param*> rotary_params(RotaryEncoder& enc);
 
 Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedBatch& batch,
                       RotarySaved* saved, Rng* rng);
-void rotary_backward(const Backend& be, const RotaryEncoder& enc, const RotarySaved& saved,
-                     const Tensor& d_hidden);
+// Consumes d_hidden (freed once the final norm's gradient is taken) and `saved` (each layer's
+// tensors are released as its backward uses them, which lowers the step's peak memory).
+void rotary_backward(const Backend& be, const RotaryEncoder& enc, RotarySaved& saved,
+                     Tensor d_hidden);
 
 }  // namespace et

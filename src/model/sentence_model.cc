@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -346,8 +347,7 @@ Tensor embed_forward(const Backend& be, const SentenceModel& m, const PackedBatc
   return y;
 }
 
-void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved& s,
-                    const Tensor& d_emb) {
+void embed_backward(const Backend& be, const SentenceModel& m, EmbedSaved& s, const Tensor& d_emb) {
   Tensor g = d_emb;
   if (m.normalize) {
     Tensor dx = be.empty(g.shape);
@@ -362,16 +362,18 @@ void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved&
     linear_backward(be, d.linear, s.dense[i], dpre, &dx, false);
     g = dx;
   }
+  // d(hidden) is the sum over pooling modes; the first writes it, the others add through a
+  // scratch tensor freed before the encoder's backward (which takes d(hidden) over).
   const int64_t T = s.batch.tokens(), H = m.cfg.hidden;
-  Tensor d_hidden = be.zeros({T, H}, be.act_dtype());
-  Tensor part = be.empty({T, H}, be.act_dtype());
+  Tensor d_hidden = be.empty({T, H}, be.act_dtype());
   for (size_t i = 0; i < m.pooling.modes.size(); ++i) {
     Tensor gi = column_slice(be, g, static_cast<int64_t>(i) * H, H);
+    Tensor part = i == 0 ? d_hidden : be.empty({T, H}, be.act_dtype());
     be.pool_backward(m.pooling.modes[i], gi, s.batch.cu_seqlens, s.batch.prompt_lengths,
                      s.argmax[i].defined() ? &s.argmax[i] : nullptr, part);
-    be.add(d_hidden, part, d_hidden);
+    if (i > 0) be.add(d_hidden, part, d_hidden);
   }
-  encoder_backward(be, m.encoder, s.encoder, d_hidden);
+  encoder_backward(be, m.encoder, s.encoder, std::move(d_hidden));
 }
 
 }  // namespace et

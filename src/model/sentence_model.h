@@ -84,8 +84,9 @@ Tensor embed_texts(const Backend& be, const SentenceModel& m, const std::vector<
                    const std::string& prompt, int batch_size,
                    const std::function<void(int64_t)>& progress = {});
 
-// Backpropagates d_emb [B, dim] into the gradients of all trainable parameters.
-void embed_backward(const Backend& be, const SentenceModel& m, const EmbedSaved& saved,
+// Backpropagates d_emb [B, dim] into the gradients of all trainable parameters. Consumes
+// `saved`: the encoder's tensors are released as backward uses them.
+void embed_backward(const Backend& be, const SentenceModel& m, EmbedSaved& saved,
                     const Tensor& d_emb);
 
 // Writes the model as a sentence-transformers folder (classic layout, safetensors weights,
