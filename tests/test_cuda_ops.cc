@@ -427,6 +427,52 @@ TEST(CudaOps, Bf16Activations) {
   b.cpu->matmul(dy, true, xa, false, gr, 0.5f, 1.0f);
   b.gpu->matmul(bf(dy), true, bf(xa), false, gd, 0.5f, 1.0f);
   expect_close(b.down(gd), gr, 1e-2, "bf16 A^T B matmul");
+  // a narrow output over a long K (a LoRA weight gradient: split-K kernels), accumulated and
+  // overwritten
+  Tensor xa2 = rounded(b.rand({6000, 16})), dy2 = rounded(b.rand({6000, 100}));
+  Tensor g2 = b.rand({100, 16}), gr2 = cpu_clone(g2), gd2 = b.up(g2);
+  b.cpu->matmul(dy2, true, xa2, false, gr2, 0.5f, 1.0f);
+  b.gpu->matmul(bf(dy2), true, bf(xa2), false, gd2, 0.5f, 1.0f);
+  expect_close(b.down(gd2), gr2, 1e-2, "bf16 A^T B matmul, narrow output, accumulated");
+  Tensor gr3 = cpu_empty({100, 16}), gd3 = b.poisoned({100, 16});
+  b.cpu->matmul(dy2, true, xa2, false, gr3, 0.5f, 0.0f);
+  b.gpu->matmul(bf(dy2), true, bf(xa2), false, gd3, 0.5f, 0.0f);
+  expect_close(b.down(gd3), gr3, 1e-2, "bf16 A^T B matmul, narrow output");
+}
+
+// Products with the bias in cuBLASLt's epilogue (bf16 output): every transposition, with and
+// without accumulation into C, and a row slice whose address is not 256-byte aligned. The
+// reference is the CPU product of the same bf16-rounded operands plus the bias; the one bf16
+// rounding of the output gives about 4e-3.
+TEST(CudaOps, MatmulBiasEpilogue) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  auto bf = [&](const Tensor& host) {
+    Tensor t = b.gpu->empty(host.shape, DType::BF16);
+    b.gpu->copy(t, b.up(host));
+    return t;
+  };
+  auto rounded = [&](const Tensor& host) { return b.down(bf(host)); };
+  const int64_t m = 301, k = 96, n = 40;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (float beta : {0.0f, 1.0f}) {
+        Tensor a = rounded(b.rand(ta ? Shape{k, m} : Shape{m, k}));
+        Tensor w = rounded(b.rand(tb ? Shape{n, k} : Shape{k, n}));
+        Tensor bias = b.rand({n}), c0 = rounded(b.rand({m, n}));
+        Tensor ref = cpu_clone(c0);
+        b.cpu->matmul(a, ta, w, tb, ref, 0.7f, beta, &bias);
+        Tensor c = bf(c0), bd = b.up(bias);
+        b.gpu->matmul(bf(a), ta, b.up(w), tb, c, 0.7f, beta, &bd);
+        expect_close(b.down(c), ref, 1e-2, "bf16 matmul with bias");
+      }
+  // rows 1.. of a larger input: the A operand starts 192 bytes into its buffer
+  Tensor big = rounded(b.rand({m + 1, k})), w = rounded(b.rand({n, k})), bias = b.rand({n});
+  Tensor ref = cpu_empty({m, n});
+  b.cpu->matmul(big.rows(1, m + 1), false, w, true, ref, 1.0f, 0.0f, &bias);
+  Tensor c = b.poisoned({m, n}, DType::BF16), bd = b.up(bias);
+  b.gpu->matmul(bf(big).rows(1, m + 1), false, b.up(w), true, c, 1.0f, 0.0f, &bd);
+  expect_close(b.down(c), ref, 1e-2, "bf16 matmul with bias, unaligned rows");
 }
 
 TEST(CudaOps, LayerNormAndL2Norm) {

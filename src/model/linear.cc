@@ -13,9 +13,10 @@ Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, Linea
            " features, expected ", l.in);
   const int64_t n = x.numel() / l.in;
   Tensor x2 = x.reshape({n, l.in});
+  // y = (x W^T + b) + s (x_lora A^T) B^T, in PEFT's order; the bias is added in the base
+  // product's epilogue where the backend can
   Tensor y = be.empty({n, l.out}, x.dtype);
-  be.matmul(x2, false, l.weight->value, true, y);
-  if (l.bias) be.add_bias(y, l.bias->value);
+  be.matmul(x2, false, l.weight->value, true, y, 1.0f, 0.0f, l.bias ? &l.bias->value : nullptr);
   if (saved) saved->x = x2;
   if (l.lora_a) {
     Tensor xl = x2, mask;

@@ -58,9 +58,12 @@ struct Backend {
   virtual void fill(Tensor& t, float value) const = 0;
   virtual void copy(Tensor& dst, const Tensor& src) const = 0;
 
-  // C[m, n] = alpha * op(A) @ op(B) + beta * C, op = transpose when the flag is set.
+  // C[m, n] = alpha * op(A) @ op(B) + beta * C (+ bias[n] on every row, when given), op =
+  // transpose when the flag is set. The bias is added in the product's epilogue where the
+  // backend can (one pass over C instead of two).
   virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
-                      float alpha = 1.0f, float beta = 0.0f) const = 0;
+                      float alpha = 1.0f, float beta = 0.0f,
+                      const Tensor* bias = nullptr) const = 0;
   // y[i, :] += bias;   dbias += sum_i dy[i, :]
   virtual void add_bias(Tensor& y, const Tensor& bias) const = 0;
   virtual void bias_backward(const Tensor& dy, Tensor& dbias) const = 0;

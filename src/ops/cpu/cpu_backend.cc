@@ -102,7 +102,12 @@ struct CpuBackend final : Backend {
   }
 
   void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
-              float beta) const override {
+              float beta, const Tensor* bias) const override {
+    gemm(a, ta, b, tb, c, alpha, beta);
+    if (bias) add_bias(c, *bias);
+  }
+  void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
+            float beta) const {
     ET_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul: operands must be 2-D");
     int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
     int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);

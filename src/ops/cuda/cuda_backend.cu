@@ -19,6 +19,7 @@
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/gemm_lt.h"
 #include "ops/cuda/host_staging.h"
 #include "ops/cuda/norms.h"
 #include "ops/cuda/operand.cuh"
@@ -870,6 +871,11 @@ struct CudaBackend final : Backend {
   std::shared_ptr<Pool> pool = std::make_shared<Pool>();
   std::unique_ptr<cuda::HostStaging> staging = std::make_unique<cuda::HostStaging>();
   cublasHandle_t blas = nullptr;
+  // cuBLASLt for every bf16 product (gemm_lt.h says why); its workspace comes from the pool
+  // (counted in the peak like every other byte).
+  std::unique_ptr<cuda::LtGemm> lt = std::make_unique<cuda::LtGemm>();
+  Tensor lt_workspace;
+  mutable bool lt_fallback_noted = false;
   int device_index = 0;
   DType act = DType::BF16;
 
@@ -881,8 +887,11 @@ struct CudaBackend final : Backend {
     ET_CUBLAS(cublasSetMathMode(blas, CUBLAS_TF32_TENSOR_OP_MATH));
     if (const char* e = std::getenv("EMBEDTUNE_ACT_DTYPE"); e && std::string(e) == "f32")
       act = DType::F32;
+    lt_workspace = empty({int64_t{2} << 20}, DType::F32);  // 8 MiB
+    cuda::lt_gemm_init(*lt, lt_workspace.data, lt_workspace.nbytes());
   }
   ~CudaBackend() override {
+    cuda::lt_gemm_destroy(*lt);
     if (blas) cublasDestroy(blas);
   }
 
@@ -970,7 +979,7 @@ struct CudaBackend final : Backend {
   // tensor cores. Any bf16 operand: both inputs in bf16 (an fp32 one is rounded first), C in
   // its own type, fp32 accumulation.
   void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
-              float beta) const override {
+              float beta, const Tensor* bias) const override {
     ET_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul: operands must be 2-D");
     int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
     int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
@@ -982,22 +991,42 @@ struct CudaBackend final : Backend {
              (ta ? "^T" : ""), " x ", shape_str(b.shape), (tb ? "^T" : ""), " -> ",
              shape_str(c.shape), " do not match");
     if (m == 0 || n == 0) return;
+    if (bias)
+      ET_CHECK(bias->numel() == n, "matmul: bias has ", bias->numel(), " values for ", n,
+               " columns");
     const bool all_f32 = a.dtype == DType::F32 && b.dtype == DType::F32 && c.dtype == DType::F32;
-    if (all_f32) {
+    if (all_f32) {  // TF32 tensor cores (see the constructor)
       ET_CUBLAS(cublasSgemm(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                             static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                             F(b), static_cast<int>(b.dim(1)), F(a), static_cast<int>(a.dim(1)),
                             &beta, W(c), static_cast<int>(n)));
+      if (bias) add_bias(c, *bias);
       return;
     }
     Tensor a16 = convert(a, DType::BF16), b16 = convert(b, DType::BF16);
     P(c);
+    // as torch's bf16 addmm: the bias rounded to bf16, added to the fp32 accumulator
+    Tensor bias16 = bias && c.dtype == DType::BF16 ? convert(*bias, DType::BF16) : Tensor{};
+    const bool lt_case = k > 0 && (!bias || bias16.defined());
+    if (lt_case &&
+        cuda::lt_gemm(*lt, a16.data, ta, a.dim(1), b16.data, tb, b.dim(1), c.data,
+                      c.dtype == DType::F32, m, n, k, alpha, beta, bias ? bias16.data : nullptr))
+      return;
+    if (lt_case && !lt_fallback_noted) {
+      lt_fallback_noted = true;
+      std::fprintf(stderr,
+                   "note: cuBLASLt has no algorithm for a %lldx%lldx%lld bf16 product%s; using "
+                   "cublasGemmEx\n",
+                   static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
+                   bias ? " with a bias epilogue" : "");
+    }
     ET_CUBLAS(cublasGemmEx(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                            static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                            b16.data, CUDA_R_16BF, static_cast<int>(b.dim(1)), a16.data, CUDA_R_16BF,
                            static_cast<int>(a.dim(1)), &beta, c.data,
                            c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(n),
                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (bias) add_bias(c, *bias);
   }
   void add_bias(Tensor& y, const Tensor& bias) const override {
     OpScope scope_(prof.get(), "add_bias");
