@@ -38,8 +38,15 @@ if [ "${TRAIN_DEMO:-0}" = 1 ]; then  # real text end to end on the GPU (random-i
     --logging_steps 20 --save_steps 50 --max_seq_length 256 2>&1 | tail -8
   cp /tmp/et-run/train_log.jsonl "$OUT/train_demo_log.jsonl"
 fi
-if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (synchronized per op)
-  EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -30
+if [ -n "${PROFILE_ARGS:-}" ]; then  # where a step's time goes (GPU time per op, from events)
+  EMBEDTUNE_PROFILE=1 $D/embedtune bench --device cuda --steps 3 --warmup 1 $PROFILE_ARGS 2>&1 | grep -vE "^\{" | head -45
+fi
+if [ -n "${MEMTRACE_ARGS:-}" ]; then  # where the peak memory is reached; ';' separates runs
+  IFS=';' read -ra runs <<<"$MEMTRACE_ARGS"
+  for r in "${runs[@]}"; do
+    echo "memtrace: $r"
+    EMBEDTUNE_MEMTRACE=1 $D/embedtune bench --device cuda --steps 2 --warmup 1 $r 2>&1 | grep -vE "^\{" | head -12
+  done
 fi
 if [ "${SKIP_BASELINE:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 $D/baseline_st.py --only "${BASELINE_ONLY:-minilm-l6,bge-base}" --quick --out "$OUT" 2>&1 | grep -vE "Warning|warn" | tail -9

@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -826,43 +825,114 @@ const int32_t* I(const Tensor& t) {
   return static_cast<const int32_t*>(t.data);
 }
 
-// EMBEDTUNE_PROFILE=1: every op synchronizes before and after and adds its wall time to a
-// per-op total, printed when the backend is destroyed (for finding where a step's time goes;
-// the synchronization itself costs time, so totals are upper bounds).
+// EMBEDTUNE_PROFILE=1: every op records a CUDA event on each side (no synchronization, so the
+// step runs as it would); the GPU time between each pair is summed per op name and printed when
+// the backend is destroyed. On one stream that is each op's kernel time plus any idle time while
+// the host had not yet queued it. Events are recycled (creating two per op made the host, not
+// the GPU, the bottleneck, and charged the idle GPU time to whichever op came next).
+// EMBEDTUNE_MEMTRACE=1: remembers the ops around the last time the pool's peak of in-use bytes
+// rose (since the last reset_peak_bytes) and prints them with the peak, to show where in a step
+// the peak memory is reached.
 struct Profiler {
   bool on = std::getenv("EMBEDTUNE_PROFILE") != nullptr;
-  std::map<std::string, std::pair<double, int64_t>> totals;
+  bool mem = std::getenv("EMBEDTUNE_MEMTRACE") != nullptr;
+  const Pool* pool = nullptr;
+  struct Timed {
+    std::string name;
+    cudaEvent_t start, stop;
+  };
+  std::vector<Timed> timed;                                  // recorded, not yet read
+  std::vector<cudaEvent_t> spare;                            // read, reusable
+  std::map<std::string, std::pair<double, int64_t>> totals;  // ms, calls
+  std::vector<std::string> recent;                           // the last ops run, oldest first
+  std::vector<std::string> at_peak;                          // `recent` when the peak last rose
+  size_t peak_seen = 0, in_use_at_peak = 0;
+  int64_t ops_since_reset = 0, op_at_peak = 0;
+
+  bool names() const { return on || mem; }
+  // (called from OpScope's destructor: errors are left for the next checked call to report)
+  cudaEvent_t event() {
+    cudaEvent_t e = nullptr;
+    if (spare.empty()) {
+      cudaEventCreate(&e);
+    } else {
+      e = spare.back();
+      spare.pop_back();
+    }
+    cudaEventRecord(e);
+    return e;
+  }
+  void record(std::string name, cudaEvent_t start) {
+    timed.push_back({std::move(name), start, event()});
+    if (timed.size() >= 8192) harvest();  // one wait per few steps, not per op
+  }
+  // Waits for the recorded events and adds their intervals to the totals.
+  void harvest() {
+    if (timed.empty()) return;
+    cudaEventSynchronize(timed.back().stop);
+    for (const Timed& t : timed) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, t.start, t.stop);
+      totals[t.name].first += ms;
+      totals[t.name].second += 1;
+      spare.push_back(t.start);
+      spare.push_back(t.stop);
+    }
+    timed.clear();
+  }
+  void ran(const std::string& name) {
+    ++ops_since_reset;
+    recent.push_back(name);
+    if (recent.size() > 8) recent.erase(recent.begin());
+    if (pool->peak_in_use > peak_seen) {
+      peak_seen = pool->peak_in_use;
+      in_use_at_peak = pool->in_use;
+      op_at_peak = ops_since_reset;
+      at_peak = recent;
+    }
+  }
+  void reset() {
+    peak_seen = 0;
+    ops_since_reset = 0;
+    at_peak.clear();
+  }
   ~Profiler() {
-    if (!on || totals.empty()) return;
-    std::vector<std::pair<double, std::string>> rows;
+    if (mem && !at_peak.empty()) {
+      std::fprintf(stderr,
+                   "memory trace: peak %.1f MiB in use, reached at op %lld since the last peak "
+                   "reset (in use after it: %.1f MiB); the ops up to it:\n",
+                   peak_seen / 1048576.0, static_cast<long long>(op_at_peak),
+                   in_use_at_peak / 1048576.0);
+      for (const std::string& n : at_peak) std::fprintf(stderr, "  %s\n", n.c_str());
+    }
+    if (!on) return;
+    harvest();
+    for (cudaEvent_t e : spare) cudaEventDestroy(e);
+    if (totals.empty()) return;
     double all = 0;
+    std::vector<std::pair<double, std::string>> rows;
     for (auto& [k, v] : totals) {
       rows.emplace_back(v.first, k);
       all += v.first;
     }
     std::sort(rows.rbegin(), rows.rend());
-    std::fprintf(stderr, "op profile (synchronized wall time):\n");
+    std::fprintf(stderr, "op profile (GPU time between events around each op):\n");
     for (auto& [t, k] : rows)
-      std::fprintf(stderr, "  %-22s %9.1f ms %6.1f%%  %8lld calls\n", k.c_str(), t * 1e3,
-                   100 * t / all, static_cast<long long>(totals[k].second));
+      std::fprintf(stderr, "  %-34s %9.2f ms %6.1f%%  %8lld calls\n", k.c_str(), t, 100 * t / all,
+                   static_cast<long long>(totals[k].second));
   }
 };
 
 struct OpScope {
   Profiler* p;
   std::string name;
-  std::chrono::steady_clock::time_point t0;
+  cudaEvent_t start = nullptr;
   OpScope(Profiler* prof, std::string n) : p(prof), name(std::move(n)) {
-    if (!p->on) return;
-    cudaDeviceSynchronize();
-    t0 = std::chrono::steady_clock::now();
+    if (p->on) start = p->event();
   }
   ~OpScope() {
-    if (!p->on) return;
-    cudaDeviceSynchronize();
-    auto& e = p->totals[name];
-    e.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    e.second += 1;
+    if (p->mem) p->ran(name);
+    if (p->on) p->record(std::move(name), start);
   }
 };
 
@@ -881,6 +951,7 @@ struct CudaBackend final : Backend {
 
   CudaBackend(int dev, DType act_type) : device_index(dev), act(act_type) {
     ET_CUDA(cudaSetDevice(dev));
+    prof->pool = pool.get();
     ET_CUBLAS(cublasCreate(&blas));
     // fp32 x fp32 products run as TF32 on tensor cores with fp32 accumulation (torch's
     // allow_tf32); products with a bf16 operand run in bf16 with fp32 accumulation.
@@ -983,7 +1054,7 @@ struct CudaBackend final : Backend {
     ET_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "matmul: operands must be 2-D");
     int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
     int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
-    OpScope scope_(prof.get(), prof->on
+    OpScope scope_(prof.get(), prof->names()
                                    ? "matmul " + std::to_string(m) + "x" + std::to_string(n) + "x" +
                                          std::to_string(k) + (ta ? " T" : " N") + (tb ? "T" : "N")
                                    : std::string());
@@ -1609,6 +1680,7 @@ struct CudaBackend final : Backend {
   void reset_peak_bytes() const override {
     std::lock_guard<std::mutex> g(pool->mu);
     pool->peak_in_use = pool->in_use;
+    prof->reset();
   }
   void synchronize() const override { ET_CUDA(cudaDeviceSynchronize()); }
 };
