@@ -46,6 +46,7 @@ struct Pool {
   std::mutex mu;
   std::multimap<size_t, void*> free_blocks;
   size_t reserved = 0, peak_reserved = 0, in_use = 0, peak_in_use = 0;
+  int64_t mallocs = 0;  // cudaMalloc calls (none once a repeated step's blocks are cached)
 
   static size_t round(size_t n) {
     const size_t g = n <= (size_t{1} << 20) ? 4096 : size_t{2} << 20;
@@ -80,6 +81,7 @@ struct Pool {
         }
       }
       reserved += n;
+      ++mallocs;
       peak_reserved = std::max(peak_reserved, reserved);
     }
     in_use += n;
@@ -847,7 +849,7 @@ struct Profiler {
   std::vector<std::string> recent;                           // the last ops run, oldest first
   std::vector<std::string> at_peak;                          // `recent` when the peak last rose
   size_t peak_seen = 0, in_use_at_peak = 0;
-  int64_t ops_since_reset = 0, op_at_peak = 0;
+  int64_t ops_since_reset = 0, op_at_peak = 0, mallocs_at_reset = 0;
 
   bool names() const { return on || mem; }
   // (called from OpScope's destructor: errors are left for the next checked call to report)
@@ -892,19 +894,24 @@ struct Profiler {
     }
   }
   void reset() {
+    mallocs_at_reset = pool->mallocs;
     peak_seen = 0;
     ops_since_reset = 0;
     at_peak.clear();
   }
+  // Called by the backend's destructor, while the pool still exists.
+  void print_memory_trace() const {
+    if (!mem || at_peak.empty()) return;
+    std::fprintf(stderr,
+                 "memory trace: peak %.1f MiB in use, reached at op %lld since the last peak "
+                 "reset (in use after it: %.1f MiB); the ops up to it:\n",
+                 peak_seen / 1048576.0, static_cast<long long>(op_at_peak),
+                 in_use_at_peak / 1048576.0);
+    for (const std::string& n : at_peak) std::fprintf(stderr, "  %s\n", n.c_str());
+    std::fprintf(stderr, "memory trace: %lld cudaMalloc calls since the last peak reset\n",
+                 static_cast<long long>(pool->mallocs - mallocs_at_reset));
+  }
   ~Profiler() {
-    if (mem && !at_peak.empty()) {
-      std::fprintf(stderr,
-                   "memory trace: peak %.1f MiB in use, reached at op %lld since the last peak "
-                   "reset (in use after it: %.1f MiB); the ops up to it:\n",
-                   peak_seen / 1048576.0, static_cast<long long>(op_at_peak),
-                   in_use_at_peak / 1048576.0);
-      for (const std::string& n : at_peak) std::fprintf(stderr, "  %s\n", n.c_str());
-    }
     if (!on) return;
     harvest();
     for (cudaEvent_t e : spare) cudaEventDestroy(e);
@@ -962,6 +969,7 @@ struct CudaBackend final : Backend {
     cuda::lt_gemm_init(*lt, lt_workspace.data, lt_workspace.nbytes());
   }
   ~CudaBackend() override {
+    prof->print_memory_trace();
     cuda::lt_gemm_destroy(*lt);
     if (blas) cublasDestroy(blas);
   }
