@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -846,8 +847,9 @@ struct Profiler {
   std::vector<Timed> timed;                                  // recorded, not yet read
   std::vector<cudaEvent_t> spare;                            // read, reusable
   std::map<std::string, std::pair<double, int64_t>> totals;  // ms, calls
-  std::vector<std::string> recent;                           // the last ops run, oldest first
-  std::vector<std::string> at_peak;                          // `recent` when the peak last rose
+  std::map<std::string, double> host_ms;  // host time inside each op (launch cost, or waiting)
+  std::vector<std::string> recent;        // the last ops run, oldest first
+  std::vector<std::string> at_peak;       // `recent` when the peak last rose
   size_t peak_seen = 0, in_use_at_peak = 0;
   int64_t ops_since_reset = 0, op_at_peak = 0, mallocs_at_reset = 0;
 
@@ -923,10 +925,11 @@ struct Profiler {
       all += v.first;
     }
     std::sort(rows.rbegin(), rows.rend());
-    std::fprintf(stderr, "op profile (GPU time between events around each op):\n");
+    std::fprintf(stderr,
+                 "op profile (GPU time between events around each op; host time inside it):\n");
     for (auto& [t, k] : rows)
-      std::fprintf(stderr, "  %-34s %9.2f ms %6.1f%%  %8lld calls\n", k.c_str(), t, 100 * t / all,
-                   static_cast<long long>(totals[k].second));
+      std::fprintf(stderr, "  %-34s %9.2f ms %6.1f%%  %8lld calls  host %8.2f ms\n", k.c_str(), t,
+                   100 * t / all, static_cast<long long>(totals[k].second), host_ms[k]);
   }
 };
 
@@ -934,12 +937,18 @@ struct OpScope {
   Profiler* p;
   std::string name;
   cudaEvent_t start = nullptr;
+  std::chrono::steady_clock::time_point t0;
   OpScope(Profiler* prof, std::string n) : p(prof), name(std::move(n)) {
-    if (p->on) start = p->event();
+    if (!p->on) return;
+    start = p->event();
+    t0 = std::chrono::steady_clock::now();
   }
   ~OpScope() {
     if (p->mem) p->ran(name);
-    if (p->on) p->record(std::move(name), start);
+    if (!p->on) return;
+    p->host_ms[name] +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    p->record(std::move(name), start);
   }
 };
 

@@ -59,6 +59,16 @@ LtPlan make_plan(LtGemm& g, const LtKey& key) {
   return p;
 }
 
+void clear_plans(LtGemm& g) {
+  for (auto& [key, p] : g.plans) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
+  }
+  g.plans.clear();
+}
+
 }  // namespace
 
 void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes) {
@@ -68,13 +78,7 @@ void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes) {
 }
 
 void lt_gemm_destroy(LtGemm& g) {
-  for (auto& [key, p] : g.plans) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
-  }
-  g.plans.clear();
+  clear_plans(g);
   if (g.handle) cublasLtDestroy(g.handle);
   g.handle = nullptr;
 }
@@ -98,7 +102,11 @@ bool lt_gemm(LtGemm& g, const void* a, bool trans_a, int64_t lda, const void* b,
                   alignment_of(b),
                   alignment_of(c)};
   auto it = g.plans.find(key);
-  if (it == g.plans.end()) it = g.plans.emplace(key, make_plan(g, key)).first;
+  if (it == g.plans.end()) {
+    // Varying lengths (real data) bring new shapes every step: keep the cache bounded.
+    if (g.plans.size() >= 4096) clear_plans(g);
+    it = g.plans.emplace(key, make_plan(g, key)).first;
+  }
   LtPlan* p = &it->second;
   if (!p->ok) return false;
   if (bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
