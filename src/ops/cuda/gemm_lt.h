@@ -1,10 +1,9 @@
 // Matrix products with bf16 operands through cuBLASLt: fp32 accumulation, C in bf16 or fp32,
 // and optionally the bias in the epilogue (CUBLASLT_EPILOGUE_BIAS: added to the fp32
 // accumulator before the one rounding of C, so C is written once instead of being written by
-// the product and then read and rewritten by a bias kernel). cuBLASLt's heuristic, given a
-// workspace, also picks split-K kernels for narrow outputs over long K (LoRA weight gradients,
-// e.g. 768 x 16 x 32768), where cublasGemmEx ran about ten times slower than the same product
-// through cuBLASLt (PyTorch's path).
+// the product and then read and rewritten by a bias kernel). Bias-free products take the same
+// path (one way to call the library; measured within 1% of cublasGemmEx, whose host cost per
+// call is the same: bench/NOTES.md).
 #pragma once
 
 #include <cublasLt.h>
