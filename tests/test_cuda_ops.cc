@@ -37,6 +37,14 @@ struct Both {
   }
   Tensor up(const Tensor& h) { return gpu->upload(h); }
   Tensor down(const Tensor& d) { return gpu->download(d); }
+  // A host tensor on the device in bf16 (the activations' storage)
+  Tensor bf(const Tensor& host) {
+    Tensor t = gpu->empty(host.shape, DType::BF16);
+    gpu->copy(t, up(host));
+    return t;
+  }
+  // The host tensor rounded to bf16 the same way, so a reference sees only the op's own error
+  Tensor rounded(const Tensor& host) { return down(bf(host)); }
   // Poisoned device output of a shape: every element must be written by the op.
   Tensor poisoned(const Shape& s, DType dtype = DType::F32) {
     Tensor t = gpu->empty(s, dtype);
@@ -313,41 +321,36 @@ TEST(CudaOps, RotaryFamilyOps) {
   b.gpu->copy_columns(b.up(big), 17, dd, 5, 30);
   expect_close(b.down(dd), dr, 1e-12, "copy_columns");
   // bf16 storage: about 1e-2
-  auto bf = [&](const Tensor& host) {
-    Tensor t = b.gpu->empty(host.shape, DType::BF16);
-    b.gpu->copy(t, b.up(host));
-    return t;
-  };
-  Tensor xb = b.down(bf(x)), w = b.rand({D}, 0.5f, 1.5f);
+  Tensor xb = b.rounded(x), w = b.rand({D}, 0.5f, 1.5f);
   Tensor yr = cpu_empty(x.shape), sr = cpu_empty({x.numel() / D});
   Tensor yd = b.gpu->empty(x.shape, DType::BF16), sd = b.gpu->empty({x.numel() / D});
   b.cpu->rmsnorm_forward(xb, w, 1.0f, 1e-6f, yr, sr);
-  b.gpu->rmsnorm_forward(bf(xb), b.up(w), 1.0f, 1e-6f, yd, sd);
+  b.gpu->rmsnorm_forward(b.bf(xb), b.up(w), 1.0f, 1e-6f, yd, sd);
   expect_close(b.down(yd), yr, 1e-2, "bf16 rmsnorm");
-  Tensor rr = cpu_clone(xb), rd = bf(xb);
+  Tensor rr = cpu_clone(xb), rd = b.bf(xb);
   b.cpu->rope(rr, p_host, static_cast<int>(heads), static_cast<int>(D), 10000.0, false);
   b.gpu->rope(rd, p_dev, static_cast<int>(heads), static_cast<int>(D), 10000.0, false);
   expect_close(b.down(rd), rr, 1e-2, "bf16 rope");
   // bf16 GLUs (the vectorised kernels): separate and packed gate|up
-  Tensor gb = b.down(bf(g)), ub = b.down(bf(u)), gyb = b.down(bf(gy)), gub = b.down(bf(gu));
+  Tensor gb = b.rounded(g), ub = b.rounded(u), gyb = b.rounded(gy), gub = b.rounded(gu);
   for (Act act : {Act::GeluTanh, Act::SiLU}) {
     Tensor yr = cpu_empty(g.shape), yd = b.gpu->empty(g.shape, DType::BF16);
     b.cpu->glu_forward(act, gb, ub, yr);
-    b.gpu->glu_forward(act, bf(gb), bf(ub), yd);
+    b.gpu->glu_forward(act, b.bf(gb), b.bf(ub), yd);
     expect_close(b.down(yd), yr, 1e-2, "bf16 glu_forward");
     Tensor dgr = cpu_empty(g.shape), dur = cpu_empty(g.shape);
     Tensor dgd = b.gpu->empty(g.shape, DType::BF16), dud = b.gpu->empty(g.shape, DType::BF16);
     b.cpu->glu_backward(act, gb, ub, gyb, dgr, dur);
-    b.gpu->glu_backward(act, bf(gb), bf(ub), bf(gyb), dgd, dud);
+    b.gpu->glu_backward(act, b.bf(gb), b.bf(ub), b.bf(gyb), dgd, dud);
     expect_close(b.down(dgd), dgr, 1e-2, "bf16 glu_backward dgate");
     expect_close(b.down(dud), dur, 1e-2, "bf16 glu_backward dup");
     Tensor pr = cpu_empty({T, 64}), pd = b.gpu->empty({T, 64}, DType::BF16);
     b.cpu->glu_packed_forward(act, gub, pr);
-    b.gpu->glu_packed_forward(act, bf(gub), pd);
+    b.gpu->glu_packed_forward(act, b.bf(gub), pd);
     expect_close(b.down(pd), pr, 1e-2, "bf16 glu_packed_forward");
     Tensor dpr = cpu_empty(gu.shape), dpd = b.gpu->empty(gu.shape, DType::BF16);
     b.cpu->glu_packed_backward(act, gub, gyb, dpr);
-    b.gpu->glu_packed_backward(act, bf(gub), bf(gyb), dpd);
+    b.gpu->glu_packed_backward(act, b.bf(gub), b.bf(gyb), dpd);
     expect_close(b.down(dpd), dpr, 1e-2, "bf16 glu_packed_backward");
   }
 }
@@ -355,61 +358,55 @@ TEST(CudaOps, RotaryFamilyOps) {
 TEST(CudaOps, Bf16Activations) {
   SKIP_WITHOUT_GPU();
   Both b;
-  auto bf = [&](const Tensor& host) {
-    Tensor d = b.gpu->empty(host.shape, DType::BF16);
-    b.gpu->copy(d, b.up(host));
-    return d;
-  };
-  // reference inputs rounded to bf16 the same way, so only the op's own error remains
-  auto rounded = [&](const Tensor& host) { return b.down(bf(host)); };
-  Tensor x = rounded(b.rand({256, 96}, -3, 3)), y = rounded(b.rand({256, 96})), bias = b.rand({96});
+  Tensor x = b.rounded(b.rand({256, 96}, -3, 3)), y = b.rounded(b.rand({256, 96})),
+         bias = b.rand({96});
   Tensor r = cpu_empty(x.shape), d = b.gpu->empty(x.shape, DType::BF16);
   b.cpu->add(x, y, r);
-  b.gpu->add(bf(x), bf(y), d);
+  b.gpu->add(b.bf(x), b.bf(y), d);
   expect_close(b.down(d), r, 1e-2, "bf16 add");
-  Tensor xr = cpu_clone(x), xd = bf(x);
+  Tensor xr = cpu_clone(x), xd = b.bf(x);
   b.cpu->add_bias(xr, bias);
   b.gpu->add_bias(xd, b.up(bias));
   expect_close(b.down(xd), xr, 1e-2, "bf16 add_bias");
   for (Act act : {Act::GeluErf, Act::GeluTanh, Act::Tanh, Act::SiLU}) {
     b.cpu->act_forward(act, x, r);
-    b.gpu->act_forward(act, bf(x), d);
+    b.gpu->act_forward(act, b.bf(x), d);
     expect_close(b.down(d), r, 1e-2, "bf16 act_forward");
     b.cpu->act_backward(act, x, y, r);
-    b.gpu->act_backward(act, bf(x), bf(y), d);
+    b.gpu->act_backward(act, b.bf(x), b.bf(y), d);
     expect_close(b.down(d), r, 1e-2, "bf16 act_backward");
   }
   Tensor w = b.rand({96}, 0.5, 1.5), mu = cpu_empty({256}), rs = cpu_empty({256});
   Tensor mud = b.gpu->empty({256}, DType::F32), rsd = b.gpu->empty({256}, DType::F32);
   Tensor bd = b.up(bias);
   b.cpu->layernorm_forward(x, w, &bias, 1e-12f, r, mu, rs);
-  b.gpu->layernorm_forward(bf(x), b.up(w), &bd, 1e-12f, d, mud, rsd);
+  b.gpu->layernorm_forward(b.bf(x), b.up(w), &bd, 1e-12f, d, mud, rsd);
   expect_close(b.down(d), r, 1e-2, "bf16 layernorm_forward");
   Tensor dw = cpu_zeros({96}), dwd = b.gpu->zeros({96}, DType::F32);
   b.cpu->layernorm_backward(y, x, w, mu, rs, r, &dw, nullptr);
-  b.gpu->layernorm_backward(bf(y), bf(x), b.up(w), mud, rsd, d, &dwd, nullptr);
+  b.gpu->layernorm_backward(b.bf(y), b.bf(x), b.up(w), mud, rsd, d, &dwd, nullptr);
   expect_close(b.down(d), r, 1e-2, "bf16 layernorm_backward dx");
   expect_close(b.down(dwd), dw, 1e-2, "bf16 layernorm_backward dw");
   // mixed storage: an fp32 residual stream (gradient) with bf16 branches, as in the rotary
   // families; the vectorised add and norms read either type
   Tensor y32 = b.up(y), s32 = b.gpu->empty(x.shape, DType::F32), sr = cpu_empty(x.shape);
   b.cpu->add(y, x, sr);
-  b.gpu->add(y32, bf(x), s32);
+  b.gpu->add(y32, b.bf(x), s32);
   expect_close(b.down(s32), sr, 1e-6, "mixed add");
   Tensor dw2 = cpu_zeros({96}), dwd2 = b.gpu->zeros({96}, DType::F32);
   Tensor dx32 = b.gpu->empty(x.shape, DType::F32);
   b.cpu->layernorm_backward(y, x, w, mu, rs, r, &dw2, nullptr);
-  b.gpu->layernorm_backward(y32, bf(x), b.up(w), mud, rsd, dx32, &dwd2, nullptr);
+  b.gpu->layernorm_backward(y32, b.bf(x), b.up(w), mud, rsd, dx32, &dwd2, nullptr);
   expect_close(b.down(dx32), r, 1e-4, "mixed layernorm_backward dx");
   expect_close(b.down(dwd2), dw2, 1e-4, "mixed layernorm_backward dw");
   for (float offset : {0.0f, 1.0f}) {
     Tensor rsr = cpu_empty({256}), rsg = b.gpu->empty({256}, DType::F32);
     b.cpu->rmsnorm_forward(x, w, offset, 1e-6f, r, rsr);
-    b.gpu->rmsnorm_forward(bf(x), b.up(w), offset, 1e-6f, d, rsg);
+    b.gpu->rmsnorm_forward(b.bf(x), b.up(w), offset, 1e-6f, d, rsg);
     expect_close(b.down(d), r, 1e-2, "bf16 rmsnorm_forward");
     Tensor dw3 = cpu_zeros({96}), dwd3 = b.gpu->zeros({96}, DType::F32);
     b.cpu->rmsnorm_backward(y, x, w, offset, rsr, r, &dw3);
-    b.gpu->rmsnorm_backward(y32, bf(x), b.up(w), offset, rsg, d, &dwd3);
+    b.gpu->rmsnorm_backward(y32, b.bf(x), b.up(w), offset, rsg, d, &dwd3);
     expect_close(b.down(d), r, 1e-2, "mixed rmsnorm_backward dx (bf16 out)");
     expect_close(b.down(dwd3), dw3, 1e-4, "mixed rmsnorm_backward dw");
   }
@@ -417,26 +414,26 @@ TEST(CudaOps, Bf16Activations) {
   Tensor wm = b.rand({40, 96}), c = cpu_empty({256, 40});
   b.cpu->matmul(x, false, wm, true, c);
   Tensor c32 = b.gpu->empty({256, 40}, DType::F32), c16 = b.gpu->empty({256, 40}, DType::BF16);
-  b.gpu->matmul(bf(x), false, b.up(wm), true, c32);
-  b.gpu->matmul(bf(x), false, b.up(wm), true, c16);
+  b.gpu->matmul(b.bf(x), false, b.up(wm), true, c32);
+  b.gpu->matmul(b.bf(x), false, b.up(wm), true, c16);
   expect_close(b.down(c32), c, 1e-2, "bf16 matmul -> f32");
   expect_close(b.down(c16), c, 1e-2, "bf16 matmul -> bf16");
   // LoRA weight-gradient shape (A^T B, K = many tokens), with accumulation
-  Tensor xa = rounded(b.rand({10000, 16})), dy = rounded(b.rand({10000, 40}));
+  Tensor xa = b.rounded(b.rand({10000, 16})), dy = b.rounded(b.rand({10000, 40}));
   Tensor g0 = b.rand({40, 16}), gr = cpu_clone(g0), gd = b.up(g0);
   b.cpu->matmul(dy, true, xa, false, gr, 0.5f, 1.0f);
-  b.gpu->matmul(bf(dy), true, bf(xa), false, gd, 0.5f, 1.0f);
+  b.gpu->matmul(b.bf(dy), true, b.bf(xa), false, gd, 0.5f, 1.0f);
   expect_close(b.down(gd), gr, 1e-2, "bf16 A^T B matmul");
   // a narrow output over a long K (a LoRA weight gradient: split-K kernels), accumulated and
   // overwritten
-  Tensor xa2 = rounded(b.rand({6000, 16})), dy2 = rounded(b.rand({6000, 100}));
+  Tensor xa2 = b.rounded(b.rand({6000, 16})), dy2 = b.rounded(b.rand({6000, 100}));
   Tensor g2 = b.rand({100, 16}), gr2 = cpu_clone(g2), gd2 = b.up(g2);
   b.cpu->matmul(dy2, true, xa2, false, gr2, 0.5f, 1.0f);
-  b.gpu->matmul(bf(dy2), true, bf(xa2), false, gd2, 0.5f, 1.0f);
+  b.gpu->matmul(b.bf(dy2), true, b.bf(xa2), false, gd2, 0.5f, 1.0f);
   expect_close(b.down(gd2), gr2, 1e-2, "bf16 A^T B matmul, narrow output, accumulated");
   Tensor gr3 = cpu_empty({100, 16}), gd3 = b.poisoned({100, 16});
   b.cpu->matmul(dy2, true, xa2, false, gr3, 0.5f, 0.0f);
-  b.gpu->matmul(bf(dy2), true, bf(xa2), false, gd3, 0.5f, 0.0f);
+  b.gpu->matmul(b.bf(dy2), true, b.bf(xa2), false, gd3, 0.5f, 0.0f);
   expect_close(b.down(gd3), gr3, 1e-2, "bf16 A^T B matmul, narrow output");
 }
 
@@ -447,31 +444,25 @@ TEST(CudaOps, Bf16Activations) {
 TEST(CudaOps, MatmulBiasEpilogue) {
   SKIP_WITHOUT_GPU();
   Both b;
-  auto bf = [&](const Tensor& host) {
-    Tensor t = b.gpu->empty(host.shape, DType::BF16);
-    b.gpu->copy(t, b.up(host));
-    return t;
-  };
-  auto rounded = [&](const Tensor& host) { return b.down(bf(host)); };
   const int64_t m = 301, k = 96, n = 40;
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (float beta : {0.0f, 1.0f}) {
-        Tensor a = rounded(b.rand(ta ? Shape{k, m} : Shape{m, k}));
-        Tensor w = rounded(b.rand(tb ? Shape{n, k} : Shape{k, n}));
-        Tensor bias = b.rand({n}), c0 = rounded(b.rand({m, n}));
+        Tensor a = b.rounded(b.rand(ta ? Shape{k, m} : Shape{m, k}));
+        Tensor w = b.rounded(b.rand(tb ? Shape{n, k} : Shape{k, n}));
+        Tensor bias = b.rand({n}), c0 = b.rounded(b.rand({m, n}));
         Tensor ref = cpu_clone(c0);
         b.cpu->matmul(a, ta, w, tb, ref, 0.7f, beta, &bias);
-        Tensor c = bf(c0), bd = b.up(bias);
-        b.gpu->matmul(bf(a), ta, b.up(w), tb, c, 0.7f, beta, &bd);
+        Tensor c = b.bf(c0), bd = b.up(bias);
+        b.gpu->matmul(b.bf(a), ta, b.up(w), tb, c, 0.7f, beta, &bd);
         expect_close(b.down(c), ref, 1e-2, "bf16 matmul with bias");
       }
   // rows 1.. of a larger input: the A operand starts 192 bytes into its buffer
-  Tensor big = rounded(b.rand({m + 1, k})), w = rounded(b.rand({n, k})), bias = b.rand({n});
+  Tensor big = b.rounded(b.rand({m + 1, k})), w = b.rounded(b.rand({n, k})), bias = b.rand({n});
   Tensor ref = cpu_empty({m, n});
   b.cpu->matmul(big.rows(1, m + 1), false, w, true, ref, 1.0f, 0.0f, &bias);
   Tensor c = b.poisoned({m, n}, DType::BF16), bd = b.up(bias);
-  b.gpu->matmul(bf(big).rows(1, m + 1), false, b.up(w), true, c, 1.0f, 0.0f, &bd);
+  b.gpu->matmul(b.bf(big).rows(1, m + 1), false, b.up(w), true, c, 1.0f, 0.0f, &bd);
   expect_close(b.down(c), ref, 1e-2, "bf16 matmul with bias, unaligned rows");
 }
 
