@@ -831,8 +831,9 @@ const int32_t* I(const Tensor& t) {
 // EMBEDTUNE_PROFILE=1: every op records a CUDA event on each side (no synchronization, so the
 // step runs as it would); the GPU time between each pair is summed per op name and printed when
 // the backend is destroyed. On one stream that is each op's kernel time plus any idle time while
-// the host had not yet queued it. Events are recycled (creating two per op made the host, not
-// the GPU, the bottleneck, and charged the idle GPU time to whichever op came next).
+// the host had not yet queued it, so a small op can be charged time that is not its own (Nsight
+// Compute is the reference for single kernels; bench/NOTES.md). Events are recycled, and read
+// every 8192 ops, instead of created per op. The host time inside each op is summed beside.
 // EMBEDTUNE_MEMTRACE=1: remembers the ops around the last time the pool's peak of in-use bytes
 // rose (since the last reset_peak_bytes) and prints them with the peak, to show where in a step
 // the peak memory is reached.
