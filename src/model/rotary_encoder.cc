@@ -314,9 +314,9 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
 
 // Gradient of a layer: takes d(out) (by value: the caller hands it over, and it is freed once
 // used), returns d(x); accumulates parameter gradients. Temporaries are dropped as soon as they
-// are consumed, and so is what the layer's forward saved (s is emptied): the peak of a step is
-// this layer's backward with every earlier layer's saved tensors alive, so each tensor of the
-// layer itself released early lowers it.
+// are consumed, and so are the tensors of s, each once read (the caller drops the rest): the
+// peak of a step is this layer's backward with every earlier layer's saved tensors alive, so
+// each tensor of the layer itself released early lowers it.
 Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
                       const AttentionArgs& attn, const Tensor& positions, RotaryLayerSaved& s,
                       Tensor dout) {
@@ -381,7 +381,6 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
     linear_backward(be, L.v, with_saved_input(s.v, h), dv, &dh, true);
   }
   be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx1);  // d(x), in place
-  s = RotaryLayerSaved{};
   return dx1;
 }
 
