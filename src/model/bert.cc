@@ -115,9 +115,10 @@ static std::vector<int32_t> position_ids(const ModelConfig& cfg, const PackedBat
 
 // One encoder layer: x -> LN2(W2 act(W1 x1) + x1), x1 = LN1(Wo attn(Wq x, Wk x, Wv x) + x).
 // With `s`, keeps what backward needs.
-// Temporaries are released as soon as they are consumed (x, a, h, f, x1), so that with the
-// saved tensors at most x1, the [T, intermediate] activation and f are alive at once: the
-// forward's share of the step's peak stays within the backward's (see bert_ffn_backward).
+// The residual sums are made in the output products' epilogues, into the buffers of x and x1
+// when no one else holds them; h is released once consumed, so that with the saved tensors at
+// most x1 (as res2) and the [T, intermediate] activation are alive at once: the forward's share
+// of the step's peak stays within the backward's (see bert_ffn_backward).
 // x is taken by value: the caller hands it over (or keeps it, for gradient checkpointing).
 static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
                                  const AttentionArgs& attn, Tensor x, BertLayerSaved* s, Rng* rng) {
@@ -132,10 +133,9 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
     for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
   Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
-  Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
-  Tensor res1 = be.empty({T, H}, act);
-  be.add(a, x, res1);
-  a = x = Tensor{};
+  // res1 = x + Wo ctx, summed in the products' epilogues (into x's buffer when it is ours)
+  Tensor res1 = residual_buffer(be, std::move(x), act);
+  linear_forward_add(be, L.o, ctx, res1, s ? &s->o : nullptr, rng);
   Tensor x1 = be.empty({T, H}, act);
   Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
   be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
@@ -143,14 +143,12 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   if (s) drop_saved_input(s->ffn_in, x1);
   Tensor h = be.empty(h_pre.shape, act);
   be.act_forward(c.act, h_pre, h);
-  Tensor f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
+  Tensor res2 = residual_buffer(be, std::move(x1), act);
+  linear_forward_add(be, L.ffn_out, h, res2, s ? &s->ffn_out : nullptr, rng);
   // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
   // largest activation of a layer. (With LoRA dropout the masked copy stays.)
   if (s) drop_saved_input(s->ffn_out, h);
   h = Tensor{};
-  Tensor res2 = be.empty({T, H}, act);
-  be.add(f, x1, res2);
-  f = x1 = Tensor{};
   Tensor out = be.empty({T, H}, act);
   Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
   be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);

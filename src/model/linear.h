@@ -48,6 +48,13 @@ LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e);
 // `rng` drives LoRA dropout (training only; null means no dropout).
 Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,
                       Rng* rng);
+// out += linear(x), out [n, out] (a residual stream, bf16 or fp32): the sum is made in the
+// products' epilogues instead of by a separate pass over both tensors.
+void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Tensor& out,
+                        LinearSaved* saved, Rng* rng);
+// A residual stream's buffer that linear_forward_add may sum into: x itself when it is already
+// in `dtype` and no one else holds it (a layer's handed-over input, an earlier sum), else a copy.
+Tensor residual_buffer(const Backend& be, Tensor x, DType dtype);
 // Accumulates gradients of trainable W, b, A, B; writes (or adds to, when `accumulate`) dx.
 // dx may be the buffer of the saved input (s.x / s.x_lora): it is read before dx is written.
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,

@@ -155,16 +155,24 @@ double theta_of(const ModelConfig& c, const RotaryLayer& L) {
   return L.sliding ? c.rope_theta_local : c.rope_theta;
 }
 
-// The residual sum a + b into a's buffer when a is an fp32 tensor no one else holds (the
-// layer's own input or an earlier sum), else into a new fp32 tensor.
-Tensor residual_add(const Backend& be, Tensor a, const Tensor& b) {
-  if (a.dtype != DType::F32 || a.owner.use_count() != 1) {
-    Tensor y = be.empty(a.shape, DType::F32);
-    be.add(a, b, y);
-    return y;
+// The residual sum x + N(linear(in)) in fp32 (see rotary_forward), into x's buffer when no one
+// else holds it; without the norm N the products sum into the residual in their epilogues.
+// `in` is handed over; with drop_input it is also dropped from the saved state (backward
+// recomputes it), so that it is freed before the norm allocates.
+Tensor residual_linear_add(const Backend& be, const ModelConfig& c, Tensor x, const Linear& l,
+                           Tensor in, bool drop_input, const Norm& n, LinearSaved* ls,
+                           NormSaved* ns, Rng* rng) {
+  Tensor sum = residual_buffer(be, std::move(x), DType::F32);
+  Tensor y;
+  if (n.w) {
+    y = linear_forward(be, l, in, ls, rng);
+  } else {
+    linear_forward_add(be, l, in, sum, ls, rng);
   }
-  be.add(a, b, a);
-  return a;
+  if (ls && drop_input) drop_saved_input(*ls, in);
+  in = Tensor{};
+  if (n.w) be.add(sum, norm_forward(be, c, n, y, ns), sum);
+  return sum;
 }
 
 // x is taken by value: a caller that hands its input over lets the first residual sum reuse
@@ -220,8 +228,8 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   }
   Tensor ctx = be.empty({T, qdim}, act), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
-  Tensor a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
-  a = norm_forward(be, c, L.post_attn_norm, a, s ? &s->post_attn_norm : nullptr);
+  Tensor x1 = residual_linear_add(be, c, std::move(x), L.o, ctx, false, L.post_attn_norm,
+                                  s ? &s->o : nullptr, s ? &s->post_attn_norm : nullptr, rng);
   if (s) {
     if (!L.q_norm) {  // no norm to recompute them from: keep q, k after RoPE
       s->qr = q;
@@ -232,8 +240,6 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     s->lse = lse;
   }
   q = k = v = ctx = Tensor{};
-  Tensor x1 = residual_add(be, std::move(x), a);  // fp32 (see rotary_forward)
-  a = Tensor{};
   Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
   Tensor g, u;  // ModernBERT: g holds Wi's packed output (gate | up), u stays empty
   Tensor m = be.empty({T, c.intermediate}, act);
@@ -252,12 +258,9 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     s->u = u;
   }
   h2 = g = u = Tensor{};
-  Tensor f = linear_forward(be, L.down, m, s ? &s->down : nullptr, rng);
   // m = act(g) * u is recomputed in backward: [T, intermediate] is the largest activation
-  if (s) drop_saved_input(s->down, m);
-  m = Tensor{};
-  f = norm_forward(be, c, L.post_mlp_norm, f, s ? &s->post_mlp_norm : nullptr);
-  return residual_add(be, std::move(x1), f);
+  return residual_linear_add(be, c, std::move(x1), L.down, std::move(m), true, L.post_mlp_norm,
+                             s ? &s->down : nullptr, s ? &s->post_mlp_norm : nullptr, rng);
 }
 
 // The MLP half of a layer's backward: takes d(out) over (its buffer becomes d(x1), fp32). Its
