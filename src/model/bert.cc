@@ -265,10 +265,10 @@ static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const 
 // activations plus this. g_out carries d(out) in and d(x) out. With x' = LN2(res2),
 // res2 = W2 act(W1 x1) + x1, x1 = LN1(res1), res1 = Wo attn(Wq x, Wk x, Wv x) + x:
 //   FFN half:       g_res = d(res2) = LN2'(g_out); g_out := x1 (recomputed);
-//                   dx1 = g_res + W1'(act'(W2' g_res)), over two row halves, so that only half
-//                   of the [T, intermediate] activation exists at a time (5 units)
-//   attention half: g_res = d(res1) = LN1'(dx1); g_out := g_res (the residual path);
-//                   dx1 := dctx = Wo' g_res; g_res freed; dq (fp32, the kernel's accumulator),
+//                   dx1 = g_res + W1'(act'(W2' g_res)) in g_res's buffer, over two row halves,
+//                   so that only half of the [T, intermediate] activation exists at a time
+//   attention half: g_res = d(res1) = LN1'(dx1); g_out := g_res (the residual path, handed
+//                   over); dx1 := dctx = Wo' g_out; dq (fp32, the kernel's accumulator),
 //                   dk, dv = attn'(dctx) (6 units); dctx := dq in bf16; x recomputed;
 //                   g_out += Wq' dq + Wk' dk + Wv' dv = d(x)
 static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
@@ -278,8 +278,8 @@ static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const
   Tensor g_res = be.empty(g_out.shape, g_out.dtype);
   be.layernorm_backward(g_out, s.res2, L.ln2_w->value, s.ln2_mean, s.ln2_rstd, g_res,
                         grad_of(L.ln2_w), grad_of(L.ln2_b));
-  Tensor dx1 = be.empty(g_out.shape, g_out.dtype);
-  be.copy(dx1, g_res);
+  // d(x1) = g_res + W1'(...) is summed into g_res's own rows: each row half reads its rows of
+  // g_res (W2's backward) before W1's backward adds into them, and the halves are disjoint
   Tensor& x1 = g_out;
   layernorm_recompute(be, c, s.res1, L.ln1_w, L.ln1_b, x1);
   for (int64_t half = 0; half < 2; ++half) {
@@ -293,13 +293,13 @@ static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const
                     g_res.rows(b, e), &h, false);
     Tensor& dh = h;
     be.act_backward(c.act, h_pre, dh, dh);
-    Tensor dx1_rows = dx1.rows(b, e);
+    Tensor dx1_rows = g_res.rows(b, e);
     linear_backward(be, L.ffn_in, with_saved_input(saved_rows(s.ffn_in, b, e), x1.rows(b, e)), dh,
                     &dx1_rows, true);
   }
   s.h_pre = s.res2 = s.ln2_mean = s.ln2_rstd = Tensor{};
   s.ffn_in = s.ffn_out = LinearSaved{};
-  return dx1;
+  return g_res;
 }
 
 static void bert_attention_backward(const Backend& be, const BertEncoder& enc, size_t i,
@@ -309,10 +309,11 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
   Tensor g_res = be.empty(g_out.shape, g_out.dtype);
   be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_res,
                         grad_of(L.ln1_w), grad_of(L.ln1_b));
-  be.copy(g_out, g_res);
+  // d(x) starts as d(res1) (the residual path) in g_res's own buffer: Wo's backward reads it
+  // before q, k and v's backward add into it
+  g_out = std::move(g_res);
   Tensor& dctx = dx1;
-  linear_backward(be, L.o, s.o, g_res, &dctx, false);
-  g_res = Tensor{};
+  linear_backward(be, L.o, s.o, g_out, &dctx, false);
   Tensor dq32 = be.empty(g_out.shape, DType::F32);
   Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
   be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq32, dk, dv,
