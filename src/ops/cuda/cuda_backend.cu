@@ -833,7 +833,9 @@ const int32_t* I(const Tensor& t) {
 // the backend is destroyed. On one stream that is each op's kernel time plus any idle time while
 // the host had not yet queued it, so a small op can be charged time that is not its own (Nsight
 // Compute is the reference for single kernels; bench/NOTES.md). Events are recycled, and read
-// every 8192 ops, instead of created per op. The host time inside each op is summed beside.
+// every 8192 ops, instead of created per op. The host time inside each op is summed beside, and
+// so is the GPU time from the previous op's end event to this op's start event: the GPU was
+// idle then, waiting for the host to queue this op (or for a synchronizing call between them).
 // EMBEDTUNE_MEMTRACE=1: remembers the ops around the last time the pool's peak of in-use bytes
 // rose (since the last reset_peak_bytes) and prints them with the peak, to show where in a step
 // the peak memory is reached.
@@ -849,6 +851,8 @@ struct Profiler {
   std::vector<cudaEvent_t> spare;                            // read, reusable
   std::map<std::string, std::pair<double, int64_t>> totals;  // ms, calls
   std::map<std::string, double> host_ms;  // host time inside each op (launch cost, or waiting)
+  std::map<std::string, double> idle_ms;  // GPU idle before each op (see above)
+  cudaEvent_t last_stop = nullptr;        // the previous harvest's last end event
   std::vector<std::string> recent;        // the last ops run, oldest first
   std::vector<std::string> at_peak;       // `recent` when the peak last rose
   size_t peak_seen = 0, in_use_at_peak = 0;
@@ -876,12 +880,15 @@ struct Profiler {
     if (timed.empty()) return;
     cudaEventSynchronize(timed.back().stop);
     for (const Timed& t : timed) {
-      float ms = 0;
+      float ms = 0, gap = 0;
       cudaEventElapsedTime(&ms, t.start, t.stop);
       totals[t.name].first += ms;
       totals[t.name].second += 1;
+      if (last_stop && cudaEventElapsedTime(&gap, last_stop, t.start) == cudaSuccess)
+        idle_ms[t.name] += gap;
+      if (last_stop) spare.push_back(last_stop);
       spare.push_back(t.start);
-      spare.push_back(t.stop);
+      last_stop = t.stop;
     }
     timed.clear();
   }
@@ -896,11 +903,17 @@ struct Profiler {
       at_peak = recent;
     }
   }
+  // With the peak reset (the bench's timed steps begin): both traces restart.
   void reset() {
     mallocs_at_reset = pool->mallocs;
     peak_seen = 0;
     ops_since_reset = 0;
     at_peak.clear();
+    if (!on) return;
+    harvest();
+    totals.clear();
+    host_ms.clear();
+    idle_ms.clear();
   }
   // Called by the backend's destructor, while the pool still exists.
   void print_memory_trace() const {
@@ -917,20 +930,25 @@ struct Profiler {
   ~Profiler() {
     if (!on) return;
     harvest();
+    if (last_stop) spare.push_back(last_stop);
     for (cudaEvent_t e : spare) cudaEventDestroy(e);
     if (totals.empty()) return;
-    double all = 0;
+    double all = 0, idle = 0;
     std::vector<std::pair<double, std::string>> rows;
     for (auto& [k, v] : totals) {
       rows.emplace_back(v.first, k);
       all += v.first;
+      idle += idle_ms[k];
     }
     std::sort(rows.rbegin(), rows.rend());
     std::fprintf(stderr,
-                 "op profile (GPU time between events around each op; host time inside it):\n");
+                 "op profile (GPU time between events around each op; host time inside it; GPU "
+                 "idle before it, %.2f ms in all):\n",
+                 idle);
     for (auto& [t, k] : rows)
-      std::fprintf(stderr, "  %-34s %9.2f ms %6.1f%%  %8lld calls  host %8.2f ms\n", k.c_str(), t,
-                   100 * t / all, static_cast<long long>(totals[k].second), host_ms[k]);
+      std::fprintf(stderr, "  %-34s %9.2f ms %6.1f%%  %8lld calls  host %8.2f ms  idle %8.2f ms\n",
+                   k.c_str(), t, 100 * t / all, static_cast<long long>(totals[k].second),
+                   host_ms[k], idle_ms[k]);
   }
 };
 
@@ -1028,7 +1046,9 @@ struct CudaBackend final : Backend {
   }
   static bf16* B16(const Tensor& t) { return static_cast<bf16*>(t.data); }
   Tensor upload(const Tensor& host) const override {
-    OpScope scope_(prof.get(), "upload");
+    OpScope scope_(prof.get(),
+                   prof->names() ? "upload " + shape_str(host.shape) + " " + dtype_name(host.dtype)
+                                 : std::string());
     ET_CHECK(host.device == Device::CPU, "upload: tensor is not on the host");
     Tensor t = empty(host.shape, host.dtype);
     cuda::upload_bytes(*staging, t.data, host.data, host.nbytes());
