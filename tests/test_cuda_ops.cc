@@ -15,6 +15,7 @@
 #endif
 #include "ops/cuda/device_info.h"
 #include "train/lora.h"
+#include "train/loss_device.h"
 #include "train/step.h"
 #include "train/trainer.h"
 
@@ -493,6 +494,35 @@ TEST(CudaOps, LayerNormAndL2Norm) {
     b.cpu->l2norm_backward(dy, y, nr, dx);
     b.gpu->l2norm_backward(b.up(dy), yd, nd, dxd);
     expect_close(b.down(dxd), dx, 1e-5, "l2norm_backward");
+  }
+}
+
+// The loss's row softmax cross-entropy (also in place, as MNRL runs it), then the whole
+// backend-op MNRL: on the GPU its similarity products run on TF32 tensor cores (inputs rounded
+// to 10 mantissa bits), hence the looser bounds there.
+TEST(CudaOps, DiagonalCrossEntropyAndMnrl) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{37, 37}, {29, 111}, {5, 1000}}) {
+    Tensor x = b.rand({r, c}, -8, 8), loss = cpu_empty({r}), dx = cpu_empty({r, c});
+    b.cpu->diagonal_cross_entropy(x, 0.3f, loss, dx);
+    Tensor xd = b.up(x), lossd = b.poisoned({r}), dxd = b.poisoned({r, c});
+    b.gpu->diagonal_cross_entropy(xd, 0.3f, lossd, dxd);
+    expect_close(b.down(lossd), loss, 1e-5, "diagonal_cross_entropy loss");
+    expect_close(b.down(dxd), dx, 1e-5, "diagonal_cross_entropy dlogits");
+    Tensor lossi = b.poisoned({r});
+    b.gpu->diagonal_cross_entropy(xd, 0.3f, lossi, xd);
+    expect_close(b.down(lossi), loss, 1e-5, "diagonal_cross_entropy loss, in place");
+    expect_close(b.down(xd), dx, 1e-5, "diagonal_cross_entropy dlogits, in place");
+  }
+  for (bool symmetric : {false, true}) {
+    const int64_t rows = 29, d = 64;
+    Tensor emb = b.rand({3 * rows, d}, -2, 2);
+    BackendLoss ref = mnrl_on_backend(*b.cpu, emb, rows, 20.0, symmetric, 0.5);
+    BackendLoss got = mnrl_on_backend(*b.gpu, b.up(emb), rows, 20.0, symmetric, 0.5);
+    const double want = backend_loss_value(*b.cpu, ref);
+    EXPECT_NEAR(backend_loss_value(*b.gpu, got), want, 1e-3 * want) << "symmetric " << symmetric;
+    expect_close(b.down(got.d_emb), ref.d_emb, 5e-3, "MNRL embedding gradient");
   }
 }
 

@@ -15,6 +15,7 @@
 #include "ops/cpu/cpu_backend.h"
 #include "train/checkpoint.h"
 #include "train/lora.h"
+#include "train/loss_device.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 
@@ -65,6 +66,45 @@ TEST(Losses, MnrlMatchesSentenceTransformers) {
     ++checked;
   }
   EXPECT_EQ(checked, 4);
+}
+
+// The backend-op form of MNRL (what a GPU step runs, here on the CPU backend in fp32) against
+// the same sentence-transformers values: the embeddings stacked as a step embeds them.
+TEST(Losses, MnrlOnBackendMatchesSentenceTransformers) {
+  std::string dir = fixtures_root() + "/losses";
+  SKIP_WITHOUT_FIXTURES(dir);
+  TensorFile f = read_safetensors(dir + "/expected.safetensors");
+  json meta = read_json_file(dir + "/meta.json");
+  auto be = make_cpu_backend();
+  for (const char* name : {"mnrl_pair", "mnrl_triplet", "mnrl_symmetric"}) {
+    std::vector<Tensor> cols;
+    for (const auto& c : meta[name]["columns"])
+      cols.push_back(to_f32(f.at("input." + c.get<std::string>())));
+    const int64_t rows = cols[0].dim(0), d = cols[0].dim(1);
+    Tensor emb = cpu_empty({rows * static_cast<int64_t>(cols.size()), d});
+    for (size_t c = 0; c < cols.size(); ++c)
+      std::copy(cols[c].f32(), cols[c].f32() + rows * d, emb.f32() + c * rows * d);
+    const bool symmetric = meta[name]["class"] == "MultipleNegativesSymmetricRankingLoss";
+    const double grad_scale = 0.25;
+    BackendLoss out = mnrl_on_backend(*be, emb, rows, meta[name]["params"].value("scale", 20.0),
+                                      symmetric, grad_scale);
+    float ref = f.at(std::string(name) + ".loss").f32()[0];
+    EXPECT_NEAR(backend_loss_value(*be, out), ref, 1e-5 * std::abs(ref)) << name;
+    for (size_t c = 0; c < cols.size(); ++c) {
+      std::string key = std::string(name) + ".grad." + meta[name]["columns"][c].get<std::string>();
+      Tensor want = to_f32(f.at(key));
+      for (int64_t i = 0; i < want.numel(); ++i) want.f32()[i] *= grad_scale;
+      EXPECT_LT(rel_error(out.d_emb.rows(c * rows, (c + 1) * rows), want), 1e-5) << key;
+    }
+  }
+  // rows that do not split into anchors and whole candidate columns name the problem
+  try {
+    mnrl_on_backend(*be, cpu_zeros({7, 4}), 3, 20.0, false, 1.0);
+    ADD_FAILURE() << "no error for 7 embeddings in columns of 3";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("whole candidate columns of 3"), std::string::npos)
+        << e.what();
+  }
 }
 
 // The pairwise/triplet losses against sentence-transformers' own classes.

@@ -223,6 +223,14 @@ struct Backend {
   virtual void l2norm_backward(const Tensor& dy, const Tensor& y, const Tensor& norms,
                                Tensor& dx) const = 0;
 
+  // Softmax cross-entropy of each row of logits [R, C] (C >= R, fp32) against its diagonal
+  // column, the in-batch pairing of MultipleNegativesRankingLoss (row r's positive is column r):
+  //   loss[r] = logsumexp_j logits[r, j] - logits[r, r]
+  //   dlogits[r, j] = grad_scale * (softmax(logits[r, :])_j - [j == r])
+  // loss: [R] fp32; dlogits [R, C] fp32, may be logits itself.
+  virtual void diagonal_cross_entropy(const Tensor& logits, float grad_scale, Tensor& loss,
+                                      Tensor& dlogits) const = 0;
+
   // Peak bytes of device memory in use (0 where not tracked), and waiting for queued work.
   virtual size_t peak_bytes() const { return 0; }
   // Starts a new peak measurement from the memory in use now.

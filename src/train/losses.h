@@ -1,6 +1,7 @@
 // Training losses on sentence embeddings, with sentence-transformers' exact definitions.
-// They run on the host: embeddings are [B, d] (tiny next to the encoder); each returns the
-// loss and its gradient with respect to every input column.
+// They run on the host in double: embeddings are [B, d] (tiny next to the encoder); each
+// returns the loss and its gradient with respect to every input column. On a GPU the MNRL
+// family runs as backend ops instead (loss_device.h); these stay its reference.
 #pragma once
 
 #include <string>

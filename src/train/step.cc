@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "train/loss_device.h"
 #include "train/losses.h"
 
 namespace et {
@@ -85,6 +86,16 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
     for (int64_t i = b; i < e; ++i) pb.add(seqs[i], prompts[i]);
     return pb;
   };
+  // MNRL on a GPU, without GradCache or Matryoshka: the loss where the embeddings are, so that
+  // nothing waits for the host between forward and backward (loss_device.h)
+  if (be.device() != Device::CPU && chunk == n && spec.matryoshka_dims.empty() &&
+      (spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric)) {
+    EmbedSaved saved;
+    BackendLoss l = mnrl_on_backend(be, embed_forward(be, m, batch_of(0, n), &saved, rng), rows,
+                                    spec.scale, spec.kind == LossKind::MNRLSymmetric, grad_scale);
+    embed_backward(be, m, saved, std::move(l.d_emb));
+    return backend_loss_value(be, l);
+  }
   Tensor emb;
   std::vector<EmbedSaved> saved;  // kept only without GradCache
   std::vector<Rng> rng_at;        // dropout state at each mini-batch, replayed in the 2nd pass

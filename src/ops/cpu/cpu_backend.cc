@@ -710,6 +710,27 @@ struct CpuBackend final : Backend {
         pdx[i * n + j] = (pdy[i * n + j] - py[i * n + j] * static_cast<float>(dot)) / pn[i];
     }
   }
+
+  void diagonal_cross_entropy(const Tensor& logits, float grad_scale, Tensor& loss,
+                              Tensor& dlogits) const override {
+    const int64_t r = rows_of(logits), c = cols_of(logits);
+    ET_CHECK(c >= r, "diagonal_cross_entropy: ", r, " rows need at least as many columns, got ", c);
+    ET_CHECK(loss.numel() == r && dlogits.numel() == logits.numel(),
+             "diagonal_cross_entropy: output sizes do not match logits ", shape_str(logits.shape));
+    const float* x = logits.f32();
+    float *pl = loss.f32(), *dx = dlogits.f32();
+    for (int64_t i = 0; i < r; ++i) {
+      const float* row = x + i * c;
+      double mx = row[0];
+      for (int64_t j = 1; j < c; ++j) mx = std::max(mx, static_cast<double>(row[j]));
+      double z = 0;
+      for (int64_t j = 0; j < c; ++j) z += std::exp(row[j] - mx);
+      const double lse = mx + std::log(z);
+      pl[i] = static_cast<float>(lse - row[i]);
+      for (int64_t j = 0; j < c; ++j)
+        dx[i * c + j] = static_cast<float>(grad_scale * (std::exp(row[j] - lse) - (j == i)));
+    }
+  }
 };
 
 }  // namespace

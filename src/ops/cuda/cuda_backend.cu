@@ -650,6 +650,28 @@ __global__ void l2norm_backward_kernel(Ptr dy, Ptr y, const float* norms, Ptr dx
     dx.set(r * n + c, (dy.get(r * n + c) - y.get(r * n + c) * dot) / nv);
 }
 
+// One warp per row of logits [rows, cols] (see Backend::diagonal_cross_entropy): the row's max,
+// then its sum of exponentials, then the gradient; the diagonal logit is read before any lane
+// writes, so dlogits may be logits.
+__global__ void diagonal_xent_kernel(const float* logits, float grad_scale, float* loss,
+                                     float* dlogits, int64_t rows, int64_t cols) {
+  int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  const float* x = logits + r * cols;
+  float mx = -INFINITY;
+  for (int64_t j = lane; j < cols; j += 32) mx = fmaxf(mx, x[j]);
+  mx = warp_max(mx);
+  float z = 0;
+  for (int64_t j = lane; j < cols; j += 32) z += expf(x[j] - mx);
+  const float lse = mx + logf(warp_sum(z));
+  const float diag = x[r];
+  __syncwarp();
+  if (lane == 0) loss[r] = lse - diag;
+  for (int64_t j = lane; j < cols; j += 32)
+    dlogits[r * cols + j] = grad_scale * (expf(x[j] - lse) - (j == r ? 1.0f : 0.0f));
+}
+
 // ---- embeddings, pooling, optimizer ------------------------------------------------------
 
 __global__ void embedding_forward_kernel(const int32_t* ids, const float* table, Ptr y, int64_t t,
@@ -1712,6 +1734,18 @@ struct CudaBackend final : Backend {
     int64_t rows = rows_of(y);
     l2norm_backward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(dy), P(y), F(norms), P(dx), rows,
                                                                 static_cast<int>(cols_of(y)));
+    ET_LAUNCH_CHECK();
+  }
+  void diagonal_cross_entropy(const Tensor& logits, float grad_scale, Tensor& loss,
+                              Tensor& dlogits) const override {
+    OpScope scope_(prof.get(), "diagonal_cross_entropy");
+    const int64_t r = rows_of(logits), c = cols_of(logits);
+    ET_CHECK(c >= r, "diagonal_cross_entropy: ", r, " rows need at least as many columns, got ", c);
+    ET_CHECK(loss.numel() == r && dlogits.numel() == logits.numel(),
+             "diagonal_cross_entropy: output sizes do not match logits ", shape_str(logits.shape));
+    if (r == 0) return;
+    diagonal_xent_kernel<<<blocks_for(r * 32, 256), 256>>>(F(logits), grad_scale, W(loss),
+                                                           W(dlogits), r, c);
     ET_LAUNCH_CHECK();
   }
   size_t peak_bytes() const override { return pool->peak_in_use; }
