@@ -21,34 +21,49 @@ void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const
   ET_CUBLAS(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)));
 }
 
+void destroy_plan(LtPlan& p) {
+  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+  if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+  p = LtPlan{};
+}
+
 // Row-major C = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's "A" is our
 // B and its "B" our A; the bias (one value per column of row-major C) runs along the rows of the
-// column-major result, which is what CUBLASLT_EPILOGUE_BIAS broadcasts.
+// column-major result, which is what CUBLASLT_EPILOGUE_BIAS broadcasts. A failing setup call
+// releases what was created before the error propagates.
 LtPlan make_plan(LtGemm& g, const LtKey& key) {
   const auto [m, n, k, ta, tb, lda, ldb, c_f32, with_bias, align_a, align_b, align_c] = key;
   LtPlan p;
-  ET_CUBLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, tb ? CUBLAS_OP_T : CUBLAS_OP_N);
-  set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, ta ? CUBLAS_OP_T : CUBLAS_OP_N);
-  if (with_bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
-  // stored shapes (column-major): op(X) = X when not transposed
-  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? k : n, tb ? n : k, ldb));
-  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? m : k, ta ? k : m, lda));
-  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
   cublasLtMatmulPreference_t pref = nullptr;
-  ET_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = g.workspace_bytes;
-  ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                 &ws, sizeof(ws)));
-  const uint32_t al[3] = {static_cast<uint32_t>(align_b), static_cast<uint32_t>(align_a),
-                          static_cast<uint32_t>(align_c)};
-  ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                 &al[0], sizeof(uint32_t)));
-  ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                 &al[1], sizeof(uint32_t)));
-  for (auto attr :
-       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-    ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, attr, &al[2], sizeof(uint32_t)));
+  try {
+    ET_CUBLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, tb ? CUBLAS_OP_T : CUBLAS_OP_N);
+    set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, ta ? CUBLAS_OP_T : CUBLAS_OP_N);
+    if (with_bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    // stored shapes (column-major): op(X) = X when not transposed
+    ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? k : n, tb ? n : k, ldb));
+    ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? m : k, ta ? k : m, lda));
+    ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
+    ET_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = g.workspace_bytes;
+    ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &ws, sizeof(ws)));
+    const uint32_t al[3] = {static_cast<uint32_t>(align_b), static_cast<uint32_t>(align_a),
+                            static_cast<uint32_t>(align_c)};
+    ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                   &al[0], sizeof(uint32_t)));
+    ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                   &al[1], sizeof(uint32_t)));
+    for (auto attr :
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+      ET_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, attr, &al[2], sizeof(uint32_t)));
+  } catch (...) {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    destroy_plan(p);
+    throw;
+  }
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1,
@@ -60,12 +75,7 @@ LtPlan make_plan(LtGemm& g, const LtKey& key) {
 }
 
 void clear_plans(LtGemm& g) {
-  for (auto& [key, p] : g.plans) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
-  }
+  for (auto& [key, p] : g.plans) destroy_plan(p);
   g.plans.clear();
 }
 
