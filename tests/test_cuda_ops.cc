@@ -886,6 +886,45 @@ TEST(CudaTraining, FrozenWeightsInBf16ExportTheirFp32Values) {
   }
 }
 
+// GradCache on the GPU (mini-batch embeddings taken to the host, the loss there, each
+// mini-batch re-run with its slice of the gradient) against the plain step (the loss on the
+// GPU), both MNRL forms. Mini-batches are products of other shapes, so cuBLAS sums them in
+// other orders, and the plain step's similarity products run in TF32: the bounds are the
+// CUDA-vs-CPU model bounds for bf16 and tighter for fp32 activations; a wrong gradient slice
+// would be off by O(1).
+TEST(CudaTraining, GradCacheEqualsPlainStep) {
+  SKIP_WITHOUT_GPU();
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  for (auto [act, loss_tol, grad_tol] :
+       {std::tuple{DType::F32, 1e-3, 1e-2}, std::tuple{DType::BF16, 1e-2, 3e-2}}) {
+    auto gpu = make_cuda_backend(0, act);
+    for (LossKind kind : {LossKind::MNRL, LossKind::MNRLSymmetric}) {
+      double loss[2];
+      std::vector<Tensor> grads[2];
+      for (int cached = 0; cached < 2; ++cached) {
+        auto m = load_sentence_model(root + "/model", *gpu);
+        load_adapter(*gpu, *m, root + "/adapter");
+        auto params = set_trainable(*gpu, *m, TrainMode::Lora);
+        LossSpec spec;
+        spec.kind = kind;
+        spec.mini_batch_size = cached ? 5 : 0;
+        loss[cached] = train_step_grads(*gpu, *m, fixture_columns(root), spec, 0.5, nullptr);
+        for (Param* p : params) grads[cached].push_back(gpu->download(p->grad));
+      }
+      const std::string what =
+          std::string(dtype_name(act)) + (kind == LossKind::MNRL ? " MNRL" : " symmetric MNRL");
+      EXPECT_NEAR(loss[1], loss[0], loss_tol * loss[0]) << what;
+      double worst = 0;
+      for (size_t i = 0; i < grads[0].size(); ++i)
+        worst = std::max(worst, rel_error(grads[1][i], grads[0][i]));
+      EXPECT_LT(worst, grad_tol) << what;
+      std::printf("GradCache vs plain, %s: loss %.6f / %.6f, worst gradient rel err %.2e\n",
+                  what.c_str(), loss[1], loss[0], worst);
+    }
+  }
+}
+
 // `train --device cuda` end to end: checkpoints, resume, outputs in the same formats.
 TEST(CudaTrainer, TrainsResumesAndMatchesCpu) {
   SKIP_WITHOUT_GPU();
