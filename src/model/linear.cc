@@ -61,6 +61,8 @@ void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Ten
   Tensor x2 = rows_of_input(l, x);
   ET_CHECK(out.numel() == x2.dim(0) * l.out, "linear ", l.weight->name, ": the sum has ",
            out.numel(), " values, expected ", x2.dim(0) * l.out);
+  ET_CHECK(out.data != x.data, "linear ", l.weight->name,
+           ": the sum cannot be written into the input's own buffer");
   Tensor y = out.reshape({x2.dim(0), l.out});
   linear_into(be, l, x2, y, 1.0f, saved, rng);
 }
