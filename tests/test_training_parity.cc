@@ -2,9 +2,11 @@
 // fine-tuning), LoRA embeddings/loss/gradients, three AdamW steps, and merged weights.
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "fixtures.h"
 #include "io/safetensors.h"
+#include "model/linear.h"
 #include "model/sentence_model.h"
 #include "ops/cpu/cpu_backend.h"
 #include "train/lora.h"
@@ -12,6 +14,54 @@
 
 namespace et::test {
 namespace {
+
+// linear_forward_add sums a LoRA Linear's output into a residual (LoRA branch first, then the
+// base product with its bias), equal to linear_forward plus the residual; residual_buffer sums
+// in place only into a tensor no one else holds; an input's own buffer is refused.
+TEST(Linear, ForwardAddSumsIntoTheResidualAndSparesSharedInputs) {
+  auto be = make_cpu_backend();
+  Rng rng(7);
+  auto rand = [&](const Shape& s) {
+    Tensor t = cpu_empty(s);
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform() * 2 - 1;
+    return t;
+  };
+  ParamStore store;
+  Linear l;
+  l.in = 3;
+  l.out = 5;
+  l.weight = store.add("w", rand({5, 3}));
+  l.bias = store.add("b", rand({5}));
+  l.lora_a = store.add("a", rand({2, 3}));
+  l.lora_b = store.add("B", rand({5, 2}));
+  l.lora_scaling = 0.7f;
+  const Tensor x = rand({4, 3}), r = rand({4, 5});
+  Tensor want = linear_forward(*be, l, x, nullptr, nullptr);
+  for (int64_t i = 0; i < want.numel(); ++i) want.f32()[i] += r.f32()[i];
+
+  Tensor shared = cpu_clone(r);
+  const Tensor keep = shared;  // a second holder: the sum must not touch this buffer
+  Tensor sum = residual_buffer(*be, shared, DType::F32);
+  EXPECT_NE(sum.data, keep.data);
+  linear_forward_add(*be, l, x, sum, nullptr, nullptr);
+  EXPECT_LT(rel_error(sum, want), 1e-6);
+  EXPECT_EQ(rel_error(keep, r), 0.0) << "a shared residual was overwritten";
+
+  Tensor own = cpu_clone(r);
+  const void* own_data = own.data;
+  Tensor in_place = residual_buffer(*be, std::move(own), DType::F32);
+  EXPECT_EQ(in_place.data, own_data) << "a sole holder's buffer should be reused";
+  linear_forward_add(*be, l, x, in_place, nullptr, nullptr);
+  EXPECT_LT(rel_error(in_place, want), 1e-6);
+
+  Linear square = l;
+  square.out = 3;
+  square.weight = store.add("w3", rand({3, 3}));
+  square.bias = nullptr;
+  square.lora_a = square.lora_b = nullptr;
+  Tensor x3 = rand({4, 3});
+  EXPECT_THROW(linear_forward_add(*be, square, x3, x3, nullptr, nullptr), Error);
+}
 
 // "0.model.encoder.layer.0.attention.self.query.lora_A.default.weight" ->
 // "encoder.layer.0.attention.self.query.lora_A.weight" (our store's names).
