@@ -35,4 +35,14 @@ inline void check_glu_packed(const char* op, const Tensor& gate_up, const Tensor
            shape_str(y.shape));
 }
 
+// diagonal_cross_entropy: logits [R, C] with C >= R, loss [R], dlogits like logits.
+inline void check_diagonal_cross_entropy(const Tensor& logits, const Tensor& loss,
+                                         const Tensor& dlogits) {
+  ET_CHECK(logits.ndim() == 2 && logits.dim(1) >= logits.dim(0), "diagonal_cross_entropy: logits ",
+           shape_str(logits.shape), " must be [rows, columns] with at least as many columns");
+  ET_CHECK(loss.numel() == logits.dim(0) && dlogits.numel() == logits.numel(),
+           "diagonal_cross_entropy: outputs ", shape_str(loss.shape), " and ",
+           shape_str(dlogits.shape), " do not match logits ", shape_str(logits.shape));
+}
+
 }  // namespace et

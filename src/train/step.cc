@@ -93,7 +93,7 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
     EmbedSaved saved;
     BackendLoss l = mnrl_on_backend(be, embed_forward(be, m, batch_of(0, n), &saved, rng), rows,
                                     spec.scale, spec.kind == LossKind::MNRLSymmetric, grad_scale);
-    embed_backward(be, m, saved, std::move(l.d_emb));
+    embed_backward(be, m, saved, l.d_emb);
     return backend_loss_value(be, l);
   }
   Tensor emb;

@@ -713,10 +713,8 @@ struct CpuBackend final : Backend {
 
   void diagonal_cross_entropy(const Tensor& logits, float grad_scale, Tensor& loss,
                               Tensor& dlogits) const override {
-    const int64_t r = rows_of(logits), c = cols_of(logits);
-    ET_CHECK(c >= r, "diagonal_cross_entropy: ", r, " rows need at least as many columns, got ", c);
-    ET_CHECK(loss.numel() == r && dlogits.numel() == logits.numel(),
-             "diagonal_cross_entropy: output sizes do not match logits ", shape_str(logits.shape));
+    check_diagonal_cross_entropy(logits, loss, dlogits);
+    const int64_t r = logits.dim(0), c = logits.dim(1);
     const float* x = logits.f32();
     float *pl = loss.f32(), *dx = dlogits.f32();
     for (int64_t i = 0; i < r; ++i) {

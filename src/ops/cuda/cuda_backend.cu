@@ -1739,10 +1739,8 @@ struct CudaBackend final : Backend {
   void diagonal_cross_entropy(const Tensor& logits, float grad_scale, Tensor& loss,
                               Tensor& dlogits) const override {
     OpScope scope_(prof.get(), "diagonal_cross_entropy");
-    const int64_t r = rows_of(logits), c = cols_of(logits);
-    ET_CHECK(c >= r, "diagonal_cross_entropy: ", r, " rows need at least as many columns, got ", c);
-    ET_CHECK(loss.numel() == r && dlogits.numel() == logits.numel(),
-             "diagonal_cross_entropy: output sizes do not match logits ", shape_str(logits.shape));
+    check_diagonal_cross_entropy(logits, loss, dlogits);
+    const int64_t r = logits.dim(0), c = logits.dim(1);
     if (r == 0) return;
     diagonal_xent_kernel<<<blocks_for(r * 32, 256), 256>>>(F(logits), grad_scale, W(loss),
                                                            W(dlogits), r, c);
