@@ -573,7 +573,8 @@ TEST(CudaOps, EmbeddingPoolingOptimizer) {
 
 // The multi-tensor optimizer ops (one launch per 48 tensors) against the CPU's per-tensor
 // loops: 70 tensors of assorted sizes (two launches, one empty tensor), two AdamW steps with
-// the gradients zeroed by the step, the global squared norm, and zero_all.
+// the gradients zeroed by the step, the global squared norm, copy_all's conversions, and
+// zero_all.
 TEST(CudaOps, MultiTensorOptimizer) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -614,6 +615,25 @@ TEST(CudaOps, MultiTensorOptimizer) {
     expect_close(b.down(dv[i]), hv[i], 1e-6, "adamw_step_all v");
     EXPECT_EQ(b.gpu->sum_squares(dg[i]), 0.0) << "gradient " << i << " not zeroed";
   }
+  // copy_all: fp32 -> bf16 pairs in multi-tensor launches, equal to one conversion per tensor;
+  // pairs of one dtype copied as they are
+  std::vector<Tensor> many(count), one(count);
+  std::vector<Backend::CopySlot> slots;
+  for (int i = 0; i < count; ++i) {
+    many[i] = b.gpu->empty(dp[i].shape, DType::BF16);
+    one[i] = b.gpu->empty(dp[i].shape, DType::BF16);
+    b.gpu->copy(one[i], dp[i]);
+    slots.push_back({&dp[i], &many[i]});
+  }
+  Tensor same = b.gpu->empty(dm[0].shape, DType::F32);
+  slots.push_back({&dm[0], &same});
+  b.gpu->copy_all(slots);
+  for (int i = 0; i < count; ++i) {
+    if (hp[i].numel() == 0) continue;
+    EXPECT_EQ(rel_error(b.down(many[i]), b.down(one[i])), 0.0) << "copy_all tensor " << i;
+    EXPECT_LT(rel_error(b.down(many[i]), hp[i]), 4e-3) << "copy_all tensor " << i;
+  }
+  EXPECT_EQ(rel_error(b.down(same), b.down(dm[0])), 0.0) << "copy_all fp32 -> fp32";
   for (int i = 0; i < count; ++i) dg[i] = b.up(g0[i]);
   EXPECT_GT(b.gpu->sum_squares_all(dgc), 0.0);
   b.gpu->zero_all(dgm);
@@ -884,6 +904,39 @@ TEST(CudaTraining, FrozenWeightsInBf16ExportTheirFp32Values) {
               1e-6)
         << l->weight->name << ": merged into the fp32 values";
   }
+}
+
+// Products read LoRA factors and biases through bf16 copies refreshed at each forward: a value
+// written between forwards (here B doubled, as an optimizer step or a checkpoint load writes
+// them) must reach the next forward, which then equals a fresh model's forward with that value
+// from the start.
+TEST(CudaTraining, ProductCopiesFollowTheirValues) {
+  SKIP_WITHOUT_GPU();
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  auto gpu = make_cuda_backend(0, DType::BF16);
+  const PackedBatch batch = fixture_columns(root)[1];
+  auto doubled_b = [&](SentenceModel& m) {
+    for (Linear* l : encoder_linears(m.encoder))
+      if (l->lora_b) gpu->scale(l->lora_b->value, 2.0f);
+  };
+  auto ma = load_sentence_model(root + "/model", *gpu);
+  load_adapter(*gpu, *ma, root + "/adapter");
+  set_trainable(*gpu, *ma, TrainMode::Lora);
+  const Tensor before = gpu->download(embed_forward(*gpu, *ma, batch, nullptr, nullptr));
+  int copies = 0;
+  for (Linear* l : encoder_linears(ma->encoder))
+    for (Param* p : {l->lora_a, l->lora_b, l->bias}) copies += p && p->value_bf16.defined();
+  EXPECT_GT(copies, 0) << "no bf16 product copies were made";
+  doubled_b(*ma);
+  const Tensor after = gpu->download(embed_forward(*gpu, *ma, batch, nullptr, nullptr));
+  auto mb = load_sentence_model(root + "/model", *gpu);
+  load_adapter(*gpu, *mb, root + "/adapter");
+  set_trainable(*gpu, *mb, TrainMode::Lora);
+  doubled_b(*mb);
+  const Tensor fresh = gpu->download(embed_forward(*gpu, *mb, batch, nullptr, nullptr));
+  EXPECT_GT(rel_error(after, before), 1e-3) << "doubling B changed nothing";
+  EXPECT_LT(rel_error(after, fresh), 1e-6) << "the forward read stale bf16 copies";
 }
 
 // GradCache on the GPU (mini-batch embeddings taken to the host, the loss there, each

@@ -527,7 +527,7 @@ TEST(Trainer, LossesWithLabelsAndTriplets) {
 TEST(Checkpoint, PartialFoldersAreIgnoredAndPruned) {
   std::string out = temp_dir("ckpt");
   auto be = make_cpu_backend();
-  Param p{"w", cpu_from({1, 2, 3}, {3}), Tensor{}, true, Tensor{}};
+  Param p{"w", cpu_from({1, 2, 3}, {3}), Tensor{}, true, Tensor{}, Tensor{}};
   std::vector<Param*> ps{&p};
   OptimizerState opt{{cpu_zeros({3})}, {cpu_zeros({3})}};
   TrainerState st;

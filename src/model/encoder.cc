@@ -18,6 +18,12 @@ std::vector<Linear*> encoder_linears(Encoder& e) {
   return e.rotary ? rotary_linears(e.rotary_enc) : bert_linears(e.bert);
 }
 
+std::vector<const Linear*> encoder_linears(const Encoder& e) {
+  // the non-const listing reads the encoder only; the pointers handed out are const
+  std::vector<Linear*> all = encoder_linears(const_cast<Encoder&>(e));
+  return {all.begin(), all.end()};
+}
+
 bool unused_by_embeddings(const Encoder& e, const Linear* l) {
   return !e.rotary && e.bert.has_pooler && l == &e.bert.pooler;
 }
@@ -48,6 +54,7 @@ void set_gradient_checkpointing(Encoder& e, bool on) {
 
 Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
                        EncoderSaved* saved, Rng* rng) {
+  refresh_product_copies(be, encoder_linears(e));
   if (e.rotary)
     return rotary_forward(be, e.rotary_enc, batch, saved ? &saved->rotary : nullptr, rng);
   return bert_forward(be, e.bert, batch, saved ? &saved->bert : nullptr, rng);

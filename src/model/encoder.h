@@ -24,6 +24,7 @@ struct EncoderSaved {
 Encoder bind_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where);
 // Every Linear (LoRA targets, merging), in a stable order.
 std::vector<Linear*> encoder_linears(Encoder& e);
+std::vector<const Linear*> encoder_linears(const Encoder& e);
 // Whether sentence embeddings never use `l` (BERT's pooler): it gets no gradient and no
 // optimizer update, as in PyTorch where its grad stays None.
 bool unused_by_embeddings(const Encoder& e, const Linear* l);

@@ -30,8 +30,8 @@ static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Te
     }
     const int64_t r = l.lora_a->value.dim(0);
     Tensor xa = be.empty({n, r}, x2.dtype);
-    be.matmul(xl, false, l.lora_a->value, true, xa);
-    be.matmul(xa, false, l.lora_b->value, true, y, l.lora_scaling, beta);
+    be.matmul(xl, false, product_operand(*l.lora_a), true, xa);
+    be.matmul(xa, false, product_operand(*l.lora_b), true, y, l.lora_scaling, beta);
     beta = 1.0f;
     if (saved) {
       saved->mask = mask;
@@ -39,7 +39,11 @@ static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Te
       saved->xa = xa;
     }
   }
-  be.matmul(x2, false, l.weight->value, true, y, 1.0f, beta, l.bias ? &l.bias->value : nullptr);
+  // the bf16 bias copy serves bf16 outputs (as torch's bf16 addmm: the bias rounded to bf16,
+  // added to the fp32 accumulator); an fp32 output takes the fp32 bias
+  const Tensor* bias = nullptr;
+  if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
+  be.matmul(x2, false, l.weight->value, true, y, 1.0f, beta, bias);
 }
 
 static Tensor rows_of_input(const Linear& l, const Tensor& x) {
@@ -93,6 +97,19 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
   return s;
 }
 
+void refresh_product_copies(const Backend& be, const std::vector<const Linear*>& linears) {
+  if (be.act_dtype() != DType::BF16 || be.device() == Device::CPU) return;
+  std::vector<Backend::CopySlot> slots;
+  for (const Linear* l : linears)
+    for (Param* p : {l->lora_a, l->lora_b, l->bias}) {
+      if (!p || p->value.dtype != DType::F32) continue;
+      if (!p->value_bf16.defined() || p->value_bf16.shape != p->value.shape)
+        p->value_bf16 = be.empty(p->value.shape, DType::BF16);
+      slots.push_back({&p->value, &p->value_bf16});
+    }
+  be.copy_all(slots);
+}
+
 // dW += dy^T x;  db += sum dy;  dB += s dy^T xa;  dA += (s dy B)^T x_lora;
 // dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
 // Every read of the saved input comes before dx is first written, so dx may share the saved
@@ -115,7 +132,7 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   if (l.lora_a) {
     const int64_t r = l.lora_a->value.dim(0);
     dxa = be.empty({n, r}, dy.dtype);
-    be.matmul(g, false, l.lora_b->value, false, dxa, l.lora_scaling, 0.0f);
+    be.matmul(g, false, product_operand(*l.lora_b), false, dxa, l.lora_scaling, 0.0f);
     if (l.lora_b->trainable) be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
     if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
   }
@@ -124,13 +141,13 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   float beta = accumulate ? 1.0f : 0.0f;
   // the rank-r product first, for the reason given at linear_into
   if (l.lora_a && !s.mask.defined()) {
-    be.matmul(dxa, false, l.lora_a->value, false, d2, 1.0f, beta);
+    be.matmul(dxa, false, product_operand(*l.lora_a), false, d2, 1.0f, beta);
     beta = 1.0f;
   }
   be.matmul(g, false, l.weight->value, false, d2, 1.0f, beta);
   if (l.lora_a && s.mask.defined()) {
     Tensor t = be.empty({n, l.in}, dy.dtype);
-    be.matmul(dxa, false, l.lora_a->value, false, t);
+    be.matmul(dxa, false, product_operand(*l.lora_a), false, t);
     be.mul(t, s.mask, t);
     be.add(d2, t, d2);
   }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "model/param.h"
 #include "ops/backend.h"
@@ -55,6 +56,11 @@ void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Ten
 // A residual stream's buffer that linear_forward_add may sum into: x itself when it is already
 // in `dtype` and no one else holds it (a layer's handed-over input, an earlier sum), else a copy.
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype);
+// Keeps Param::value_bf16 of every LoRA factor and bias of `linears` equal to its fp32 value on a
+// backend whose products run in bf16 (one multi-tensor conversion instead of one per product:
+// four per LoRA Linear and step, and the bias); nothing elsewhere. The encoder forward calls it
+// first, so the copies are fresh for that forward and its backward.
+void refresh_product_copies(const Backend& be, const std::vector<const Linear*>& linears);
 // Accumulates gradients of trainable W, b, A, B; writes (or adds to, when `accumulate`) dx.
 // dx may be the buffer of the saved input (s.x / s.x_lora): it is read before dx is written.
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,

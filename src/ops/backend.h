@@ -217,6 +217,15 @@ struct Backend {
   virtual void zero_all(const std::vector<Tensor*>& ts) const {
     for (Tensor* t : ts) fill(*t, 0.0f);
   }
+  // copy(*dst, *src) for every pair (a conversion where their dtypes differ); the CUDA backend
+  // converts fp32 -> bf16 in multi-tensor launches.
+  struct CopySlot {
+    const Tensor* src;
+    Tensor* dst;
+  };
+  virtual void copy_all(const std::vector<CopySlot>& slots) const {
+    for (const CopySlot& s : slots) copy(*s.dst, *s.src);
+  }
 
   // Row-wise L2 normalisation y = x / max(|x|, 1e-12); norms: [rows].
   virtual void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const = 0;

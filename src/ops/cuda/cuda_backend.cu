@@ -794,6 +794,17 @@ __global__ void adamw_multi_kernel(MultiTensors t, AdamWHyper h, int zero_grads)
   }
 }
 
+// fp32 -> bf16 over up to kMultiTensors tensors per launch (copy_all).
+struct MultiConvert {
+  const float* src[kMultiTensors];
+  bf16* dst[kMultiTensors];
+  int64_t n[kMultiTensors];
+};
+__global__ void convert_multi_kernel(MultiConvert t) {
+  const int k = blockIdx.y;
+  MULTI_STRIDE(i, t.n[k]) t.dst[k][i] = __float2bfloat16(t.src[k][i]);
+}
+
 __global__ void zero_multi_kernel(MultiTensors t) {
   const int k = blockIdx.y;
   MULTI_STRIDE(i, t.n[k]) t.g[k][i] = 0.0f;
@@ -1659,10 +1670,10 @@ struct CudaBackend final : Backend {
             static_cast<float>(std::sqrt(bc2))};
   }
   // Runs `launch(group, grid)` for groups of up to kMultiTensors tensors (filled by `set`).
-  template <typename Set, typename Launch>
+  template <typename Multi = MultiTensors, typename Set, typename Launch>
   static void for_groups(size_t count, Set&& set, Launch&& launch) {
     for (size_t first = 0; first < count; first += kMultiTensors) {
-      MultiTensors t{};
+      Multi t{};
       int64_t longest = 0;
       const size_t k = std::min<size_t>(kMultiTensors, count - first);
       for (size_t j = 0; j < k; ++j) {
@@ -1720,6 +1731,25 @@ struct CudaBackend final : Backend {
         ts.size(),
         [&](MultiTensors& t, size_t j, size_t i) { t.g[j] = W(*ts[i]), t.n[j] = ts[i]->numel(); },
         [&](const MultiTensors& t, dim3 grid) { zero_multi_kernel<<<grid, 256>>>(t); });
+  }
+  void copy_all(const std::vector<CopySlot>& slots) const override {
+    OpScope scope_(prof.get(), "copy_all");
+    std::vector<const CopySlot*> convert;
+    for (const CopySlot& s : slots) {
+      ET_CHECK(s.src->numel() == s.dst->numel(), "copy_all: size mismatch ",
+               shape_str(s.src->shape), " vs ", shape_str(s.dst->shape));
+      if (s.src->dtype == DType::F32 && s.dst->dtype == DType::BF16)
+        convert.push_back(&s);
+      else
+        copy(*s.dst, *s.src);
+    }
+    for_groups<MultiConvert>(
+        convert.size(),
+        [&](MultiConvert& t, size_t j, size_t i) {
+          t.src[j] = F(*convert[i]->src), t.dst[j] = B16(*convert[i]->dst);
+          t.n[j] = convert[i]->src->numel();
+        },
+        [&](const MultiConvert& t, dim3 grid) { convert_multi_kernel<<<grid, 256>>>(t); });
   }
   void l2norm_forward(const Tensor& x, Tensor& y, Tensor& norms) const override {
     OpScope scope_(prof.get(), "l2norm_forward");
