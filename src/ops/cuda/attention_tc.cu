@@ -4,7 +4,7 @@
 // accumulation) and the scores, probabilities and output accumulators kept in registers.
 // Inputs (bf16 or fp32) are rounded to bf16 as tiles enter shared memory; statistics stay fp32.
 //
-// Forward: a block = 4 warps = 64 or 128 query rows of one (sequence, head) (FwdTile); key/value
+// Forward: a block = 4 warps = 64 query rows of one (sequence, head) (FwdTile); key/value
 // tiles stream through shared memory, double-buffered by cp.async. Each warp computes its score
 // tiles S = Q K^T, updates the running max/sum of its rows, rescales its output accumulators
 // and adds P V with P taken directly from the score registers.
@@ -101,15 +101,17 @@ __device__ __forceinline__ void store2(bf16* p, float a, float b) {
 }
 
 // Forward tiles. Each warp owns MT m16 row tiles (16 MT query rows), so every K/V fragment
-// read from shared memory feeds MT products (FlashAttention-2 gives each warp 32 rows for the
-// same reason: with 16, ldmatrix bandwidth and not the tensor cores bounds the kernel); head
-// dims above 64 keep one row tile for lack of registers (o alone takes D / 2 per row tile).
-// Q's fragments stay in registers up to head dim 128 and are re-read from shared memory per
-// product at 256, where key/value tiles of 32 rows keep the double-buffered tiles within an
-// A100's 163 KB of shared memory.
+// read from shared memory feeds MT products (FlashAttention-2 gives each warp 32 rows so that
+// ldmatrix bandwidth does not bound the kernel). One row tile measures best on an H100 at every
+// head dim: at head dims 32/64, two (128-row blocks) are no faster at 128 and 512 tokens and
+// 1.5-1.7x slower at 176 tokens and at 24 (real batches: a short sequence pads its last block,
+// and fewer blocks hide less latency); above 64 the registers do not hold two (o alone takes
+// D / 2 per row tile). Q's fragments stay in registers up to head dim 128 and are re-read from
+// shared memory per product at 256, where key/value tiles of 32 rows keep the double-buffered
+// tiles within an A100's 163 KB of shared memory.
 template <int D>
 struct FwdTile {
-  static constexpr int MT = D <= 64 ? 2 : 1;
+  static constexpr int MT = 1;
   static constexpr int BM = NW * 16 * MT;        // query rows per block
   static constexpr int BN = D <= 128 ? 64 : 32;  // key rows per tile
   static constexpr bool keep_q = D <= 128;
