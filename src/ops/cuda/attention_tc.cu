@@ -151,18 +151,14 @@ __global__ void __launch_bounds__(NW * 32)
   const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
+  // The Q tile travels in the first cp.async group with the first K/V tiles (one wait for all
+  // three: with a few key tiles per block, as on real batches' short sequences, a separate
+  // synchronous Q load was a whole extra round trip to global memory per block).
 #pragma unroll
   for (int part = 0; part < MT; ++part)
-    load_tile<D>(Qs + part * 64 * LD, q + start * p.qs, p.qs, h * D, row0 + part * 64, len);
-  __syncthreads();
-  const int wrow = warp * 16 * MT;  // this warp's first row in the tile
-  uint32_t qf[MT][keep_q ? D / 16 : 1][4];
-  if constexpr (keep_q)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldsm_x4(qf[mt][kk], a_addr(Qs, LD, wrow + mt * 16, kk * 16, lane));
+    load_tile_async<D>(Qs + part * 64 * LD, q + start * p.qs, p.qs, h * D, row0 + part * 64, len);
+  const int wrow = warp * 16 * MT;          // this warp's first row in the tile
+  uint32_t qf[MT][keep_q ? D / 16 : 1][4];  // read from shared memory once Q has landed
   float o[MT][D / 8][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -197,6 +193,13 @@ __global__ void __launch_bounds__(NW * 32)
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
+    if constexpr (keep_q)
+      if (it == 0)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk)
+            ldsm_x4(qf[mt][kk], a_addr(Qs, LD, wrow + mt * 16, kk * 16, lane));
     constexpr int NJ = BN / 8;  // 16x8 score tiles per row tile
     float s[MT][NJ][4];
 #pragma unroll
@@ -323,6 +326,7 @@ __global__ void __launch_bounds__(NW * 32)
     }
     __syncthreads();  // this buffer is refilled two tiles later
   }
+  cp_async_wait<0>();  // a block without key tiles still has its Q copy in flight
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -375,8 +379,10 @@ __global__ void __launch_bounds__(NW * 32)
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
-  load_tile<D>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
-  load_tile<D>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
+  // K and V travel in the first cp.async group with the first query tile (one round trip to
+  // global memory before the first products instead of two)
+  load_tile_async<D>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
+  load_tile_async<D>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
   if (d_bias)
     for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) bias_acc[b] = 0;
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
@@ -385,18 +391,10 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[nb][e] = dv_acc[nb][e] = 0;
   // Head dims up to 64: this warp's K and V rows as A fragments, read from shared memory once
-  // (they are the same for every query tile); larger head dims reload them per tile, for lack
-  // of registers.
+  // they have landed (they are the same for every query tile); larger head dims reload them per
+  // tile, for lack of registers.
   constexpr bool kKeepKV = D <= 64;
   uint32_t kfr[kKeepKV ? D / 16 : 1][4], vfr[kKeepKV ? D / 16 : 1][4];
-  if constexpr (kKeepKV) {
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      ldsm_x4(kfr[kk], a_addr(Ks, LD, warp * 16, kk * 16, lane));
-      ldsm_x4(vfr[kk], a_addr(Vs, LD, warp * 16, kk * 16, lane));
-    }
-  }
   const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
   const float sl2 = p.scale * kLog2e;
   int q_begin = 0, q_end = len;
@@ -434,6 +432,13 @@ __global__ void __launch_bounds__(NW * 32)
     cp_async_wait<1>();
     if (threadIdx.x < 64) lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
     __syncthreads();
+    if constexpr (kKeepKV)
+      if (it == 0)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          ldsm_x4(kfr[kk], a_addr(Ks, LD, warp * 16, kk * 16, lane));
+          ldsm_x4(vfr[kk], a_addr(Vs, LD, warp * 16, kk * 16, lane));
+        }
     float st[8][4], dpt[8][4];
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -558,6 +563,7 @@ __global__ void __launch_bounds__(NW * 32)
       }
     }
   }
+  cp_async_wait<0>();  // a block without query tiles still has its K/V copies in flight
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int jj = jrow[r];
