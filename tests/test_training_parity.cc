@@ -63,6 +63,80 @@ TEST(Linear, ForwardAddSumsIntoTheResidualAndSparesSharedInputs) {
   EXPECT_THROW(linear_forward_add(*be, square, x3, x3, nullptr, nullptr), Error);
 }
 
+// Linears on one input with their A factors stacked in one buffer (as refresh_product_copies lays
+// out the bf16 copies on the GPU; here the fp32 values themselves, so the CPU runs the grouped
+// path): outputs, every gradient and the summed input gradient equal the Linears run one by one.
+TEST(Linear, GroupedLoraEqualsLinearsOneByOne) {
+  auto be = make_cpu_backend();
+  Rng rng(11);
+  auto rand = [&](const Shape& s) {
+    Tensor t = cpu_empty(s);
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform() * 2 - 1;
+    return t;
+  };
+  const int64_t n = 7, in = 6;
+  const std::vector<int64_t> outs = {5, 6, 4}, ranks = {2, 3, 2};
+  ParamStore store;
+  std::vector<Linear> ls(3);
+  Tensor stacked = cpu_empty({7, in});
+  for (size_t i = 0, r0 = 0; i < ls.size(); r0 += ranks[i], ++i) {
+    Linear& l = ls[i];
+    l.name = "l" + std::to_string(i);
+    l.in = in;
+    l.out = outs[i];
+    l.weight = store.add(l.name + ".w", rand({outs[i], in}));
+    l.bias = store.add(l.name + ".b", rand({outs[i]}));
+    l.lora_a = store.add(l.name + ".A", rand({ranks[i], in}));
+    l.lora_b = store.add(l.name + ".B", rand({outs[i], ranks[i]}));
+    l.lora_scaling = 0.5f + static_cast<float>(i);
+    for (Param* p : {l.lora_a, l.lora_b}) {
+      p->trainable = true;
+      p->grad = rand(p->value.shape);  // gradients accumulate into what is there
+    }
+  }
+  const LinearGroup group = {&ls[0], &ls[1], &ls[2]};
+  const Tensor x = rand({n, in}), dx0 = rand({n, in});
+  std::vector<Tensor> dys;
+  for (int64_t o : outs) dys.push_back(rand({n, o}));
+  auto grads = [&] {
+    std::vector<Tensor> g;
+    for (const Linear& l : ls)
+      g.push_back(cpu_clone(l.lora_a->grad)), g.push_back(cpu_clone(l.lora_b->grad));
+    return g;
+  };
+  const std::vector<Tensor> g0 = grads();
+  auto run = [&](std::vector<Tensor>& ys, Tensor& dx) {
+    for (size_t i = 0; i < ls.size(); ++i) {
+      ls[i].lora_a->grad = cpu_clone(g0[2 * i]);
+      ls[i].lora_b->grad = cpu_clone(g0[2 * i + 1]);
+    }
+    std::vector<LinearSaved> saved(3);
+    ys = linear_group_forward(*be, group, x, {&saved[0], &saved[1], &saved[2]}, nullptr);
+    dx = cpu_clone(dx0);
+    linear_group_backward(*be, group, saved, dys, &dx, true);
+    return saved[0].xa_t.defined();
+  };
+  std::vector<Tensor> y_one, y_grouped;
+  Tensor dx_one, dx_grouped;
+  EXPECT_FALSE(run(y_one, dx_one)) << "without stacked copies each Linear runs alone";
+  const std::vector<Tensor> g_one = grads();
+  for (size_t i = 0, r0 = 0; i < ls.size(); r0 += ranks[i], ++i) {
+    Tensor rows = stacked.rows(static_cast<int64_t>(r0), static_cast<int64_t>(r0) + ranks[i]);
+    std::copy_n(ls[i].lora_a->value.f32(), rows.numel(), rows.f32());
+    ls[i].lora_a->value_bf16 = rows;
+  }
+  EXPECT_TRUE(run(y_grouped, dx_grouped)) << "stacked copies should take the grouped path";
+  const std::vector<Tensor> g_grouped = grads();
+  for (size_t i = 0; i < ls.size(); ++i) {
+    EXPECT_LT(rel_error(y_grouped[i], y_one[i]), 1e-6) << "output " << i;
+    EXPECT_LT(rel_error(g_grouped[2 * i], g_one[2 * i]), 1e-6) << "dA " << i;
+    EXPECT_LT(rel_error(g_grouped[2 * i + 1], g_one[2 * i + 1]), 1e-6) << "dB " << i;
+    EXPECT_GT(rel_error(g_one[2 * i], g0[2 * i]), 1e-3) << "dA " << i << " did not move";
+  }
+  EXPECT_LT(rel_error(dx_grouped, dx_one), 1e-6) << "summed input gradient";
+  EXPECT_GT(rel_error(dx_one, dx0), 1e-3) << "dx was not accumulated";
+}
+
 // "0.model.encoder.layer.0.attention.self.query.lora_A.default.weight" ->
 // "encoder.layer.0.attention.self.query.lora_A.weight" (our store's names).
 std::string store_name(std::string n) {

@@ -125,9 +125,9 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   const ModelConfig& c = enc.cfg;
   const int64_t T = x.dim(0), H = c.hidden;
   const DType act = be.act_dtype();
-  Tensor q = linear_forward(be, L.q, x, s ? &s->q : nullptr, rng);
-  Tensor k = linear_forward(be, L.k, x, s ? &s->k : nullptr, rng);
-  Tensor v = linear_forward(be, L.v, x, s ? &s->v : nullptr, rng);
+  std::vector<Tensor> qkv = linear_group_forward(
+      be, bert_qkv(L), x, {s ? &s->q : nullptr, s ? &s->k : nullptr, s ? &s->v : nullptr}, rng);
+  Tensor q = std::move(qkv[0]), k = std::move(qkv[1]), v = std::move(qkv[2]);
   // x and x1 are recomputed from the norm inputs in backward (see BertLayerSaved)
   if (s)
     for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
@@ -325,9 +325,10 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
   dq32 = Tensor{};
   Tensor x_buf = be.empty(g_out.shape, g_out.dtype);
   const Tensor x = bert_layer_input(be, enc, saved, i, x_buf);
-  linear_backward(be, L.q, with_saved_input(s.q, x), dq, &g_out, true);
-  linear_backward(be, L.k, with_saved_input(s.k, x), dk, &g_out, true);
-  linear_backward(be, L.v, with_saved_input(s.v, x), dv, &g_out, true);
+  linear_group_backward(
+      be, bert_qkv(L),
+      {with_saved_input(s.q, x), with_saved_input(s.k, x), with_saved_input(s.v, x)}, {dq, dk, dv},
+      &g_out, true);
 }
 
 void bert_backward(const Backend& be, const BertEncoder& enc, BertSaved& saved, Tensor d_hidden) {

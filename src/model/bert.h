@@ -81,6 +81,10 @@ struct BertSaved {
 BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where);
 // Every Linear of the encoder, in a stable order (for LoRA targeting and merging).
 std::vector<Linear*> bert_linears(BertEncoder& enc);
+// The Linears of a layer that read one input: q, k and v (linear_group_forward).
+inline LinearGroup bert_qkv(const BertLayer& L) {
+  return {&L.q, &L.k, &L.v};
+}
 
 // Returns the last hidden state [T, hidden].
 Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch& batch,

@@ -7,6 +7,15 @@
 
 namespace et {
 
+// y = beta * y + x W^T + b. The bf16 bias copy serves bf16 outputs (as torch's bf16 addmm: the
+// bias rounded to bf16, added to the fp32 accumulator); an fp32 output takes the fp32 bias.
+static void base_product(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y,
+                         float beta) {
+  const Tensor* bias = nullptr;
+  if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
+  be.matmul(x2, false, l.weight->value, true, y, 1.0f, beta, bias);
+}
+
 // y = beta * y + x W^T + b + s (x_lora A^T) B^T, with the LoRA branch first: its rank-r
 // product writes y (beta 0) or adds into it, and the base product then adds its own output and
 // the bias in its epilogue (beta 1). The other order (base first, LoRA adding into its output)
@@ -39,11 +48,7 @@ static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Te
       saved->xa = xa;
     }
   }
-  // the bf16 bias copy serves bf16 outputs (as torch's bf16 addmm: the bias rounded to bf16,
-  // added to the fp32 accumulator); an fp32 output takes the fp32 bias
-  const Tensor* bias = nullptr;
-  if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
-  be.matmul(x2, false, l.weight->value, true, y, 1.0f, beta, bias);
+  base_product(be, l, x2, y, beta);
 }
 
 static Tensor rows_of_input(const Linear& l, const Tensor& x) {
@@ -84,6 +89,7 @@ void drop_saved_input(LinearSaved& s, const Tensor& in) {
 }
 
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
+  ET_CHECK(!s.xa_t.defined(), "saved_rows: a grouped forward's saved state has no token rows");
   LinearSaved r;
   for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.mask, &r.mask},
                           std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
@@ -97,8 +103,47 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
   return s;
 }
 
-void refresh_product_copies(const Backend& be, const std::vector<const Linear*>& linears) {
+// The stacked A [sum r, in] of a group: a view over its members' bf16 copies when they lie one
+// after another in one buffer (as refresh_product_copies lays them out), else undefined.
+static Tensor stacked_lora_a(const LinearGroup& group) {
+  int64_t rows = 0;
+  size_t bytes = 0;
+  const Tensor* first = nullptr;
+  for (const Linear* l : group) {
+    if (!l->lora_a || !l->lora_a->value_bf16.defined()) return Tensor{};
+    const Tensor& a = l->lora_a->value_bf16;
+    if (!first) first = &a;
+    if (a.owner != first->owner || a.data != static_cast<const char*>(first->data) + bytes ||
+        a.dim(1) != first->dim(1))
+      return Tensor{};
+    rows += a.dim(0);
+    bytes += a.nbytes();
+  }
+  if (!first) return Tensor{};
+  Tensor stacked = *first;
+  stacked.shape = {rows, first->dim(1)};
+  return stacked;
+}
+
+void refresh_product_copies(const Backend& be, const std::vector<const Linear*>& linears,
+                            const std::vector<LinearGroup>& groups) {
   if (be.act_dtype() != DType::BF16 || be.device() == Device::CPU) return;
+  for (const LinearGroup& group : groups) {
+    bool stackable = group.size() > 1;
+    for (const Linear* l : group)
+      stackable = stackable && l->lora_a && l->lora_a->value.dtype == DType::F32 &&
+                  l->lora_a->value.dim(1) == group[0]->in && l->in == group[0]->in;
+    if (!stackable || stacked_lora_a(group).defined()) continue;
+    int64_t rows = 0;
+    for (const Linear* l : group) rows += l->lora_a->value.dim(0);
+    Tensor stacked = be.empty({rows, group[0]->in}, DType::BF16);
+    rows = 0;
+    for (const Linear* l : group) {
+      const int64_t r = l->lora_a->value.dim(0);
+      l->lora_a->value_bf16 = stacked.rows(rows, rows + r);
+      rows += r;
+    }
+  }
   std::vector<Backend::CopySlot> slots;
   for (const Linear* l : linears)
     for (Param* p : {l->lora_a, l->lora_b, l->bias}) {
@@ -114,10 +159,10 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
 // dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
 // Every read of the saved input comes before dx is first written, so dx may share the saved
 // input's buffer (a layer that recomputed the input hands its buffer back as dx).
-void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
-                     Tensor* dx, bool accumulate) {
-  const int64_t n = dy.numel() / l.out;
-  Tensor g = dy.reshape({n, l.out});
+// dy as [n, out] in the activation dtype, with the bias and weight gradients accumulated.
+static Tensor output_gradient(const Backend& be, const Linear& l, const LinearSaved& s,
+                              const Tensor& dy) {
+  Tensor g = dy.reshape({dy.numel() / l.out, l.out});
   if (l.bias && l.bias->trainable) be.bias_backward(g, l.bias->grad);
   // A gradient arriving in fp32 (from the rotary encoders' fp32 residual stream) feeds up to
   // three products, each of which would convert it to the activation dtype on its own: convert
@@ -128,12 +173,24 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     g = t;
   }
   if (l.weight->trainable) be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
+  return g;
+}
+
+void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
+                     Tensor* dx, bool accumulate) {
+  const int64_t n = dy.numel() / l.out;
+  const Tensor g = output_gradient(be, l, s, dy);
   Tensor dxa;
   if (l.lora_a) {
     const int64_t r = l.lora_a->value.dim(0);
     dxa = be.empty({n, r}, dy.dtype);
     be.matmul(g, false, product_operand(*l.lora_b), false, dxa, l.lora_scaling, 0.0f);
-    if (l.lora_b->trainable) be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
+    if (l.lora_b->trainable) {
+      if (s.xa_t.defined())
+        be.matmul(g, true, s.xa_t, true, l.lora_b->grad, l.lora_scaling, 1.0f);
+      else
+        be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
+    }
     if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
   }
   if (!dx) return;
@@ -151,6 +208,87 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     be.mul(t, s.mask, t);
     be.add(d2, t, d2);
   }
+}
+
+std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& group,
+                                         const Tensor& x, const std::vector<LinearSaved*>& saved,
+                                         Rng* rng) {
+  ET_CHECK(saved.size() == group.size(), "linear_group_forward: ", group.size(), " Linears, ",
+           saved.size(), " saved states");
+  const Tensor a = stacked_lora_a(group);
+  bool grouped = a.defined();
+  for (const Linear* l : group) grouped = grouped && !(rng && l->lora_dropout > 0);
+  std::vector<Tensor> ys;
+  if (!grouped) {
+    for (size_t i = 0; i < group.size(); ++i)
+      ys.push_back(linear_forward(be, *group[i], x, saved[i], rng));
+    return ys;
+  }
+  const Tensor x2 = rows_of_input(*group[0], x);
+  const int64_t n = x2.dim(0);
+  Tensor xa_t = be.empty({a.dim(0), n}, x2.dtype);
+  be.matmul(a, false, x2, true, xa_t);  // [sum r, n] = A_stacked x^T
+  int64_t r0 = 0;
+  for (size_t i = 0; i < group.size(); ++i) {
+    const Linear& l = *group[i];
+    const int64_t r = l.lora_a->value.dim(0);
+    const Tensor share = xa_t.rows(r0, r0 + r);  // [r, n] = A x^T
+    r0 += r;
+    Tensor y = be.empty({n, l.out}, x.dtype);
+    be.matmul(share, true, product_operand(*l.lora_b), true, y, l.lora_scaling, 0.0f);
+    base_product(be, l, x2, y, 1.0f);  // rank-r product first: see linear_into
+    if (saved[i]) {
+      saved[i]->x = saved[i]->x_lora = x2;
+      saved[i]->xa_t = share;
+    }
+    ys.push_back(y);
+  }
+  return ys;
+}
+
+void linear_group_backward(const Backend& be, const LinearGroup& group,
+                           const std::vector<LinearSaved>& saved, const std::vector<Tensor>& dys,
+                           Tensor* dx, bool accumulate) {
+  ET_CHECK(saved.size() == group.size() && dys.size() == group.size(),
+           "linear_group_backward: ", group.size(), " Linears, ", saved.size(), " saved states, ",
+           dys.size(), " gradients");
+  const Tensor a = stacked_lora_a(group);
+  bool grouped = a.defined();
+  for (const LinearSaved& s : saved) grouped = grouped && s.xa_t.defined();
+  if (!grouped) {
+    for (size_t i = 0; i < group.size(); ++i)
+      linear_backward(be, *group[i], saved[i], dys[i], dx, accumulate || i > 0);
+    return;
+  }
+  const Tensor& x = saved[0].x;
+  const int64_t n = x.dim(0), in = group[0]->in;
+  Tensor dxa_t = be.empty({a.dim(0), n}, be.act_dtype());
+  std::vector<Tensor> gs;
+  int64_t r0 = 0;
+  for (size_t i = 0; i < group.size(); ++i) {
+    const Linear& l = *group[i];
+    const int64_t r = l.lora_a->value.dim(0);
+    gs.push_back(output_gradient(be, l, saved[i], dys[i]));
+    Tensor share = dxa_t.rows(r0, r0 + r);  // [r, n] = s B^T g^T = (s g B)^T
+    r0 += r;
+    be.matmul(product_operand(*l.lora_b), true, gs[i], true, share, l.lora_scaling, 0.0f);
+    if (l.lora_b->trainable)
+      be.matmul(gs[i], true, saved[i].xa_t, true, l.lora_b->grad, l.lora_scaling, 1.0f);
+  }
+  // dA_stacked = dxa_t x [sum r, in], then each member's rows into its own gradient
+  Tensor da = be.empty({a.dim(0), in}, DType::F32);
+  be.matmul(dxa_t, false, x, false, da);
+  r0 = 0;
+  for (const Linear* l : group) {
+    const int64_t r = l->lora_a->value.dim(0);
+    if (l->lora_a->trainable) be.add(l->lora_a->grad, da.rows(r0, r0 + r), l->lora_a->grad);
+    r0 += r;
+  }
+  if (!dx) return;
+  Tensor d2 = dx->reshape({n, in});
+  be.matmul(dxa_t, true, a, false, d2, 1.0f, accumulate ? 1.0f : 0.0f);
+  for (size_t i = 0; i < group.size(); ++i)
+    be.matmul(gs[i], false, group[i]->weight->value, false, d2, 1.0f, 1.0f);
 }
 
 }  // namespace et

@@ -27,12 +27,14 @@ struct Linear {
 };
 
 // What backward needs: the input, the LoRA dropout mask (0 or 1/(1-p); undefined without
-// dropout), the input of the LoRA branch (x * mask) and x_lora A^T.
+// dropout), the input of the LoRA branch (x * mask) and x_lora A^T, or (a group's forward, see
+// linear_group_forward) its transpose A x_lora^T [r, n] instead.
 struct LinearSaved {
   Tensor x;
   Tensor mask;
   Tensor x_lora;
   Tensor xa;
+  Tensor xa_t;
 };
 
 // Not keeping the input: a layer that can recompute `in` cheaply (a norm's or an activation's
@@ -56,11 +58,31 @@ void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Ten
 // A residual stream's buffer that linear_forward_add may sum into: x itself when it is already
 // in `dtype` and no one else holds it (a layer's handed-over input, an earlier sum), else a copy.
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype);
+// Linears that read one input (a layer's q, k and v projections).
+using LinearGroup = std::vector<const Linear*>;
+
 // Keeps Param::value_bf16 of every LoRA factor and bias of `linears` equal to its fp32 value on a
 // backend whose products run in bf16 (one multi-tensor conversion instead of one per product:
-// four per LoRA Linear and step, and the bias); nothing elsewhere. The encoder forward calls it
-// first, so the copies are fresh for that forward and its backward.
-void refresh_product_copies(const Backend& be, const std::vector<const Linear*>& linears);
+// four per LoRA Linear and step, and the bias); nothing elsewhere. The A factors of each group
+// get their copies in one buffer, stacked [sum r, in], for linear_group_forward. The encoder
+// forward calls it first, so the copies are fresh for that forward and its backward.
+void refresh_product_copies(const Backend& be, const std::vector<const Linear*>& linears,
+                            const std::vector<LinearGroup>& groups);
+
+// linear_forward of every member of a group on the one input x. Where every member has LoRA
+// without dropout and bf16 product copies stacked by refresh_product_copies, the down-projections
+// run as one product over the stacked A, A x^T [sum r, n] (transposed so that each member's
+// share is a row range), reading x once instead of once per member; otherwise each member runs
+// alone. saved[i] may be null (no backward).
+std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& group,
+                                         const Tensor& x, const std::vector<LinearSaved*>& saved,
+                                         Rng* rng);
+// linear_backward of every member with dx = sum_i d(x)_i (written, or added to when
+// `accumulate`). After a grouped forward the stacked dA and the rank-r part of dx are one product
+// each: dA = (s B^T dy^T)_stacked x, dx = (s dy B)_stacked A_stacked.
+void linear_group_backward(const Backend& be, const LinearGroup& group,
+                           const std::vector<LinearSaved>& saved, const std::vector<Tensor>& dys,
+                           Tensor* dx, bool accumulate);
 // Accumulates gradients of trainable W, b, A, B; writes (or adds to, when `accumulate`) dx.
 // dx may be the buffer of the saved input (s.x / s.x_lora): it is read before dx is written.
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
