@@ -155,10 +155,6 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
   be.copy_all(slots);
 }
 
-// dW += dy^T x;  db += sum dy;  dB += s dy^T xa;  dA += (s dy B)^T x_lora;
-// dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
-// Every read of the saved input comes before dx is first written, so dx may share the saved
-// input's buffer (a layer that recomputed the input hands its buffer back as dx).
 // dy as [n, out] in the activation dtype, with the bias and weight gradients accumulated.
 static Tensor output_gradient(const Backend& be, const Linear& l, const LinearSaved& s,
                               const Tensor& dy) {
@@ -176,6 +172,10 @@ static Tensor output_gradient(const Backend& be, const Linear& l, const LinearSa
   return g;
 }
 
+// dW += dy^T x;  db += sum dy;  dB += s dy^T xa;  dA += (s dy B)^T x_lora;
+// dx = dy W + (s dy B) A  (times the dropout mask on the LoRA branch).
+// Every read of the saved input comes before dx is first written, so dx may share the saved
+// input's buffer (a layer that recomputed the input hands its buffer back as dx).
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
                      Tensor* dx, bool accumulate) {
   const int64_t n = dy.numel() / l.out;
@@ -275,7 +275,8 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
     if (l.lora_b->trainable)
       be.matmul(gs[i], true, saved[i].xa_t, true, l.lora_b->grad, l.lora_scaling, 1.0f);
   }
-  // dA_stacked = dxa_t x [sum r, in], then each member's rows into its own gradient
+  // dA_stacked = dxa_t x [sum r, in], then each member's rows into its own gradient; like
+  // linear_backward, every read of the saved input comes before dx is written
   Tensor da = be.empty({a.dim(0), in}, DType::F32);
   be.matmul(dxa_t, false, x, false, da);
   r0 = 0;
