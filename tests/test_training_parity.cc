@@ -15,17 +15,20 @@
 namespace et::test {
 namespace {
 
+// A host tensor of values uniform in [-1, 1) (never all zeros).
+Tensor uniform_tensor(Rng& rng, const Shape& s) {
+  Tensor t = cpu_empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng.uniform() * 2 - 1);
+  return t;
+}
+
 // linear_forward_add sums a LoRA Linear's output into a residual (LoRA branch first, then the
 // base product with its bias), equal to linear_forward plus the residual; residual_buffer sums
 // in place only into a tensor no one else holds; an input's own buffer is refused.
 TEST(Linear, ForwardAddSumsIntoTheResidualAndSparesSharedInputs) {
   auto be = make_cpu_backend();
   Rng rng(7);
-  auto rand = [&](const Shape& s) {
-    Tensor t = cpu_empty(s);
-    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform() * 2 - 1;
-    return t;
-  };
+  auto rand = [&](const Shape& s) { return uniform_tensor(rng, s); };
   ParamStore store;
   Linear l;
   l.in = 3;
@@ -69,11 +72,7 @@ TEST(Linear, ForwardAddSumsIntoTheResidualAndSparesSharedInputs) {
 TEST(Linear, GroupedLoraEqualsLinearsOneByOne) {
   auto be = make_cpu_backend();
   Rng rng(11);
-  auto rand = [&](const Shape& s) {
-    Tensor t = cpu_empty(s);
-    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform() * 2 - 1;
-    return t;
-  };
+  auto rand = [&](const Shape& s) { return uniform_tensor(rng, s); };
   const int64_t n = 7, in = 6;
   const std::vector<int64_t> outs = {5, 6, 4}, ranks = {2, 3, 2};
   ParamStore store;
