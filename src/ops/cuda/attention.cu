@@ -396,6 +396,7 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
 bool attention_use_tc(const AttentionArgs& a, bool forward) {
   const char* env = std::getenv("EMBEDTUNE_ATTENTION");
   if (env && std::string(env) == "scalar") return false;
+  if (env && std::string(env) == "gemm" && a.head_dim > 128) return false;
   return attention_tc_supported(a, forward);
 }
 

@@ -25,8 +25,8 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
                         const float* out, const float* lse, const float* dout, float* dq, float* dk,
                         float* dv, float* d_rel_bias, float* delta, const int32_t* tiles,
                         int n_tiles, const int32_t* cu_seqlens);
-// Tensor-core path (attention_tc.cu): head_dim 16/32/64/128 (and 256 forward only),
-// relative-bias tables of at most 64 buckets. q, k, v, dout, out, dk and dv are fp32 or bf16
+// Tensor-core path (attention_tc.cu): head_dim 16/32/64/128/256, relative-bias tables of at
+// most 64 buckets. q, k, v, dout, out, dk and dv are fp32 or bf16
 // (`bf16` flag); lse, delta fp32. The backward writes fp32 dq (zeroed by the caller; atomic adds),
 // dk and dv (plain stores: one block sums the whole group of query heads of its key/value head).
 bool attention_tc_supported(const AttentionArgs& a, bool forward);
@@ -43,7 +43,8 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
 // delta[t, h] = dO[t, h, :] . O[t, h, :] for fp32 or bf16 tensors.
 void attention_delta(const void* out, const void* dout, bool bf16, float* delta, int64_t rows,
                      int heads, int head_dim);
-// Set EMBEDTUNE_ATTENTION=scalar to force the fp32 CUDA-core kernels (for comparisons).
+// Set EMBEDTUNE_ATTENTION=scalar to force the fp32 CUDA-core kernels, =gemm the cuBLAS path
+// for head dims above 128 (for comparisons).
 bool attention_use_tc(const AttentionArgs& a, bool forward);
 
 // Rows per work tile; `tiles` holds (sequence, first row) pairs covering every sequence.

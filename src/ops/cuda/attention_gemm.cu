@@ -1,5 +1,8 @@
-// Attention through cuBLAS for head dimensions above 128 (EmbeddingGemma's 256: the backward;
-// its forward runs on the tensor-core kernel): the score matrices are materialised ([heads, L, L]
+// Attention through cuBLAS for head dimensions above 128 that the tensor-core kernels do not
+// take (EmbeddingGemma's 256 runs on them both ways; EMBEDTUNE_ATTENTION=gemm brings it here, for
+// comparisons: at 512-1024 tokens this path's GPU time is lower, but its per-bucket and per-head
+// calls leave the GPU waiting on the host, and real batches' many short sequences fall back to
+// the fp32 tiles; bench/NOTES.md): the score matrices are materialised ([heads, L, L]
 // fp32 per sequence), so memory grows with the square of the longest sequence (bounded by
 // max_seq_length) and is capped per bucket by the plan's budget.
 //   forward:  S = scale Q K^T (masked) ; P = softmax(S) ; O = P V ; lse = log sum exp S

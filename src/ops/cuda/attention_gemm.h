@@ -1,6 +1,6 @@
-// Attention through cuBLAS strided-batched products for head dimensions above 128: the
-// backward of all of them, the forward of those the tensor-core kernel does not take (it takes
-// 256). See attention_gemm.cu. No relative-position bias.
+// Attention through cuBLAS strided-batched products for head dimensions above 128 that the
+// tensor-core kernels do not take (they take 256), or for all of them with
+// EMBEDTUNE_ATTENTION=gemm. See attention_gemm.cu. No relative-position bias.
 #pragma once
 
 #include <cublas_v2.h>

@@ -1,4 +1,4 @@
-// Tensor-core variable-length attention (head_dim 16/32/64/128, and 256 forward only): the
+// Tensor-core variable-length attention (head_dim 16/32/64/128/256): the
 // algorithm of attention.cu (FlashAttention-2, Dao 2023: online softmax forward, recomputing
 // backward) with every matrix product of a tile on bf16 tensor cores (mma.sync m16n8k16, fp32
 // accumulation) and the scores, probabilities and output accumulators kept in registers.
@@ -14,7 +14,8 @@
 //   S^T = K Q^T, P^T = exp(scale S^T + bias - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //   dV += P^T dO, dK += dS^T Q (register accumulators, summed over the group in place, so dK
 //   and dV are written once without atomics), dQ += dS K (fp32 atomic adds, since every key
-//   tile contributes to every query row).
+//   tile contributes to every query row). At head dim 256 two blocks share a key tile, each
+//   forming half of the output columns (BwdTile).
 // `embedtune bench --attention` times both against PyTorch's SDPA (bench/NOTES.md).
 #include <cuda_bf16.h>
 
@@ -345,16 +346,27 @@ __global__ void __launch_bounds__(NW * 32)
     }
 }
 
+// Backward tiles. Up to head dim 128 a block forms all D columns of dK, dV (and of its dQ
+// contributions) and double-buffers the query/dO tiles. At 256 the 2 x D / 8 accumulator
+// registers per lane of dK and dV would not fit: the work splits by output columns into DC = 128
+// wide halves (grid z), each block recomputing the full-width S^T = K Q^T and dP^T = V dO^T
+// (7 instead of 5 tile products per tile pair, all on tensor cores), and the query/dO tiles are
+// single-buffered (the next pair is issued once the current one is no longer read, before dQ) so
+// that K, V, Q, dO and dS^T fit an A100's 163 KB of shared memory.
 template <int D>
-struct BwdSmem {
+struct BwdTile {
+  static constexpr int DC = D <= 128 ? D : 128;  // dK, dV, dQ columns per block
+  static constexpr int kStages = D <= 128 ? 2 : 1;
+  static constexpr bool keep_kv = D <= 64;  // K, V A-fragments held in registers
   static constexpr int LD = D + 8, LS = 64 + 8;
   static constexpr size_t bytes =
-      sizeof(bf16) * (6 * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
+      sizeof(bf16) * ((2 + 2 * kStages) * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
 };
 
 // Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
 // (head by head of the group) stream through shared memory. dK, dV accumulate in registers;
 // dS^T goes through shared memory so that every warp can form its 16 query rows of dQ = dS K.
+// Block z forms output columns [z DC, (z + 1) DC) of dK, dV and dQ (BwdTile).
 template <int D, typename T>
 __global__ void __launch_bounds__(NW * 32)
     attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
@@ -363,14 +375,16 @@ __global__ void __launch_bounds__(NW * 32)
                        float* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
                        float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
                        const int32_t* __restrict__ cu) {
-  constexpr int LD = BwdSmem<D>::LD, LS = BwdSmem<D>::LS;
+  constexpr int LD = BwdTile<D>::LD, LS = BwdTile<D>::LS, DC = BwdTile<D>::DC;
+  constexpr int kStages = BwdTile<D>::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
   // query tiles and their dO, double-buffered: [K | V | Q0 | dO0 | Q1 | dO1 | dS^T]
+  // (single-buffered: [K | V | Q0 | dO0 | dS^T])
   auto qbuf = [&](int b) { return Vs + (1 + 2 * b) * 64 * LD; };
   auto gbuf = [&](int b) { return Vs + (2 + 2 * b) * 64 * LD; };
-  bf16* dSt = Vs + 5 * 64 * LD;                            // [64 keys][LS]
+  bf16* dSt = Vs + (1 + 2 * kStages) * 64 * LD;            // [64 keys][LS]
   float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);  // [2][64]
   float* del_b = lse_b + 128;                              // [2][64]
   float* bias_acc = del_b + 128;
@@ -379,21 +393,23 @@ __global__ void __launch_bounds__(NW * 32)
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
+  const int c_off = blockIdx.z * DC;                        // this block's output columns
+  float* const dbias = blockIdx.z == 0 ? d_bias : nullptr;  // summed once, by the first half
   // K and V travel in the first cp.async group with the first query tile (one round trip to
   // global memory before the first products instead of two)
   load_tile_async<D>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
   load_tile_async<D>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
-  if (d_bias)
+  if (dbias)
     for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) bias_acc[b] = 0;
-  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+  float dk_acc[DC / 8][4], dv_acc[DC / 8][4];
 #pragma unroll
-  for (int nb = 0; nb < D / 8; ++nb)
+  for (int nb = 0; nb < DC / 8; ++nb)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[nb][e] = dv_acc[nb][e] = 0;
   // Head dims up to 64: this warp's K and V rows as A fragments, read from shared memory once
   // they have landed (they are the same for every query tile); larger head dims reload them per
   // tile, for lack of registers.
-  constexpr bool kKeepKV = D <= 64;
+  constexpr bool kKeepKV = BwdTile<D>::keep_kv;
   uint32_t kfr[kKeepKV ? D / 16 : 1][4], vfr[kKeepKV ? D / 16 : 1][4];
   const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
   const float sl2 = p.scale * kLog2e;
@@ -418,18 +434,22 @@ __global__ void __launch_bounds__(NW * 32)
       cp_async4(del_b + buf * 64 + threadIdx.x, delta + at, i < len);
     }
   };
+  const int n_it = n_q * p.group;
   if (n_q > 0) issue(0, head_of(0), q_begin);
   cp_async_commit();
-  for (int it = 0; it < n_q * p.group; ++it) {
-    const int h = head_of(it), c0 = q_begin + (it % n_q) * BM;
-    const bf16* Qs = qbuf(it & 1);
-    const bf16* Gs = gbuf(it & 1);
-    float* lse_s = lse_b + (it & 1) * 64;
-    const float* del_s = del_b + (it & 1) * 64;
-    if (it + 1 < n_q * p.group)
-      issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
-    cp_async_commit();
-    cp_async_wait<1>();
+  for (int it = 0; it < n_it; ++it) {
+    const int h = head_of(it), c0 = q_begin + (it % n_q) * BM, buf = kStages == 2 ? it & 1 : 0;
+    const bf16* Qs = qbuf(buf);
+    const bf16* Gs = gbuf(buf);
+    float* lse_s = lse_b + buf * 64;
+    const float* del_s = del_b + buf * 64;
+    if constexpr (kStages == 2) {
+      if (it + 1 < n_it) issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();  // issued during the previous iteration's dQ
+    }
     if (threadIdx.x < 64) lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
     __syncthreads();
     if constexpr (kKeepKV)
@@ -493,7 +513,7 @@ __global__ void __launch_bounds__(NW * 32)
             }
             pv = fast_exp2(x - lse_s[qi]);
             ds = pv * (dpt[j][e] - del_s[qi]);
-            if (d_bias) atomicAdd(&bias_acc[bucket], ds);
+            if (dbias) atomicAdd(&bias_acc[bucket], ds);
           }
           st[j][e] = pv;
           dpt[j][e] = ds;
@@ -517,30 +537,34 @@ __global__ void __launch_bounds__(NW * 32)
                         pack2(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
                         pack2(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
 #pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
+      for (int np = 0; np < DC / 16; ++np) {
         uint32_t b[4];
-        ldsm_x4_t(b, b_addr(Gs, LD, kc * 16, np * 16, lane));
+        ldsm_x4_t(b, b_addr(Gs, LD, kc * 16, c_off + np * 16, lane));
         mma16816(dv_acc[2 * np], pa, b[0], b[1]);
         mma16816(dv_acc[2 * np + 1], pa, b[2], b[3]);
-        ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, np * 16, lane));
+        ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, c_off + np * 16, lane));
         mma16816(dk_acc[2 * np], da, b[0], b[1]);
         mma16816(dk_acc[2 * np + 1], da, b[2], b[3]);
       }
     }
-    __syncthreads();  // dS^T of all warps in place
+    __syncthreads();  // dS^T of all warps in place (single-buffered: Q, dO no longer read)
+    if constexpr (kStages == 1) {
+      if (it + 1 < n_it) issue(0, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
+      cp_async_commit();
+    }
     // dQ rows c0 + 16w .. +16 = dS K: A = dS (from dS^T, transposed load), B = K [key][d]
-    float dq_acc[D / 8][4];
+    float dq_acc[DC / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb)
+    for (int nb = 0; nb < DC / 8; ++nb)
       dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
 #pragma unroll
     for (int kc = 0; kc < 4; ++kc) {
       uint32_t a[4];
       ldsm_x4_t(a, at_addr(dSt, LS, kc * 16, warp * 16, lane));
 #pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
+      for (int np = 0; np < DC / 16; ++np) {
         uint32_t b[4];
-        ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, np * 16, lane));
+        ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, c_off + np * 16, lane));
         mma16816(dq_acc[2 * np], a, b[0], b[1]);
         mma16816(dq_acc[2 * np + 1], a, b[2], b[3]);
       }
@@ -549,13 +573,13 @@ __global__ void __launch_bounds__(NW * 32)
     for (int r = 0; r < 2; ++r) {
       const int i = c0 + warp * 16 + g + 8 * r;
       if (i >= len) continue;
-      float* dqrow = dq + (start + i) * p.qs + h * D;
+      float* dqrow = dq + (start + i) * p.qs + h * D + c_off;
 #pragma unroll
-      for (int nb = 0; nb < D / 8; ++nb)
+      for (int nb = 0; nb < DC / 8; ++nb)
         atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
                     p.scale * dq_acc[nb][2 * r + 1]);
     }
-    if (d_bias && (it + 1 == n_q * p.group || head_of(it + 1) != h)) {  // head done
+    if (dbias && (it + 1 == n_it || head_of(it + 1) != h)) {  // head done
       __syncthreads();
       for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) {
         if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
@@ -568,10 +592,10 @@ __global__ void __launch_bounds__(NW * 32)
   for (int r = 0; r < 2; ++r) {
     const int jj = jrow[r];
     if (jj >= len) continue;
-    T* dkrow = dk + (start + jj) * p.ks + kvh * D;
-    T* dvrow = dv + (start + jj) * p.ks + kvh * D;
+    T* dkrow = dk + (start + jj) * p.ks + kvh * D + c_off;
+    T* dvrow = dv + (start + jj) * p.ks + kvh * D + c_off;
 #pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb) {
+    for (int nb = 0; nb < DC / 8; ++nb) {
       const int c = nb * 8 + 2 * t;
       store2(dkrow + c, p.scale * dk_acc[nb][2 * r], p.scale * dk_acc[nb][2 * r + 1]);
       store2(dvrow + c, dv_acc[nb][2 * r], dv_acc[nb][2 * r + 1]);
@@ -579,9 +603,8 @@ __global__ void __launch_bounds__(NW * 32)
   }
 }
 
-// Head dims of the tensor-core kernels: 16..128 both ways; 256 forward only (its backward's
-// dK/dV accumulators would not fit in registers: see attention_gemm.cu).
-template <bool kForward, typename F>
+// Head dims of the tensor-core kernels: 16, 32, 64, 128 and 256, both ways.
+template <typename F>
 bool dispatch_tc(int d, F&& f) {
   switch (d) {
     case 16:
@@ -596,13 +619,9 @@ bool dispatch_tc(int d, F&& f) {
     case 128:
       f(std::integral_constant<int, 128>{});
       return true;
-    case 256:  // compiled for the forward only
-      if constexpr (!kForward)
-        return false;
-      else {
-        f(std::integral_constant<int, 256>{});
-        return true;
-      }
+    case 256:
+      f(std::integral_constant<int, 256>{});
+      return true;
     default:
       return false;
   }
@@ -612,13 +631,13 @@ bool dispatch_tc(int d, F&& f) {
 
 int attention_tc_forward_rows(int head_dim) {
   int rows = 0;
-  dispatch_tc<true>(head_dim, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
+  dispatch_tc(head_dim, [&](auto dd) { rows = FwdTile<decltype(dd)::value>::BM; });
   return rows;
 }
 
-bool attention_tc_supported(const AttentionArgs& a, bool forward) {
+bool attention_tc_supported(const AttentionArgs& a, bool /*forward*/) {
   const int d = a.head_dim;
-  return (d == 16 || d == 32 || d == 64 || d == 128 || (forward && d == 256)) &&
+  return (d == 16 || d == 32 || d == 64 || d == 128 || d == 256) &&
          (!a.rel_bias || a.rel_buckets <= 64);
 }
 
@@ -626,7 +645,7 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
                           void* out, bool bf16_io, float* lse, const int32_t* tiles, int n_tiles,
                           const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  dispatch_tc<true>(a.head_dim, [&](auto dd) {
+  dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
@@ -650,17 +669,18 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
                            float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  dispatch_tc<false>(a.head_dim, [&](auto dd) {
+  dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       static const bool smem_set =
-          (allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdSmem<D>::bytes), true);  // once
+          (allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdTile<D>::bytes), true);  // once
       (void)smem_set;
-      attn_bwd_tc_kernel<D, T><<<dim3(n_tiles, p.hk), NW * 32, BwdSmem<D>::bytes>>>(
-          p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
-          static_cast<const T*>(dout), delta, dq, static_cast<T*>(dk), static_cast<T*>(dv),
-          d_rel_bias, tiles, cu);
+      attn_bwd_tc_kernel<D, T>
+          <<<dim3(n_tiles, p.hk, D / BwdTile<D>::DC), NW * 32, BwdTile<D>::bytes>>>(
+              p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
+              static_cast<const T*>(dout), delta, dq, static_cast<T*>(dk), static_cast<T*>(dv),
+              d_rel_bias, tiles, cu);
     };
     if (bf16_in)
       launch(static_cast<bf16*>(nullptr));

@@ -1599,8 +1599,9 @@ struct CudaBackend final : Backend {
       if (dvt.data != dv.data) copy(dv, dvt);
       return;
     }
-    // Head dims above 128: long sequences through cuBLAS, short ones through the tile kernels
-    // (which run first: with grouped heads they clear all of dk, dv).
+    // Head dims above 128 without the tensor-core kernels: long sequences through cuBLAS, short
+    // ones through the tile kernels (which run first: with grouped heads they clear all of dk,
+    // dv).
     Tensor dq32 = f32_out(dq), dk32 = f32_out(dk), dv32 = f32_out(dv);
     const bool gemm = attention_use_gemm(a);
     if (gemm) tiles = tiles_of(a, &n, kGemmMinLen);
