@@ -347,27 +347,27 @@ __global__ void __launch_bounds__(NW * 32)
 }
 
 // Backward tiles. Up to head dim 128 a block forms all D columns of dK, dV (and of its dQ
-// contributions) and double-buffers the query/dO tiles. At 256 the 2 x D / 8 accumulator
-// registers per lane of dK and dV would not fit: the work splits by output columns into DC = 128
-// wide halves (grid z), each block recomputing the full-width S^T = K Q^T and dP^T = V dO^T
-// (7 instead of 5 tile products per tile pair, all on tensor cores), and the query/dO tiles are
-// single-buffered (the next pair is issued once the current one is no longer read, before dQ) so
-// that K, V, Q, dO and dS^T fit an A100's 163 KB of shared memory.
+// contributions) and double-buffers the query/dO tiles (kStages = 2). At 256 the 2 x D / 8
+// accumulator registers per lane of dK and dV would not fit: the work splits by output columns
+// into DC = 128 wide halves (grid z), each block recomputing the full-width S^T = K Q^T and
+// dP^T = V dO^T (7 instead of 5 tile products per tile pair, all on tensor cores). Double-buffered
+// K, V, Q, dO and dS^T take 208 KB there, which an H100 has and an A100 (163 KB) has not: with
+// one stage the next query/dO pair is issued once the current one is no longer read (before dQ).
 template <int D>
 struct BwdTile {
   static constexpr int DC = D <= 128 ? D : 128;  // dK, dV, dQ columns per block
-  static constexpr int kStages = D <= 128 ? 2 : 1;
-  static constexpr bool keep_kv = D <= 64;  // K, V A-fragments held in registers
+  static constexpr bool keep_kv = D <= 64;       // K, V A-fragments held in registers
   static constexpr int LD = D + 8, LS = 64 + 8;
-  static constexpr size_t bytes =
-      sizeof(bf16) * ((2 + 2 * kStages) * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
+  static constexpr size_t bytes(int stages) {
+    return sizeof(bf16) * ((2 + 2 * stages) * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
+  }
 };
 
 // Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
 // (head by head of the group) stream through shared memory. dK, dV accumulate in registers;
 // dS^T goes through shared memory so that every warp can form its 16 query rows of dQ = dS K.
 // Block z forms output columns [z DC, (z + 1) DC) of dK, dV and dQ (BwdTile).
-template <int D, typename T>
+template <int D, int kStages, typename T>
 __global__ void __launch_bounds__(NW * 32)
     attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, const float* __restrict__ lse,
@@ -376,7 +376,6 @@ __global__ void __launch_bounds__(NW * 32)
                        float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
                        const int32_t* __restrict__ cu) {
   constexpr int LD = BwdTile<D>::LD, LS = BwdTile<D>::LS, DC = BwdTile<D>::DC;
-  constexpr int kStages = BwdTile<D>::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
@@ -669,23 +668,38 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
                            float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
+  // two query/dO buffers wherever they fit (every head dim on an H100; up to 128 on an A100);
+  // fp32 inputs load synchronously, so a second buffer would gain them nothing at 256
+  static const int smem_optin = [] {
+    int dev = 0, v = 0;
+    ET_CUDA(cudaGetDevice(&dev));
+    ET_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return v;
+  }();
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
-    auto launch = [&](auto* tag) {
+    auto run = [&](auto kernel, size_t bytes, auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      static const bool smem_set =
-          (allow_dynamic_smem(attn_bwd_tc_kernel<D, T>, BwdTile<D>::bytes), true);  // once
-      (void)smem_set;
-      attn_bwd_tc_kernel<D, T>
-          <<<dim3(n_tiles, p.hk, D / BwdTile<D>::DC), NW * 32, BwdTile<D>::bytes>>>(
-              p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
-              static_cast<const T*>(dout), delta, dq, static_cast<T*>(dk), static_cast<T*>(dv),
-              d_rel_bias, tiles, cu);
+      allow_dynamic_smem(kernel, bytes);
+      kernel<<<dim3(n_tiles, p.hk, D / BwdTile<D>::DC), NW * 32, bytes>>>(
+          p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
+          static_cast<const T*>(dout), delta, dq, static_cast<T*>(dk), static_cast<T*>(dv),
+          d_rel_bias, tiles, cu);
     };
-    if (bf16_in)
-      launch(static_cast<bf16*>(nullptr));
-    else
-      launch(static_cast<float*>(nullptr));
+    constexpr size_t one = BwdTile<D>::bytes(1), two = BwdTile<D>::bytes(2);
+    if constexpr (D <= 128) {
+      if (bf16_in)
+        run(attn_bwd_tc_kernel<D, 2, bf16>, two, static_cast<bf16*>(nullptr));
+      else
+        run(attn_bwd_tc_kernel<D, 2, float>, two, static_cast<float*>(nullptr));
+    } else {
+      if (bf16_in && static_cast<size_t>(smem_optin) >= two)
+        run(attn_bwd_tc_kernel<D, 2, bf16>, two, static_cast<bf16*>(nullptr));
+      else if (bf16_in)
+        run(attn_bwd_tc_kernel<D, 1, bf16>, one, static_cast<bf16*>(nullptr));
+      else
+        run(attn_bwd_tc_kernel<D, 1, float>, one, static_cast<float*>(nullptr));
+    }
   });
   ET_LAUNCH_CHECK();
 }
