@@ -723,6 +723,28 @@ TEST(CudaOps, AttentionForwardBackward) {
       expect_close(b.down(dkd), dk, tol_b, what + " dk");
       expect_close(b.down(dvd), dv, tol_b, what + " dv");
       if (c.bias) expect_close(b.down(dbias_d), dbias, tol_b, what + " d_rel_bias");
+      if (!tc || std::string(path) != "tc") continue;
+      // bf16 inputs and outputs, as in training: the kernels' bf16 loads (cp.async) and stores,
+      // and at head dim 256 the double-buffered backward where the device has the shared memory
+      // (fp32 inputs never take it). The reference is the CPU on the same bf16-rounded inputs;
+      // out, dk and dv stored in bf16 add up to 2^-9 relative per element to the kernels' own
+      // rounding, hence 1.5x the backward tolerance.
+      Tensor qr = b.rounded(q), kr = b.rounded(k), vr = b.rounded(v), gr = b.rounded(dout);
+      Tensor outr = cpu_empty(q.shape), lser = cpu_empty({T, c.hq});
+      b.cpu->attention_forward(a, qr, kr, vr, outr, lser);
+      Tensor qb = b.bf(q), kb = b.bf(k), vb = b.bf(v);
+      Tensor outb = b.poisoned(q.shape, DType::BF16), lseb = b.poisoned({T, c.hq});
+      b.gpu->attention_forward(ag, qb, kb, vb, outb, lseb);
+      expect_close(b.down(outb), outr, tol_f, what + " bf16 out");
+      expect_close(b.down(lseb), lser, tol_f, what + " bf16 lse");
+      Tensor dqr = cpu_empty(q.shape), dkr = cpu_empty(k.shape), dvr = cpu_empty(v.shape);
+      b.cpu->attention_backward(a, qr, kr, vr, outr, lser, gr, dqr, dkr, dvr, nullptr);
+      Tensor dqb = b.poisoned(q.shape), dkb = b.poisoned(k.shape, DType::BF16),
+             dvb = b.poisoned(v.shape, DType::BF16);
+      b.gpu->attention_backward(ag, qb, kb, vb, outb, lseb, b.bf(dout), dqb, dkb, dvb, nullptr);
+      expect_close(b.down(dqb), dqr, 1.5 * tol_b, what + " bf16 dq");
+      expect_close(b.down(dkb), dkr, 1.5 * tol_b, what + " bf16 dk");
+      expect_close(b.down(dvb), dvr, 1.5 * tol_b, what + " bf16 dv");
     }
   unsetenv("EMBEDTUNE_ATTENTION");
 }
