@@ -665,7 +665,8 @@ TEST(CudaOps, AttentionForwardBackward) {
       {{192, 70}, 2, 2, 128, false, -1, false},
       {{256, 77}, 4, 2, 64, true, -1, false},
       {{300}, 2, 2, 64, false, 100, false},
-      // head dim 256 (two blocks per key tile, single-buffered query tiles); with
+      // head dim 256 (two blocks per key tile; fp32 inputs single-buffered, the bf16 pass
+      // below double-buffered where the device has the shared memory); with
       // EMBEDTUNE_ATTENTION=gemm, sequences of 128+ tokens take the cuBLAS path, shorter ones
       // the fp32 tiles
       {{200, 33, 1, 130}, 3, 1, 256, false, 8, false},  // EmbeddingGemma's shape

@@ -393,11 +393,11 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
   ET_LAUNCH_CHECK();
 }
 
-bool attention_use_tc(const AttentionArgs& a, bool forward) {
+bool attention_use_tc(const AttentionArgs& a) {
   const char* env = std::getenv("EMBEDTUNE_ATTENTION");
   if (env && std::string(env) == "scalar") return false;
   if (env && std::string(env) == "gemm" && a.head_dim > 128) return false;
-  return attention_tc_supported(a, forward);
+  return attention_tc_supported(a);
 }
 
 void attention_forward(const AttentionArgs& a, const float* q, const float* k, const float* v,

@@ -29,7 +29,7 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
 // most 64 buckets. q, k, v, dout, out, dk and dv are fp32 or bf16
 // (`bf16` flag); lse, delta fp32. The backward writes fp32 dq (zeroed by the caller; atomic adds),
 // dk and dv (plain stores: one block sums the whole group of query heads of its key/value head).
-bool attention_tc_supported(const AttentionArgs& a, bool forward);
+bool attention_tc_supported(const AttentionArgs& a);
 // Query rows per block of the tensor-core forward (its `tiles` step by this many rows; the
 // backward's by kAttnTileRows).
 int attention_tc_forward_rows(int head_dim);
@@ -45,7 +45,7 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
                      int heads, int head_dim);
 // Set EMBEDTUNE_ATTENTION=scalar to force the fp32 CUDA-core kernels, =gemm the cuBLAS path
 // for head dims above 128 (for comparisons).
-bool attention_use_tc(const AttentionArgs& a, bool forward);
+bool attention_use_tc(const AttentionArgs& a);
 
 // Rows per work tile; `tiles` holds (sequence, first row) pairs covering every sequence.
 constexpr int kAttnTileRows = 64;

@@ -634,7 +634,7 @@ int attention_tc_forward_rows(int head_dim) {
   return rows;
 }
 
-bool attention_tc_supported(const AttentionArgs& a, bool /*forward*/) {
+bool attention_tc_supported(const AttentionArgs& a) {
   const int d = a.head_dim;
   return (d == 16 || d == 32 || d == 64 || d == 128 || d == 256) &&
          (!a.rel_bias || a.rel_buckets <= 64);
@@ -680,6 +680,8 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
     constexpr int D = decltype(dd)::value;
     auto run = [&](auto kernel, size_t bytes, auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
+      // on every launch (a host call of about a microsecond): the one- and two-stage kernels
+      // share this lambda's instantiation, so a static here would set only the first of them
       allow_dynamic_smem(kernel, bytes);
       kernel<<<dim3(n_tiles, p.hk, D / BwdTile<D>::DC), NW * 32, bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,

@@ -1537,7 +1537,7 @@ struct CudaBackend final : Backend {
                          Tensor& out, Tensor& lse) const override {
     OpScope scope_(prof.get(), "attention_forward");
     int n = 0;
-    const bool tc = attention_use_tc(a, true);
+    const bool tc = attention_use_tc(a);
     Tensor tiles = tiles_of(a, &n, INT32_MAX,
                             tc ? attention_tc_forward_rows(a.head_dim) : kAttnTileRows),
            cu = cu_of(a);
@@ -1582,7 +1582,7 @@ struct CudaBackend final : Backend {
     auto f32_out = [&](Tensor& t) {
       return t.dtype == DType::F32 ? t : empty(t.shape, DType::F32);
     };
-    if (attention_use_tc(a, false)) {
+    if (attention_use_tc(a)) {
       P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
