@@ -602,28 +602,18 @@ __global__ void __launch_bounds__(NW * 32)
   }
 }
 
-// Head dims of the tensor-core kernels: 16, 32, 64, 128 and 256, both ways.
+// Head dims of the tensor-core kernels: 16, 32, 64, 128 and 256, both ways. Calls f with the
+// head dim as a compile-time constant; false for any other.
 template <typename F>
 bool dispatch_tc(int d, F&& f) {
-  switch (d) {
-    case 16:
-      f(std::integral_constant<int, 16>{});
-      return true;
-    case 32:
-      f(std::integral_constant<int, 32>{});
-      return true;
-    case 64:
-      f(std::integral_constant<int, 64>{});
-      return true;
-    case 128:
-      f(std::integral_constant<int, 128>{});
-      return true;
-    case 256:
-      f(std::integral_constant<int, 256>{});
-      return true;
-    default:
-      return false;
-  }
+  auto take = [&](auto dd) {
+    if (d != decltype(dd)::value) return false;
+    f(dd);
+    return true;
+  };
+  return take(std::integral_constant<int, 16>{}) || take(std::integral_constant<int, 32>{}) ||
+         take(std::integral_constant<int, 64>{}) || take(std::integral_constant<int, 128>{}) ||
+         take(std::integral_constant<int, 256>{});
 }
 
 }  // namespace
@@ -635,9 +625,7 @@ int attention_tc_forward_rows(int head_dim) {
 }
 
 bool attention_tc_supported(const AttentionArgs& a) {
-  const int d = a.head_dim;
-  return (d == 16 || d == 32 || d == 64 || d == 128 || d == 256) &&
-         (!a.rel_bias || a.rel_buckets <= 64);
+  return dispatch_tc(a.head_dim, [](auto) {}) && (!a.rel_bias || a.rel_buckets <= 64);
 }
 
 void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
