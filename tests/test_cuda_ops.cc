@@ -270,7 +270,7 @@ TEST(CudaOps, RotaryFamilyOps) {
   // fused per-head RMSNorm + RoPE (Qwen3/Gemma3 q, k) against the CPU's two separate ops
   for (int64_t hd : {int64_t{32}, int64_t{128}, int64_t{256}})
     for (float offset : {0.0f, 1.0f}) {
-      // heads per token: fewer than, and more than (with a remainder), the kernels' batch of 4
+      // several heads per token (3, 6, 5): each (token, head) row takes its token's position
       const int nh = hd == 32 ? 3 : hd == 128 ? 6 : 5;
       std::string what = "rmsnorm_rope D=" + std::to_string(hd);
       Tensor xq = b.rand({T, nh * hd}, -2, 2), dyq = b.rand({T, nh * hd}),
