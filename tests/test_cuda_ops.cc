@@ -193,6 +193,13 @@ TEST(CudaOps, NormsFromNormalizedInput) {
         expect_close(b.down(dxd), dxr, tol, what + " dx");
         expect_close(b.down(dwd), dwr, tol, what + " dw");
         if (ln) expect_close(b.down(dbd), dbr, tol, what + " db");
+        // a frozen norm (no parameter gradients, as under LoRA) takes other kernels
+        Tensor dxd2 = b.poisoned(x.shape, dt);
+        if (ln)
+          b.gpu->layernorm_backward_normalized(dyd, xh, wd, sd, dxd2, nullptr, nullptr);
+        else
+          b.gpu->rmsnorm_backward_normalized(dyd, xh, wd, offset, sd, dxd2, nullptr);
+        expect_close(b.down(dxd2), dxr, tol, what + " dx, frozen");
       }
 }
 
@@ -222,11 +229,13 @@ TEST(CudaOps, RotaryFamilyOps) {
       expect_close(b.down(dxd), dxr, 1e-5, what + " dx");
       expect_close(b.down(dwd), dwr, 1e-4, what + " dw");
     }
-  // wide rows: dw summed in registers (n <= 1024) or in shared memory (n > 1024)
+  // wide rows: dw summed in registers (n <= 1024) or in shared memory (n > 1024); 4500 rows, so
+  // that the warps of the vectorised kernels with parameter gradients visit several rows each
   for (int64_t C : {int64_t{768}, int64_t{1536}}) {
-    Tensor xw = b.rand({50, C}, -2, 2), dyw = b.rand({50, C}), w = b.rand({C}, 0.5f, 1.5f);
+    const int64_t R = 4500;
+    Tensor xw = b.rand({R, C}, -2, 2), dyw = b.rand({R, C}), w = b.rand({C}, 0.5f, 1.5f);
     Tensor bias = b.rand({C});
-    Tensor yr = cpu_empty(xw.shape), mr = cpu_empty({50}), sr = cpu_empty({50});
+    Tensor yr = cpu_empty(xw.shape), mr = cpu_empty({R}), sr = cpu_empty({R});
     b.cpu->layernorm_forward(xw, w, &bias, 1e-5f, yr, mr, sr);
     Tensor dxr = cpu_empty(xw.shape), dwr = cpu_zeros({C}), dbr = cpu_zeros({C});
     b.cpu->layernorm_backward(dyw, xw, w, mr, sr, dxr, &dwr, &dbr);
@@ -235,12 +244,17 @@ TEST(CudaOps, RotaryFamilyOps) {
     expect_close(b.down(dxd), dxr, 1e-5, "layernorm_backward dx wide");
     expect_close(b.down(dwd), dwr, 1e-5, "layernorm_backward dw wide");
     expect_close(b.down(dbd), dbr, 1e-5, "layernorm_backward db wide");
+    b.gpu->layernorm_backward(b.up(dyw), b.up(xw), b.up(w), b.up(mr), b.up(sr), dxd, nullptr,
+                              nullptr);
+    expect_close(b.down(dxd), dxr, 1e-5, "layernorm_backward dx wide, frozen");
     b.cpu->rmsnorm_forward(xw, w, 0.0f, 1e-6f, yr, sr);
     Tensor dwr2 = cpu_zeros({C}), dwd2 = b.gpu->zeros({C});
     b.cpu->rmsnorm_backward(dyw, xw, w, 0.0f, sr, dxr, &dwr2);
     b.gpu->rmsnorm_backward(b.up(dyw), b.up(xw), b.up(w), 0.0f, b.up(sr), dxd, &dwd2);
     expect_close(b.down(dxd), dxr, 1e-5, "rmsnorm_backward dx wide");
     expect_close(b.down(dwd2), dwr2, 1e-5, "rmsnorm_backward dw wide");
+    b.gpu->rmsnorm_backward(b.up(dyw), b.up(xw), b.up(w), 0.0f, b.up(sr), dxd, nullptr);
+    expect_close(b.down(dxd), dxr, 1e-5, "rmsnorm_backward dx wide, frozen");
   }
   std::vector<int32_t> pos(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t)

@@ -8,8 +8,10 @@ namespace et::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;                // rows in flight per block
-constexpr int kMaxBackwardBlocks = 528;  // 4 per H100 SM: few partial dw/db sums to add
+constexpr int kWarps = 8;  // rows in flight per block
+// Backward with parameter gradients: 4 blocks per H100 SM, so there are few partial dw/db sums
+// to add; without them every warp takes one row, as in forward.
+constexpr int kMaxBackwardBlocks = 528;
 
 __device__ __forceinline__ void load_w8(const float* w, int c, float off, float* v) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(w + c)),
@@ -83,38 +85,46 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
   if (lane == 0) mean[r] = mu, rstd[r] = rs;
 }
 
-// Per-lane column sums (dw, db) over the rows a warp visits stay in registers; then once per
-// warp into shared memory and once per block into global memory.
-template <int V>
-__global__ void layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const float* mean,
-                                       const float* rstd, Ptr dx, float* dw, float* db,
-                                       int64_t rows, int n) {
-  extern __shared__ float acc[];  // [2n]
-  for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
-  __syncthreads();
+// With kGrads, per-lane column sums (dw, db) over the rows a warp visits stay in registers;
+// then once per warp into shared memory and once per block into global memory. Without (frozen
+// norms, as under LoRA) each warp takes one row. The row is read twice (the second time from
+// L1, just after the first) rather than held across the reductions: holding it and the sums
+// took 144 registers at n = 768, one block of 8 warps per SM, and left the kernel at 60% of
+// memory bandwidth.
+template <int V, bool kGrads>
+__global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
+    layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
+                           Ptr dx, float* dw, float* db, int64_t rows, int n) {
+  extern __shared__ float acc[];  // [2n] when kGrads
+  if constexpr (kGrads) {
+    for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
+    __syncthreads();
+  }
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float wsum[V][8] = {}, bsum[V][8] = {};
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     // mean null: x holds the saved xhat
     const float mu = mean ? mean[r] : 0.0f, rs = rstd[r], xs = mean ? rs : 1.0f;
-    float g[V][8], xh[V][8], a = 0, bb = 0;
+    float a = 0, bb = 0;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
       if (c >= n) continue;
-      dy.load8(r * n + c, g[k]);
-      x.load8(r * n + c, xh[k]);
-      float wv[8];
+      float g[8], xh[8], wv[8];
+      dy.load8(r * n + c, g);
+      x.load8(r * n + c, xh);
       load_w8(w, c, 0.0f, wv);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        xh[k][j] = (xh[k][j] - mu) * xs;
-        const float d = g[k][j] * wv[j];
+        xh[j] = (xh[j] - mu) * xs;
+        const float d = g[j] * wv[j];
         a += d;
-        bb += d * xh[k][j];
-        wsum[k][j] += g[k][j] * xh[k][j];
-        bsum[k][j] += g[k][j];
+        bb += d * xh[j];
+        if constexpr (kGrads) {
+          wsum[k][j] += g[j] * xh[j];
+          bsum[k][j] += g[j];
+        }
       }
     }
     a = warp_sum(a) / n;
@@ -123,27 +133,31 @@ __global__ void layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const floa
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
       if (c >= n) continue;
-      float wv[8];
+      float g[8], xh[8], wv[8];
+      dy.load8(r * n + c, g);
+      x.load8(r * n + c, xh);
       load_w8(w, c, 0.0f, wv);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) g[k][j] = rs * (g[k][j] * wv[j] - a - xh[k][j] * bb);
-      dx.store8(r * n + c, g[k]);
+      for (int j = 0; j < 8; ++j) g[j] = rs * (g[j] * wv[j] - a - (xh[j] - mu) * xs * bb);
+      dx.store8(r * n + c, g);
     }
   }
+  if constexpr (kGrads) {
 #pragma unroll
-  for (int k = 0; k < V; ++k) {
-    const int c = 8 * (lane + 32 * k);
-    if (c >= n) continue;
+    for (int k = 0; k < V; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= n) continue;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if (dw) atomicAdd(&acc[c + j], wsum[k][j]);
-      if (db) atomicAdd(&acc[n + c + j], bsum[k][j]);
+      for (int j = 0; j < 8; ++j) {
+        if (dw) atomicAdd(&acc[c + j], wsum[k][j]);
+        if (db) atomicAdd(&acc[n + c + j], bsum[k][j]);
+      }
     }
-  }
-  __syncthreads();
-  for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    if (dw) atomicAdd(&dw[c], acc[c]);
-    if (db) atomicAdd(&db[c], acc[n + c]);
+    __syncthreads();
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+      if (dw) atomicAdd(&dw[c], acc[c]);
+      if (db) atomicAdd(&db[c], acc[n + c]);
+    }
   }
 }
 
@@ -179,31 +193,35 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
   if (lane == 0) rstd[r] = rs;
 }
 
-template <int V>
-__global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
-                                     const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
-  extern __shared__ float acc[];  // [n]
-  for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
-  __syncthreads();
+// Same layout as layernorm_backward_vec (dw sums in registers, the row read twice).
+template <int V, bool kGrads>
+__global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
+    rmsnorm_backward_vec(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
+                         const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
+  extern __shared__ float acc[];  // [n] when kGrads
+  if constexpr (kGrads) {
+    for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
+    __syncthreads();
+  }
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float wsum[V][8] = {};
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     const float rs = rstd[r], xs = normalized ? 1.0f : rs;
-    float g[V][8], xv[V][8], dot = 0;  // xv: xhat
+    float dot = 0;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
       if (c >= n) continue;
-      dy.load8(r * n + c, g[k]);
-      x.load8(r * n + c, xv[k]);
-      float wv[8];
+      float g[8], xv[8], wv[8];  // xv: xhat
+      dy.load8(r * n + c, g);
+      x.load8(r * n + c, xv);
       load_w8(w, c, offset, wv);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        xv[k][j] *= xs;
-        dot += g[k][j] * wv[j] * xv[k][j];
-        wsum[k][j] += g[k][j] * xv[k][j];
+        xv[j] *= xs;
+        dot += g[j] * wv[j] * xv[j];
+        if constexpr (kGrads) wsum[k][j] += g[j] * xv[j];
       }
     }
     dot = warp_sum(dot) / n;
@@ -211,14 +229,16 @@ __global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, bool normalized, const float
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
       if (c >= n) continue;
-      float wv[8];
+      float g[8], xv[8], wv[8];
+      dy.load8(r * n + c, g);
+      x.load8(r * n + c, xv);
       load_w8(w, c, offset, wv);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) g[k][j] = rs * (g[k][j] * wv[j] - xv[k][j] * dot);
-      dx.store8(r * n + c, g[k]);
+      for (int j = 0; j < 8; ++j) g[j] = rs * (g[j] * wv[j] - xv[j] * xs * dot);
+      dx.store8(r * n + c, g);
     }
   }
-  if (dw) {
+  if constexpr (kGrads) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int c = 8 * (lane + 32 * k);
@@ -226,10 +246,9 @@ __global__ void rmsnorm_backward_vec(Ptr dy, Ptr x, bool normalized, const float
 #pragma unroll
       for (int j = 0; j < 8; ++j) atomicAdd(&acc[c + j], wsum[k][j]);
     }
-  }
-  __syncthreads();
-  if (dw)
+    __syncthreads();
     for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
+  }
 }
 
 // V = ceil(n / 256) chunks of 8 columns per lane, 1..4.
@@ -254,8 +273,10 @@ void dispatch_chunks(int n, F&& f) {
 unsigned forward_blocks(int64_t rows) {
   return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
 }
-unsigned backward_blocks(int64_t rows) {
-  return static_cast<unsigned>(std::min<int64_t>((rows + kWarps - 1) / kWarps, kMaxBackwardBlocks));
+unsigned backward_blocks(int64_t rows, bool grads) {
+  return grads ? static_cast<unsigned>(
+                     std::min<int64_t>((rows + kWarps - 1) / kWarps, kMaxBackwardBlocks))
+               : forward_blocks(rows);
 }
 
 }  // namespace
@@ -281,9 +302,14 @@ void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, c
                              Ptr dx, float* dw, float* db, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
-    layernorm_backward_vec<decltype(v)::value>
-        <<<backward_blocks(rows), kWarps * 32, 2 * sizeof(float) * n>>>(dy, x, w, mean, rstd, dx,
-                                                                        dw, db, rows, n);
+    if (dw || db)
+      layernorm_backward_vec<decltype(v)::value, true>
+          <<<backward_blocks(rows, true), kWarps * 32, 2 * sizeof(float) * n>>>(
+              dy, x, w, mean, rstd, dx, dw, db, rows, n);
+    else
+      layernorm_backward_vec<decltype(v)::value, false>
+          <<<backward_blocks(rows, false), kWarps * 32>>>(dy, x, w, mean, rstd, dx, dw, db, rows,
+                                                          n);
   });
   ET_LAUNCH_CHECK();
 }
@@ -302,9 +328,14 @@ void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float
                            const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
-    rmsnorm_backward_vec<decltype(v)::value>
-        <<<backward_blocks(rows), kWarps * 32, sizeof(float) * n>>>(dy, x, normalized, w, offset,
-                                                                    rstd, dx, dw, rows, n);
+    if (dw)
+      rmsnorm_backward_vec<decltype(v)::value, true>
+          <<<backward_blocks(rows, true), kWarps * 32, sizeof(float) * n>>>(
+              dy, x, normalized, w, offset, rstd, dx, dw, rows, n);
+    else
+      rmsnorm_backward_vec<decltype(v)::value, false>
+          <<<backward_blocks(rows, false), kWarps * 32>>>(dy, x, normalized, w, offset, rstd, dx,
+                                                          dw, rows, n);
   });
   ET_LAUNCH_CHECK();
 }
