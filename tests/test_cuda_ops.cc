@@ -302,7 +302,35 @@ TEST(CudaOps, RotaryFamilyOps) {
                                    &dwd);
       expect_close(b.down(dxd), dxr, 2e-5, what + " dx");
       expect_close(b.down(dwd), dwr, 1e-4, what + " dw");
+      Tensor dxd2 = b.poisoned(xq.shape);
+      b.gpu->rmsnorm_rope_backward(b.up(dyq), b.up(xq), b.up(w), offset, sd, p_dev, nh, 1e6, dxd2,
+                                   nullptr);
+      expect_close(b.down(dxd2), dxr, 2e-5, what + " dx, frozen");
     }
+  // Positions past the kernels' angle table (4096 rows) have their angles computed in the
+  // kernel, in fp32 like the table's: the fused op equals the GPU's separate RMSNorm and RoPE
+  // (to 1e-6; both take the same fp32 angles). 2400 tokens x 6 heads: the backward's warps
+  // visit several rows each. Positions up to 6000.
+  {
+    const int64_t T2 = 2400, nh = 6, hd = 128;
+    std::vector<int32_t> pos2(static_cast<size_t>(T2));
+    for (int64_t t = 0; t < T2; ++t)
+      pos2[static_cast<size_t>(t)] = static_cast<int32_t>((t * 37) % 6000);
+    Tensor p2 = b.up(cpu_from_i32(pos2, {T2}));
+    Tensor xq = b.up(b.rand({T2, nh * hd}, -2, 2)), dyq = b.up(b.rand({T2, nh * hd})),
+           w = b.up(b.rand({hd}, 0.5f, 1.5f));
+    Tensor yf = b.poisoned(xq.shape), sf = b.poisoned({T2 * nh}), ys = b.poisoned(xq.shape),
+           ss = b.poisoned({T2 * nh});
+    b.gpu->rmsnorm_rope_forward(xq, w, 1.0f, 1e-6f, p2, nh, 1e4, yf, sf);
+    b.gpu->Backend::rmsnorm_rope_forward(xq, w, 1.0f, 1e-6f, p2, nh, 1e4, ys, ss);
+    expect_close(b.down(yf), b.down(ys), 1e-6, "rmsnorm_rope past the table");
+    Tensor dxf = b.poisoned(xq.shape), dxs = b.poisoned(xq.shape), dwf = b.gpu->zeros({hd}),
+           dws = b.gpu->zeros({hd});
+    b.gpu->rmsnorm_rope_backward(dyq, xq, w, 1.0f, sf, p2, nh, 1e4, dxf, &dwf);
+    b.gpu->Backend::rmsnorm_rope_backward(dyq, xq, w, 1.0f, sf, p2, nh, 1e4, dxs, &dws);
+    expect_close(b.down(dxf), b.down(dxs), 1e-6, "rmsnorm_rope past the table dx");
+    expect_close(b.down(dwf), b.down(dws), 1e-5, "rmsnorm_rope past the table dw");
+  }
   // packed gate|up (ModernBERT's Wi output)
   Tensor gu = b.rand({T, 128}, -3, 3);
   for (Act act : {Act::GeluErf, Act::SiLU}) {

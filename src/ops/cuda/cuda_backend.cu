@@ -23,6 +23,7 @@
 #include "ops/cuda/host_staging.h"
 #include "ops/cuda/norms.h"
 #include "ops/cuda/operand.cuh"
+#include "ops/cuda/rope.h"
 #include "ops/op_checks.h"
 
 namespace et {
@@ -476,116 +477,6 @@ __global__ void rmsnorm_backward_kernel(Ptr dy, Ptr x, bool normalized, const fl
     for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
 }
 
-// Per-head RMSNorm then RoPE in one pass, one warp per (token, head) row of D <= 256: lane
-// holds the rotation pairs (i, i + D/2) for i = lane + 32 j, so the rotation stays in registers.
-constexpr int kNormRopeMaxPairs = 4;  // D / 2 <= 128
-__global__ void rmsnorm_rope_forward_kernel(Ptr x, const float* w, float offset, float eps,
-                                            const int32_t* pos, int heads, int half,
-                                            float log_theta, Ptr y, float* rstd, int64_t rows) {
-  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32, D = 2 * half;
-  if (r >= rows) return;
-  float a[kNormRopeMaxPairs], b[kNormRopeMaxPairs], ss = 0;
-#pragma unroll
-  for (int j = 0; j < kNormRopeMaxPairs; ++j) {
-    const int i = lane + 32 * j;
-    a[j] = i < half ? x.get(r * D + i) : 0.0f;
-    b[j] = i < half ? x.get(r * D + i + half) : 0.0f;
-    ss += a[j] * a[j] + b[j] * b[j];
-  }
-  const float rs = rsqrtf(warp_sum(ss) / D + eps);
-  const float p = static_cast<float>(pos[r / heads]);
-#pragma unroll
-  for (int j = 0; j < kNormRopeMaxPairs; ++j) {
-    const int i = lane + 32 * j;
-    if (i >= half) continue;
-    const float na = a[j] * rs * (w[i] + offset), nb = b[j] * rs * (w[i + half] + offset);
-    float sn, cs;
-    sincosf(p * expf(-log_theta * (2.0f * i) / D), &sn, &cs);
-    y.set(r * D + i, na * cs - nb * sn);
-    y.set(r * D + i + half, nb * cs + na * sn);
-  }
-  if (lane == 0) rstd[r] = rs;
-}
-
-// g = dy rotated back (the transpose of the rotation), then dx = rstd (g w' - x rstd^2
-// mean(g w' x)) with w' = w + offset; dw summed per lane, then per block.
-__global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
-                                             const float* rstd, const int32_t* pos, int heads,
-                                             int half, float log_theta, Ptr dx, float* dw,
-                                             int64_t rows) {
-  extern __shared__ float acc[];  // [D]
-  const int D = 2 * half;
-  for (int c = threadIdx.x; c < D; c += blockDim.x) acc[c] = 0;
-  __syncthreads();
-  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float wa[kNormRopeMaxPairs] = {}, wb[kNormRopeMaxPairs] = {};
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
-       r += static_cast<int64_t>(gridDim.x) * warps) {
-    const float rs = rstd[r], p = static_cast<float>(pos[r / heads]);
-    float ga[kNormRopeMaxPairs], gb[kNormRopeMaxPairs], xa[kNormRopeMaxPairs],
-        xb[kNormRopeMaxPairs], dot = 0;
-#pragma unroll
-    for (int j = 0; j < kNormRopeMaxPairs; ++j) {
-      const int i = lane + 32 * j;
-      ga[j] = gb[j] = xa[j] = xb[j] = 0.0f;
-      if (i >= half) continue;
-      float sn, cs;
-      sincosf(p * expf(-log_theta * (2.0f * i) / D), &sn, &cs);
-      const float d1 = dy.get(r * D + i), d2 = dy.get(r * D + i + half);
-      ga[j] = d1 * cs + d2 * sn;
-      gb[j] = d2 * cs - d1 * sn;
-      xa[j] = x.get(r * D + i);
-      xb[j] = x.get(r * D + i + half);
-      dot += ga[j] * (w[i] + offset) * xa[j] + gb[j] * (w[i + half] + offset) * xb[j];
-      wa[j] += ga[j] * xa[j] * rs;
-      wb[j] += gb[j] * xb[j] * rs;
-    }
-    dot = warp_sum(dot) / D * rs * rs;
-#pragma unroll
-    for (int j = 0; j < kNormRopeMaxPairs; ++j) {
-      const int i = lane + 32 * j;
-      if (i >= half) continue;
-      dx.set(r * D + i, rs * (ga[j] * (w[i] + offset) - xa[j] * dot));
-      dx.set(r * D + i + half, rs * (gb[j] * (w[i + half] + offset) - xb[j] * dot));
-    }
-  }
-  if (dw) {
-#pragma unroll
-    for (int j = 0; j < kNormRopeMaxPairs; ++j) {
-      const int i = lane + 32 * j;
-      if (i >= half) continue;
-      atomicAdd(&acc[i], wa[j]);
-      atomicAdd(&acc[i + half], wb[j]);
-    }
-  }
-  __syncthreads();
-  if (dw)
-    for (int c = threadIdx.x; c < D; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
-}
-
-// Rotary embedding, one thread per (token, i < D/2) computing the angle pos * theta^(-2i/D)
-// once (in fp32, as transformers computes it) and rotating that pair in every head, from
-// columns of src to columns of dst (the same columns of one tensor: in place).
-__global__ void rope_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc, int64_t d0,
-                            const int32_t* pos, int64_t T, int heads, int half, float log_theta,
-                            float sign) {
-  GRID_STRIDE(k, T * half) {
-    const int i = static_cast<int>(k % half);
-    const int64_t t = k / half;
-    const float inv_freq = expf(-log_theta * (2.0f * i) / (2 * half));
-    float sn, cs;
-    sincosf(static_cast<float>(pos[t]) * inv_freq, &sn, &cs);
-    sn *= sign;
-    for (int h = 0; h < heads; ++h) {
-      const int64_t in = t * sc + s0 + h * 2 * half, out = t * dc + d0 + h * 2 * half;
-      const float x1 = src.get(in + i), x2 = src.get(in + i + half);
-      dst.set(out + i, x1 * cs - x2 * sn);
-      dst.set(out + i + half, x2 * cs + x1 * sn);
-    }
-  }
-}
-
 __global__ void glu_forward_kernel(int act, Ptr g, Ptr u, Ptr y, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, act_f(act, g.get(i)) * u.get(i));
 }
@@ -1014,6 +905,12 @@ struct CudaBackend final : Backend {
   std::unique_ptr<cuda::LtGemm> lt = std::make_unique<cuda::LtGemm>();
   Tensor lt_workspace;
   mutable bool lt_fallback_noted = false;
+  struct RopeTableEntry {
+    float log_theta;
+    int half;
+    Tensor cs;
+  };
+  mutable std::vector<RopeTableEntry> rope_tables;
   int device_index = 0;
   DType act = DType::BF16;
 
@@ -1337,48 +1234,52 @@ struct CudaBackend final : Backend {
                     bool inverse) const override {
     OpScope scope_(prof.get(), "rope");
     const int64_t T = positions.numel();
-    const int64_t sc = src.dim(1), dc = dst.dim(1);
     check_rope_columns(src, src_col, dst, dst_col, T, heads, head_dim);
-    const int half = head_dim / 2;
-    if (T > 0)
-      rope_kernel<<<blocks_for(T * half, 256), 256>>>(
-          P(src), sc, src_col, P(dst), dc, dst_col, I(positions), T, heads, half,
-          static_cast<float>(std::log(theta)), inverse ? -1.0f : 1.0f);
-    ET_LAUNCH_CHECK();
+    cuda::rope_columns_rows(P(src), src.dim(1), src_col, P(dst), dst.dim(1), dst_col, I(positions),
+                            T, heads, head_dim / 2, static_cast<float>(std::log(theta)),
+                            inverse ? -1.0f : 1.0f);
+  }
+  // The (cos, sin) table of one theta and head dim, built on first use and kept (at most a
+  // few per model: one theta per layer type).
+  cuda::RopeTable rope_table(float log_theta, int half) const {
+    for (const RopeTableEntry& e : rope_tables)
+      if (e.log_theta == log_theta && e.half == half)
+        return {static_cast<const float2*>(e.cs.data), cuda::kRopeTableRows};
+    Tensor cs = empty({int64_t{cuda::kRopeTableRows} * half * 2}, DType::F32);
+    cuda::rope_table_fill(static_cast<float2*>(cs.data), cuda::kRopeTableRows, half, log_theta);
+    rope_tables.push_back({log_theta, half, cs});
+    return {static_cast<const float2*>(cs.data), cuda::kRopeTableRows};
   }
   void rmsnorm_rope_forward(const Tensor& x, const Tensor& w, float offset, float eps,
                             const Tensor& positions, int heads, double theta, Tensor& y,
                             Tensor& rstd) const override {
     const int D = static_cast<int>(w.numel()), half = D / 2;
     const int64_t rows = positions.numel() * heads;
-    if (D % 2 != 0 || half > 32 * kNormRopeMaxPairs || x.numel() != rows * D) {
+    if (D % 2 != 0 || x.numel() != rows * D || y.numel() != x.numel() ||
+        !cuda::rmsnorm_rope_fused(half, {x.data, y.data, w.data})) {
       Backend::rmsnorm_rope_forward(x, w, offset, eps, positions, heads, theta, y, rstd);
       return;
     }
     OpScope scope_(prof.get(), "rmsnorm_rope_forward");
-    if (rows > 0)
-      rmsnorm_rope_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(
-          P(x), F(w), offset, eps, I(positions), heads, half, static_cast<float>(std::log(theta)),
-          P(y), W(rstd), rows);
-    ET_LAUNCH_CHECK();
+    const float log_theta = static_cast<float>(std::log(theta));
+    cuda::rmsnorm_rope_forward_rows(P(x), F(w), offset, eps, I(positions), heads, half, log_theta,
+                                    rope_table(log_theta, half), P(y), W(rstd), rows);
   }
   void rmsnorm_rope_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
                              const Tensor& rstd, const Tensor& positions, int heads, double theta,
                              Tensor& dx, Tensor* dw) const override {
     const int D = static_cast<int>(w.numel()), half = D / 2;
     const int64_t rows = positions.numel() * heads;
-    if (D % 2 != 0 || half > 32 * kNormRopeMaxPairs || x.numel() != rows * D) {
+    if (D % 2 != 0 || x.numel() != rows * D || dy.numel() != x.numel() || dx.numel() != x.numel() ||
+        !cuda::rmsnorm_rope_fused(half, {dy.data, x.data, dx.data, w.data})) {
       Backend::rmsnorm_rope_backward(dy, x, w, offset, rstd, positions, heads, theta, dx, dw);
       return;
     }
     OpScope scope_(prof.get(), "rmsnorm_rope_backward");
-    unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
-    size_t smem = sizeof(float) * D;
-    if (rows > 0)
-      rmsnorm_rope_backward_kernel<<<blocks, 256, smem>>>(
-          P(dy), P(x), F(w), offset, F(rstd), I(positions), heads, half,
-          static_cast<float>(std::log(theta)), P(dx), dw ? W(*dw) : nullptr, rows);
-    ET_LAUNCH_CHECK();
+    const float log_theta = static_cast<float>(std::log(theta));
+    cuda::rmsnorm_rope_backward_rows(P(dy), P(x), F(w), offset, F(rstd), I(positions), heads, half,
+                                     log_theta, rope_table(log_theta, half), P(dx),
+                                     dw ? W(*dw) : nullptr, rows);
   }
   void glu_packed_forward(Act a, const Tensor& gu, Tensor& y) const override {
     OpScope scope_(prof.get(), "glu_forward");

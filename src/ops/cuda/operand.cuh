@@ -41,6 +41,21 @@ struct Ptr {
     else
       static_cast<float*>(p)[i] = v;
   }
+  // Elements i, i + 1 in one access; i even and the base 8-byte aligned.
+  __device__ __forceinline__ void load2(int64_t i, float* v) const {
+    const float2 f = bf ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                              static_cast<const __nv_bfloat16*>(p) + i))
+                        : *reinterpret_cast<const float2*>(static_cast<const float*>(p) + i);
+    v[0] = f.x;
+    v[1] = f.y;
+  }
+  __device__ __forceinline__ void store2(int64_t i, const float* v) const {
+    if (bf)
+      *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p) + i) =
+          __floats2bfloat162_rn(v[0], v[1]);
+    else
+      *reinterpret_cast<float2*>(static_cast<float*>(p) + i) = make_float2(v[0], v[1]);
+  }
   // Elements i .. i + 7 in one 16-byte access (bf16) or two (fp32); i a multiple of 8 and the
   // base 16-byte aligned (see vec8_aligned).
   __device__ __forceinline__ void load8(int64_t i, float* v) const {
