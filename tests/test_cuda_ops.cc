@@ -364,6 +364,12 @@ TEST(CudaOps, RotaryFamilyOps) {
   b.cpu->copy_columns(big, 17, dr, 5, 30);
   b.gpu->copy_columns(b.up(big), 17, dd, 5, 30);
   expect_close(b.down(dd), dr, 1e-12, "copy_columns");
+  // bf16 with widths and offsets in multiples of 8 (16-byte accesses; ModernBERT's v out of qkv)
+  Tensor bigb = b.rounded(big), dst0b = b.rounded(b.rand({T, 40}));
+  Tensor drb = cpu_clone(dst0b), ddb = b.bf(dst0b);
+  b.cpu->copy_columns(bigb, 24, drb, 8, 32);
+  b.gpu->copy_columns(b.bf(bigb), 24, ddb, 8, 32);
+  expect_close(b.down(ddb), drb, 1e-12, "copy_columns bf16x8");
   // bf16 storage: about 1e-2
   Tensor xb = b.rounded(x), w = b.rand({D}, 0.5f, 1.5f);
   Tensor yr = cpu_empty(x.shape), sr = cpu_empty({x.numel() / D});

@@ -511,6 +511,15 @@ __global__ void copy_columns_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, in
     dst.set(r * dc + d0 + c, src.get(r * sc + s0 + c));
   }
 }
+// The same for bf16 on both sides, 8 columns (16 bytes) per thread: src and dst already offset
+// to their first column, row strides and width multiples of 8, 16-byte aligned starts.
+__global__ void copy_columns_bf16x8(const bf16* src, int64_t sc, bf16* dst, int64_t dc,
+                                    int64_t rows, int64_t w8) {
+  GRID_STRIDE(k, rows * w8) {
+    const int64_t r = k / w8, c = 8 * (k % w8);
+    *reinterpret_cast<uint4*>(dst + r * dc + c) = *reinterpret_cast<const uint4*>(src + r * sc + c);
+  }
+}
 
 __global__ void l2norm_forward_kernel(Ptr x, Ptr y, float* norms, int64_t rows, int n) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
@@ -1352,7 +1361,14 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "copy_columns");
     const int64_t rows = src.dim(0), sc = src.dim(1), dc = dst.dim(1);
     check_copy_columns(src, src_col, dst, dst_col, width);
-    if (rows * width > 0)
+    if (rows * width == 0) return;
+    const bf16* s0 = src.dtype == DType::BF16 ? B16(src) + src_col : nullptr;
+    bf16* d0 = dst.dtype == DType::BF16 ? B16(dst) + dst_col : nullptr;
+    if (s0 && d0 && sc % 8 == 0 && dc % 8 == 0 && width % 8 == 0 && cuda::vec8_aligned(s0) &&
+        cuda::vec8_aligned(d0))
+      copy_columns_bf16x8<<<blocks_for(rows * width / 8, 256), 256>>>(s0, sc, d0, dc, rows,
+                                                                      width / 8);
+    else
       copy_columns_kernel<<<blocks_for(rows * width, 256), 256>>>(P(src), sc, src_col, P(dst), dc,
                                                                   dst_col, rows, width);
     ET_LAUNCH_CHECK();
