@@ -516,6 +516,32 @@ TEST(CudaOps, MatmulBiasEpilogue) {
   expect_close(b.down(c), ref, 1e-2, "bf16 matmul with bias, unaligned rows");
 }
 
+// Products with a small inner dimension added into C (LoRA's rank-r up-projection into a
+// residual, its input gradient into dx): ranks 8, 16, 40 and 64, both layouts of B, bf16 and
+// fp32 outputs, row and column counts that are not multiples of the usual tiles. Reference: the
+// CPU product of the same bf16-rounded operands; one bf16 rounding of the output (about 4e-3).
+TEST(CudaOps, MatmulSmallInnerDimension) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  for (int64_t k : {int64_t{8}, int64_t{16}, int64_t{40}, int64_t{64}})
+    for (auto [m, n] : {std::pair<int64_t, int64_t>{1000, 200}, {37, 768}})
+      for (bool tb : {false, true})
+        for (DType dt : {DType::BF16, DType::F32})
+          for (float beta : {1.0f, 0.5f}) {
+            const std::string what = "rank-" + std::to_string(k) + " product " + std::to_string(m) +
+                                     "x" + std::to_string(n) + (tb ? " B^T" : " B") +
+                                     (dt == DType::BF16 ? " bf16" : " f32") + " beta " +
+                                     std::to_string(beta);
+            Tensor a = b.rounded(b.rand({m, k}, -2, 2));
+            Tensor w = b.rounded(b.rand(tb ? Shape{n, k} : Shape{k, n}));
+            Tensor c0 = b.rounded(b.rand({m, n}, -3, 3)), ref = cpu_clone(c0);
+            b.cpu->matmul(a, false, w, tb, ref, 0.7f, beta);
+            Tensor c = dt == DType::BF16 ? b.bf(c0) : b.up(c0);
+            b.gpu->matmul(b.bf(a), false, b.bf(w), tb, c, 0.7f, beta);
+            expect_close(b.down(c), ref, dt == DType::BF16 ? 1e-2 : 1e-5, what);
+          }
+}
+
 TEST(CudaOps, LayerNormAndL2Norm) {
   SKIP_WITHOUT_GPU();
   Both b;
