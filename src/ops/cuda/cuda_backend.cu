@@ -248,14 +248,12 @@ __global__ void add_bias_bf16x8(bf16* y, const float* b, int64_t n8, int cols8) 
     x.store(y + 8 * i);
   }
 }
-__global__ void f32_to_bf16x8(const float* x, bf16* y, int64_t n8) {
+// dst = src in dst's storage type, 8 elements per access on both sides (16-byte aligned).
+__global__ void convert_vec8_kernel(Ptr src, Ptr dst, int64_t n8) {
   GRID_STRIDE(i, n8) {
-    Vec8 a;
-    float4 p = reinterpret_cast<const float4*>(x)[2 * i],
-           q = reinterpret_cast<const float4*>(x)[2 * i + 1];
-    a.v[0] = p.x, a.v[1] = p.y, a.v[2] = p.z, a.v[3] = p.w, a.v[4] = q.x, a.v[5] = q.y,
-    a.v[6] = q.z, a.v[7] = q.w;
-    a.store(y + 8 * i);
+    float v[8];
+    src.load8(8 * i, v);
+    dst.store8(8 * i, v);
   }
 }
 
@@ -972,8 +970,8 @@ struct CudaBackend final : Backend {
   // out = t in out's dtype (same number of elements).
   void convert_into(const Tensor& t, Tensor& out) const {
     const int64_t n = t.numel();
-    if (t.dtype == DType::F32 && out.dtype == DType::BF16 && n % 8 == 0)
-      f32_to_bf16x8<<<blocks_for(n / 8, 256), 256>>>(F(t), static_cast<bf16*>(out.data), n / 8);
+    if (n % 8 == 0 && vec8_aligned(t.data) && vec8_aligned(out.data))
+      convert_vec8_kernel<<<blocks_for(n / 8, 256), 256>>>(P(t), P(out), n / 8);
     else
       convert_kernel<<<blocks_for(n, 256), 256>>>(P(t), P(out), n);
     ET_LAUNCH_CHECK();
