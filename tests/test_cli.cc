@@ -2,8 +2,11 @@
 // errors exit non-zero with a message naming the input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <string>
 
 #include "fixtures.h"
 #include "io/safetensors.h"
@@ -116,6 +119,33 @@ TEST(Cli, AttentionBenchReportsBothPasses) {
       0);
   EXPECT_NE(out.find("--heads must be a positive multiple of --kv-heads"), std::string::npos)
       << out;
+}
+
+// `bench` with --seq-len and --pairs overriding every configuration of a preset: bge-base's two
+// fixed configurations become one and run once (one record in --out), on the CPU backend.
+TEST(Cli, BenchRunsOverriddenConfigurationsOnce) {
+  if (!file_exists(embedtune_bin())) GTEST_SKIP() << "skipped: no binary at " << embedtune_bin();
+  const std::string out_file = temp_dir("cli_bench") + "/bench.jsonl";
+  std::string out;
+  ASSERT_EQ(run_command(embedtune_bin() +
+                            " bench --device cpu --only bge-base --scenario fixed --seq-len 16 "
+                            "--pairs 2 --steps 1 --warmup 0 --out " +
+                            out_file,
+                        &out),
+            0)
+      << out;
+  std::ifstream f(out_file);
+  int records = 0;
+  for (std::string line; std::getline(f, line);) {
+    if (line.empty()) continue;
+    const json r = json::parse(line);
+    EXPECT_EQ(r["arch"], "bge-base");
+    EXPECT_EQ(r["seq_len"], 16);
+    EXPECT_EQ(r["pairs"], 2);
+    EXPECT_TRUE(std::isfinite(r["loss"].get<double>())) << line;
+    ++records;
+  }
+  EXPECT_EQ(records, 1) << out;
 }
 
 TEST(Cli, TrainFromTomlWithFlagOverrides) {

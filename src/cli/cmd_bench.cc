@@ -1,9 +1,13 @@
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <set>
+#include <string>
 #include <thread>
+#include <tuple>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -117,12 +121,16 @@ Run add_bench(CLI::App& app) {
       return 0;
     }
     std::vector<json> results;
+    std::set<std::tuple<std::string, std::string, int, int>> ran;
     for (BenchConfig c : default_bench_configs()) {
       if (!o->only.empty() && std::find(o->only.begin(), o->only.end(), c.preset) == o->only.end())
         continue;
       if (!o->scenario.empty() && c.scenario != o->scenario) continue;
       if (o->seq_len > 0) c.seq_len = o->seq_len;
       if (o->pairs > 0) c.pairs = o->pairs;
+      // the overrides can make two of a preset's configurations one (bge-base's fixed 128 x 128
+      // and 512 x 64 under --seq-len 512 --pairs 64): run it once
+      if (!ran.emplace(c.preset, c.scenario, c.seq_len, c.pairs).second) continue;
       c.mode = o->mode == "full" ? TrainMode::Full : TrainMode::Lora;
       c.steps = o->steps;
       c.warmup = o->warmup;
