@@ -15,12 +15,12 @@ D=.device
 OUT=${OUT:-out/device}
 RAW=$(mktemp -d)
 mkdir -p "$OUT"
-gunzip -c $D/old/embedtune.gz >/tmp/embedtune_old && chmod +x /tmp/embedtune_old
+gunzip -c $D/old/embedtune.gz >"$RAW/embedtune_old" && chmod +x "$RAW/embedtune_old"
 IFS=';' read -ra sets <<<"${PRESETS:?PRESETS: the bench argument sets to compare}"
 for r in $(seq 1 "${ROUNDS:-2}"); do
   for side in old new; do
     exe=$D/embedtune envs=${ENV_NEW:-}
-    [ $side = old ] && exe=/tmp/embedtune_old envs=${ENV_OLD:-}
+    [ $side = old ] && exe=$RAW/embedtune_old envs=${ENV_OLD:-}
     for i in "${!sets[@]}"; do
       env $envs $exe bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${sets[$i]} \
         --out "$RAW/ab_${side}_${r}_${i}.jsonl" >/dev/null 2>"$RAW/ab_${side}_${r}_${i}.err" ||
