@@ -1010,7 +1010,8 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void copy(Tensor& dst, const Tensor& src) const override {
-    OpScope scope_(prof.get(), "copy");
+    // named apart in profiles: storage conversions are kernels, same-type copies cudaMemcpy
+    OpScope scope_(prof.get(), dst.dtype != src.dtype ? "convert" : "copy");
     ET_CHECK(dst.numel() == src.numel(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
              shape_str(src.shape));
     if (dst.dtype != src.dtype) {
