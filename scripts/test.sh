@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-example
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "$(nproc)"
 if ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "CUDA tests (CudaOps.*, CudaModel.*, CudaTraining.*, CudaTrainer.*): skipped: no GPU"
+  echo "CUDA tests (CudaOps.*, Models/CudaModel.*, CudaTraining.*, CudaTrainer.*): skipped: no GPU"
 fi
