@@ -34,8 +34,27 @@ constexpr int BM = 64, NW = 4;  // backward: key rows per block; warps per block
 
 using TcParams = AttnParams;
 
-__device__ __forceinline__ bool masked(const TcParams& p, int i, int j, int len) {
-  return i >= len || j >= len || (p.causal && j > i) || (p.window >= 0 && abs(i - j) > p.window);
+// The keys query row i sees, [lo, hi]: key j is masked iff i >= len, j >= len, j > i (causal)
+// or |i - j| > window. As bounds per row (forward) or, by the same rule read the other way, the
+// queries key row j is seen by (backward), the per-element test of an edge tile is two
+// comparisons.
+struct VisibleRange {
+  int lo, hi;
+  __device__ __forceinline__ bool contains(int x) const { return x >= lo && x <= hi; }
+};
+__device__ __forceinline__ VisibleRange keys_seen_by(const TcParams& p, int i, int len) {
+  if (i >= len) return {0, -1};
+  VisibleRange r{0, len - 1};
+  if (p.causal) r.hi = i;
+  if (p.window >= 0) r.lo = max(0, i - p.window), r.hi = min(r.hi, i + p.window);
+  return r;
+}
+__device__ __forceinline__ VisibleRange queries_seeing(const TcParams& p, int j, int len) {
+  if (j >= len) return {0, -1};
+  VisibleRange r{0, len - 1};
+  if (p.causal) r.lo = j;
+  if (p.window >= 0) r.lo = max(r.lo, j - p.window), r.hi = min(r.hi, j + p.window);
+  return r;
 }
 
 // Softmax in base 2 (FlashAttention-2): scores scaled by scale * log2(e), so every
@@ -53,7 +72,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile(bf16* dst, const float* src, int64_t stride, int col,
                                           int r0, int len) {
-  for (int idx = threadIdx.x; idx < ROWS * D / 4; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < ROWS * D / 4; idx += NW * 32) {
     int r = idx / (D / 4), c = (idx % (D / 4)) * 4;
     float4 v = make_float4(0, 0, 0, 0);
     if (r0 + r < len) v = *reinterpret_cast<const float4*>(src + (r0 + r) * stride + col + c);
@@ -65,26 +84,28 @@ __device__ __forceinline__ void load_tile(bf16* dst, const float* src, int64_t s
   }
 }
 
-template <int D, int ROWS = 64>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int col,
-                                          int r0, int len) {
-  for (int idx = threadIdx.x; idx < ROWS * D / 8; idx += blockDim.x) {
-    int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r0 + r < len) v = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + col + c);
-    *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = v;
-  }
-}
-
 // Asynchronous tile loads (cp.async) so that the next tile streams in while the current one
 // is computed on. fp32 inputs (tests, fp32 activations) take the synchronous converting load.
+//
+// The thread count is the compile-time NW * 32 of every launch here, so each thread's
+// 16-byte column c stays fixed and its rows step by NW * 32 / (D / 8): the loop unrolls into
+// one pointer increment and one cp.async per row (a grid-stride loop over blockDim.x cost an
+// index division, a multiply and a branch per copy).
 template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int64_t stride, int col,
                                                 int r0, int len) {
-  for (int idx = threadIdx.x; idx < ROWS * D / 8; idx += blockDim.x) {
-    int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-    const bool valid = r0 + r < len;
-    cp_async16(dst + r * (D + 8) + c, valid ? src + (r0 + r) * stride + col + c : src, valid);
+  constexpr int kChunks = D / 8, kRowStep = NW * 32 / kChunks;
+  static_assert(NW * 32 % kChunks == 0, "a thread's column must not change between rows");
+  static_assert(ROWS % kRowStep == 0, "every thread copies the same number of rows");
+  const int r_first = threadIdx.x / kChunks, c = (threadIdx.x % kChunks) * 8;
+  const bf16* from = src + (r0 + r_first) * stride + col + c;
+  bf16* to = dst + r_first * (D + 8) + c;
+#pragma unroll
+  for (int i = 0; i < ROWS / kRowStep; ++i) {
+    const bool valid = r0 + r_first + i * kRowStep < len;
+    cp_async16(to, valid ? from : src, valid);
+    from += kRowStep * stride;
+    to += kRowStep * (D + 8);
   }
 }
 template <int D, int ROWS = 64>
@@ -260,13 +281,14 @@ __global__ void __launch_bounds__(NW * 32)
             l[mt][e / 2] += pv;
           }
       } else {
+        const VisibleRange seen[2] = {keys_seen_by(p, irow[0], len), keys_seen_by(p, irow[1], len)};
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int i = irow[e / 2], key = c0 + 8 * j + 2 * t + (e & 1);
             float x = -INFINITY;
-            if (!masked(p, i, key, len)) {
+            if (seen[e / 2].contains(key)) {
               x = s[mt][j][e] * sl2;
               if (p.bias)
                 x +=
@@ -503,7 +525,7 @@ __global__ void __launch_bounds__(NW * 32)
         for (int e = 0; e < 4; ++e) {
           const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
           float pv = 0, ds = 0;
-          if (!masked(p, i, key, len)) {
+          if (queries_seeing(p, key, len).contains(i)) {
             float x = st[j][e] * sl2;
             int bucket = 0;
             if (p.bias) {
