@@ -84,7 +84,7 @@ Run add_bench(CLI::App& app) {
   app.add_option("--device", o->device, "cuda or cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app.add_option("--out", o->out, "Also write the JSON lines to this file");
+  app.add_option("--out", o->out, "Also write the JSON lines to this file (replaced, not appended)");
   app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
   app.add_option("--mini_batch_size", o->mini_batch, "GradCache mini-batch (texts), 0: off");
   app.add_option("--tokenizer", o->tokenizer,
