@@ -1062,12 +1062,12 @@ TEST(CudaTraining, ProductCopiesFollowTheirValues) {
   EXPECT_LT(rel_error(after, fresh), 1e-6) << "the forward read stale bf16 copies";
 }
 
-// GradCache on the GPU (mini-batch embeddings taken to the host, the loss there, each
-// mini-batch re-run with its slice of the gradient) against the plain step (the loss on the
-// GPU), both MNRL forms. Mini-batches are products of other shapes, so cuBLAS sums them in
-// other orders, and the plain step's similarity products run in TF32: the bounds are the
-// CUDA-vs-CPU model bounds for bf16 and tighter for fp32 activations; a wrong gradient slice
-// would be off by O(1).
+// GradCache on the GPU (mini-batch embeddings gathered on the device, the loss there, each
+// mini-batch re-run with its slice of the gradient) against the plain step, both MNRL forms.
+// Mini-batches are products of other shapes, so cuBLAS sums them in other orders: the bounds
+// are the CUDA-vs-CPU model bounds for bf16 and tighter for fp32 activations; a wrong gradient
+// slice would be off by O(1). (The CPU test Losses.MnrlStepOnBackendMatchesHostStep checks the
+// same step against the host loss.)
 TEST(CudaTraining, GradCacheEqualsPlainStep) {
   SKIP_WITHOUT_GPU();
   std::string root = model_fixture("bert");

@@ -17,6 +17,7 @@
 #include "train/lora.h"
 #include "train/loss_device.h"
 #include "train/losses.h"
+#include "train/step.h"
 #include "train/trainer.h"
 
 namespace et::test {
@@ -202,6 +203,50 @@ TEST(Losses, CachedMnrlEqualsMnrl) {
   EXPECT_NEAR(loss[1], loss[0], 1e-6 * loss[0]);  // float32 embeddings from other batches
   for (size_t i = 0; i < grads[0].size(); ++i)
     EXPECT_LT(rel_error(grads[1][i], grads[0][i]), 1e-5) << i;
+}
+
+// The loss by backend ops, as GPU steps compute it (train_step_grads takes this path there),
+// against the host loss of a plain step: in one batch and in GradCache mini-batches of 5 texts
+// (whose rows of dL/d(embeddings) must reach the right mini-batch). fp32 ops against the host's
+// doubles: 1e-5 on the loss, 1e-4 on the gradients.
+TEST(Losses, MnrlStepOnBackendMatchesHostStep) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  const std::vector<PackedBatch> cols = fixture_columns(root);
+  const int64_t rows = cols[0].size();
+  for (LossKind kind : {LossKind::MNRL, LossKind::MNRLSymmetric}) {
+    LossSpec spec;
+    spec.kind = kind;
+    auto run = [&](int per_mini_batch, std::vector<Tensor>* grads) {
+      auto be = make_cpu_backend();
+      auto m = load_sentence_model(root + "/model", *be);
+      load_adapter(*be, *m, root + "/adapter");
+      auto params = set_trainable(*be, *m, TrainMode::Lora);
+      double loss = 0;
+      if (per_mini_batch == 0) {
+        loss = train_step_grads(*be, *m, cols, spec, 0.5, nullptr);
+      } else {
+        std::vector<PackedBatch> mini(1);
+        for (const PackedBatch& c : cols)
+          for (int i = 0; i < c.size(); ++i) {
+            if (mini.back().size() == per_mini_batch) mini.emplace_back();
+            mini.back().add({c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]});
+          }
+        loss = mnrl_step_on_backend(*be, *m, mini, rows, spec, 0.5, nullptr);
+      }
+      for (Param* p : params) grads->push_back(cpu_clone(p->grad));
+      return loss;
+    };
+    std::vector<Tensor> host, whole, cached;
+    const double l_host = run(0, &host), l_whole = run(1000, &whole), l_cached = run(5, &cached);
+    const std::string what = kind == LossKind::MNRL ? "MNRL" : "symmetric MNRL";
+    EXPECT_NEAR(l_whole, l_host, 1e-5 * l_host) << what;
+    EXPECT_NEAR(l_cached, l_host, 1e-5 * l_host) << what;
+    for (size_t i = 0; i < host.size(); ++i) {
+      EXPECT_LT(rel_error(whole[i], host[i]), 1e-4) << what << " one batch, parameter " << i;
+      EXPECT_LT(rel_error(cached[i], host[i]), 1e-4) << what << " GradCache, parameter " << i;
+    }
+  }
 }
 
 TEST(Schedule, TransformersFormulas) {

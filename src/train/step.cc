@@ -64,6 +64,47 @@ void zero_grads(const Backend& be, const std::vector<Param*>& params) {
   be.zero_all(grads);
 }
 
+double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
+                            const std::vector<PackedBatch>& mini_batches, int64_t rows,
+                            const LossSpec& spec, double grad_scale, Rng* rng) {
+  ET_CHECK(!mini_batches.empty(), "MNRL step: no texts");
+  const bool symmetric = spec.kind == LossKind::MNRLSymmetric;
+  if (mini_batches.size() == 1) {
+    EmbedSaved saved;
+    BackendLoss l = mnrl_on_backend(be, embed_forward(be, m, mini_batches[0], &saved, rng), rows,
+                                    spec.scale, symmetric, grad_scale);
+    embed_backward(be, m, saved, l.d_emb);
+    return backend_loss_value(be, l);
+  }
+  // GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
+  // Limited Setup"): every mini-batch embedded without keeping activations into one [n, d]
+  // device tensor, the loss over all of it, then each mini-batch again with the same dropout
+  // draws and its rows of dL/d(embeddings).
+  int64_t n = 0;
+  for (const PackedBatch& mb : mini_batches) n += mb.size();
+  Tensor emb;
+  std::vector<Rng> rng_at;
+  for (int64_t k = 0, b = 0; k < static_cast<int64_t>(mini_batches.size()); ++k) {
+    if (rng) rng_at.push_back(*rng);
+    const Tensor part = embed_forward(be, m, mini_batches[k], nullptr, rng);
+    if (!emb.defined()) emb = be.empty({n, part.dim(1)}, DType::F32);
+    Tensor dst = emb.rows(b, b + part.dim(0));
+    be.copy(dst, part);
+    b += part.dim(0);
+  }
+  const BackendLoss l = mnrl_on_backend(be, emb, rows, spec.scale, symmetric, grad_scale);
+  emb = Tensor{};  // the second pass needs only l.d_emb
+  for (int64_t k = 0, b = 0; k < static_cast<int64_t>(mini_batches.size()); ++k) {
+    Rng replay = rng ? rng_at[k] : Rng();
+    EmbedSaved s;
+    embed_forward(be, m, mini_batches[k], &s, rng ? &replay : nullptr);
+    const int64_t e = b + mini_batches[k].size();
+    embed_backward(be, m, s, l.d_emb.rows(b, e));
+    b = e;
+  }
+  return backend_loss_value(be, l);
+}
+
 double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,
                         const LossSpec& spec, double grad_scale, Rng* rng,
                         const std::vector<double>& labels) {
@@ -86,15 +127,17 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
     for (int64_t i = b; i < e; ++i) pb.add(seqs[i], prompts[i]);
     return pb;
   };
-  // MNRL on a GPU, without GradCache or Matryoshka: the loss where the embeddings are, so that
-  // nothing waits for the host between forward and backward (loss_device.h)
-  if (be.device() != Device::CPU && chunk == n && spec.matryoshka_dims.empty() &&
-      (spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric)) {
-    EmbedSaved saved;
-    BackendLoss l = mnrl_on_backend(be, embed_forward(be, m, batch_of(0, n), &saved, rng), rows,
-                                    spec.scale, spec.kind == LossKind::MNRLSymmetric, grad_scale);
-    embed_backward(be, m, saved, l.d_emb);
-    return backend_loss_value(be, l);
+  // MNRL on a GPU, without Matryoshka: the loss where the embeddings are, so that nothing
+  // waits for the host between forward and backward (loss_device.h). With GradCache the
+  // [rows, candidates] similarity then lives in device memory: up to kBackendLossBytes of it
+  // (about 23k pairs with one positive column); larger batches keep the loss in host memory.
+  const int64_t sim_bytes = 4 * static_cast<int64_t>(rows) * (n - rows);
+  if (be.device() != Device::CPU && spec.matryoshka_dims.empty() &&
+      (spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric) &&
+      (chunk == n || sim_bytes <= kBackendLossBytes)) {
+    std::vector<PackedBatch> parts;
+    for (int64_t b = 0; b < n; b += chunk) parts.push_back(batch_of(b, std::min(n, b + chunk)));
+    return mnrl_step_on_backend(be, m, parts, rows, spec, grad_scale, rng);
   }
   Tensor emb;
   std::vector<EmbedSaved> saved;  // kept only without GradCache
