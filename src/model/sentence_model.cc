@@ -284,24 +284,20 @@ static Tensor concat_columns(const Backend& be, const std::vector<Tensor>& parts
   const int64_t rows = parts[0].dim(0);
   int64_t cols = 0;
   for (const Tensor& p : parts) cols += p.dim(1);
-  Tensor host = cpu_empty({rows, cols});
+  Tensor out = be.empty({rows, cols}, parts[0].dtype);
   int64_t off = 0;
   for (const Tensor& p : parts) {
-    Tensor h = be.download(p);
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(host.f32() + r * cols + off, h.f32() + r * p.dim(1), p.dim(1) * sizeof(float));
+    be.copy_columns(p, 0, out, off, p.dim(1));
     off += p.dim(1);
   }
-  return be.upload(host);
+  return out;
 }
 
 static Tensor column_slice(const Backend& be, const Tensor& t, int64_t off, int64_t n) {
   if (off == 0 && n == t.dim(1)) return t;
-  Tensor h = be.download(t);
-  Tensor out = cpu_empty({t.dim(0), n});
-  for (int64_t r = 0; r < t.dim(0); ++r)
-    std::memcpy(out.f32() + r * n, h.f32() + r * t.dim(1) + off, n * sizeof(float));
-  return be.upload(out);
+  Tensor out = be.empty({t.dim(0), n}, t.dtype);
+  be.copy_columns(t, off, out, 0, n);
+  return out;
 }
 
 Tensor embed_forward(const Backend& be, const SentenceModel& m, const PackedBatch& batch,
