@@ -207,16 +207,25 @@ TEST(Losses, CachedMnrlEqualsMnrl) {
 
 // The loss by backend ops, as GPU steps compute it (train_step_grads takes this path there),
 // against the host loss of a plain step: in one batch and in GradCache mini-batches of 5 texts
-// (whose rows of dL/d(embeddings) must reach the right mini-batch). fp32 ops against the host's
-// doubles: 1e-5 on the loss, 1e-4 on the gradients.
+// (whose rows of dL/d(embeddings) must reach the right mini-batch), for MNRL, its symmetric
+// form and MNRL inside MatryoshkaLoss (full and half width, weights 1 and 0.5). fp32 ops
+// against the host's doubles: 1e-5 on the loss, 1e-4 on the gradients.
 TEST(Losses, MnrlStepOnBackendMatchesHostStep) {
   std::string root = model_fixture("bert");
   SKIP_WITHOUT_FIXTURES(root);
   const std::vector<PackedBatch> cols = fixture_columns(root);
   const int64_t rows = cols[0].size();
-  for (LossKind kind : {LossKind::MNRL, LossKind::MNRLSymmetric}) {
-    LossSpec spec;
-    spec.kind = kind;
+  std::vector<LossSpec> specs(3);
+  specs[1].kind = LossKind::MNRLSymmetric;
+  {
+    auto be = make_cpu_backend();
+    const int d = load_sentence_model(root + "/model", *be)->embedding_dim();
+    specs[2].matryoshka_dims = {d, d / 2};
+    specs[2].matryoshka_weights = {1.0, 0.5};
+  }
+  const char* names[] = {"MNRL", "symmetric MNRL", "Matryoshka MNRL"};
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const LossSpec& spec = specs[k];
     auto run = [&](int per_mini_batch, std::vector<Tensor>* grads) {
       auto be = make_cpu_backend();
       auto m = load_sentence_model(root + "/model", *be);
@@ -239,12 +248,11 @@ TEST(Losses, MnrlStepOnBackendMatchesHostStep) {
     };
     std::vector<Tensor> host, whole, cached;
     const double l_host = run(0, &host), l_whole = run(1000, &whole), l_cached = run(5, &cached);
-    const std::string what = kind == LossKind::MNRL ? "MNRL" : "symmetric MNRL";
-    EXPECT_NEAR(l_whole, l_host, 1e-5 * l_host) << what;
-    EXPECT_NEAR(l_cached, l_host, 1e-5 * l_host) << what;
+    EXPECT_NEAR(l_whole, l_host, 1e-5 * l_host) << names[k];
+    EXPECT_NEAR(l_cached, l_host, 1e-5 * l_host) << names[k];
     for (size_t i = 0; i < host.size(); ++i) {
-      EXPECT_LT(rel_error(whole[i], host[i]), 1e-4) << what << " one batch, parameter " << i;
-      EXPECT_LT(rel_error(cached[i], host[i]), 1e-4) << what << " GradCache, parameter " << i;
+      EXPECT_LT(rel_error(whole[i], host[i]), 1e-4) << names[k] << " one batch, parameter " << i;
+      EXPECT_LT(rel_error(cached[i], host[i]), 1e-4) << names[k] << " GradCache, parameter " << i;
     }
   }
 }

@@ -3,8 +3,9 @@
 // round trip between forward and backward (the host-side loss left the GPU idle 6-12 ms of a
 // MiniLM-L6 step: bench/NOTES.md). The definitions are mnrl_loss / mnrl_symmetric_loss's
 // (losses.h), computed in fp32 (the CUDA backend runs fp32 products on TF32 tensor cores);
-// the host versions stay the reference and serve every other loss, Matryoshka and GradCache
-// batches whose similarity matrix exceeds kBackendLossBytes (step.h).
+// the host versions stay the reference and serve every other loss and GradCache batches whose
+// similarity matrix exceeds kBackendLossBytes (step.h). MatryoshkaLoss around MNRL runs here
+// too, one call per dimension (step.cc).
 #pragma once
 
 #include <cstdint>

@@ -64,17 +64,65 @@ void zero_grads(const Backend& be, const std::vector<Param*>& params) {
   be.zero_all(grads);
 }
 
+// The loss over all of a step's embeddings emb [n, d] by backend ops: MNRL, or MatryoshkaLoss's
+// weighted sum of MNRL over each leading-column cut (sentence-transformers: every cut
+// normalized on its own). Writes grad_scale * dL/d(emb) to *d_emb; the parts' values are read
+// once the step's backward is queued.
+static std::vector<BackendLoss> mnrl_loss_on_backend(const Backend& be, const Tensor& emb,
+                                                     int64_t rows, const LossSpec& spec,
+                                                     double grad_scale, Tensor* d_emb) {
+  const bool symmetric = spec.kind == LossKind::MNRLSymmetric;
+  if (spec.matryoshka_dims.empty()) {
+    BackendLoss l = mnrl_on_backend(be, emb, rows, spec.scale, symmetric, grad_scale);
+    *d_emb = l.d_emb;
+    return {l};
+  }
+  const int64_t n = emb.dim(0), d = emb.dim(1);
+  *d_emb = be.zeros({n, d});
+  std::vector<BackendLoss> parts;
+  for (size_t i = 0; i < spec.matryoshka_dims.size(); ++i) {
+    const int64_t dim = spec.matryoshka_dims[i];
+    ET_CHECK(dim > 0 && dim <= d, "matryoshka dimension ", dim, " is outside 1..", d);
+    const double w = i < spec.matryoshka_weights.size() ? spec.matryoshka_weights[i] : 1.0;
+    Tensor cut = emb;
+    if (dim < d) {
+      cut = be.empty({n, dim}, emb.dtype);
+      be.copy_columns(emb, 0, cut, 0, dim);
+    }
+    BackendLoss l = mnrl_on_backend(be, cut, rows, spec.scale, symmetric, w * grad_scale);
+    l.row_weight *= w;
+    Tensor grad = l.d_emb;
+    if (dim < d) {  // zero past the cut
+      grad = be.zeros({n, d});
+      be.copy_columns(l.d_emb, 0, grad, 0, dim);
+    }
+    be.add(*d_emb, grad, *d_emb);
+    l.d_emb = Tensor{};
+    parts.push_back(std::move(l));
+  }
+  return parts;
+}
+
+static double loss_value(const Backend& be, const std::vector<BackendLoss>& parts) {
+  double sum = 0;
+  for (const BackendLoss& l : parts) sum += backend_loss_value(be, l);
+  return sum;
+}
+
 double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
                             const std::vector<PackedBatch>& mini_batches, int64_t rows,
                             const LossSpec& spec, double grad_scale, Rng* rng) {
   ET_CHECK(!mini_batches.empty(), "MNRL step: no texts");
-  const bool symmetric = spec.kind == LossKind::MNRLSymmetric;
+  ET_CHECK(spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric,
+           "mnrl_step_on_backend: the loss is not MultipleNegativesRankingLoss");
+  Tensor d_emb;
   if (mini_batches.size() == 1) {
     EmbedSaved saved;
-    BackendLoss l = mnrl_on_backend(be, embed_forward(be, m, mini_batches[0], &saved, rng), rows,
-                                    spec.scale, symmetric, grad_scale);
-    embed_backward(be, m, saved, l.d_emb);
-    return backend_loss_value(be, l);
+    const Tensor emb = embed_forward(be, m, mini_batches[0], &saved, rng);
+    const std::vector<BackendLoss> parts =
+        mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &d_emb);
+    embed_backward(be, m, saved, d_emb);
+    return loss_value(be, parts);
   }
   // GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
   // Limited Setup"): every mini-batch embedded without keeping activations into one [n, d]
@@ -92,17 +140,18 @@ double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
     be.copy(dst, part);
     b += part.dim(0);
   }
-  const BackendLoss l = mnrl_on_backend(be, emb, rows, spec.scale, symmetric, grad_scale);
-  emb = Tensor{};  // the second pass needs only l.d_emb
+  const std::vector<BackendLoss> parts =
+      mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &d_emb);
+  emb = Tensor{};  // the second pass needs only d_emb
   for (int64_t k = 0, b = 0; k < static_cast<int64_t>(mini_batches.size()); ++k) {
     Rng replay = rng ? rng_at[k] : Rng();
     EmbedSaved s;
     embed_forward(be, m, mini_batches[k], &s, rng ? &replay : nullptr);
     const int64_t e = b + mini_batches[k].size();
-    embed_backward(be, m, s, l.d_emb.rows(b, e));
+    embed_backward(be, m, s, d_emb.rows(b, e));
     b = e;
   }
-  return backend_loss_value(be, l);
+  return loss_value(be, parts);
 }
 
 double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,
@@ -127,12 +176,12 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
     for (int64_t i = b; i < e; ++i) pb.add(seqs[i], prompts[i]);
     return pb;
   };
-  // MNRL on a GPU, without Matryoshka: the loss where the embeddings are, so that nothing
-  // waits for the host between forward and backward (loss_device.h). With GradCache the
-  // [rows, candidates] similarity then lives in device memory: up to kBackendLossBytes of it
-  // (about 23k pairs with one positive column); larger batches keep the loss in host memory.
+  // MNRL (alone or inside MatryoshkaLoss) on a GPU: the loss where the embeddings are, so that
+  // nothing waits for the host between forward and backward (loss_device.h). With GradCache
+  // the [rows, candidates] similarity then lives in device memory: up to kBackendLossBytes of
+  // it (about 23k pairs with one positive column); larger batches keep the loss in host memory.
   const int64_t sim_bytes = 4 * static_cast<int64_t>(rows) * (n - rows);
-  if (be.device() != Device::CPU && spec.matryoshka_dims.empty() &&
+  if (be.device() != Device::CPU &&
       (spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric) &&
       (chunk == n || sim_bytes <= kBackendLossBytes)) {
     std::vector<PackedBatch> parts;

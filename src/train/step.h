@@ -39,10 +39,11 @@ double train_step_grads(const Backend& be, SentenceModel& m,
 // The similarity matrix a GradCache step may keep on the device for the loss (bytes).
 constexpr int64_t kBackendLossBytes = int64_t{2} << 30;
 
-// MultipleNegativesRankingLoss (spec.kind MNRL or MNRLSymmetric) computed by backend ops
-// (loss_device.h): the embeddings never leave the device. `mini_batches` hold every text of the
-// batch in train_step_grads' order (anchors, then each candidate column); more than one makes
-// it a GradCache step. train_step_grads takes this path on GPUs; on the CPU it serves tests.
+// A step whose loss is MultipleNegativesRankingLoss (spec.kind MNRL or MNRLSymmetric, inside
+// MatryoshkaLoss when spec.matryoshka_dims is set) computed by backend ops (loss_device.h): the
+// embeddings never leave the device. `mini_batches` hold every text of the batch in
+// train_step_grads' order (anchors, then each candidate column); more than one makes it a
+// GradCache step. train_step_grads takes this path on GPUs; on the CPU it serves tests.
 double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
                             const std::vector<PackedBatch>& mini_batches, int64_t rows,
                             const LossSpec& spec, double grad_scale, Rng* rng);
