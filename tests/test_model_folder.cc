@@ -147,17 +147,22 @@ TEST(ModelFolder, PoolingModesAndDense) {
   }
 }
 
-// Backward of every pooling mode (with and without prompt exclusion), Dense(tanh) and
-// Normalize against central finite differences of L = sum(R * embeddings).
+// Backward of every pooling mode and of two modes side by side (with and without prompt
+// exclusion), Dense(tanh) and Normalize against central finite differences of
+// L = sum(R * embeddings).
 TEST(ModelFolder, BackwardMatchesFiniteDifferences) {
   SKIP_WITHOUT_FIXTURES(model_fixture("bert"));
   auto be = make_cpu_backend();
   for (const char* mode :
-       {"cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"}) {
+       {"cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", "cls+max"}) {
     for (bool include_prompt : {true, false}) {
-      std::string d = model_with_dense(
-          std::string("fd_") + mode,
-          json{{"pooling_mode", mode}, {"include_prompt", include_prompt}}, 1, true);
+      const bool two = std::string(mode) == "cls+max";
+      const json pooling = two ? json{{"pooling_mode_cls_token", true},
+                                      {"pooling_mode_max_tokens", true},
+                                      {"include_prompt", include_prompt}}
+                               : json{{"pooling_mode", mode}, {"include_prompt", include_prompt}};
+      std::string d = model_with_dense(two ? std::string("fd_cls_max") : std::string("fd_") + mode,
+                                       pooling, two ? 2 : 1, true);
       auto m = load_sentence_model(d, *be);
       auto params = set_trainable(*be, *m, TrainMode::Full);
       PackedBatch batch;
