@@ -1,6 +1,7 @@
 #include "train/step.h"
 
-#include <cstring>
+#include <functional>
+#include <memory>
 
 #include "core/error.h"
 #include "train/loss_device.h"
@@ -103,35 +104,33 @@ static std::vector<BackendLoss> mnrl_loss_on_backend(const Backend& be, const Te
   return parts;
 }
 
-static double loss_value(const Backend& be, const std::vector<BackendLoss>& parts) {
-  double sum = 0;
-  for (const BackendLoss& l : parts) sum += backend_loss_value(be, l);
-  return sum;
-}
-
-double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
-                            const std::vector<PackedBatch>& mini_batches, int64_t rows,
-                            const LossSpec& spec, double grad_scale, Rng* rng) {
-  ET_CHECK(!mini_batches.empty(), "MNRL step: no texts");
-  ET_CHECK(spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric,
-           "mnrl_step_on_backend: the loss is not MultipleNegativesRankingLoss");
+// What a step's loss hands back: grad_scale * dL/d(embeddings) [n, d] on the backend, and its
+// value, read once the backward is queued (on a GPU the read waits for the device).
+struct StepLoss {
   Tensor d_emb;
+  std::function<double()> value;
+};
+using LossOnEmbeddings = std::function<StepLoss(const Tensor& emb)>;
+
+// Forward of every text, `loss` on all the embeddings [n, d], backward into the parameters.
+// One mini-batch keeps its activations for the backward. Several make it GradCache (Gao et al.
+// 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"): each
+// mini-batch embedded without keeping activations into one [n, d] tensor, the loss over all
+// of it, then each mini-batch again with the same dropout draws and its rows of the gradient.
+static double forward_loss_backward(const Backend& be, SentenceModel& m,
+                                    const std::vector<PackedBatch>& mini_batches, Rng* rng,
+                                    const LossOnEmbeddings& loss) {
+  ET_CHECK(!mini_batches.empty(), "training step: no texts");
   if (mini_batches.size() == 1) {
     EmbedSaved saved;
-    const Tensor emb = embed_forward(be, m, mini_batches[0], &saved, rng);
-    const std::vector<BackendLoss> parts =
-        mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &d_emb);
-    embed_backward(be, m, saved, d_emb);
-    return loss_value(be, parts);
+    const StepLoss l = loss(embed_forward(be, m, mini_batches[0], &saved, rng));
+    embed_backward(be, m, saved, l.d_emb);
+    return l.value();
   }
-  // GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
-  // Limited Setup"): every mini-batch embedded without keeping activations into one [n, d]
-  // device tensor, the loss over all of it, then each mini-batch again with the same dropout
-  // draws and its rows of dL/d(embeddings).
   int64_t n = 0;
   for (const PackedBatch& mb : mini_batches) n += mb.size();
   Tensor emb;
-  std::vector<Rng> rng_at;
+  std::vector<Rng> rng_at;  // dropout state at each mini-batch, replayed in the second pass
   for (int64_t k = 0, b = 0; k < static_cast<int64_t>(mini_batches.size()); ++k) {
     if (rng) rng_at.push_back(*rng);
     const Tensor part = embed_forward(be, m, mini_batches[k], nullptr, rng);
@@ -140,18 +139,41 @@ double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
     be.copy(dst, part);
     b += part.dim(0);
   }
-  const std::vector<BackendLoss> parts =
-      mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &d_emb);
-  emb = Tensor{};  // the second pass needs only d_emb
+  const StepLoss l = loss(emb);
+  emb = Tensor{};  // the second pass needs only l.d_emb
   for (int64_t k = 0, b = 0; k < static_cast<int64_t>(mini_batches.size()); ++k) {
     Rng replay = rng ? rng_at[k] : Rng();
     EmbedSaved s;
     embed_forward(be, m, mini_batches[k], &s, rng ? &replay : nullptr);
     const int64_t e = b + mini_batches[k].size();
-    embed_backward(be, m, s, d_emb.rows(b, e));
+    embed_backward(be, m, s, l.d_emb.rows(b, e));
     b = e;
   }
-  return loss_value(be, parts);
+  return l.value();
+}
+
+static LossOnEmbeddings mnrl_loss_by_backend_ops(const Backend& be, int64_t rows,
+                                                 const LossSpec& spec, double grad_scale) {
+  return [&be, rows, spec, grad_scale](const Tensor& emb) {
+    StepLoss out;
+    auto parts = std::make_shared<std::vector<BackendLoss>>(
+        mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &out.d_emb));
+    out.value = [&be, parts] {
+      double sum = 0;
+      for (const BackendLoss& l : *parts) sum += backend_loss_value(be, l);
+      return sum;
+    };
+    return out;
+  };
+}
+
+double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
+                            const std::vector<PackedBatch>& mini_batches, int64_t rows,
+                            const LossSpec& spec, double grad_scale, Rng* rng) {
+  ET_CHECK(spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric,
+           "mnrl_step_on_backend: the loss is not MultipleNegativesRankingLoss");
+  return forward_loss_backward(be, m, mini_batches, rng,
+                               mnrl_loss_by_backend_ops(be, rows, spec, grad_scale));
 }
 
 double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,
@@ -159,23 +181,19 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
                         const std::vector<double>& labels) {
   ET_CHECK(cols.size() >= 2, "a training batch needs at least two columns (anchor, positive)");
   const int rows = cols[0].size();
-  // every text of the batch, column after column
-  std::vector<std::vector<int32_t>> seqs;
-  std::vector<int32_t> prompts;
+  // every text of the batch, column after column, cut into mini-batches (GradCache) or not
+  std::vector<PackedBatch> mini_batches(1);
+  int64_t n = 0;
   for (const PackedBatch& c : cols) {
     ET_CHECK(c.size() == rows, "training batch columns have different row counts");
-    for (int i = 0; i < c.size(); ++i) {
-      seqs.emplace_back(c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]);
-      prompts.push_back(c.prompt_lengths.empty() ? 0 : c.prompt_lengths[i]);
+    for (int i = 0; i < c.size(); ++i, ++n) {
+      if (spec.mini_batch_size > 0 && mini_batches.back().size() == spec.mini_batch_size)
+        mini_batches.emplace_back();
+      mini_batches.back().add(
+          {c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]},
+          c.prompt_lengths.empty() ? 0 : c.prompt_lengths[i]);
     }
   }
-  const int64_t n = static_cast<int64_t>(seqs.size());
-  const int64_t chunk = spec.mini_batch_size > 0 ? spec.mini_batch_size : n;
-  auto batch_of = [&](int64_t b, int64_t e) {
-    PackedBatch pb;
-    for (int64_t i = b; i < e; ++i) pb.add(seqs[i], prompts[i]);
-    return pb;
-  };
   // MNRL (alone or inside MatryoshkaLoss) on a GPU: the loss where the embeddings are, so that
   // nothing waits for the host between forward and backward (loss_device.h). With GradCache
   // the [rows, candidates] similarity then lives in device memory: up to kBackendLossBytes of
@@ -183,44 +201,22 @@ double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<P
   const int64_t sim_bytes = 4 * static_cast<int64_t>(rows) * (n - rows);
   if (be.device() != Device::CPU &&
       (spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric) &&
-      (chunk == n || sim_bytes <= kBackendLossBytes)) {
-    std::vector<PackedBatch> parts;
-    for (int64_t b = 0; b < n; b += chunk) parts.push_back(batch_of(b, std::min(n, b + chunk)));
-    return mnrl_step_on_backend(be, m, parts, rows, spec, grad_scale, rng);
-  }
-  Tensor emb;
-  std::vector<EmbedSaved> saved;  // kept only without GradCache
-  std::vector<Rng> rng_at;        // dropout state at each mini-batch, replayed in the 2nd pass
-  for (int64_t b = 0; b < n; b += chunk) {
-    const int64_t e = std::min(n, b + chunk);
-    if (rng) rng_at.push_back(*rng);
-    const bool keep = chunk == n;
-    if (keep) saved.emplace_back();
-    Tensor part =
-        be.download(embed_forward(be, m, batch_of(b, e), keep ? &saved.back() : nullptr, rng));
-    if (!emb.defined()) emb = cpu_empty({n, part.dim(1)});
-    std::memcpy(emb.f32() + b * part.dim(1), part.f32(), part.nbytes());
-  }
-  const int64_t d = emb.dim(1);
-  std::vector<Tensor> parts;
-  for (size_t c = 0; c < cols.size(); ++c) parts.push_back(emb.rows(c * rows, (c + 1) * rows));
-  LossOutput lo = compute_loss(spec, parts, labels);
-  Tensor d_emb = cpu_empty(emb.shape);
-  for (size_t c = 0; c < cols.size(); ++c)
-    for (int64_t i = 0; i < rows * d; ++i)
-      d_emb.f32()[c * rows * d + i] = static_cast<float>(lo.grads[c].f32()[i] * grad_scale);
-  if (chunk == n) {
-    embed_backward(be, m, saved[0], be.upload(d_emb));
-    return lo.loss;
-  }
-  for (int64_t b = 0, k = 0; b < n; b += chunk, ++k) {
-    const int64_t e = std::min(n, b + chunk);
-    Rng replay = rng ? rng_at[k] : Rng();
-    EmbedSaved s;
-    embed_forward(be, m, batch_of(b, e), &s, rng ? &replay : nullptr);
-    embed_backward(be, m, s, be.upload(d_emb.rows(b, e)));
-  }
-  return lo.loss;
+      (mini_batches.size() == 1 || sim_bytes <= kBackendLossBytes))
+    return mnrl_step_on_backend(be, m, mini_batches, rows, spec, grad_scale, rng);
+  // The host loss (losses.h, doubles): embeddings down, their gradient up.
+  const auto host_loss = [&](const Tensor& emb) {
+    const Tensor h = be.download(emb);
+    const int64_t d = h.dim(1);
+    std::vector<Tensor> parts;
+    for (size_t c = 0; c < cols.size(); ++c) parts.push_back(h.rows(c * rows, (c + 1) * rows));
+    const LossOutput lo = compute_loss(spec, parts, labels);
+    Tensor d_emb = cpu_empty(h.shape);
+    for (size_t c = 0; c < cols.size(); ++c)
+      for (int64_t i = 0; i < rows * d; ++i)
+        d_emb.f32()[c * rows * d + i] = static_cast<float>(lo.grads[c].f32()[i] * grad_scale);
+    return StepLoss{be.upload(d_emb), [v = lo.loss] { return v; }};
+  };
+  return forward_loss_backward(be, m, mini_batches, rng, host_loss);
 }
 
 }  // namespace et
