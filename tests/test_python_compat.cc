@@ -16,8 +16,12 @@ class PythonCompat : public ::testing::TestWithParam<std::string> {};
 TEST_P(PythonCompat, AdapterAndMergedLoadInSentenceTransformers) {
   std::string root = model_fixture(GetParam());
   SKIP_WITHOUT_FIXTURES(root);
+  // Whether the packages are installed, without importing them (an import of torch and
+  // sentence-transformers takes seconds; the check script below imports them once).
   std::string probe;
-  if (run_command("python3 -c 'import sentence_transformers, peft'", &probe) != 0)
+  if (run_command("python3 -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) "
+                  "for m in (\"sentence_transformers\", \"peft\")))'",
+                  &probe) != 0)
     GTEST_SKIP() << "skipped: no Python with sentence-transformers and peft";
   const std::string bin = embedtune_bin();
   std::string dir = temp_dir("pycompat_" + GetParam());
