@@ -127,8 +127,7 @@ template <typename V>
 __global__ void gather_padded_kernel(const V* src, V* dst, const int32_t* starts,
                                      const int32_t* lens, int n, int L, int64_t vpr) {
   const int64_t total = static_cast<int64_t>(n) * L * vpr;
-  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < total;
-       x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  GRID_STRIDE(x, total) {
     const int64_t row = x / vpr, c = x % vpr;
     const int s = static_cast<int>(row / L), i = static_cast<int>(row % L);
     dst[x] = i < lens[s] ? src[(starts[s] + static_cast<int64_t>(i)) * vpr + c] : V{};
@@ -140,8 +139,7 @@ template <typename V>
 __global__ void scatter_padded_kernel(const V* src, V* dst, const int32_t* starts,
                                       const int32_t* lens, int n, int L, int64_t vpr) {
   const int64_t total = static_cast<int64_t>(n) * L * vpr;
-  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < total;
-       x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  GRID_STRIDE(x, total) {
     const int64_t row = x / vpr, c = x % vpr;
     const int s = static_cast<int>(row / L), i = static_cast<int>(row % L);
     if (i < lens[s]) dst[(starts[s] + static_cast<int64_t>(i)) * vpr + c] = src[x];

@@ -106,10 +106,6 @@ using bf16 = __nv_bfloat16;
 
 // ---- elementwise kernels -----------------------------------------------------------------
 
-#define GRID_STRIDE(i, n)                                                                \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 __global__ void fill_kernel(Ptr y, float v, int64_t n) {
   GRID_STRIDE(i, n) y.set(i, v);
 }

@@ -45,6 +45,11 @@ void allow_dynamic_smem(K kernel, size_t bytes) {
                                  static_cast<int>(bytes)));
 }
 
+// A grid-stride loop over i in [0, n) (device code; launch with blocks_for(n, threads)).
+#define GRID_STRIDE(i, n)                                                                \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
 inline unsigned blocks_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535LL * 32 ? 65535LL * 32 : b));

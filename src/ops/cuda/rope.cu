@@ -31,18 +31,16 @@ __device__ __forceinline__ void rope_cs2(RopeTable t, int p, int i, int half, fl
 }
 
 __global__ void rope_table_kernel(float2* cs, int rows, int half, float log_theta) {
-  const int64_t n = static_cast<int64_t>(rows) * half;
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  GRID_STRIDE(k, static_cast<int64_t>(rows) * half) {
     cs[k] = rope_angle_cs(static_cast<int>(k / half), static_cast<int>(k % half), half, log_theta);
+  }
 }
 
 // One thread per (token, i < D/2): the angle once, that pair rotated in every head.
 __global__ void rope_columns_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc,
                                     int64_t d0, const int32_t* pos, int64_t T, int heads, int half,
                                     float log_theta, float sign) {
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < T * half;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  GRID_STRIDE(k, T * half) {
     const int i = static_cast<int>(k % half);
     const int64_t t = k / half;
     const float2 a = rope_angle_cs(pos[t], i, half, log_theta);
@@ -189,8 +187,7 @@ void dispatch_pairs(int half, F&& f) {
 void rope_table_fill(float2* cs, int rows, int half, float log_theta) {
   const int64_t n = static_cast<int64_t>(rows) * half;
   if (n == 0) return;
-  rope_table_kernel<<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)), 256>>>(
-      cs, rows, half, log_theta);
+  rope_table_kernel<<<blocks_for(n, 256), 256>>>(cs, rows, half, log_theta);
   ET_LAUNCH_CHECK();
 }
 
