@@ -134,6 +134,12 @@ const LossName kLossNames[] = {
 };
 }  // namespace
 
+MatryoshkaCut matryoshka_cut(const LossSpec& spec, size_t i, int64_t d) {
+  const int64_t dim = spec.matryoshka_dims.at(i);
+  ET_CHECK(dim > 0 && dim <= d, "matryoshka dimension ", dim, " is outside 1..", d);
+  return {dim, i < spec.matryoshka_weights.size() ? spec.matryoshka_weights[i] : 1.0};
+}
+
 LossKind parse_loss_kind(const std::string& name) {
   std::string all;
   for (const LossName& n : kLossNames) {
@@ -191,9 +197,7 @@ LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& cols,
   LossOutput out;
   for (const Tensor& c : cols) out.grads.push_back(cpu_zeros(c.shape));
   for (size_t i = 0; i < spec.matryoshka_dims.size(); ++i) {
-    const int64_t dim = spec.matryoshka_dims[i];
-    ET_CHECK(dim > 0 && dim <= d, "matryoshka dimension ", dim, " is outside 1..", d);
-    const double w = i < spec.matryoshka_weights.size() ? spec.matryoshka_weights[i] : 1.0;
+    const auto [dim, w] = matryoshka_cut(spec, i, d);
     std::vector<Tensor> cut;
     for (const Tensor& c : cols) {
       Tensor t = cpu_empty({B, dim});

@@ -58,6 +58,14 @@ struct LossSpec {
 bool loss_needs_labels(LossKind k);
 int loss_columns(LossKind k);
 
+// Cut i of MatryoshkaLoss on embeddings of width d: its width (checked to be in 1..d) and its
+// weight (1 where matryoshka_weights gives none).
+struct MatryoshkaCut {
+  int64_t dim;
+  double weight;
+};
+MatryoshkaCut matryoshka_cut(const LossSpec& spec, size_t i, int64_t d);
+
 LossKind parse_loss_kind(const std::string& name);
 // The configured loss (and Matryoshka wrapping) on embedding columns.
 LossOutput compute_loss(const LossSpec& spec, const std::vector<Tensor>& columns,

@@ -82,9 +82,7 @@ static std::vector<BackendLoss> mnrl_loss_on_backend(const Backend& be, const Te
   *d_emb = be.zeros({n, d});
   std::vector<BackendLoss> parts;
   for (size_t i = 0; i < spec.matryoshka_dims.size(); ++i) {
-    const int64_t dim = spec.matryoshka_dims[i];
-    ET_CHECK(dim > 0 && dim <= d, "matryoshka dimension ", dim, " is outside 1..", d);
-    const double w = i < spec.matryoshka_weights.size() ? spec.matryoshka_weights[i] : 1.0;
+    const auto [dim, w] = matryoshka_cut(spec, i, d);
     Tensor cut = emb;
     if (dim < d) {
       cut = be.empty({n, dim}, emb.dtype);
