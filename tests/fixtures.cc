@@ -43,9 +43,15 @@ int run_command(const std::string& cmd, std::string* out) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+// EMBEDTUNE_BIN, else the `embedtune` beside this test binary (both are built into one folder
+// and copied together to other machines), else the source tree's build/.
 std::string embedtune_bin() {
-  const char* b = std::getenv("EMBEDTUNE_BIN");
-  return b ? b : std::string(EMBEDTUNE_SOURCE_DIR) + "/build/embedtune";
+  if (const char* b = std::getenv("EMBEDTUNE_BIN")) return b;
+  std::error_code ec;
+  const auto beside =
+      std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / "embedtune";
+  if (!ec && std::filesystem::exists(beside, ec)) return beside.string();
+  return std::string(EMBEDTUNE_SOURCE_DIR) + "/build/embedtune";
 }
 
 std::vector<PackedBatch> fixture_columns(const std::string& root) {
