@@ -67,7 +67,7 @@ Run add_bench(CLI::App& app) {
     std::string scenario, mode = "lora", device = "cuda", out;
     int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
     bool checkpointing = false;
-    int mini_batch = 0;
+    int mini_batch = 0, batches = 4;
     bool attention = false;
     AttentionBenchConfig attn;
   };
@@ -84,9 +84,15 @@ Run add_bench(CLI::App& app) {
   app.add_option("--device", o->device, "cuda or cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app.add_option("--out", o->out, "Also write the JSON lines to this file (replaced, not appended)");
+  app.add_option("--out", o->out,
+                 "Also write the JSON lines to this file (replaced, not appended)");
   app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
   app.add_option("--mini_batch_size", o->mini_batch, "GradCache mini-batch (texts), 0: off");
+  app.add_option("--batches", o->batches,
+                 "Distinct random batches, cycled (as baseline_st.py: 4; more than warmup + "
+                 "steps gives every step new token counts, as real training)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
   app.add_option("--tokenizer", o->tokenizer,
                  "Benchmark this tokenizer (a folder with tokenizer.json, .model or vocab.txt) "
                  "instead of training");
@@ -136,6 +142,7 @@ Run add_bench(CLI::App& app) {
       c.warmup = o->warmup;
       c.gradient_checkpointing = o->checkpointing;
       c.mini_batch_size = o->mini_batch;
+      c.batches = o->batches;
       json r;
       try {
         r = run_bench(c, *be);

@@ -124,11 +124,12 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   Rng rng(c.seed);
   std::vector<std::vector<PackedBatch>> batches;
   double real_tokens = 0, flops = 0;
-  for (int i = 0; i < 4; ++i) {
+  ET_CHECK(c.batches > 0, "bench: --batches must be at least 1, got ", c.batches);
+  for (int i = 0; i < c.batches; ++i) {
     std::vector<PackedBatch> cols{random_column(lengths(c, true, rng), m->cfg.vocab, rng),
                                   random_column(lengths(c, false, rng), m->cfg.vocab, rng)};
-    real_tokens += static_cast<double>(cols[0].tokens() + cols[1].tokens()) / 4;
-    flops += step_flops(*m, cols, c.mode) / 4;
+    real_tokens += static_cast<double>(cols[0].tokens() + cols[1].tokens()) / c.batches;
+    flops += step_flops(*m, cols, c.mode) / c.batches;
     batches.push_back(std::move(cols));
   }
   double loss = 0;
@@ -157,6 +158,7 @@ json run_bench(const BenchConfig& c, const Backend& be) {
           {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
           {"gradient_checkpointing", c.gradient_checkpointing},
           {"mini_batch_size", c.mini_batch_size},
+          {"batches", c.batches},
           {"scenario", c.scenario},
           {"seq_len", c.seq_len},
           {"pairs", c.pairs},
