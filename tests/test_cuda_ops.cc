@@ -542,6 +542,42 @@ TEST(CudaOps, MatmulSmallInnerDimension) {
           }
 }
 
+// Token counts of real batches change every step; products whose long dimension (tokens, as M
+// in forward and input-gradient products, as K in weight gradients) falls in one bucket share
+// one cuBLASLt heuristic choice (gemm_lt.cu). Each count of a bucket, largest first so the
+// smaller ones reuse its choice, with A starting at an unaligned row: every output row written
+// (poisoned), nothing written past it (the rows after C's slice keep their values), the CPU
+// product of the same bf16-rounded operands within one bf16 rounding.
+TEST(CudaOps, MatmulPlansSharedAcrossTokenCounts) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t d = 96, out = 136, pad = 8;
+  for (int64_t t : {int64_t{4600}, int64_t{4353}, int64_t{4097}, int64_t{4111}}) {
+    const std::string what = std::to_string(t) + " tokens";
+    Tensor x = b.rounded(b.rand({t + 1, d})), w = b.rounded(b.rand({out, d}));
+    Tensor xs = b.bf(x).rows(1, t + 1);
+    // forward: y[t, out] = x w^T, into the first t rows of a larger buffer
+    Tensor ref = cpu_empty({t, out});
+    b.cpu->matmul(x.rows(1, t + 1), false, w, true, ref, 1.0f, 0.0f);
+    Tensor yb = b.gpu->empty({t + pad, out}, DType::BF16);
+    b.gpu->fill(yb, NAN);
+    Tensor tail = b.rounded(b.rand({pad, out}));
+    Tensor yt = yb.rows(t, t + pad);
+    b.gpu->copy(yt, b.up(tail));
+    Tensor yh = yb.rows(0, t);
+    b.gpu->matmul(xs, false, b.bf(w), true, yh, 1.0f, 0.0f);
+    Tensor y = b.down(yb);
+    expect_close(y.rows(0, t), ref, 1e-2, what + ": x w^T");
+    EXPECT_EQ(rel_error(y.rows(t, t + pad), tail), 0.0) << what << ": rows after C were written";
+    // weight gradient: dw[out, d] += dy^T x, the token count as the inner dimension
+    Tensor dy = b.rounded(b.rand({t, out})), dw0 = b.rand({out, d}), dw_ref = cpu_clone(dw0);
+    b.cpu->matmul(dy, true, x.rows(1, t + 1), false, dw_ref, 1.0f, 1.0f);
+    Tensor dw = b.up(dw0);
+    b.gpu->matmul(b.bf(dy), true, xs, false, dw, 1.0f, 1.0f);
+    expect_close(b.down(dw), dw_ref, 1e-2, what + ": dy^T x");
+  }
+}
+
 // Storage conversions fp32 -> bf16 -> fp32, 8 elements per access (aligned, n % 8 == 0) and one
 // at a time (n % 8 != 0, or a slice starting 12 bytes into its buffer): bf16 by round to
 // nearest even (the reference is the host's f32_to_bf16), back to fp32 exactly.
