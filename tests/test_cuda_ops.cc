@@ -543,38 +543,53 @@ TEST(CudaOps, MatmulSmallInnerDimension) {
 }
 
 // Token counts of real batches change every step; products whose long dimension (tokens, as M
-// in forward and input-gradient products, as K in weight gradients) falls in one bucket share
-// one cuBLASLt heuristic choice (gemm_lt.cu). Each count of a bucket, largest first so the
-// smaller ones reuse its choice, with A starting at an unaligned row: every output row written
-// (poisoned), nothing written past it (the rows after C's slice keep their values), the CPU
-// product of the same bf16-rounded operands within one bf16 rounding.
+// in forward and input-gradient products, as K in weight gradients) falls in one size class
+// share cuBLASLt's candidates, and the first calls of a class run each candidate in turn while
+// timing them (gemm_lt.h). So each product runs 32 times over four token counts of one class,
+// with A starting at an unaligned row: every result (whichever candidate computed it) writes
+// every output row (poisoned) and nothing past it (the rows after C's slice keep their
+// values), within one bf16 rounding of the CPU product of the same bf16-rounded operands.
 TEST(CudaOps, MatmulPlansSharedAcrossTokenCounts) {
   SKIP_WITHOUT_GPU();
   Both b;
   const int64_t d = 96, out = 136, pad = 8;
+  struct Case {
+    int64_t t;
+    Tensor x, w, dy, dw0, y_ref, dw_ref;
+  };
+  std::vector<Case> cases;
   for (int64_t t : {int64_t{4600}, int64_t{4353}, int64_t{4097}, int64_t{4111}}) {
-    const std::string what = std::to_string(t) + " tokens";
-    Tensor x = b.rounded(b.rand({t + 1, d})), w = b.rounded(b.rand({out, d}));
-    Tensor xs = b.bf(x).rows(1, t + 1);
+    Case c{t,
+           b.rounded(b.rand({t + 1, d})),
+           b.rounded(b.rand({out, d})),
+           b.rounded(b.rand({t, out})),
+           b.rand({out, d}),
+           cpu_empty({t, out}),
+           Tensor{}};
+    b.cpu->matmul(c.x.rows(1, t + 1), false, c.w, true, c.y_ref, 1.0f, 0.0f);
+    c.dw_ref = cpu_clone(c.dw0);
+    b.cpu->matmul(c.dy, true, c.x.rows(1, t + 1), false, c.dw_ref, 1.0f, 1.0f);
+    cases.push_back(std::move(c));
+  }
+  for (int round = 0; round < 32; ++round) {
+    const Case& c = cases[static_cast<size_t>(round) % cases.size()];
+    const int64_t t = c.t;
+    const std::string what = "call " + std::to_string(round) + ", " + std::to_string(t) + " tokens";
+    Tensor xs = b.bf(c.x).rows(1, t + 1);
     // forward: y[t, out] = x w^T, into the first t rows of a larger buffer
-    Tensor ref = cpu_empty({t, out});
-    b.cpu->matmul(x.rows(1, t + 1), false, w, true, ref, 1.0f, 0.0f);
     Tensor yb = b.gpu->empty({t + pad, out}, DType::BF16);
     b.gpu->fill(yb, NAN);
     Tensor tail = b.rounded(b.rand({pad, out}));
-    Tensor yt = yb.rows(t, t + pad);
+    Tensor yt = yb.rows(t, t + pad), yh = yb.rows(0, t);
     b.gpu->copy(yt, b.up(tail));
-    Tensor yh = yb.rows(0, t);
-    b.gpu->matmul(xs, false, b.bf(w), true, yh, 1.0f, 0.0f);
+    b.gpu->matmul(xs, false, b.bf(c.w), true, yh, 1.0f, 0.0f);
     Tensor y = b.down(yb);
-    expect_close(y.rows(0, t), ref, 1e-2, what + ": x w^T");
+    expect_close(y.rows(0, t), c.y_ref, 1e-2, what + ": x w^T");
     EXPECT_EQ(rel_error(y.rows(t, t + pad), tail), 0.0) << what << ": rows after C were written";
     // weight gradient: dw[out, d] += dy^T x, the token count as the inner dimension
-    Tensor dy = b.rounded(b.rand({t, out})), dw0 = b.rand({out, d}), dw_ref = cpu_clone(dw0);
-    b.cpu->matmul(dy, true, x.rows(1, t + 1), false, dw_ref, 1.0f, 1.0f);
-    Tensor dw = b.up(dw0);
-    b.gpu->matmul(b.bf(dy), true, xs, false, dw, 1.0f, 1.0f);
-    expect_close(b.down(dw), dw_ref, 1e-2, what + ": dy^T x");
+    Tensor dw = b.up(c.dw0);
+    b.gpu->matmul(b.bf(c.dy), true, xs, false, dw, 1.0f, 1.0f);
+    expect_close(b.down(dw), c.dw_ref, 1e-2, what + ": dy^T x");
   }
 }
 

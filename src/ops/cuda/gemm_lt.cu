@@ -1,7 +1,9 @@
 #include "ops/cuda/gemm_lt.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -32,11 +34,18 @@ void destroy_plan(LtPlan& p) {
   p = LtPlan{};
 }
 
+// RAII for a plan under construction: released unless handed over.
+struct PlanGuard {
+  LtPlan p;
+  ~PlanGuard() { destroy_plan(p); }
+  LtPlan release() { return std::exchange(p, LtPlan{}); }
+};
+
 // Rounds a long dimension up to a grid of 8 steps per power of two (at most 12.5% more), so
 // that the token counts of real batches, new every step, share a few heuristic queries
 // (cublasLtMatmulAlgoGetHeuristic costs 0.1-0.7 ms of host time per new shape on an H100
-// machine, more than the product itself at MiniLM's sizes). Short dimensions (hidden sizes,
-// ranks, batch rows) stay exact.
+// machine, more than the product itself at MiniLM's sizes) and a few tunings. Short dimensions
+// (hidden sizes, ranks, batch rows) stay exact.
 int64_t shape_bucket(int64_t x) {
   if (x <= 2048) return x;
   int64_t step = 1;
@@ -44,7 +53,7 @@ int64_t shape_bucket(int64_t x) {
   return (x + step - 1) / step * step;
 }
 
-// The problem whose heuristic choice stands for `key`: its long dimensions bucketed, each
+// The problem whose heuristic candidates stand for `key`: its long dimensions bucketed, each
 // leading dimension at least as long as the rows it strides over.
 LtKey heuristic_key(const LtKey& key) {
   auto [m, n, k, ta, tb, lda, ldb, c_f32, with_bias, align_a, align_b, align_c] = key;
@@ -60,33 +69,28 @@ LtKey heuristic_key(const LtKey& key) {
 // releases what was created before the error propagates.
 LtPlan make_descriptors(const LtKey& key) {
   const auto [m, n, k, ta, tb, lda, ldb, c_f32, with_bias, align_a, align_b, align_c] = key;
-  LtPlan p;
-  try {
-    ET_CUBLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, tb ? CUBLAS_OP_T : CUBLAS_OP_N);
-    set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, ta ? CUBLAS_OP_T : CUBLAS_OP_N);
-    if (with_bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
-    // stored shapes (column-major): op(X) = X when not transposed
-    ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? k : n, tb ? n : k, ldb));
-    ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? m : k, ta ? k : m, lda));
-    ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
-  } catch (...) {
-    destroy_plan(p);
-    throw;
-  }
-  return p;
+  PlanGuard g;
+  LtPlan& p = g.p;
+  ET_CUBLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, tb ? CUBLAS_OP_T : CUBLAS_OP_N);
+  set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, ta ? CUBLAS_OP_T : CUBLAS_OP_N);
+  if (with_bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+  // stored shapes (column-major): op(X) = X when not transposed
+  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? k : n, tb ? n : k, ldb));
+  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? m : k, ta ? k : m, lda));
+  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
+  return g.release();
 }
 
-// cuBLASLt's first choice for the problem `p` describes, within the workspace and for operands
-// at the key's alignments; nullopt when it offers none.
-std::optional<cublasLtMatmulAlgo_t> heuristic_algo(const LtGemm& g, const LtPlan& p,
-                                                   const LtKey& key) {
+// cuBLASLt's first `count` choices for the problem `p` describes, within the workspace and for
+// operands at the key's alignments, best first (none when it offers none).
+std::vector<cublasLtMatmulAlgo_t> heuristic_algos(const LtGemm& g, const LtPlan& p,
+                                                  const LtKey& key, int count) {
   const int align_a = std::get<9>(key), align_b = std::get<10>(key), align_c = std::get<11>(key);
   cublasLtMatmulPreference_t pref = nullptr;
   ET_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
   int found = 0;
-  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
   const uint64_t ws = g.workspace_bytes;
   const uint32_t al[3] = {static_cast<uint32_t>(align_b), static_cast<uint32_t>(align_a),
                           static_cast<uint32_t>(align_c)};
@@ -95,60 +99,97 @@ std::optional<cublasLtMatmulAlgo_t> heuristic_algo(const LtGemm& g, const LtPlan
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1]},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2]},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2]}};
-  st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                            sizeof(ws));
+  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
   for (const auto& [attr, v] : aligns)
     if (st == CUBLAS_STATUS_SUCCESS)
       st = cublasLtMatmulPreferenceSetAttribute(pref, attr, v, sizeof(uint32_t));
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(g.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result,
-                                        &found);
+    st = cublasLtMatmulAlgoGetHeuristic(g.handle, p.desc, p.a, p.b, p.c, p.c, pref, count,
+                                        results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return std::nullopt;
-  return result.algo;
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    for (int i = 0; i < found; ++i)
+      if (results[static_cast<size_t>(i)].state == CUBLAS_STATUS_SUCCESS)
+        algos.push_back(results[static_cast<size_t>(i)].algo);
+  return algos;
 }
 
-// The plan of an exact problem: its own descriptors with the algorithm chosen for its bucket
-// (heuristic_key), if cuBLASLt confirms that algorithm supports this problem within the
-// workspace; else (rare: a leading dimension of another alignment) a heuristic query of its own.
-LtPlan make_plan(LtGemm& g, const LtKey& key) {
+// The size class of `key`, its candidates asked for on first use.
+LtTuning& tuning_of(LtGemm& g, const LtKey& key) {
   const LtKey hkey = heuristic_key(key);
-  auto it = g.algos.find(hkey);
-  if (it == g.algos.end()) {
-    LtPlan h = make_descriptors(hkey);
-    std::optional<cublasLtMatmulAlgo_t> algo;
-    try {
-      algo = heuristic_algo(g, h, hkey);
-    } catch (...) {
-      destroy_plan(h);
-      throw;
-    }
-    destroy_plan(h);
-    it = g.algos.emplace(hkey, algo).first;
-  }
-  LtPlan p = make_descriptors(key);
-  if (it->second) {
+  auto it = g.tunings.find(hkey);
+  if (it != g.tunings.end()) return it->second;
+  PlanGuard h;
+  h.p = make_descriptors(hkey);
+  LtTuning t;
+  t.algos = heuristic_algos(g, h.p, hkey, g.tune ? kLtCandidates : 1);
+  t.best.assign(t.algos.size(), std::numeric_limits<double>::infinity());
+  t.runs.assign(t.algos.size(), 0);
+  if (t.algos.size() <= 1) t.chosen = t.algos.empty() ? -1 : 0;  // nothing to compare
+  return g.tunings.emplace(hkey, std::move(t)).first->second;
+}
+
+LtPlan make_plan(LtGemm& g, const LtKey& key) {
+  PlanGuard pg;
+  pg.p = make_descriptors(key);
+  pg.p.tuning = &tuning_of(g, key);
+  pg.p.supported.assign(pg.p.tuning->algos.size(), 0);
+  return pg.release();
+}
+
+bool supports(const LtGemm& g, LtPlan& p, size_t i) {
+  if (p.supported[i] == 0) {
     cublasLtMatmulHeuristicResult_t check{};
-    if (cublasLtMatmulAlgoCheck(g.handle, p.desc, p.a, p.b, p.c, p.c, &*it->second, &check) ==
-            CUBLAS_STATUS_SUCCESS &&
-        check.workspaceSize <= g.workspace_bytes) {
-      p.ok = true;
-      p.algo = *it->second;
-      return p;
-    }
+    const bool ok = cublasLtMatmulAlgoCheck(g.handle, p.desc, p.a, p.b, p.c, p.c,
+                                            &p.tuning->algos[i], &check) == CUBLAS_STATUS_SUCCESS &&
+                    check.workspaceSize <= g.workspace_bytes;
+    p.supported[i] = ok ? 1 : -1;
   }
-  if (hkey != key) {
-    try {
-      if (auto algo = heuristic_algo(g, p, key)) {
-        p.ok = true;
-        p.algo = *algo;
-      }
-    } catch (...) {
-      destroy_plan(p);
-      throw;
+  return p.supported[i] > 0;
+}
+
+// Folds completed timings into the candidates' best times; settles the class once every
+// candidate has its runs and none is in flight.
+void collect_timings(LtGemm& g, LtTuning& t) {
+  size_t kept = 0;
+  for (LtTuning::Timing& tm : t.pending) {
+    const cudaError_t st = cudaEventQuery(tm.stop);
+    if (st == cudaErrorNotReady) {
+      t.pending[kept++] = tm;
+      continue;
     }
+    // A product costs the longer of its GPU time and the host time of its call: small products
+    // can take longer to queue than to run (the host's path differs between kernels), and a
+    // step of many such products waits for the host.
+    float ms = 0;
+    if (st == cudaSuccess && cudaEventElapsedTime(&ms, tm.start, tm.stop) == cudaSuccess)
+      t.best[static_cast<size_t>(tm.algo)] =
+          std::min(t.best[static_cast<size_t>(tm.algo)], std::max(1e-3 * ms, tm.host_s) / tm.work);
+    else
+      cudaGetLastError();  // a failed timing only loses its sample
+    g.spare_events.push_back(tm.start);
+    g.spare_events.push_back(tm.stop);
   }
-  return p;
+  t.pending.resize(kept);
+  if (t.chosen >= 0 || !t.pending.empty()) return;
+  for (size_t i = 0; i < t.algos.size(); ++i)
+    if (t.runs[i] < kLtTimedRuns) return;
+  t.chosen = 0;
+  for (size_t i = 1; i < t.algos.size(); ++i)
+    if (t.best[i] < t.best[static_cast<size_t>(t.chosen)]) t.chosen = static_cast<int>(i);
+}
+
+cudaEvent_t take_event(LtGemm& g) {
+  if (g.spare_events.empty()) {
+    cudaEvent_t e;
+    ET_CUDA(cudaEventCreate(&e));
+    return e;
+  }
+  cudaEvent_t e = g.spare_events.back();
+  g.spare_events.pop_back();
+  return e;
 }
 
 void clear_plans(LtGemm& g) {
@@ -158,14 +199,23 @@ void clear_plans(LtGemm& g) {
 
 }  // namespace
 
-void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes) {
+void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes, bool tune) {
   ET_CUBLAS(cublasLtCreate(&g.handle));
   g.workspace = workspace;
   g.workspace_bytes = workspace_bytes;
+  g.tune = tune;
 }
 
 void lt_gemm_destroy(LtGemm& g) {
   clear_plans(g);
+  for (auto& [key, t] : g.tunings)
+    for (const LtTuning::Timing& tm : t.pending) {
+      cudaEventDestroy(tm.start);
+      cudaEventDestroy(tm.stop);
+    }
+  g.tunings.clear();
+  for (cudaEvent_t e : g.spare_events) cudaEventDestroy(e);
+  g.spare_events.clear();
   if (g.handle) cublasLtDestroy(g.handle);
   g.handle = nullptr;
 }
@@ -191,15 +241,56 @@ bool lt_gemm(LtGemm& g, const void* a, bool trans_a, int64_t lda, const void* b,
   auto it = g.plans.find(key);
   if (it == g.plans.end()) {
     // Varying lengths (real data) bring new shapes every step: keep the cache bounded (the
-    // heuristic choices, one per bucket, stay).
+    // size classes and their tunings stay).
     if (g.plans.size() >= 4096) clear_plans(g);
     it = g.plans.emplace(key, make_plan(g, key)).first;
   }
-  LtPlan* p = &it->second;
-  if (!p->ok) return false;
-  if (bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
-  ET_CUBLAS(cublasLtMatmul(g.handle, p->desc, &alpha, b, p->a, a, p->b, &beta, c, p->c, c, p->c,
-                           &p->algo, g.workspace, g.workspace_bytes, nullptr));
+  LtPlan& p = it->second;
+  LtTuning& t = *p.tuning;
+  collect_timings(g, t);
+  // The class's choice; while tuning, the least-timed candidate; either one this exact problem
+  // supports, else the fastest it does, else its own heuristic choice.
+  int use = -1;
+  bool timed = false;
+  if (t.chosen >= 0 && supports(g, p, static_cast<size_t>(t.chosen))) use = t.chosen;
+  for (size_t i = 0; t.chosen < 0 && i < t.algos.size(); ++i)
+    if (t.runs[i] < kLtTimedRuns && supports(g, p, i) &&
+        (use < 0 || t.runs[i] < t.runs[static_cast<size_t>(use)])) {
+      use = static_cast<int>(i);
+      timed = true;
+    }
+  if (use < 0)
+    for (size_t i = 0; i < t.algos.size(); ++i)
+      if (supports(g, p, i) && (use < 0 || t.best[i] < t.best[static_cast<size_t>(use)]))
+        use = static_cast<int>(i);
+  const cublasLtMatmulAlgo_t* algo = use >= 0 ? &t.algos[static_cast<size_t>(use)] : nullptr;
+  if (!algo) {
+    if (p.no_algorithm) return false;
+    if (!p.own) {
+      auto own = heuristic_algos(g, p, key, 1);
+      p.no_algorithm = own.empty();
+      if (p.no_algorithm) return false;
+      p.own = own[0];
+    }
+    algo = &*p.own;
+  }
+  if (bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  LtTuning::Timing tm{use, nullptr, nullptr, static_cast<double>(m) * n * k, 0};
+  if (timed) {
+    tm.start = take_event(g);
+    tm.stop = take_event(g);
+    ET_CUDA(cudaEventRecord(tm.start, nullptr));
+  }
+  const auto host_start = std::chrono::steady_clock::now();
+  ET_CUBLAS(cublasLtMatmul(g.handle, p.desc, &alpha, b, p.a, a, p.b, &beta, c, p.c, c, p.c, algo,
+                           g.workspace, g.workspace_bytes, nullptr));
+  if (timed) {
+    tm.host_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
+    ET_CUDA(cudaEventRecord(tm.stop, nullptr));
+    t.pending.push_back(tm);
+    ++t.runs[static_cast<size_t>(use)];
+  }
   return true;
 }
 
