@@ -552,6 +552,7 @@ TEST(CudaOps, MatmulSmallInnerDimension) {
 TEST(CudaOps, MatmulPlansSharedAcrossTokenCounts) {
   SKIP_WITHOUT_GPU();
   Both b;
+  b.gpu->set_gemm_tuning(true);
   const int64_t d = 96, out = 136, pad = 8;
   struct Case {
     int64_t t;

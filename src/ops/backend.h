@@ -245,6 +245,12 @@ struct Backend {
   // Starts a new peak measurement from the memory in use now.
   virtual void reset_peak_bytes() const {}
   virtual void synchronize() const {}
+  // Matrix products may time several library algorithms on their first calls and keep the
+  // fastest (the CUDA backend's cuBLASLt products, gemm_lt.h). The chosen algorithm depends on
+  // timings, so two runs can differ by a rounding; off by default, so that encoding is
+  // reproducible, and switched on by training and the bench. Affects products of shapes not
+  // yet seen.
+  virtual void set_gemm_tuning(bool /*on*/) const {}
 };
 
 }  // namespace et

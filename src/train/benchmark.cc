@@ -99,6 +99,7 @@ double step_flops(const SentenceModel& m, const std::vector<PackedBatch>& cols, 
 
 json run_bench(const BenchConfig& c, const Backend& be) {
   ET_CHECK(c.scenario == "fixed" || c.scenario == "real", "bench scenario must be fixed or real");
+  be.set_gemm_tuning(true);  // as training
   auto m = random_model_in_memory(c.preset, be, 0);
   set_gradient_checkpointing(m->encoder, c.gradient_checkpointing);
   ET_CHECK(c.seq_len <= m->cfg.max_positions, "seq_len ", c.seq_len, " exceeds the model's ",

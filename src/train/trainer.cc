@@ -88,6 +88,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   ET_CHECK(c.learning_rate > 0, "learning_rate must be positive");
   ET_CHECK(!c.output_dir.empty(), "an output folder is required");
   make_dirs(c.output_dir);
+  // GPU training is not bit-reproducible anyway (the attention backward sums dQ with atomics)
+  be.set_gemm_tuning(true);
   TextDataset ds = read_text_dataset(c.train_file, c.columns);
   // Held-out evaluation pairs: a seeded random fraction of the rows, removed from training.
   RetrievalSet eval_set;

@@ -926,10 +926,8 @@ struct CudaBackend final : Backend {
     ET_CUBLAS(cublasSetMathMode(blas, CUBLAS_TF32_TENSOR_OP_MATH));
     if (const char* e = std::getenv("EMBEDTUNE_ACT_DTYPE"); e && std::string(e) == "f32")
       act = DType::F32;
-    lt_workspace = empty({int64_t{2} << 20}, DType::F32);   // 8 MiB
-    const char* tune = std::getenv("EMBEDTUNE_GEMM_TUNE");  // "0": cuBLASLt's first choice
-    cuda::lt_gemm_init(*lt, lt_workspace.data, lt_workspace.nbytes(),
-                       !(tune && std::string(tune) == "0"));
+    lt_workspace = empty({int64_t{2} << 20}, DType::F32);               // 8 MiB
+    cuda::lt_gemm_init(*lt, lt_workspace.data, lt_workspace.nbytes());  // set_gemm_tuning
   }
   ~CudaBackend() override {
     prof->print_memory_trace();
@@ -1698,6 +1696,11 @@ struct CudaBackend final : Backend {
     prof->reset();
   }
   void synchronize() const override { ET_CUDA(cudaDeviceSynchronize()); }
+  void set_gemm_tuning(bool on) const override {
+    const char* env = std::getenv("EMBEDTUNE_GEMM_TUNE");  // "0": never
+    std::lock_guard<std::mutex> g(lt->mu);
+    lt->tune = on && !(env && std::string(env) == "0");
+  }
 };
 
 }  // namespace

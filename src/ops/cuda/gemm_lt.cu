@@ -199,11 +199,10 @@ void clear_plans(LtGemm& g) {
 
 }  // namespace
 
-void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes, bool tune) {
+void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes) {
   ET_CUBLAS(cublasLtCreate(&g.handle));
   g.workspace = workspace;
   g.workspace_bytes = workspace_bytes;
-  g.tune = tune;
 }
 
 void lt_gemm_destroy(LtGemm& g) {

@@ -63,15 +63,16 @@ struct LtGemm {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;  // owned by the caller, at least workspace_bytes, 256-byte aligned
   size_t workspace_bytes = 0;
-  bool tune = true;  // false (EMBEDTUNE_GEMM_TUNE=0): the heuristic's first choice, untimed
+  // Time the candidates of size classes created from now on (Backend::set_gemm_tuning); false:
+  // the heuristic's first choice, so that the same inputs give the same bits.
+  bool tune = false;
   std::mutex mu;
   std::map<LtKey, LtPlan> plans;      // exact problems
   std::map<LtKey, LtTuning> tunings;  // size classes
   std::vector<cudaEvent_t> spare_events;
 };
 
-// tune: time cuBLASLt's candidates per size class (above) or take its first choice.
-void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes, bool tune);
+void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes);
 void lt_gemm_destroy(LtGemm& g);
 
 // Row-major C[m, n] = alpha * op(A) op(B) + beta * C (+ bias[n]); A, B bf16 with leading
