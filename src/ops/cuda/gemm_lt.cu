@@ -275,12 +275,13 @@ bool lt_gemm(LtGemm& g, const void* a, bool trans_a, int64_t lda, const void* b,
   }
   if (bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   LtTuning::Timing tm{use, nullptr, nullptr, static_cast<double>(m) * n * k, 0};
+  std::chrono::steady_clock::time_point host_start;  // read only while timing
   if (timed) {
     tm.start = take_event(g);
     tm.stop = take_event(g);
     ET_CUDA(cudaEventRecord(tm.start, nullptr));
+    host_start = std::chrono::steady_clock::now();
   }
-  const auto host_start = std::chrono::steady_clock::now();
   ET_CUBLAS(cublasLtMatmul(g.handle, p.desc, &alpha, b, p.a, a, p.b, &beta, c, p.c, c, p.c, algo,
                            g.workspace, g.workspace_bytes, nullptr));
   if (timed) {
