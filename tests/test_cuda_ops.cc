@@ -103,6 +103,43 @@ TEST(CudaOps, UploadsKeepTheirBytesAndOrder) {
   expect_close(b.down(b.up(big)), big, 1e-12, "4 MiB upload");
 }
 
+// download_async returns the value a tensor had when the read was queued, not what work
+// queued after it writes. More reads held at once than the pinned ring has slots, and reads
+// larger than a slot, take the synchronous path and give the same values; bf16 reads as fp32.
+TEST(CudaOps, DownloadAsyncReadsTheValueAtItsPlaceInTheQueue) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t n = 1000;
+  Tensor h = b.rand({n}), d = b.up(h);
+  Tensor big = b.rand({1024, 1024});
+  Tensor busy = b.gpu->empty({1024, 1024}, DType::F32);
+  std::vector<Backend::HostRead> reads;
+  for (int i = 0; i < 40; ++i) {
+    b.gpu->matmul(b.up(big), false, b.up(big), true, busy, 1.0f, 0.0f);  // keep the GPU busy
+    reads.push_back(b.gpu->download_async(d));
+    b.gpu->scale(d, 2.0f);  // queued after the read: powers of two, exact
+  }
+  Tensor wide = b.rand({40000}), wide_d = b.up(wide);
+  Backend::HostRead wide_read = b.gpu->download_async(wide_d);  // 160 KB: above a slot
+  b.gpu->fill(wide_d, 0.0f);
+  Tensor half = b.gpu->empty({n}, DType::BF16);
+  b.gpu->copy(half, b.up(h));
+  Backend::HostRead half_read = b.gpu->download_async(half);
+  b.gpu->fill(half, 0.0f);
+  for (int i = 39; i >= 0; --i) {  // read out of order
+    Tensor want = cpu_clone(h);
+    for (int64_t k = 0; k < n; ++k) want.f32()[k] = std::ldexp(h.f32()[k], i);
+    Tensor got = reads[static_cast<size_t>(i)]();
+    EXPECT_EQ(rel_error(got, want), 0.0) << "read " << i;
+    EXPECT_EQ(rel_error(reads[static_cast<size_t>(i)](), want), 0.0) << "read twice " << i;
+  }
+  EXPECT_EQ(rel_error(wide_read(), wide), 0.0);
+  const Tensor half_got = half_read();
+  EXPECT_EQ(half_got.dtype, DType::F32);
+  EXPECT_LT(rel_error(half_got, h), 4e-3);
+  EXPECT_GT(rel_error(half_got, h), 0.0);  // rounded to bf16 on the way
+}
+
 TEST(CudaOps, ElementwiseBiasActivations) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -782,6 +819,25 @@ TEST(CudaOps, MultiTensorOptimizer) {
     EXPECT_LT(rel_error(b.down(many[i]), hp[i]), 4e-3) << "copy_all tensor " << i;
   }
   EXPECT_EQ(rel_error(b.down(same), b.down(dm[0])), 0.0) << "copy_all fp32 -> fp32";
+  // Clipping by global norm, the coefficient computed from the norm on each side (GPU: in the
+  // kernel, from the device sum of squares)
+  for (double max_norm : {0.3, 1e6}) {
+    for (int i = 0; i < count; ++i) {
+      hg[i] = cpu_clone(g0[i]);
+      dg[i] = b.up(g0[i]);
+    }
+    const Tensor hsq = b.cpu->sum_squares_all_dev(hgc), dsq = b.gpu->sum_squares_all_dev(dgc);
+    EXPECT_EQ(dsq.device, Device::CUDA);
+    EXPECT_NEAR(*static_cast<const double*>(b.down(dsq).data), ref_sq, 1e-9 * ref_sq);
+    const Backend::GradClip hclip{&hsq, max_norm}, dclip{&dsq, max_norm};
+    b.cpu->adamw_step_all(hs, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3, true, &hclip);
+    b.gpu->adamw_step_all(ds, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3, true, &dclip);
+    for (int i = 0; i < count; ++i) {
+      if (hp[i].numel() == 0) continue;
+      expect_close(b.down(dp[i]), hp[i], 1e-6, "clipped adamw_step_all p");
+      expect_close(b.down(dm[i]), hm[i], 1e-6, "clipped adamw_step_all m");
+    }
+  }
   for (int i = 0; i < count; ++i) dg[i] = b.up(g0[i]);
   EXPECT_GT(b.gpu->sum_squares_all(dgc), 0.0);
   b.gpu->zero_all(dgm);
@@ -1008,8 +1064,8 @@ TEST_P(CudaModel, MatchesCpu) {
     }
     auto pc = set_trainable(*cpu, *mc, mode);
     auto pg = set_trainable(*gpu, *mg, mode);
-    double lc = train_step_grads(*cpu, *mc, cols, LossSpec{}, 1.0, nullptr);
-    double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, nullptr);
+    double lc = train_step_grads(*cpu, *mc, cols, LossSpec{}, 1.0, nullptr)();
+    double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, nullptr)();
     EXPECT_NEAR(lg, lc, 1e-2 * std::abs(lc));
     ASSERT_EQ(pc.size(), pg.size());
     // All gradients together within 3e-2 relative norm (bf16 activations). Each parameter on
@@ -1137,7 +1193,7 @@ TEST(CudaTraining, GradCacheEqualsPlainStep) {
         LossSpec spec;
         spec.kind = kind;
         spec.mini_batch_size = cached ? 5 : 0;
-        loss[cached] = train_step_grads(*gpu, *m, fixture_columns(root), spec, 0.5, nullptr);
+        loss[cached] = train_step_grads(*gpu, *m, fixture_columns(root), spec, 0.5, nullptr)();
         for (Param* p : params) grads[cached].push_back(gpu->download(p->grad));
       }
       const std::string what =

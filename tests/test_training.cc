@@ -197,7 +197,7 @@ TEST(Losses, CachedMnrlEqualsMnrl) {
     auto params = set_trainable(*be, *m, TrainMode::Lora);
     LossSpec spec;
     spec.mini_batch_size = cached ? 5 : 0;
-    loss[cached] = train_step_grads(*be, *m, cols, spec, 1.0, nullptr);
+    loss[cached] = train_step_grads(*be, *m, cols, spec, 1.0, nullptr)();
     for (Param* p : params) grads[cached].push_back(cpu_clone(p->grad));
   }
   EXPECT_NEAR(loss[1], loss[0], 1e-6 * loss[0]);  // float32 embeddings from other batches
@@ -233,7 +233,7 @@ TEST(Losses, MnrlStepOnBackendMatchesHostStep) {
       auto params = set_trainable(*be, *m, TrainMode::Lora);
       double loss = 0;
       if (per_mini_batch == 0) {
-        loss = train_step_grads(*be, *m, cols, spec, 0.5, nullptr);
+        loss = train_step_grads(*be, *m, cols, spec, 0.5, nullptr)();
       } else {
         std::vector<PackedBatch> mini(1);
         for (const PackedBatch& c : cols)
@@ -241,7 +241,7 @@ TEST(Losses, MnrlStepOnBackendMatchesHostStep) {
             if (mini.back().size() == per_mini_batch) mini.emplace_back();
             mini.back().add({c.ids.begin() + c.cu_seqlens[i], c.ids.begin() + c.cu_seqlens[i + 1]});
           }
-        loss = mnrl_step_on_backend(*be, *m, mini, rows, spec, 0.5, nullptr);
+        loss = mnrl_step_on_backend(*be, *m, mini, rows, spec, 0.5, nullptr)();
       }
       for (Param* p : params) grads->push_back(cpu_clone(p->grad));
       return loss;
@@ -444,6 +444,97 @@ TEST(Trainer, ResumeEqualsUninterrupted) {
   c.per_device_train_batch_size = 5;
   EXPECT_NE(error_of([&] { run_training(c, *be); }).find("per_device_train_batch_size"),
             std::string::npos);
+}
+
+// Clipping by global norm inside adamw_step_all (Backend::GradClip) is torch's
+// clip_grad_norm_: every gradient times max_norm / (norm + 1e-6) when that is below 1, computed
+// here by hand, then plain AdamW; above the norm it changes nothing.
+TEST(Optimizer, ClipByGlobalNormScalesEveryGradientFirst) {
+  auto be = make_cpu_backend();
+  Rng rng(7);
+  auto rand = [&](int64_t n, float lo, float hi) {
+    Tensor t = cpu_empty({n});
+    for (int64_t i = 0; i < n; ++i) t.f32()[i] = lo + (hi - lo) * rng.uniform();
+    return t;
+  };
+  const std::vector<int64_t> sizes{37, 5, 128};
+  std::vector<Tensor> g0;
+  double sq = 0;
+  for (int64_t n : sizes) {
+    g0.push_back(rand(n, -2, 2));
+    for (int64_t i = 0; i < n; ++i)
+      sq += static_cast<double>(g0.back().f32()[i]) * g0.back().f32()[i];
+  }
+  for (double max_norm : {0.5, 1e6}) {
+    std::vector<Tensor> p, g, m, v, pr, gr, mr, vr;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      p.push_back(rand(sizes[k], -1, 1)), m.push_back(rand(sizes[k], -0.1f, 0.1f));
+      v.push_back(rand(sizes[k], 0, 0.1f)), g.push_back(cpu_clone(g0[k]));
+      pr.push_back(cpu_clone(p[k])), mr.push_back(cpu_clone(m[k])), vr.push_back(cpu_clone(v[k]));
+      gr.push_back(cpu_clone(g0[k]));
+    }
+    std::vector<const Tensor*> gs;
+    std::vector<Backend::AdamWSlot> slots;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      gs.push_back(&g[k]);
+      slots.push_back({&p[k], &g[k], &m[k], &v[k]});
+    }
+    const Tensor norm_sq = be->sum_squares_all_dev(gs);
+    EXPECT_NEAR(*static_cast<const double*>(be->download(norm_sq).data), sq, 1e-12 * sq);
+    const Backend::GradClip clip{&norm_sq, max_norm};
+    be->adamw_step_all(slots, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3, false, &clip);
+    const double c = max_norm / (std::sqrt(sq) + 1e-6);
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      if (c < 1)
+        for (int64_t i = 0; i < sizes[k]; ++i) gr[k].f32()[i] *= static_cast<float>(c);
+      be->adamw_step(pr[k], gr[k], mr[k], vr[k], 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3);
+      EXPECT_EQ(rel_error(p[k], pr[k]), 0.0) << "max_norm " << max_norm << " tensor " << k;
+      EXPECT_EQ(rel_error(m[k], mr[k]), 0.0) << "max_norm " << max_norm << " tensor " << k;
+    }
+    if (c < 1) {
+      EXPECT_GT(rel_error(g[0], g0[0]), 0.1);  // the clip did scale
+    }
+  }
+}
+
+// The trainer reads a step's loss and gradient norm once the next step is queued: every step
+// still gets its own record, in order, and a non-finite loss stops the run naming its step
+// before anything later is saved.
+TEST(Trainer, LogsEveryStepInOrderAndStopsAtANonFiniteLoss) {
+  std::string root = model_fixture("bert");
+  SKIP_WITHOUT_FIXTURES(root);
+  std::string dir = temp_dir("train_log_order");
+  std::string data = write_pairs(dir, 16);
+  auto be = make_cpu_backend();
+  TrainConfig c = small_run(root + "/model", data, dir + "/out");
+  c.logging_steps = 1;
+  run_training(c, *be);
+  std::istringstream log(read_text_file(dir + "/out/train_log.jsonl"));
+  std::string line;
+  int64_t expect = 1;
+  while (std::getline(log, line)) {
+    json j = json::parse(line);
+    if (!j.contains("loss")) continue;
+    EXPECT_EQ(j["step"].get<int64_t>(), expect++);
+    EXPECT_TRUE(std::isfinite(j["loss"].get<double>()));
+    EXPECT_GT(j["grad_norm"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(expect, c.max_steps + 1);
+  // the same model with NaN word embeddings: the first step's loss is NaN
+  fs::copy(root + "/model", dir + "/nan_model", fs::copy_options::recursive);
+  TensorFile w = read_safetensors(root + "/model/model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [name, t] : w.tensors) {
+    Tensor h = to_f32(t);
+    if (name.find("word_embeddings") != std::string::npos)
+      for (int64_t i = 0; i < h.numel(); ++i) h.f32()[i] = NAN;
+    tensors.emplace_back(name, h);
+  }
+  write_safetensors(dir + "/nan_model/model.safetensors", tensors);
+  TrainConfig bad = small_run(dir + "/nan_model", data, dir + "/nan_out");
+  const std::string err = error_of([&] { run_training(bad, *be); });
+  EXPECT_NE(err.find("loss became nan at step 1 "), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir + "/nan_out/checkpoints/checkpoint-3"));
 }
 
 TEST(Trainer, OutputsLoadBackWithTheSameEmbeddings) {

@@ -167,7 +167,7 @@ TEST_P(Training, FullFineTuningGradients) {
     auto be = make_cpu_backend();
     auto m = load_sentence_model(root + "/" + layout, *be);
     auto params = set_trainable(*be, *m, TrainMode::Full);
-    double loss = train_step_grads(*be, *m, fixture_columns(root), LossSpec{}, 1.0, nullptr);
+    double loss = train_step_grads(*be, *m, fixture_columns(root), LossSpec{}, 1.0, nullptr)();
     TensorFile exp = read_safetensors(root + "/expected.safetensors");
     EXPECT_NEAR(loss, exp.at("full.loss").f32()[0], 1e-5 * std::abs(exp.at("full.loss").f32()[0]));
     int checked = 0;
@@ -203,7 +203,7 @@ TEST_P(Training, LoraEmbeddingsLossAndGradients) {
           << adapter << " " << names[c];
     }
     set_trainable(*be, *m, TrainMode::Lora);
-    double loss = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr);
+    double loss = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr)();
     float ref = exp.at("lora.loss").f32()[0];
     EXPECT_NEAR(loss, ref, 1e-5 * std::abs(ref)) << adapter;
     json meta = read_json_file(root + "/meta.json");
@@ -246,7 +246,7 @@ TEST_P(Training, LoraAdamWThreeSteps) {
   const float* ref_losses = exp.at("lora.adamw.losses").f32();
   for (int step = 1; step <= opt["steps"].get<int>(); ++step) {
     zero_grads(*be, params);
-    double loss = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr);
+    double loss = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr)();
     // Step 1 is the forward alone; AdamW's first steps divide each gradient by its own
     // magnitude, so later losses carry the BLAS's summation order amplified (gemma3 step 3:
     // 2.6e-5 with two OpenBLAS threads on an AMD EPYC, exact with one).

@@ -9,7 +9,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/tensor.h"
@@ -55,6 +57,14 @@ struct Backend {
   virtual Tensor zeros(const Shape& shape, DType dtype = DType::F32) const = 0;
   virtual Tensor upload(const Tensor& host) const = 0;   // host -> device (same dtype)
   virtual Tensor download(const Tensor& dev) const = 0;  // device -> host (F32 for floats)
+  // download without draining the device's queue, for small tensors read a step later (a
+  // step's loss terms, its gradient norm): the copy is queued behind the work already queued,
+  // and the returned function waits for that copy alone, not for work queued after it, so a
+  // trainer reads step N's values while step N + 1 runs. The CPU backend copies at once.
+  using HostRead = std::function<Tensor()>;
+  virtual HostRead download_async(const Tensor& dev) const {
+    return [h = download(dev)] { return h; };
+  }
   virtual void fill(Tensor& t, float value) const = 0;
   virtual void copy(Tensor& dst, const Tensor& src) const = 0;
 
@@ -199,21 +209,49 @@ struct Backend {
   struct AdamWSlot {
     Tensor *p, *g, *m, *v;  // parameter, gradient, Adam moments: fp32, one shape
   };
-  // adamw_step on every slot, then (zero_grads) every gradient set to 0.
+  // Clipping by global norm (torch.nn.utils.clip_grad_norm_): every gradient is multiplied by
+  // c = max_norm / (sqrt(sum_sq) + 1e-6) when c < 1, before the update. sum_sq is
+  // sum_squares_all_dev's [1] F64 tensor, read where it lives (the CUDA kernel reads it, so the
+  // host never waits for the norm); c is rounded to fp32 and multiplies each fp32 gradient, as
+  // scale(g, c) would.
+  struct GradClip {
+    const Tensor* sum_sq;
+    double max_norm;
+  };
+  static float clip_coefficient(double sum_sq, double max_norm) {
+    const double c = max_norm / (std::sqrt(sum_sq) + 1e-6);
+    return c < 1 ? static_cast<float>(c) : 1.0f;
+  }
+  // adamw_step on every slot (gradients clipped first when `clip` is given), then (zero_grads)
+  // every gradient set to 0.
   virtual void adamw_step_all(const std::vector<AdamWSlot>& slots, float lr, float beta1,
                               float beta2, float eps, float weight_decay, int64_t step,
-                              bool zero_grads) const {
+                              bool zero_grads, const GradClip* clip = nullptr) const {
+    if (clip) {
+      const float c = clip_coefficient(*static_cast<const double*>(download(*clip->sum_sq).data),
+                                       clip->max_norm);
+      if (c < 1)
+        for (const AdamWSlot& s : slots) scale(*s.g, c);
+    }
     for (const AdamWSlot& s : slots) {
       adamw_step(*s.p, *s.g, *s.m, *s.v, lr, beta1, beta2, eps, weight_decay, step);
       if (zero_grads) fill(*s.g, 0.0f);
     }
   }
-  // The sum of sum_squares over the tensors; fill(t, 0) on each.
+  // The sum of sum_squares over the tensors.
   virtual double sum_squares_all(const std::vector<const Tensor*>& ts) const {
     double s = 0;
     for (const Tensor* t : ts) s += sum_squares(*t);
     return s;
   }
+  // sum_squares_all as a [1] F64 tensor on the backend, not read back (for GradClip and a
+  // download_async of the norm).
+  virtual Tensor sum_squares_all_dev(const std::vector<const Tensor*>& ts) const {
+    Tensor h = cpu_empty({1}, DType::F64);
+    *static_cast<double*>(h.data) = sum_squares_all(ts);
+    return upload(h);
+  }
+  // fill(t, 0) on each tensor.
   virtual void zero_all(const std::vector<Tensor*>& ts) const {
     for (Tensor* t : ts) fill(*t, 0.0f);
   }

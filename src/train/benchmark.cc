@@ -137,7 +137,7 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   auto step = [&](int i) {
     LossSpec spec;
     spec.mini_batch_size = c.mini_batch_size;
-    loss = train_step_grads(be, *m, batches[i % batches.size()], spec, 1.0, nullptr);
+    loss = train_step_grads(be, *m, batches[i % batches.size()], spec, 1.0, nullptr)();
     std::vector<Backend::AdamWSlot> slots;
     for (size_t j = 0; j < params.size(); ++j)
       slots.push_back({&params[j]->value, &params[j]->grad, &mom[j], &vel[j]});

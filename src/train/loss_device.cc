@@ -53,11 +53,17 @@ BackendLoss mnrl_on_backend(const Backend& be, const Tensor& emb, int64_t rows, 
   return out;
 }
 
+std::function<double()> backend_loss_value_async(const Backend& be, const BackendLoss& l) {
+  return [read = be.download_async(l.row_losses), w = l.row_weight] {
+    const Tensor h = read();
+    double sum = 0;
+    for (int64_t i = 0; i < h.numel(); ++i) sum += h.f32()[i];
+    return w * sum;
+  };
+}
+
 double backend_loss_value(const Backend& be, const BackendLoss& l) {
-  Tensor h = be.download(l.row_losses);
-  double sum = 0;
-  for (int64_t i = 0; i < h.numel(); ++i) sum += h.f32()[i];
-  return l.row_weight * sum;
+  return backend_loss_value_async(be, l)();
 }
 
 }  // namespace et

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "ops/backend.h"
 
@@ -26,7 +27,10 @@ struct BackendLoss {
 BackendLoss mnrl_on_backend(const Backend& be, const Tensor& emb, int64_t rows, double scale,
                             bool symmetric, double grad_scale);
 
-// The loss value (waits for the backend).
+// The loss value, read when the returned function is called: the row losses' copy is queued
+// now, and the call waits for it alone (Backend::download_async), not for work queued later.
+std::function<double()> backend_loss_value_async(const Backend& be, const BackendLoss& l);
+// The same, read at once.
 double backend_loss_value(const Backend& be, const BackendLoss& l);
 
 }  // namespace et

@@ -1,7 +1,6 @@
 #include "train/step.h"
 
 #include <functional>
-#include <memory>
 
 #include "core/error.h"
 #include "train/loss_device.h"
@@ -103,10 +102,10 @@ static std::vector<BackendLoss> mnrl_loss_on_backend(const Backend& be, const Te
 }
 
 // What a step's loss hands back: grad_scale * dL/d(embeddings) [n, d] on the backend, and its
-// value, read once the backward is queued (on a GPU the read waits for the device).
+// value, read by the caller later (LossValue).
 struct StepLoss {
   Tensor d_emb;
-  std::function<double()> value;
+  LossValue value;
 };
 using LossOnEmbeddings = std::function<StepLoss(const Tensor& emb)>;
 
@@ -115,15 +114,15 @@ using LossOnEmbeddings = std::function<StepLoss(const Tensor& emb)>;
 // 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"): each
 // mini-batch embedded without keeping activations into one [n, d] tensor, the loss over all
 // of it, then each mini-batch again with the same dropout draws and its rows of the gradient.
-static double forward_loss_backward(const Backend& be, SentenceModel& m,
-                                    const std::vector<PackedBatch>& mini_batches, Rng* rng,
-                                    const LossOnEmbeddings& loss) {
+static LossValue forward_loss_backward(const Backend& be, SentenceModel& m,
+                                       const std::vector<PackedBatch>& mini_batches, Rng* rng,
+                                       const LossOnEmbeddings& loss) {
   ET_CHECK(!mini_batches.empty(), "training step: no texts");
   if (mini_batches.size() == 1) {
     EmbedSaved saved;
     const StepLoss l = loss(embed_forward(be, m, mini_batches[0], &saved, rng));
     embed_backward(be, m, saved, l.d_emb);
-    return l.value();
+    return l.value;
   }
   int64_t n = 0;
   for (const PackedBatch& mb : mini_batches) n += mb.size();
@@ -147,36 +146,37 @@ static double forward_loss_backward(const Backend& be, SentenceModel& m,
     embed_backward(be, m, s, l.d_emb.rows(b, e));
     b = e;
   }
-  return l.value();
+  return l.value;
 }
 
 static LossOnEmbeddings mnrl_loss_by_backend_ops(const Backend& be, int64_t rows,
                                                  const LossSpec& spec, double grad_scale) {
   return [&be, rows, spec, grad_scale](const Tensor& emb) {
     StepLoss out;
-    auto parts = std::make_shared<std::vector<BackendLoss>>(
-        mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &out.d_emb));
-    out.value = [&be, parts] {
+    std::vector<LossValue> parts;
+    for (const BackendLoss& l : mnrl_loss_on_backend(be, emb, rows, spec, grad_scale, &out.d_emb))
+      parts.push_back(backend_loss_value_async(be, l));
+    out.value = [parts] {
       double sum = 0;
-      for (const BackendLoss& l : *parts) sum += backend_loss_value(be, l);
+      for (const LossValue& v : parts) sum += v();
       return sum;
     };
     return out;
   };
 }
 
-double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
-                            const std::vector<PackedBatch>& mini_batches, int64_t rows,
-                            const LossSpec& spec, double grad_scale, Rng* rng) {
+LossValue mnrl_step_on_backend(const Backend& be, SentenceModel& m,
+                               const std::vector<PackedBatch>& mini_batches, int64_t rows,
+                               const LossSpec& spec, double grad_scale, Rng* rng) {
   ET_CHECK(spec.kind == LossKind::MNRL || spec.kind == LossKind::MNRLSymmetric,
            "mnrl_step_on_backend: the loss is not MultipleNegativesRankingLoss");
   return forward_loss_backward(be, m, mini_batches, rng,
                                mnrl_loss_by_backend_ops(be, rows, spec, grad_scale));
 }
 
-double train_step_grads(const Backend& be, SentenceModel& m, const std::vector<PackedBatch>& cols,
-                        const LossSpec& spec, double grad_scale, Rng* rng,
-                        const std::vector<double>& labels) {
+LossValue train_step_grads(const Backend& be, SentenceModel& m,
+                           const std::vector<PackedBatch>& cols, const LossSpec& spec,
+                           double grad_scale, Rng* rng, const std::vector<double>& labels) {
   ET_CHECK(cols.size() >= 2, "a training batch needs at least two columns (anchor, positive)");
   const int rows = cols[0].size();
   // every text of the batch, column after column, cut into mini-batches (GradCache) or not

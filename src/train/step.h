@@ -2,6 +2,7 @@
 // as one packed batch, the loss on the embeddings and the backward into parameter gradients.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "model/sentence_model.h"
@@ -28,13 +29,18 @@ void zero_grads(const Backend& be, const std::vector<Param*>& params);
 
 // Tokenized columns of one batch: columns[c] holds the c-th text of every row
 // (anchor, positive, negatives...), all with the same number of rows.
+// A step's loss value, read when called. On a GPU the call waits for the loss itself, not
+// for work queued after it (Backend::download_async), so a trainer reads step N's loss once
+// step N + 1 is queued and the device never runs dry between steps.
+using LossValue = std::function<double()>;
+
 // Runs forward + loss + backward; gradients are accumulated, multiplied by `grad_scale`
 // (1 / gradient_accumulation_steps). Returns the loss value. With loss.mini_batch_size > 0
 // the step is GradCache's: activations of one mini-batch at a time. `labels`: one per row,
 // for the losses that take them.
-double train_step_grads(const Backend& be, SentenceModel& m,
-                        const std::vector<PackedBatch>& columns, const LossSpec& loss,
-                        double grad_scale, Rng* rng, const std::vector<double>& labels = {});
+LossValue train_step_grads(const Backend& be, SentenceModel& m,
+                           const std::vector<PackedBatch>& columns, const LossSpec& loss,
+                           double grad_scale, Rng* rng, const std::vector<double>& labels = {});
 
 // The similarity matrix a GradCache step may keep on the device for the loss (bytes).
 constexpr int64_t kBackendLossBytes = int64_t{2} << 30;
@@ -44,8 +50,8 @@ constexpr int64_t kBackendLossBytes = int64_t{2} << 30;
 // embeddings never leave the device. `mini_batches` hold every text of the batch in
 // train_step_grads' order (anchors, then each candidate column); more than one makes it a
 // GradCache step. train_step_grads takes this path on GPUs; on the CPU it serves tests.
-double mnrl_step_on_backend(const Backend& be, SentenceModel& m,
-                            const std::vector<PackedBatch>& mini_batches, int64_t rows,
-                            const LossSpec& spec, double grad_scale, Rng* rng);
+LossValue mnrl_step_on_backend(const Backend& be, SentenceModel& m,
+                               const std::vector<PackedBatch>& mini_batches, int64_t rows,
+                               const LossSpec& spec, double grad_scale, Rng* rng);
 
 }  // namespace et

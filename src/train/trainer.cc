@@ -7,6 +7,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <future>
+#include <optional>
 
 #include "core/error.h"
 #include "eval/evaluate.h"
@@ -253,6 +254,61 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       replace_dir_atomic(tmp, best_dir);
     }
   };
+  // An optimizer step whose values (its micro-batches' losses, its gradient norm) are still on
+  // the device. It is reported once the next step is queued: on a GPU each value's read waits
+  // for its own copy only (Backend::download_async), so the host never drains the device's
+  // queue between steps. A non-finite loss therefore stops the run one step later, still
+  // before anything is evaluated or saved.
+  struct PendingStep {
+    int64_t step = 0;
+    int epoch = 0;              // 0-based, as TrainerState's
+    double epoch_progress = 0;  // epochs done, fractional
+    double lr = 0;
+    int64_t tokens = 0;
+    std::vector<std::pair<LossValue, double>> losses;  // each micro-batch's, with its weight
+    Backend::HostRead norm_sq;
+  };
+  std::optional<PendingStep> pending;
+  std::vector<std::pair<LossValue, double>> step_losses;  // of the step being accumulated
+  auto report = [&]() {
+    if (!pending) return;
+    const PendingStep p = std::move(*pending);
+    pending.reset();
+    double loss = 0;
+    for (const auto& [value, weight] : p.losses) {
+      const double l = value();
+      ET_CHECK(std::isfinite(l), "loss became ", l, " at step ", p.step,
+               " (lower the learning rate?)");
+      loss += l * weight;
+    }
+    const double gnorm = std::sqrt(*static_cast<const double*>(p.norm_sq().data));
+    window_loss += loss;
+    ++window_n;
+    last_loss = window_loss / static_cast<double>(window_n);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double tps = secs > 0 ? static_cast<double>(p.tokens - start_tokens) / secs : 0;
+    const double eta = p.step > start_step ? secs / static_cast<double>(p.step - start_step) *
+                                                 static_cast<double>(total - p.step)
+                                           : NAN;
+    std::string status =
+        fmt("step %lld/%lld  epoch %d  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  ETA %s",
+            static_cast<long long>(p.step), static_cast<long long>(total), p.epoch + 1, last_loss,
+            p.lr, gnorm, tps, duration(eta).c_str());
+    rep.live(status);
+    if (p.step % c.logging_steps == 0 || p.step == total) {
+      rep.line(status);
+      rep.record({{"step", p.step},
+                  {"epoch", p.epoch_progress},
+                  {"loss", last_loss},
+                  {"learning_rate", p.lr},
+                  {"grad_norm", gnorm},
+                  {"tokens", p.tokens},
+                  {"tokens_per_second", tps},
+                  {"elapsed_seconds", secs}});
+      window_loss = 0;
+      window_n = 0;
+    }
+  };
   bool stopped = false;
   while (st.step < total && !stopped) {
     auto batches = epoch_batches(ds, c.per_device_train_batch_size, c.batch_sampler, c.seed,
@@ -281,22 +337,18 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       // The last step of an epoch may have fewer micro-batches; average over those it has.
       const int64_t first = (st.micro / accum) * accum;
       const int64_t in_step = std::min(accum, nb - first);
-      double loss = train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step),
-                                     &st.rng, labels);
-      ET_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", st.step + 1,
-               " (lower the learning rate?)");
-      window_loss += loss / static_cast<double>(in_step);
+      step_losses.emplace_back(
+          train_step_grads(be, m, cols, c.loss, 1.0 / static_cast<double>(in_step), &st.rng,
+                           labels),
+          1.0 / static_cast<double>(in_step));
       if (++micro_in_step < in_step) continue;
       micro_in_step = 0;
-      // Optimizer step: clip by global norm (torch clip_grad_norm_), schedule, AdamW.
+      // Optimizer step: clip by global norm (torch clip_grad_norm_, the coefficient computed
+      // and applied on the device), schedule, AdamW.
       std::vector<const Tensor*> grads;
       for (Param* p : params) grads.push_back(&p->grad);
-      const double gnorm = std::sqrt(be.sum_squares_all(grads));
-      if (c.max_grad_norm > 0 && gnorm > 0) {
-        const double coef = c.max_grad_norm / (gnorm + 1e-6);
-        if (coef < 1)
-          for (Param* p : params) be.scale(p->grad, static_cast<float>(coef));
-      }
+      const Tensor norm_sq = be.sum_squares_all_dev(grads);
+      const Backend::GradClip clip{&norm_sq, c.max_grad_norm};
       const double lr =
           c.learning_rate * lr_multiplier(c.lr_scheduler_type, st.step, warmup, total);
       std::vector<Backend::AdamWSlot> slots;
@@ -304,40 +356,30 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
         slots.push_back({&params[i]->value, &params[i]->grad, &opt.m[i], &opt.v[i]});
       be.adamw_step_all(slots, static_cast<float>(lr), static_cast<float>(c.adam_beta1),
                         static_cast<float>(c.adam_beta2), static_cast<float>(c.adam_epsilon),
-                        static_cast<float>(c.weight_decay), st.step + 1, /*zero_grads=*/true);
+                        static_cast<float>(c.weight_decay), st.step + 1, /*zero_grads=*/true,
+                        c.max_grad_norm > 0 ? &clip : nullptr);
       ++st.step;
-      ++window_n;
-      last_loss = window_loss / static_cast<double>(window_n);
-      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-      const double tps = secs > 0 ? static_cast<double>(st.tokens - start_tokens) / secs : 0;
-      const double eta = st.step > start_step ? secs / static_cast<double>(st.step - start_step) *
-                                                    static_cast<double>(total - st.step)
-                                              : NAN;
-      std::string status =
-          fmt("step %lld/%lld  epoch %d  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  ETA %s",
-              static_cast<long long>(st.step), static_cast<long long>(total), st.epoch + 1,
-              last_loss, lr, gnorm, tps, duration(eta).c_str());
-      rep.live(status);
-      if (st.step % c.logging_steps == 0 || st.step == total) {
-        rep.line(status);
-        rep.record({{"step", st.step},
-                    {"epoch", st.epoch + static_cast<double>(st.micro + 1) / nb},
-                    {"loss", last_loss},
-                    {"learning_rate", lr},
-                    {"grad_norm", gnorm},
-                    {"tokens", st.tokens},
-                    {"tokens_per_second", tps},
-                    {"elapsed_seconds", secs}});
-        window_loss = 0;
-        window_n = 0;
-      }
-      if (c.eval_steps > 0 && st.step % c.eval_steps == 0 && st.step < total) evaluate_now();
-      if (c.save_steps > 0 && st.step % c.save_steps == 0 && st.step < total) {
+      report();  // the previous step, whose values have reached the host by now
+      pending = PendingStep{st.step,
+                            st.epoch,
+                            st.epoch + static_cast<double>(st.micro + 1) / nb,
+                            lr,
+                            st.tokens,
+                            std::move(step_losses),
+                            be.download_async(norm_sq)};
+      step_losses.clear();
+      const bool eval_now = c.eval_steps > 0 && st.step % c.eval_steps == 0 && st.step < total;
+      const bool save_now = c.save_steps > 0 && st.step % c.save_steps == 0 && st.step < total;
+      const bool stop_now = c.stop_after_steps > 0 && st.step >= c.stop_after_steps;
+      // a step's loss is checked for finiteness before anything is evaluated or saved
+      if (eval_now || save_now || stop_now || st.step == total) report();
+      if (eval_now) evaluate_now();
+      if (save_now) {
         ++st.micro;  // the checkpoint resumes after this micro-batch
         checkpoint();
         --st.micro;
       }
-      if (c.stop_after_steps > 0 && st.step >= c.stop_after_steps) {
+      if (stop_now) {
         stopped = true;
         break;
       }
@@ -347,6 +389,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
       st.micro = 0;
     }
   }
+  report();
   TrainResult r;
   if (!stopped) evaluate_now();
   if (!stopped && evaluating && c.load_best_model_at_end && best_step >= 0 &&

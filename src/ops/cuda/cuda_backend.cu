@@ -655,12 +655,22 @@ __global__ void pool_backward_kernel(int mode, const float* dout, const int32_t*
 // bc2_sqrt = sqrt(1 - b2^t).
 struct AdamWHyper {
   float lr, b1, b2, eps, wd, step_size, bc2_sqrt;
+  const double* clip_sum_sq = nullptr;  // Backend::GradClip, read on the device
+  double max_norm = 0;
 };
+// Backend::clip_coefficient, the same double arithmetic (IEEE sqrt and division on both sides,
+// so the same fp32 coefficient as the host would compute).
+__device__ __forceinline__ float adamw_grad_scale(const AdamWHyper& h) {
+  if (!h.clip_sum_sq) return 1.0f;
+  const double c = h.max_norm / (sqrt(*h.clip_sum_sq) + 1e-6);
+  return c < 1 ? static_cast<float>(c) : 1.0f;
+}
 __device__ __forceinline__ void adamw_element(float* p, const float* g, float* m, float* v,
-                                              const AdamWHyper& h, int64_t i) {
+                                              const AdamWHyper& h, float gs, int64_t i) {
+  const float gi = g[i] * gs;  // exact when gs = 1
   const float pi = p[i] * (1.0f - h.lr * h.wd);
-  const float mi = h.b1 * m[i] + (1 - h.b1) * g[i];
-  const float vi = h.b2 * v[i] + (1 - h.b2) * g[i] * g[i];
+  const float mi = h.b1 * m[i] + (1 - h.b1) * gi;
+  const float vi = h.b2 * v[i] + (1 - h.b2) * gi * gi;
   m[i] = mi;
   v[i] = vi;
   p[i] = pi - h.step_size * mi / (sqrtf(vi) / h.bc2_sqrt + h.eps);
@@ -682,8 +692,9 @@ struct MultiTensors {
 
 __global__ void adamw_multi_kernel(MultiTensors t, AdamWHyper h, int zero_grads) {
   const int k = blockIdx.y;
+  const float gs = adamw_grad_scale(h);
   MULTI_STRIDE(i, t.n[k]) {
-    adamw_element(t.p[k], t.g[k], t.m[k], t.v[k], h, i);
+    adamw_element(t.p[k], t.g[k], t.m[k], t.v[k], h, gs, i);
     if (zero_grads) t.g[k][i] = 0.0f;
   }
 }
@@ -901,7 +912,7 @@ struct OpScope {
 struct CudaBackend final : Backend {
   std::unique_ptr<Profiler> prof = std::make_unique<Profiler>();
   std::shared_ptr<Pool> pool = std::make_shared<Pool>();
-  std::unique_ptr<cuda::HostStaging> staging = std::make_unique<cuda::HostStaging>();
+  std::shared_ptr<cuda::HostStaging> staging = std::make_shared<cuda::HostStaging>();
   cublasHandle_t blas = nullptr;
   // cuBLASLt for every bf16 product (gemm_lt.h says why); its workspace comes from the pool
   // (counted in the peak like every other byte).
@@ -995,6 +1006,18 @@ struct CudaBackend final : Backend {
     Tensor h = cpu_empty(src.shape, src.dtype);
     if (src.nbytes()) ET_CUDA(cudaMemcpy(h.data, src.data, src.nbytes(), cudaMemcpyDeviceToHost));
     return h;
+  }
+  HostRead download_async(const Tensor& dev) const override {
+    if (dev.device == Device::CPU) return Backend::download_async(dev);
+    OpScope scope_(prof.get(), "download_async");
+    Tensor src = dev.dtype == DType::BF16 ? convert(dev, DType::F32) : dev;
+    std::shared_ptr<cuda::PendingRead> r = cuda::read_bytes_async(staging, src.data, src.nbytes());
+    if (!r) return Backend::download_async(src);  // too large, or every slot held
+    return [r, shape = src.shape, dtype = src.dtype] {
+      Tensor h = cpu_empty(shape, dtype);
+      r->read(h.data);
+      return h;
+    };
   }
   void fill(Tensor& t, float value) const override {
     OpScope scope_(prof.get(), "fill");
@@ -1568,7 +1591,7 @@ struct CudaBackend final : Backend {
   void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int64_t step) const override {
     adamw_step_all({{&p, const_cast<Tensor*>(&g), &m, &v}}, lr, beta1, beta2, eps, weight_decay,
-                   step, false);
+                   step, false, nullptr);
   }
   double sum_squares(const Tensor& t) const override { return sum_squares_all({&t}); }
   static AdamWHyper adamw_hyper(float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -1601,8 +1624,13 @@ struct CudaBackend final : Backend {
     }
   }
   void adamw_step_all(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2,
-                      float eps, float weight_decay, int64_t step, bool zero_grads) const override {
+                      float eps, float weight_decay, int64_t step, bool zero_grads,
+                      const GradClip* clip) const override {
     OpScope scope_(prof.get(), "adamw_step_all");
+    if (clip)
+      ET_CHECK(clip->sum_sq->dtype == DType::F64 && clip->sum_sq->numel() == 1 &&
+                   clip->sum_sq->device == Device::CUDA,
+               "adamw_step_all: the clip's sum of squares must be a [1] F64 device tensor");
     for (const AdamWSlot& s : slots) {
       ET_CHECK(s.p->dtype == DType::F32 && s.g->dtype == DType::F32 && s.m->dtype == DType::F32 &&
                    s.v->dtype == DType::F32 && s.g->numel() == s.p->numel() &&
@@ -1610,7 +1638,11 @@ struct CudaBackend final : Backend {
                "adamw_step_all: parameter, gradient and moments must be fp32 of one size, got ",
                shape_str(s.p->shape), " ", shape_str(s.g->shape));
     }
-    const AdamWHyper h = adamw_hyper(lr, beta1, beta2, eps, weight_decay, step);
+    AdamWHyper h = adamw_hyper(lr, beta1, beta2, eps, weight_decay, step);
+    if (clip) {
+      h.clip_sum_sq = static_cast<const double*>(clip->sum_sq->data);
+      h.max_norm = clip->max_norm;
+    }
     for_groups(
         slots.size(),
         [&](MultiTensors& t, size_t j, size_t i) {
@@ -1622,6 +1654,12 @@ struct CudaBackend final : Backend {
         });
   }
   double sum_squares_all(const std::vector<const Tensor*>& ts) const override {
+    const Tensor acc = sum_squares_all_dev(ts);
+    double out = 0;
+    ET_CUDA(cudaMemcpy(&out, acc.data, sizeof(double), cudaMemcpyDeviceToHost));
+    return out;
+  }
+  Tensor sum_squares_all_dev(const std::vector<const Tensor*>& ts) const override {
     OpScope scope_(prof.get(), "sum_squares_all");
     Tensor acc = zeros({1}, DType::F64);
     for (const Tensor* x : ts)
@@ -1634,9 +1672,7 @@ struct CudaBackend final : Backend {
         [&](const MultiTensors& t, dim3 grid) {
           sum_squares_multi_kernel<<<grid, 256>>>(t, static_cast<double*>(acc.data));
         });
-    double out = 0;
-    ET_CUDA(cudaMemcpy(&out, acc.data, sizeof(double), cudaMemcpyDeviceToHost));
-    return out;
+    return acc;
   }
   void zero_all(const std::vector<Tensor*>& ts) const override {
     OpScope scope_(prof.get(), "zero_all");

@@ -8,7 +8,9 @@ namespace et::cuda {
 
 HostStaging::~HostStaging() {
   for (cudaEvent_t e : done) cudaEventDestroy(e);
+  for (cudaEvent_t e : read_done) cudaEventDestroy(e);
   if (pinned) cudaFreeHost(pinned);
+  if (read_pinned) cudaFreeHost(read_pinned);
 }
 
 void upload_bytes(HostStaging& st, void* dst, const void* src, size_t n) {
@@ -32,6 +34,48 @@ void upload_bytes(HostStaging& st, void* dst, const void* src, size_t n) {
   std::memcpy(buf, src, n);
   ET_CUDA(cudaMemcpyAsync(dst, buf, n, cudaMemcpyHostToDevice, 0));
   ET_CUDA(cudaEventRecord(st.done[slot], 0));
+}
+
+std::shared_ptr<PendingRead> read_bytes_async(const std::shared_ptr<HostStaging>& st,
+                                              const void* src, size_t n) {
+  if (n > HostStaging::kReadSlotBytes) return nullptr;
+  std::lock_guard<std::mutex> g(st->mu);
+  if (!st->read_pinned) {
+    ET_CUDA(
+        cudaMallocHost(&st->read_pinned, HostStaging::kReadSlotBytes * HostStaging::kReadSlots));
+    st->read_done.resize(HostStaging::kReadSlots);
+    for (cudaEvent_t& e : st->read_done)
+      ET_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    st->read_busy.assign(HostStaging::kReadSlots, false);
+  }
+  int slot = 0;
+  while (slot < HostStaging::kReadSlots && st->read_busy[slot]) ++slot;
+  if (slot == HostStaging::kReadSlots) return nullptr;
+  st->read_busy[slot] = true;
+  auto r = std::make_shared<PendingRead>();
+  r->st = st;
+  r->slot = slot;
+  r->n = n;
+  if (n > 0) {
+    char* buf = st->read_pinned + static_cast<size_t>(slot) * HostStaging::kReadSlotBytes;
+    ET_CUDA(cudaMemcpyAsync(buf, src, n, cudaMemcpyDeviceToHost, 0));
+  }
+  ET_CUDA(cudaEventRecord(st->read_done[slot], 0));
+  return r;
+}
+
+void PendingRead::read(void* dst) const {
+  ET_CUDA(cudaEventSynchronize(st->read_done[slot]));
+  if (n > 0)
+    std::memcpy(dst, st->read_pinned + static_cast<size_t>(slot) * HostStaging::kReadSlotBytes, n);
+}
+
+PendingRead::~PendingRead() {
+  if (!st) return;
+  // a slot dropped unread may still be the target of its copy: wait before handing it on
+  cudaEventSynchronize(st->read_done[slot]);
+  std::lock_guard<std::mutex> g(st->mu);
+  st->read_busy[slot] = false;
 }
 
 }  // namespace et::cuda
