@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Gathers what bench/device_run.sh needs into .device/ (git-ignored; carried to the GPU
 # machine, 64 MiB at most): the stripped binaries, the model/loss fixtures and the reference
-# benchmark scripts; with EXTRAS=1 also the texts and tokenizers of TRAIN_DEMO=1 and
-# TOKENIZER_BENCH=1.
+# benchmark scripts; with EXTRAS=1 also the texts and tokenizers of TRAIN_DEMO=1,
+# TOKENIZER_BENCH=1 and bench/train_vs_st.sh (with the sentence-transformers training script).
+# The tokenizers take about 20 MiB: remove .device/tokenizers when they are not needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX=${EMBEDTUNE_FIXTURES:-../shared/fixtures}
@@ -30,5 +31,5 @@ for row in open("../shared/data/legal-rag/train.jsonl", encoding="utf-8"):
     lines += [v.replace("\n", " ") for v in json.loads(row).values() if isinstance(v, str)]
 open(".device/tokenizers/texts.txt", "w", encoding="utf-8").write("\n".join(lines) + "\n")
 PY
-cp bench/tokenizer_bench_hf.py .device/
+cp bench/tokenizer_bench_hf.py bench/train_st.py .device/
 du -sh .device
