@@ -937,7 +937,9 @@ struct CudaBackend final : Backend {
     ET_CUBLAS(cublasSetMathMode(blas, CUBLAS_TF32_TENSOR_OP_MATH));
     if (const char* e = std::getenv("EMBEDTUNE_ACT_DTYPE"); e && std::string(e) == "f32")
       act = DType::F32;
-    lt_workspace = empty({int64_t{2} << 20}, DType::F32);  // 8 MiB
+    // 32 MiB: with 8 MiB, cuBLASLt offered slower candidates for some new shapes (real-mix
+    // steps with fresh token counts 2.5-3.5% slower, bench/NOTES.md); fixed shapes unchanged
+    lt_workspace = empty({int64_t{8} << 20}, DType::F32);
     // untimed (the heuristic's first choice) until set_gemm_tuning(true)
     cuda::lt_gemm_init(*lt, lt_workspace.data, lt_workspace.nbytes());
   }
