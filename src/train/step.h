@@ -27,17 +27,17 @@ void store_frozen_weights_bf16(const Backend& be, SentenceModel& m);
 void restore_f32_weight(const Backend& be, Param& p);
 void zero_grads(const Backend& be, const std::vector<Param*>& params);
 
-// Tokenized columns of one batch: columns[c] holds the c-th text of every row
-// (anchor, positive, negatives...), all with the same number of rows.
 // A step's loss value, read when called. On a GPU the call waits for the loss itself, not
 // for work queued after it (Backend::download_async), so a trainer reads step N's loss once
 // step N + 1 is queued and the device never runs dry between steps.
 using LossValue = std::function<double()>;
 
+// Tokenized columns of one batch: columns[c] holds the c-th text of every row
+// (anchor, positive, negatives...), all with the same number of rows.
 // Runs forward + loss + backward; gradients are accumulated, multiplied by `grad_scale`
-// (1 / gradient_accumulation_steps). Returns the loss value. With loss.mini_batch_size > 0
-// the step is GradCache's: activations of one mini-batch at a time. `labels`: one per row,
-// for the losses that take them.
+// (1 / gradient_accumulation_steps). Returns the loss value (LossValue). With loss.mini_batch_size
+// > 0 the step is GradCache's: activations of one mini-batch at a time. `labels`: one per row, for
+// the losses that take them.
 LossValue train_step_grads(const Backend& be, SentenceModel& m,
                            const std::vector<PackedBatch>& columns, const LossSpec& loss,
                            double grad_scale, Rng* rng, const std::vector<double>& labels = {});
