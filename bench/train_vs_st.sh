@@ -4,7 +4,8 @@
 # query/key/value/dense, MNRL, batch 128, max 256 tokens, lr 2e-4, 200 steps, tokenization
 # included. The reference runs twice, with the model's own dropout (its default) and without
 # (embedtune's computation, for comparing losses). Prints tokens/s over steps 40-200 and the
-# loss curves. Expects .device/ from `EXTRAS=1 bash bench/prepare_device.sh`.
+# loss curves, and appends every logged record, tagged with its run, to $OUT/train_vs_st.jsonl.
+# Expects .device/ from `EXTRAS=1 bash bench/prepare_device.sh`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=.device
@@ -25,10 +26,14 @@ for p in ${PRESETS:-minilm-l6 bge-base}; do
       >$L/st-$v-$p.jsonl 2>$L/st-$v-$p.err || tail -5 $L/st-$v-$p.err
   done
 done
-python3 - $L/*.jsonl <<'PY'
-import json, sys
-for f in sys.argv[1:]:
+python3 - "$OUT/train_vs_st.jsonl" $L/*.jsonl <<'PY'
+import json, os, sys
+out = open(sys.argv[1], "a")
+for f in sys.argv[2:]:
     r = [json.loads(l) for l in open(f) if '"tokens"' in l]
+    run = os.path.basename(f)[: -len(".jsonl")]  # et-<preset>, st-dropout-<preset>, ...
+    for x in r:
+        out.write(json.dumps(dict(x, run=run)) + "\n")
     a = [x for x in r if x["step"] >= 40]
     if len(a) < 2:
         print(f, "too few steps"); continue
@@ -38,4 +43,3 @@ for f in sys.argv[1:]:
         f.split("/")[-1], x0["step"], x1["step"], (x1["tokens"] - x0["tokens"]) / dt,
         1000 * dt / (x1["step"] - x0["step"]), " ".join("%d:%.3f" % (x["step"], x["loss"]) for x in r)))
 PY
-cat $L/*.jsonl >"$OUT/train_vs_st.jsonl"
