@@ -17,6 +17,7 @@ ap.add_argument("--heads", type=int, default=12)
 ap.add_argument("--kv-heads", type=int, default=0)
 ap.add_argument("--head-dim", type=int, default=64)
 ap.add_argument("--causal", action="store_true")
+ap.add_argument("--dropout", type=float, default=0.0)
 ap.add_argument("--iters", type=int, default=20)
 args = ap.parse_args()
 kvh = args.kv_heads or args.heads
@@ -30,7 +31,7 @@ g = torch.randn(shape, device=dev, dtype=torch.bfloat16)
 
 
 def attn():
-    return F.scaled_dot_product_attention(q, k, v, is_causal=args.causal,
+    return F.scaled_dot_product_attention(q, k, v, is_causal=args.causal, dropout_p=args.dropout,
                                           enable_gqa=kvh != args.heads)
 
 
@@ -56,6 +57,6 @@ L = args.seq_len
 pairs = (L * (L + 1) / 2 if args.causal else L * L) * args.seqs * args.heads
 print(json.dumps({"op": "attention", "impl": "torch.sdpa", "seqs": args.seqs, "seq_len": L,
                   "heads": args.heads, "kv_heads": kvh, "head_dim": args.head_dim,
-                  "causal": args.causal, "forward_ms": fwd, "backward_ms": bwd,
+                  "causal": args.causal, "dropout": args.dropout, "forward_ms": fwd, "backward_ms": bwd,
                   "forward_tflops": 4 * args.head_dim * pairs / fwd / 1e9,
                   "backward_tflops": 10 * args.head_dim * pairs / bwd / 1e9}))

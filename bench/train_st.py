@@ -3,8 +3,10 @@ the same data, model folder and settings: MultipleNegativesRankingLoss over (anc
 rows of a .jsonl file, LoRA (r 16, alpha 32, fp32 adapter weights) on the given modules, bf16
 base weights under bf16 autocast, SDPA attention, fused AdamW, gradient clipping at 1.0 and a
 linear schedule, as `embedtune train` does. sentence-transformers trains with the model's own
-dropout (BERT: 0.1 on hidden states and attention probabilities); embedtune has none, so
---no_model_dropout gives the same computation (for comparing losses). The loop is a plain one (tokenize, forward, backward, step), leaner
+dropout (BERT: 0.1 on hidden states and attention probabilities), as `embedtune train` does by
+default; --no_model_dropout turns it off (`embedtune train --model_dropout off`), which makes
+the two computations identical up to rounding. The loop is a plain one (tokenize, forward,
+backward, step), leaner
 than SentenceTransformerTrainer, so the reference is not slowed by its bookkeeping; texts are
 tokenized in the loop, as the trainer's collator does with its default of no worker processes.
 
@@ -30,7 +32,7 @@ def main():
     ap.add_argument("--logging_steps", type=int, default=20)
     ap.add_argument("--target_modules", default="query,key,value,dense")
     ap.add_argument("--no_model_dropout", action="store_true",
-                    help="the model's own dropout off (embedtune trains without it)")
+                    help="the model's own dropout off (embedtune: --model_dropout off)")
     args = ap.parse_args()
 
     from sentence_transformers import SentenceTransformer

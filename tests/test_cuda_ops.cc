@@ -170,6 +170,57 @@ TEST(CudaOps, ElementwiseBiasActivations) {
   }
 }
 
+// Dropout regenerates the CPU reference's mask element for element (the same hash of seed, row
+// and column): fp32 results equal to rounding, bf16 within its rounding; the vectorised path
+// (columns % 8 == 0, aligned) and the generic one (100 columns, and a column-offset view that is
+// not 16-byte aligned), a row slice told where it starts, dropout_add into a residual, and in
+// place (y aliasing x).
+TEST(CudaOps, DropoutMatchesCpuMask) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  for (int64_t cols : {96, 100}) {
+    SCOPED_TRACE(cols);
+    const DropoutSite d{0.25f, 0x1234567890abcdefULL};
+    Tensor x = b.rand({301, cols}, -3, 3), res = b.rand({301, cols});
+    Tensor r = cpu_empty(x.shape);
+    b.cpu->dropout(x, d, 0, r);
+    Tensor g = b.poisoned(x.shape);
+    b.gpu->dropout(b.up(x), d, 0, g);
+    expect_close(b.down(g), r, 1e-7, "dropout fp32");
+    Tensor gb = b.poisoned(x.shape, DType::BF16);
+    b.gpu->dropout(b.bf(x), d, 0, gb);
+    expect_close(b.down(gb), r, 4e-3, "dropout bf16");
+    // rows [40, 301) alone
+    Tensor part = b.poisoned({261, cols});
+    b.gpu->dropout(b.up(x).rows(40, 301), d, 40, part);
+    EXPECT_LT(rel_error(b.down(part).f32(), r.f32() + 40 * cols, 261 * cols), 1e-7);
+    // in place, bf16
+    Tensor inplace = b.bf(x);
+    b.gpu->dropout(inplace, d, 0, inplace);
+    expect_close(b.down(inplace), r, 4e-3, "dropout in place");
+    // res += dropout(x), fp32 and bf16
+    Tensor rr = cpu_clone(res);
+    b.cpu->dropout_add(x, d, rr);
+    Tensor gr = b.up(res);
+    b.gpu->dropout_add(b.up(x), d, gr);
+    expect_close(b.down(gr), rr, 1e-7, "dropout_add fp32");
+    Tensor grb = b.bf(res);
+    b.gpu->dropout_add(b.bf(x), d, grb);
+    expect_close(b.down(grb), rr, 8e-3, "dropout_add bf16");
+  }
+  // 40 columns (a multiple of 8) at a base that is not 16-byte aligned: the generic kernel
+  Tensor flat = b.rand({64 * 40 + 1}), ref = cpu_empty({64, 40});
+  Tensor host_view = flat, dev = b.up(flat), dev_view = dev;
+  host_view.data = flat.f32() + 1;
+  dev_view.data = static_cast<float*>(dev.data) + 1;
+  host_view.shape = dev_view.shape = {64, 40};
+  const DropoutSite d{0.5f, 99};
+  b.cpu->dropout(host_view, d, 0, ref);
+  Tensor g = b.poisoned({64, 40});
+  b.gpu->dropout(dev_view, d, 0, g);
+  expect_close(b.down(g), ref, 1e-7, "dropout unaligned");
+}
+
 // Norms that keep their normalized input: forward also writes xhat (fp32 or bf16);
 // norm_scale_shift(xhat) gives y again (exactly from an fp32 xhat, within one bf16 rounding
 // from a bf16 one); backward from xhat matches the CPU's backward from x. Row widths for the
@@ -850,6 +901,7 @@ struct AttnCase {
   bool causal;
   int window;
   bool bias;
+  float dropout = 0;  // on the probabilities: the CPU reference's mask, regenerated
 };
 
 TEST(CudaOps, AttentionForwardBackward) {
@@ -880,6 +932,17 @@ TEST(CudaOps, AttentionForwardBackward) {
       {{150, 140, 20, 150, 129, 150}, 4, 2, 256, false, -1, false},
       {{160, 160, 160, 40}, 3, 1, 256, false, 32, false},
       {{150, 145, 200, 190}, 2, 1, 256, true, -1, false},
+      // dropout on the probabilities (the BERT family's attention_probs_dropout_prob); with
+      // "gemm", head dim 256 runs the fp32 tile kernels instead (no dropout on that path)
+      {{5, 64, 1, 130, 33}, 4, 4, 16, false, -1, false, 0.1f},
+      {{129, 3, 64}, 3, 3, 32, false, -1, false, 0.1f},
+      {{300, 7}, 2, 2, 24, false, -1, false, 0.1f},
+      {{200, 17}, 2, 2, 64, false, -1, true, 0.1f},
+      {{256, 100}, 4, 4, 64, false, -1, false, 0.3f},
+      {{300, 129}, 4, 2, 128, true, -1, false, 0.1f},
+      {{150, 40}, 4, 1, 128, false, 16, false, 0.1f},
+      {{200, 33, 1, 130}, 3, 1, 256, false, 8, false, 0.1f},
+      {{150, 140, 20, 150, 129, 150}, 4, 2, 256, false, -1, false, 0.1f},
   };
   for (const char* path : {"tc", "gemm", "scalar"})
     for (const AttnCase& c : cases) {
@@ -900,6 +963,7 @@ TEST(CudaOps, AttentionForwardBackward) {
       a.scale = 1.0f / std::sqrt(static_cast<float>(c.d));
       a.causal = c.causal;
       a.window = c.window;
+      a.dropout = {c.dropout, 4242};
       Tensor table = b.rand({32, c.hq});
       if (c.bias) {
         a.rel_bias = &table;
@@ -915,7 +979,8 @@ TEST(CudaOps, AttentionForwardBackward) {
       Tensor outd = b.poisoned(q.shape), lsed = b.poisoned({T, c.hq});
       Tensor qd = b.up(q), kd = b.up(k), vd = b.up(v);
       b.gpu->attention_forward(ag, qd, kd, vd, outd, lsed);
-      std::string what = std::string("attention ") + path + " d=" + std::to_string(c.d);
+      std::string what = std::string("attention ") + path + " d=" + std::to_string(c.d) +
+                         (c.dropout > 0 ? " dropout" : "");
       expect_close(b.down(outd), out, tol_f, what + " out");
       expect_close(b.down(lsed), lse, tol_f, what + " lse");
       Tensor dq = cpu_empty(q.shape), dk = cpu_empty(k.shape), dv = cpu_empty(v.shape);
@@ -1043,13 +1108,21 @@ TEST_P(CudaModel, MatchesCpu) {
   auto gpu = make_cuda_backend(0, mc_case.act);
   const double tol_all = all_grads_tolerance(mc_case);
   const double tol_each = 2 * tol_all;
-  for (TrainMode mode : {TrainMode::Full, TrainMode::Lora}) {
+  // The model's own dropout (BERT family): both backends drop the same elements, so the
+  // training gradients compare as without it.
+  for (int pass = 0; pass < 3; ++pass) {
+    const TrainMode mode = pass == 1 ? TrainMode::Lora : TrainMode::Full;
+    const bool dropout = pass == 2;
     auto mc = load_sentence_model(root + "/model", *cpu);
     auto mg = load_sentence_model(root + "/model", *gpu);
+    if (dropout && is_rotary_family(mc->cfg.family)) continue;  // none implemented there
     if (mode == TrainMode::Lora) {
       load_adapter(*cpu, *mc, root + "/adapter");
       load_adapter(*gpu, *mg, root + "/adapter");
     }
+    set_model_dropout(mc->encoder, dropout);
+    set_model_dropout(mg->encoder, dropout);
+    Rng rng_c(17), rng_g(17);
     Tensor ec = embed_forward(*cpu, *mc, cols[1], nullptr, nullptr);
     Tensor eg = gpu->download(embed_forward(*gpu, *mg, cols[1], nullptr, nullptr));
     for (int64_t r = 0; r < ec.dim(0); ++r) {
@@ -1064,8 +1137,8 @@ TEST_P(CudaModel, MatchesCpu) {
     }
     auto pc = set_trainable(*cpu, *mc, mode);
     auto pg = set_trainable(*gpu, *mg, mode);
-    double lc = train_step_grads(*cpu, *mc, cols, LossSpec{}, 1.0, nullptr)();
-    double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, nullptr)();
+    double lc = train_step_grads(*cpu, *mc, cols, LossSpec{}, 1.0, dropout ? &rng_c : nullptr)();
+    double lg = train_step_grads(*gpu, *mg, cols, LossSpec{}, 1.0, dropout ? &rng_g : nullptr)();
     EXPECT_NEAR(lg, lc, 1e-2 * std::abs(lc));
     ASSERT_EQ(pc.size(), pg.size());
     // All gradients together within 3e-2 relative norm (bf16 activations). Each parameter on
@@ -1083,7 +1156,10 @@ TEST_P(CudaModel, MatchesCpu) {
       EXPECT_LT(err * ref_norm, tol_each * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
     }
     std::printf("%s %s all gradients: rel err %.4f (tolerance %.4f)\n", mc_case.arch.c_str(),
-                mode == TrainMode::Full ? "full" : "lora", std::sqrt(num / den), tol_all);
+                dropout                   ? "full, model dropout"
+                : mode == TrainMode::Full ? "full"
+                                          : "lora",
+                std::sqrt(num / den), tol_all);
     EXPECT_LT(std::sqrt(num / den), tol_all) << "all gradients";
   }
 }

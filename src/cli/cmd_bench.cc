@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -67,6 +68,7 @@ Run add_bench(CLI::App& app) {
     std::string scenario, mode = "lora", device = "cuda", out;
     int seq_len = 0, pairs = 0, steps = 20, warmup = 5;
     bool checkpointing = false;
+    bool model_dropout = true;
     int mini_batch = 0, batches = 4;
     bool attention = false;
     AttentionBenchConfig attn;
@@ -87,6 +89,14 @@ Run add_bench(CLI::App& app) {
   app.add_option("--out", o->out,
                  "Also write the JSON lines to this file (replaced, not appended)");
   app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
+  app.add_option("--model_dropout", o->model_dropout,
+                 "The model's own dropout in the steps (as baseline_st.py, which trains in train "
+                 "mode): on or off")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, bool>{
+              {"on", true}, {"off", false}, {"true", true}, {"false", false}},
+          CLI::ignore_case))
+      ->capture_default_str();
   app.add_option("--mini_batch_size", o->mini_batch, "GradCache mini-batch (texts), 0: off");
   app.add_option("--batches", o->batches,
                  "Distinct random batches, cycled (as baseline_st.py: 4; more than warmup + "
@@ -108,6 +118,10 @@ Run add_bench(CLI::App& app) {
       ->capture_default_str();
   app.add_flag("--causal", o->attn.causal, "Causal mask for --attention");
   app.add_option("--window", o->attn.window, "Sliding window for --attention (-1: none)")
+      ->capture_default_str();
+  app.add_option("--attention-dropout", o->attn.dropout,
+                 "Dropout on the probabilities for --attention")
+      ->check(CLI::Range(0.0, 0.99))
       ->capture_default_str();
   return [o]() {
     if (!o->tokenizer.empty()) {
@@ -141,6 +155,7 @@ Run add_bench(CLI::App& app) {
       c.steps = o->steps;
       c.warmup = o->warmup;
       c.gradient_checkpointing = o->checkpointing;
+      c.model_dropout = o->model_dropout;
       c.mini_batch_size = o->mini_batch;
       c.batches = o->batches;
       json r;

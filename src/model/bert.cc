@@ -113,6 +113,20 @@ static std::vector<int32_t> position_ids(const ModelConfig& cfg, const PackedBat
   return pos;
 }
 
+// A dropout site of probability p with a seed from the training RNG; off (p = 0) without an RNG
+// or when the encoder's model dropout is off.
+static DropoutSite draw_dropout(const BertEncoder& enc, float p, Rng* rng) {
+  if (!rng || !enc.model_dropout || p <= 0) return {};
+  return {p, rng->next_u64()};
+}
+
+// The attention of a layer: the batch's, with the layer's probability dropout.
+static AttentionArgs with_dropout(const AttentionArgs& attn, const DropoutSite& d) {
+  AttentionArgs a = attn;
+  a.dropout = d;
+  return a;
+}
+
 // One encoder layer: x -> LN2(W2 act(W1 x1) + x1), x1 = LN1(Wo attn(Wq x, Wk x, Wv x) + x).
 // With `s`, keeps what backward needs.
 // The residual sums are made in the output products' epilogues, into the buffers of x and x1
@@ -125,6 +139,12 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   const ModelConfig& c = enc.cfg;
   const int64_t T = x.dim(0), H = c.hidden;
   const DType act = be.act_dtype();
+  // the sites' seeds come first from the RNG, so a replay from the layer's saved state (gradient
+  // checkpointing, the second pass of a cached-gradient step) draws them again
+  const DropoutSite drop_attn = draw_dropout(enc, c.attention_dropout, rng);
+  const DropoutSite drop_attn_out =
+      c.family == Family::DistilBert ? DropoutSite{} : draw_dropout(enc, c.hidden_dropout, rng);
+  const DropoutSite drop_ffn_out = draw_dropout(enc, c.hidden_dropout, rng);
   std::vector<Tensor> qkv = linear_group_forward(
       be, bert_qkv(L), x, {s ? &s->q : nullptr, s ? &s->k : nullptr, s ? &s->v : nullptr}, rng);
   Tensor q = std::move(qkv[0]), k = std::move(qkv[1]), v = std::move(qkv[2]);
@@ -132,10 +152,14 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   if (s)
     for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
   Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
-  be.attention_forward(attn, q, k, v, ctx, lse);
-  // res1 = x + Wo ctx, summed in the products' epilogues (into x's buffer when it is ours)
+  if (drop_attn.active())
+    be.attention_forward(with_dropout(attn, drop_attn), q, k, v, ctx, lse);
+  else
+    be.attention_forward(attn, q, k, v, ctx, lse);
+  // res1 = x + drop(Wo ctx), summed in the products' epilogues without dropout (into x's buffer
+  // when it is ours)
   Tensor res1 = residual_buffer(be, std::move(x), act);
-  linear_forward_add(be, L.o, ctx, res1, s ? &s->o : nullptr, rng);
+  linear_forward_dropout_add(be, L.o, ctx, drop_attn_out, res1, s ? &s->o : nullptr, rng);
   Tensor x1 = be.empty({T, H}, act);
   Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
   be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
@@ -144,7 +168,7 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   Tensor h = be.empty(h_pre.shape, act);
   be.act_forward(c.act, h_pre, h);
   Tensor res2 = residual_buffer(be, std::move(x1), act);
-  linear_forward_add(be, L.ffn_out, h, res2, s ? &s->ffn_out : nullptr, rng);
+  linear_forward_dropout_add(be, L.ffn_out, h, drop_ffn_out, res2, s ? &s->ffn_out : nullptr, rng);
   // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
   // largest activation of a layer. (With LoRA dropout the masked copy stays.)
   if (s) drop_saved_input(s->ffn_out, h);
@@ -165,6 +189,9 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
     s->res2 = res2;
     s->ln2_mean = m2;
     s->ln2_rstd = r2;
+    s->drop_attn = drop_attn;
+    s->drop_attn_out = drop_attn_out;
+    s->drop_ffn_out = drop_ffn_out;
   }
   return out;
 }
@@ -199,6 +226,8 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
   Tensor x = be.empty({T, H}, act), mean = be.empty({T}, DType::F32),
          rstd = be.empty({T}, DType::F32);
   be.layernorm_forward(emb, enc.emb_ln_w->value, &enc.emb_ln_b->value, c.norm_eps, x, mean, rstd);
+  const DropoutSite drop_emb = draw_dropout(enc, c.hidden_dropout, rng);
+  if (drop_emb.active()) be.dropout(x, drop_emb, 0, x);
 
   AttentionArgs attn;
   attn.cu_seqlens = batch.cu_seqlens;
@@ -220,6 +249,7 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
     saved->emb_mean = mean;
     saved->emb_rstd = rstd;
     saved->attn = attn;
+    saved->drop_emb = drop_emb;
     saved->has_rng = rng != nullptr;
     saved->layers.assign(enc.layers.size(), BertLayerSaved{});
   }
@@ -247,12 +277,13 @@ static void layernorm_recompute(const Backend& be, const ModelConfig& c, const T
 }
 
 // The input of layer i: kept with gradient checkpointing, else LN2 of layer i - 1 (or the
-// embedding LayerNorm) recomputed into buf.
+// embedding LayerNorm and its dropout) recomputed into buf.
 static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const BertSaved& saved,
                                size_t i, Tensor& buf) {
   if (saved.layers[i].x.defined()) return saved.layers[i].x;
   if (i == 0) {
     layernorm_recompute(be, enc.cfg, saved.emb, enc.emb_ln_w, enc.emb_ln_b, buf);
+    if (saved.drop_emb.active()) be.dropout(buf, saved.drop_emb, 0, buf);
   } else {
     const BertLayer& P = enc.layers[i - 1];
     layernorm_recompute(be, enc.cfg, saved.layers[i - 1].res2, P.ln2_w, P.ln2_b, buf);
@@ -265,10 +296,11 @@ static Tensor bert_layer_input(const Backend& be, const BertEncoder& enc, const 
 // activations plus this. g_out carries d(out) in and d(x) out. With x' = LN2(res2),
 // res2 = W2 act(W1 x1) + x1, x1 = LN1(res1), res1 = Wo attn(Wq x, Wk x, Wv x) + x:
 //   FFN half:       g_res = d(res2) = LN2'(g_out); g_out := x1 (recomputed);
-//                   dx1 = g_res + W1'(act'(W2' g_res)) in g_res's buffer, over two row halves,
-//                   so that only half of the [T, intermediate] activation exists at a time
+//                   dx1 = g_res + W1'(act'(W2' drop'(g_res))) in g_res's buffer, over two row
+//                   halves, so that only half of the [T, intermediate] activation exists at a
+//                   time (with dropout, drop'(g_res) of the half in a buffer of its own)
 //   attention half: g_res = d(res1) = LN1'(dx1); g_out := g_res (the residual path, handed
-//                   over); dx1 := dctx = Wo' g_out; dq (fp32, the kernel's accumulator),
+//                   over); dx1 := dctx = Wo' drop'(g_out); dq (fp32, the kernel's accumulator),
 //                   dk, dv = attn'(dctx) (6 units); dctx := dq in bf16; x recomputed;
 //                   g_out += Wq' dq + Wk' dk + Wv' dv = d(x)
 static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const BertLayer& L,
@@ -289,8 +321,14 @@ static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const
     // h = act(h_pre) is read by W2's backward before W2's dx overwrites it: one buffer
     Tensor h = be.empty(h_pre.shape, be.act_dtype());
     be.act_forward(c.act, h_pre, h);
-    linear_backward(be, L.ffn_out, with_saved_input(saved_rows(s.ffn_out, b, e), h),
-                    g_res.rows(b, e), &h, false);
+    // d(f) = drop'(d(res2)): the rows' mask regenerated (the residual path keeps d(res2))
+    Tensor df = g_res.rows(b, e);
+    if (s.drop_ffn_out.active()) {
+      df = be.empty(df.shape, df.dtype);
+      be.dropout(g_res.rows(b, e), s.drop_ffn_out, b, df);
+    }
+    linear_backward(be, L.ffn_out, with_saved_input(saved_rows(s.ffn_out, b, e), h), df, &h, false);
+    df = Tensor{};
     Tensor& dh = h;
     be.act_backward(c.act, h_pre, dh, dh);
     Tensor dx1_rows = g_res.rows(b, e);
@@ -313,11 +351,17 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
   // before q, k and v's backward add into it
   g_out = std::move(g_res);
   Tensor& dctx = dx1;
-  linear_backward(be, L.o, s.o, g_out, &dctx, false);
+  if (s.drop_attn_out.active()) {
+    Tensor da = be.empty(g_out.shape, g_out.dtype);  // d(a) = drop'(d(res1))
+    be.dropout(g_out, s.drop_attn_out, 0, da);
+    linear_backward(be, L.o, s.o, da, &dctx, false);
+  } else {
+    linear_backward(be, L.o, s.o, g_out, &dctx, false);
+  }
   Tensor dq32 = be.empty(g_out.shape, DType::F32);
   Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
-  be.attention_backward(saved.attn, s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq32, dk, dv,
-                        grad_of(enc.rel_bias));
+  be.attention_backward(s.drop_attn.active() ? with_dropout(saved.attn, s.drop_attn) : saved.attn,
+                        s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq32, dk, dv, grad_of(enc.rel_bias));
   s.qt = s.kt = s.vt = s.ctx = s.lse = Tensor{};
   s.o = LinearSaved{};
   Tensor& dq = dctx;
@@ -361,6 +405,7 @@ void bert_backward(const Backend& be, const BertEncoder& enc, BertSaved& saved, 
   Tensor* dlnw = grad_of(enc.emb_ln_w);
   Tensor* dlnb = grad_of(enc.emb_ln_b);
   if (!dw && !dp && !dt && !dlnw && !dlnb) return;
+  if (saved.drop_emb.active()) be.dropout(dx, saved.drop_emb, 0, dx);
   be.layernorm_backward(dx, saved.emb, enc.emb_ln_w->value, saved.emb_mean, saved.emb_rstd, d_res,
                         dlnw, dlnb);
   if (dw) be.embedding_backward(saved.ids, d_res, *dw);

@@ -1,10 +1,13 @@
 // The BERT family encoder (BERT, XLM-RoBERTa, DistilBERT, MPNet): post-LayerNorm transformer,
 // learned absolute positions (+ token types for BERT/XLM-R, + MPNet's relative attention bias).
 //
-//   x0 = LN(word[ids] + pos[positions] (+ type[0]))
-//   per layer:  a  = Wo attn(Wq x, Wk x, Wv x) ;  x1 = LN1(a + x)
-//               f  = W2 act(W1 x1)              ;  x' = LN2(f + x1)
-// on a packed batch [T, hidden]. Forward optionally saves what backward needs.
+//   x0 = drop(LN(word[ids] + pos[positions] (+ type[0])))
+//   per layer:  a  = Wo attn(Wq x, Wk x, Wv x) ;  x1 = LN1(drop(a) + x)
+//               f  = W2 act(W1 x1)              ;  x' = LN2(drop(f) + x1)
+// on a packed batch [T, hidden], with dropout on the attention probabilities too; `drop` is
+// the model's own dropout in training (transformers' BertEmbeddings, BertSelfOutput, BertOutput
+// and the attention's dropout_p; DistilBERT has none on a). Forward optionally saves what
+// backward needs.
 #pragma once
 
 #include <string>
@@ -51,6 +54,9 @@ struct BertEncoder {
   // Keep only each layer's input in forward and recompute the layer in backward (transformers'
   // gradient_checkpointing): activation memory of one layer instead of all.
   bool gradient_checkpointing = false;
+  // Apply the config's hidden and attention dropout in training (forwards given an Rng), as
+  // transformers does in train mode.
+  bool model_dropout = false;
 };
 
 // What a layer keeps for backward. The LayerNorm outputs are not kept: x1 = LN1(res1) and the
@@ -65,13 +71,17 @@ struct BertLayerSaved {
   Tensor res1, ln1_mean, ln1_rstd;
   Tensor h_pre;  // the FFN activation act(h_pre) is recomputed in backward
   Tensor res2, ln2_mean, ln2_rstd;
-  Rng rng;  // LoRA dropout state at the layer's start (replayed when recomputing)
+  Rng rng;  // dropout state at the layer's start (replayed when recomputing)
+  // the model dropout sites (p = 0 when off): attention probabilities, attention output, FFN
+  // output; their seeds regenerate the masks in backward
+  DropoutSite drop_attn, drop_attn_out, drop_ffn_out;
 };
 
 struct BertSaved {
   Tensor ids, positions, types;
   Tensor emb, emb_mean, emb_rstd;
   AttentionArgs attn;
+  DropoutSite drop_emb;  // on the embedding LayerNorm's output
   bool has_rng = false;
   std::vector<BertLayerSaved> layers;
 };

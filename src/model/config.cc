@@ -93,6 +93,15 @@ Act parse_hidden_act(const std::string& name, const std::string& where) {
   fail(where, ": hidden activation '", name, "' is not supported");
 }
 
+// A dropout probability of config.json: absent -> dflt; otherwise a number in [0, 1).
+static float get_prob(const json& j, const char* key, float dflt, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return dflt;
+  ET_CHECK(j[key].is_number(), where, ": field '", key, "' must be a number");
+  const float p = j[key].get<float>();
+  ET_CHECK(p >= 0 && p < 1, where, ": field '", key, "' must be in [0, 1), got ", p);
+  return p;
+}
+
 static int get_int(const json& j, const char* key, const std::string& where) {
   ET_CHECK(j.contains(key) && j[key].is_number_integer(), where, ": field '", key,
            "' must be an integer");
@@ -135,6 +144,8 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
     c.act = parse_hidden_act(j.value("activation", "gelu"), where);
     ET_CHECK(!j.value("sinusoidal_pos_embds", false), where,
              ": sinusoidal_pos_embds=true is not supported");
+    c.hidden_dropout = get_prob(j, "dropout", 0.1f, where);
+    c.attention_dropout = get_prob(j, "attention_dropout", 0.1f, where);
   } else {
     c.hidden = get_int(j, "hidden_size", where);
     c.layers = get_int(j, "num_hidden_layers", where);
@@ -143,6 +154,8 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
     c.act = parse_hidden_act(j.value("hidden_act", "gelu"), where);
     c.norm_eps = j.value("layer_norm_eps", 1e-12f);
     c.type_vocab = j.value("type_vocab_size", 0);
+    c.hidden_dropout = get_prob(j, "hidden_dropout_prob", 0.1f, where);
+    c.attention_dropout = get_prob(j, "attention_probs_dropout_prob", 0.1f, where);
   }
   c.vocab = get_int(j, "vocab_size", where);
   c.max_positions = get_int(j, "max_position_embeddings", where);
@@ -235,6 +248,11 @@ static ModelConfig parse_rotary(const json& j, Family fam, const std::string& wh
              ": attn_logit_softcapping is not supported");
   }
   if (c.attn_scale == 0.0f) c.attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  for (const char* key :
+       {"attention_dropout", "embedding_dropout", "mlp_dropout", "hidden_dropout"})
+    if (get_prob(j, key, 0.0f, where) > 0)
+      c.unsupported_dropout += std::string(c.unsupported_dropout.empty() ? "" : ", ") + key + "=" +
+                               std::to_string(get_prob(j, key, 0.0f, where));
   return c;
 }
 

@@ -29,6 +29,13 @@ struct ModelConfig {
   int position_offset = 0;
   int rel_buckets = 0;  // MPNet relative attention buckets (0 = none)
   Act act = Act::GeluErf;
+  // Dropout in training (transformers' train mode): on the embedding output and the sublayer
+  // outputs before their residual sums (hidden_dropout_prob; DistilBERT's `dropout`, which
+  // drops only the FFN output), and on the attention probabilities
+  // (attention_probs_dropout_prob; `attention_dropout`). The rotary families' configs name
+  // theirs in unsupported_dropout when any is non-zero (they are 0 in the published models).
+  float hidden_dropout = 0.0f, attention_dropout = 0.0f;
+  std::string unsupported_dropout;
 
   // Rotary families (ModernBERT, Qwen3, Gemma3):
   int kv_heads = 0;                   // grouped-query attention (== heads when absent)

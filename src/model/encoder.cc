@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "core/error.h"
+
 namespace et {
 
 Encoder bind_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where) {
@@ -50,6 +52,14 @@ const std::string& encoder_prefix(const Encoder& e) {
 void set_gradient_checkpointing(Encoder& e, bool on) {
   e.bert.gradient_checkpointing = on;
   e.rotary_enc.gradient_checkpointing = on;
+}
+
+void set_model_dropout(Encoder& e, bool on) {
+  e.bert.model_dropout = on;
+  const ModelConfig& cfg = e.rotary ? e.rotary_enc.cfg : e.bert.cfg;
+  ET_CHECK(!on || !e.rotary || cfg.unsupported_dropout.empty(), "model dropout of ",
+           family_name(cfg.family), " is not implemented (config.json: ", cfg.unsupported_dropout,
+           "); train with --model_dropout off");
 }
 
 Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,

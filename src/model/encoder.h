@@ -33,6 +33,10 @@ std::vector<Param*> encoder_params(Encoder& e);
 // Prefix of the weight names in the file ("", "bert.", "model.", ...).
 const std::string& encoder_prefix(const Encoder& e);
 void set_gradient_checkpointing(Encoder& e, bool on);
+// The model's own dropout in training (config.json's hidden and attention dropout; off by
+// default). The rotary families implement none: turning it on is an error naming the config's
+// non-zero dropout fields, if any (the published models have none).
+void set_model_dropout(Encoder& e, bool on);
 
 // Last hidden state [T, hidden] of a packed batch.
 Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,

@@ -52,6 +52,7 @@ json run_attention_bench(const AttentionBenchConfig& c, const Backend& be) {
   a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   a.causal = c.causal;
   a.window = c.window;
+  a.dropout = {c.dropout, 1};
   const int64_t t = a.cu_seqlens.back();
   Rng rng(7);
   Tensor q = random_activation(be, {t, int64_t{c.heads} * c.head_dim}, rng);
@@ -89,6 +90,7 @@ json run_attention_bench(const AttentionBenchConfig& c, const Backend& be) {
           {"head_dim", c.head_dim},
           {"causal", c.causal},
           {"window", c.window},
+          {"dropout", c.dropout},
           {"dtype", be.act_dtype() == DType::BF16 ? "bf16" : "f32"},
           {"forward_ms", fwd_ms},
           {"backward_ms", bwd_ms},

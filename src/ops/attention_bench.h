@@ -17,6 +17,7 @@ struct AttentionBenchConfig {
   int heads = 12, kv_heads = 0, head_dim = 64;  // kv_heads 0: heads
   bool causal = false;
   int window = -1;
+  float dropout = 0.0f;  // on the probabilities (as training with attention dropout)
   int iters = 20, warmup = 3;
 };
 

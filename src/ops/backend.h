@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/dropout_mask.h"
 
 namespace et {
 
@@ -35,6 +36,10 @@ struct AttentionArgs {
   // bidirectional bucket of (j - i) with max_distance.
   const Tensor* rel_bias = nullptr;
   int rel_buckets = 0, rel_max_distance = 128;
+  // Dropout on the attention probabilities (training): out = (P * keep / (1 - p)) V with the
+  // mask of dropout_mask.h at row = token * n_heads + head, col = key position; the softmax
+  // normaliser and lse are those of P before dropout, as torch's dropout after softmax.
+  DropoutSite dropout;
 };
 
 enum class PoolMode : uint8_t { Cls, Mean, Max, MeanSqrtLen, WeightedMean, LastToken };
@@ -81,6 +86,14 @@ struct Backend {
   virtual void add(const Tensor& a, const Tensor& b, Tensor& y) const = 0;
   virtual void mul(const Tensor& a, const Tensor& b, Tensor& y) const = 0;
   virtual void scale(Tensor& y, float s) const = 0;
+
+  // Inverted dropout of x [rows, cols] (dropout_mask.h): y = x * keep / (1 - p), where x's rows
+  // are rows first_row .. of the tensor the site's mask covers (a row slice keeps that tensor's
+  // mask). Linear in x, so the same call on a gradient is the backward. y may alias x.
+  virtual void dropout(const Tensor& x, const DropoutSite& d, int64_t first_row,
+                       Tensor& y) const = 0;
+  // y += dropout(x): a sublayer's output into its residual stream.
+  virtual void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const = 0;
 
   // LayerNorm over the last dim: y = xhat * w + b, xhat = (x - mean) * rstd; mean, rstd: [rows].
   // With `xhat`, also writes the normalized input in xhat's dtype. y is computed from the

@@ -102,6 +102,7 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   be.set_gemm_tuning(true);  // as training
   auto m = random_model_in_memory(c.preset, be, 0);
   set_gradient_checkpointing(m->encoder, c.gradient_checkpointing);
+  set_model_dropout(m->encoder, c.model_dropout);
   ET_CHECK(c.seq_len <= m->cfg.max_positions, "seq_len ", c.seq_len, " exceeds the model's ",
            m->cfg.max_positions, " positions");
   if (c.mode == TrainMode::Lora) {
@@ -134,10 +135,11 @@ json run_bench(const BenchConfig& c, const Backend& be) {
     batches.push_back(std::move(cols));
   }
   double loss = 0;
+  Rng dropout_rng(c.seed ^ 0xd50ULL);
   auto step = [&](int i) {
     LossSpec spec;
     spec.mini_batch_size = c.mini_batch_size;
-    loss = train_step_grads(be, *m, batches[i % batches.size()], spec, 1.0, nullptr)();
+    loss = train_step_grads(be, *m, batches[i % batches.size()], spec, 1.0, &dropout_rng)();
     std::vector<Backend::AdamWSlot> slots;
     for (size_t j = 0; j < params.size(); ++j)
       slots.push_back({&params[j]->value, &params[j]->grad, &mom[j], &vel[j]});
@@ -158,6 +160,7 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   return {{"arch", c.preset},
           {"mode", c.mode == TrainMode::Lora ? "lora" : "full"},
           {"gradient_checkpointing", c.gradient_checkpointing},
+          {"model_dropout", c.model_dropout},
           {"mini_batch_size", c.mini_batch_size},
           {"batches", c.batches},
           {"scenario", c.scenario},

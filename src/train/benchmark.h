@@ -20,7 +20,8 @@ struct BenchConfig {
   TrainMode mode = TrainMode::Lora;
   int steps = 20, warmup = 5;
   bool gradient_checkpointing = false;
-  int mini_batch_size = 0;  // GradCache
+  bool model_dropout = true;  // the model's own dropout, as baseline_st.py's train mode
+  int mini_batch_size = 0;    // GradCache
   // Distinct random batches, cycled (4, as baseline_st.py). Real training meets new token
   // counts every step: more batches than steps measures that (shape-dependent setup included).
   int batches = 4;

@@ -78,6 +78,7 @@ json run_settings(const TrainConfig& c, const TextDataset& ds) {
       {"per_device_train_batch_size", c.per_device_train_batch_size},
       {"gradient_accumulation_steps", c.gradient_accumulation_steps},
       {"seed", c.seed},
+      {"model_dropout", c.model_dropout},
       {"batch_sampler", c.batch_sampler == BatchSampler::Batch ? "batch_sampler" : "no_duplicates"},
       {"dataloader_drop_last", c.dataloader_drop_last}};
 }
@@ -130,6 +131,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
     m.max_seq_length = c.max_seq_length;
   }
   set_gradient_checkpointing(m.encoder, c.gradient_checkpointing);
+  set_model_dropout(m.encoder, c.model_dropout);
   LoraConfig lora = c.lora;
   if (c.mode == TrainMode::Lora) {
     if (!c.init_adapter.empty()) {

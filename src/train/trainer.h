@@ -39,6 +39,9 @@ struct TrainConfig {
   int64_t logging_steps = 10;
   int max_seq_length = 0;               // 0: the model's
   bool gradient_checkpointing = false;  // recompute layers in backward
+  // The model's own dropout (config.json's hidden/attention dropout), as transformers and
+  // sentence-transformers apply it in training.
+  bool model_dropout = true;
   LossSpec loss;
   bool resume = false;
   int64_t stop_after_steps = -1;  // stop (as if interrupted) after this many steps

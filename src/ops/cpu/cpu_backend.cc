@@ -167,6 +167,32 @@ struct CpuBackend final : Backend {
     for (int64_t i = 0, n = y.numel(); i < n; ++i) p[i] *= s;
   }
 
+  // y[r, c] = (accumulate ? y : 0) + x[r, c] * keep(first_row + r, c) / (1 - p)
+  static void dropout_rows(const Tensor& x, const DropoutSite& d, int64_t first_row, Tensor& y,
+                           bool accumulate) {
+    check_same(x, y, accumulate ? "dropout_add" : "dropout");
+    ET_CHECK(d.p >= 0 && d.p < 1, "dropout: probability must be in [0, 1), got ", d.p);
+    const int64_t n = cols_of(x), r = rows_of(x);
+    const uint32_t seed = dropout_seed32(d.seed), thr = dropout_threshold(d.p);
+    const float keep_scale = 1.0f / (1.0f - d.p);
+    const float* px = x.f32();
+    float* py = y.f32();
+    for (int64_t i = 0; i < r; ++i) {
+      const uint32_t key = dropout_row_key(seed, static_cast<uint32_t>(first_row + i));
+      for (int64_t j = 0; j < n; ++j) {
+        const float v =
+            dropout_keep(key, static_cast<uint32_t>(j), thr) ? px[i * n + j] * keep_scale : 0.0f;
+        py[i * n + j] = accumulate ? py[i * n + j] + v : v;
+      }
+    }
+  }
+  void dropout(const Tensor& x, const DropoutSite& d, int64_t first_row, Tensor& y) const override {
+    dropout_rows(x, d, first_row, y, false);
+  }
+  void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const override {
+    dropout_rows(x, d, 0, y, true);
+  }
+
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
                          Tensor& mean, Tensor& rstd, Tensor* xhat) const override {
     int64_t n = cols_of(x), r = rows_of(x);
@@ -459,6 +485,8 @@ struct CpuBackend final : Backend {
     const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32();
     float *po = out.f32(), *pl = lse.f32();
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
+    const uint32_t seed = dropout_seed32(a.dropout.seed), thr = dropout_threshold(a.dropout.p);
+    const float keep_scale = 1.0f / (1.0f - a.dropout.p);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < nseq; ++b) {
       for (int h = 0; h < hq; ++h) {
@@ -475,8 +503,11 @@ struct CpuBackend final : Backend {
           for (int j = 0; j < len; ++j) l += (s[j] = std::exp(s[j] - m));
           float* oi = po + (start + i) * qs + h * d;
           std::fill(oi, oi + d, 0.0f);
+          const uint32_t key = dropout_row_key(seed, static_cast<uint32_t>((start + i) * hq + h));
           for (int j = 0; j < len; ++j) {
             float p = static_cast<float>(s[j] / l);
+            if (a.dropout.active())
+              p = dropout_keep(key, static_cast<uint32_t>(j), thr) ? p * keep_scale : 0.0f;
             const float* vj = pv + (start + j) * ks + kvh * d;
             for (int c = 0; c < d; ++c) oi[c] += p * vj[c];
           }
@@ -488,6 +519,8 @@ struct CpuBackend final : Backend {
 
   // P = exp(S - lse); dP = dO V^T; dS = P (dP - rowsum(dO * O)); dQ = scale dS K;
   // dK = scale dS^T Q; dV = P^T dO; d_bias[bucket(j - i), h] += dS.
+  // With dropout (Z = keep / (1 - p), O = (P Z) V): dV = (P Z)^T dO, dS = P (dP Z - D) where
+  // D = rowsum(dO * O) = rowsum(P Z dP) still.
   void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
                           Tensor& dk, Tensor& dv, Tensor* d_rel_bias) const override {
@@ -501,6 +534,8 @@ struct CpuBackend final : Backend {
     fill(dk, 0);
     fill(dv, 0);
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
+    const uint32_t seed = dropout_seed32(a.dropout.seed), thr = dropout_threshold(a.dropout.p);
+    const float keep_scale = 1.0f / (1.0f - a.dropout.p);
     // Parallel over sequences only: heads of one group write the same dK/dV rows. The bias
     // gradient is summed per sequence, then over sequences in order (deterministic).
     const size_t nbias = pdb ? static_cast<size_t>(a.rel_buckets) * hq : 0;
@@ -522,6 +557,7 @@ struct CpuBackend final : Backend {
           float dsum = 0;
           for (int c = 0; c < d; ++c) dsum += doi[c] * oi[c];
           float* dqi = pdq + (start + i) * qs + h * d;
+          const uint32_t key = dropout_row_key(seed, static_cast<uint32_t>((start + i) * hq + h));
           for (int j = 0; j < len; ++j) {
             if (std::isinf(s[j])) continue;
             float p = std::exp(s[j] - li);
@@ -529,13 +565,16 @@ struct CpuBackend final : Backend {
             const float* vj = pv + (start + j) * ks + kvh * d;
             float dp = 0;
             for (int c = 0; c < d; ++c) dp += doi[c] * vj[c];
-            float ds = p * (dp - dsum);
+            float z = 1.0f;  // dropout's keep / (1 - p)
+            if (a.dropout.active())
+              z = dropout_keep(key, static_cast<uint32_t>(j), thr) ? keep_scale : 0.0f;
+            float ds = p * (dp * z - dsum);
             float* dkj = pdk + (start + j) * ks + kvh * d;
             float* dvj = pdv + (start + j) * ks + kvh * d;
             for (int c = 0; c < d; ++c) {
               dqi[c] += a.scale * ds * kj[c];
               dkj[c] += a.scale * ds * qi[c];
-              dvj[c] += p * doi[c];
+              dvj[c] += p * z * doi[c];
             }
             if (pdb) {
               int bucket = relative_position_bucket(j - i, a.rel_buckets, a.rel_max_distance);

@@ -15,6 +15,8 @@
 //   backward:  D_i = dO_i . O_i;  P_ij = exp(s_ij - lse_i);  dS_ij = P_ij (dO_i . v_j - D_i)
 //              dQ_i = scale sum_j dS_ij k_j           (kernel over query tiles)
 //              dK_j = scale sum_i dS_ij q_i,  dV_j = sum_i P_ij dO_i   (kernel over key tiles)
+//   dropout (Z_ij = keep / (1 - p)): out_i = sum_j P_ij Z_ij v_j; dS_ij = P_ij (Z_ij dO_i . v_j
+//              - D_i); dV_j = sum_i P_ij Z_ij dO_i.
 #include <cfloat>
 #include <cstdlib>
 #include <string>
@@ -44,6 +46,14 @@ __device__ __forceinline__ float score(const Params& p, float dot, int i, int j,
   float s = dot * p.scale;
   if (p.bias) s += p.bias[relative_position_bucket(j - i, p.buckets, p.max_distance) * p.hq + h];
   return s;
+}
+
+// Dropout's factor keep / (1 - p) for query row i (packed row `row`) of head h and key j; 1 when
+// dropout is off.
+__device__ __forceinline__ float dropout_factor(const Params& p, int64_t row, int h, int j) {
+  if (!p.dropout) return 1.0f;
+  const uint32_t key = dropout_row_key(p.drop_seed, static_cast<uint32_t>(row * p.hq + h));
+  return dropout_keep(key, static_cast<uint32_t>(j), p.drop_threshold) ? p.drop_scale : 0.0f;
 }
 
 // Loads rows [r0, r0 + kChunk) (clamped to len) of a [len, stride] slice at column `col` into
@@ -113,8 +123,10 @@ __global__ void attn_fwd_kernel(Params p, const float* __restrict__ q, const flo
       m[r] = m_new;
 #pragma unroll
       for (int t = 0; t < kMaxDimPerLane; ++t) o[r][t] *= corr;
+      // the normaliser sums P before dropout; the output sums the dropped P
+      const float pd = pj * dropout_factor(p, start + i, h, c0 + lane);
       for (int j = 0; j < kChunk; ++j) {
-        float pjj = __shfl_sync(0xffffffffu, pj, j);
+        float pjj = __shfl_sync(0xffffffffu, pd, j);
         const float* vj = vs + j * (d + 1);
 #pragma unroll
         for (int t = 0; t < kMaxDimPerLane; ++t) {
@@ -213,7 +225,7 @@ __global__ void attn_bwd_dq_kernel(Params p, const float* __restrict__ q,
       const int j = c0 + lane;
       float s = score(p, dot, i, j, h, len);
       float pij = s == -INFINITY ? 0.0f : __expf(s - lse[(start + i) * p.hq + h]);
-      float ds = pij * (dp - delta[(start + i) * p.hq + h]);
+      float ds = pij * (dp * dropout_factor(p, start + i, h, j) - delta[(start + i) * p.hq + h]);
       if (d_bias && pij != 0.0f)
         atomicAdd(&bias_acc[relative_position_bucket(j - i, p.buckets, p.max_distance)], ds);
       for (int jj = 0; jj < kChunk; ++jj) {
@@ -309,9 +321,11 @@ __global__ void attn_bwd_dkv_kernel(Params p, const float* __restrict__ q,
       const int i = c0 + lane;  // query row
       float s = i < len ? score(p, dot, i, j, h, len) : -INFINITY;
       float pij = s == -INFINITY ? 0.0f : __expf(s - ls[lane]);
-      float dsv = pij * (dp - ds_[lane]);
+      const float z = i < len ? dropout_factor(p, start + i, h, j) : 0.0f;
+      float dsv = pij * (dp * z - ds_[lane]);
+      const float pd = pij * z;  // dV sums the dropped P
       for (int ii = 0; ii < kChunk; ++ii) {
-        float pi = __shfl_sync(0xffffffffu, pij, ii);
+        float pi = __shfl_sync(0xffffffffu, pd, ii);
         float di = __shfl_sync(0xffffffffu, dsv, ii);
         const float* qr = qs + ii * (d + 1);
         const float* gr = gs + ii * (d + 1);
@@ -377,6 +391,12 @@ AttnParams make_attn_params(const AttentionArgs& a) {
   p.buckets = a.rel_buckets;
   p.max_distance = a.rel_max_distance;
   p.dkv_atomic = p.group > 1;
+  ET_CHECK(a.dropout.p >= 0 && a.dropout.p < 1, "attention: dropout must be in [0, 1), got ",
+           a.dropout.p);
+  p.dropout = a.dropout.active();
+  p.drop_seed = dropout_seed32(a.dropout.seed);
+  p.drop_threshold = dropout_threshold(a.dropout.p);
+  p.drop_scale = 1.0f / (1.0f - a.dropout.p);
   return p;
 }
 

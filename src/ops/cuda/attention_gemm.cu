@@ -292,7 +292,8 @@ void gather_qkv(BucketView& w, const BucketScratch& b, const AttentionArgs& a, s
 bool attention_use_gemm(const AttentionArgs& a) {
   const char* env = std::getenv("EMBEDTUNE_ATTENTION");
   if (env && std::string(env) == "scalar") return false;
-  return a.head_dim > 128 && a.rel_bias == nullptr && a.n_kv_heads > 0 &&
+  // no dropout on this path: with dropout the fp32 tile kernels take the long sequences too
+  return a.head_dim > 128 && a.rel_bias == nullptr && !a.dropout.active() && a.n_kv_heads > 0 &&
          a.n_heads % a.n_kv_heads == 0;
 }
 

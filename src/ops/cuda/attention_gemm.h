@@ -13,7 +13,7 @@
 
 namespace et::cuda {
 
-// Head dims above 128 without a relative bias, unless EMBEDTUNE_ATTENTION=scalar.
+// Head dims above 128 without a relative bias or dropout, unless EMBEDTUNE_ATTENTION=scalar.
 bool attention_use_gemm(const AttentionArgs& a);
 
 // Sequences of similar length run together, padded to the longest of their bucket, so that one

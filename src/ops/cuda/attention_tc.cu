@@ -16,6 +16,11 @@
 //   and dV are written once without atomics), dQ += dS K (fp32 atomic adds, since every key
 //   tile contributes to every query row). At head dim 256 two blocks share a key tile, each
 //   forming half of the output columns (BwdTile).
+// Dropout on the probabilities (kDropout; dropout_mask.h): the forward sums P before dropout
+// into the normaliser and the dropped P Z into the output (Z = keep / (1 - p)); the backward
+// regenerates Z: dV += (P Z)^T dO, dS^T = P^T (Z dP^T - D). The mask's row keys are per query
+// row: two per lane in the forward, and 64 per query tile in shared memory in the backward,
+// whose lanes see 16 query rows each.
 // `embedtune bench --attention` times both against PyTorch's SDPA (bench/NOTES.md).
 #include <cuda_bf16.h>
 
@@ -155,7 +160,7 @@ __device__ __forceinline__ bool block_needs_mask(const TcParams& p, int i0, int 
 
 // Forward. Warp w owns query rows row0 + 16 MT w .. + 16 MT; of row tile mt this lane holds
 // rows g and g + 8, and of every 16x8 tile the columns 2t, 2t + 1.
-template <int D, typename T>
+template <int D, typename T, bool kDropout>
 __global__ void __launch_bounds__(NW * 32)
     attn_fwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse,
@@ -192,6 +197,25 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0;
   const float sl2 = p.scale * kLog2e;
+  // dropout: the mask's row key of rows g, g + 8 of each row tile
+  uint32_t drop_key[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      drop_key[mt][r] =
+          kDropout
+              ? dropout_row_key(
+                    p.drop_seed,
+                    static_cast<uint32_t>((start + row0 + wrow + mt * 16 + g + 8 * r) * p.hq + h))
+              : 0;
+  // P times the mask's keep (the 1 / (1 - p) is applied with the normaliser at the end)
+  auto dropped = [&](int mt, int e, int key, float pv) {
+    if constexpr (kDropout)
+      return dropout_keep(drop_key[mt][e / 2], static_cast<uint32_t>(key), p.drop_threshold) ? pv
+                                                                                             : 0.0f;
+    return pv;
+  };
   int kv_begin = 0, kv_end = len;
   if (p.causal) kv_end = min(len, row0 + BMF);
   if (p.window >= 0) {
@@ -277,7 +301,7 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const float pv = fast_exp2(fmaf(s[mt][j][e], sl2, -m[mt][e / 2]));
-            s[mt][j][e] = pv;
+            s[mt][j][e] = dropped(mt, e, c0 + 8 * j + 2 * t + (e & 1), pv);
             l[mt][e / 2] += pv;
           }
       } else {
@@ -313,7 +337,7 @@ __global__ void __launch_bounds__(NW * 32)
           for (int e = 0; e < 4; ++e) {
             const float mm = m[mt][e / 2];
             const float pv = mm == -INFINITY ? 0.0f : fast_exp2(s[mt][j][e] - mm);
-            s[mt][j][e] = pv;
+            s[mt][j][e] = dropped(mt, e, c0 + 8 * j + 2 * t + (e & 1), pv);
             l[mt][e / 2] += pv;
           }
       }
@@ -359,7 +383,7 @@ __global__ void __launch_bounds__(NW * 32)
       lr += __shfl_xor_sync(0xffffffffu, lr, 2);
       const int i = row0 + wrow + mt * 16 + g + 8 * r;
       if (i >= len) continue;
-      const float inv = lr > 0 ? 1.0f / lr : 0.0f;
+      const float inv = lr > 0 ? (kDropout ? p.drop_scale : 1.0f) / lr : 0.0f;
       T* orow = out + (start + i) * p.qs + h * D;
 #pragma unroll
       for (int nb = 0; nb < D / 8; ++nb)
@@ -381,7 +405,7 @@ struct BwdTile {
   static constexpr bool keep_kv = D <= 64;       // K, V A-fragments held in registers
   static constexpr int LD = D + 8, LS = 64 + 8;
   static constexpr size_t bytes(int stages) {
-    return sizeof(bf16) * ((2 + 2 * stages) * 64 * LD + 64 * LS) + sizeof(float) * (4 * 64 + 64);
+    return sizeof(bf16) * ((2 + 2 * stages) * 64 * LD + 64 * LS) + sizeof(float) * (5 * 64 + 64);
   }
 };
 
@@ -389,7 +413,7 @@ struct BwdTile {
 // (head by head of the group) stream through shared memory. dK, dV accumulate in registers;
 // dS^T goes through shared memory so that every warp can form its 16 query rows of dQ = dS K.
 // Block z forms output columns [z DC, (z + 1) DC) of dK, dV and dQ (BwdTile).
-template <int D, int kStages, typename T>
+template <int D, int kStages, typename T, bool kDropout>
 __global__ void __launch_bounds__(NW * 32)
     attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
                        const T* __restrict__ v, const float* __restrict__ lse,
@@ -405,10 +429,11 @@ __global__ void __launch_bounds__(NW * 32)
   // (single-buffered: [K | V | Q0 | dO0 | dS^T])
   auto qbuf = [&](int b) { return Vs + (1 + 2 * b) * 64 * LD; };
   auto gbuf = [&](int b) { return Vs + (2 + 2 * b) * 64 * LD; };
-  bf16* dSt = Vs + (1 + 2 * kStages) * 64 * LD;            // [64 keys][LS]
-  float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);  // [2][64]
-  float* del_b = lse_b + 128;                              // [2][64]
-  float* bias_acc = del_b + 128;
+  bf16* dSt = Vs + (1 + 2 * kStages) * 64 * LD;                     // [64 keys][LS]
+  float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);           // [2][64]
+  float* del_b = lse_b + 128;                                       // [2][64]
+  float* bias_acc = del_b + 128;                                    // [64]
+  uint32_t* drop_key = reinterpret_cast<uint32_t*>(bias_acc + 64);  // [64] of the query tile
   const int kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
@@ -471,7 +496,13 @@ __global__ void __launch_bounds__(NW * 32)
     } else {
       cp_async_wait<0>();  // issued during the previous iteration's dQ
     }
-    if (threadIdx.x < 64) lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
+    if (threadIdx.x < 64) {
+      lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
+      // (the previous tile's keys were last read before its dS^T barrier)
+      if constexpr (kDropout)
+        drop_key[threadIdx.x] = dropout_row_key(
+            p.drop_seed, static_cast<uint32_t>((start + c0 + threadIdx.x) * p.hq + h));
+    }
     __syncthreads();
     if constexpr (kKeepKV)
       if (it == 0)
@@ -506,7 +537,15 @@ __global__ void __launch_bounds__(NW * 32)
         mma16816(dpt[2 * np + 1], va, b[2], b[3]);
       }
     }
-    // P^T and dS^T (in place of S^T and dP^T); lse_s is in log2 units
+    // Z = keep / (1 - p) of query qi of the tile and key `key` (1 without dropout)
+    auto dropout_factor = [&](int qi, int key) {
+      if constexpr (kDropout)
+        return dropout_keep(drop_key[qi], static_cast<uint32_t>(key), p.drop_threshold)
+                   ? p.drop_scale
+                   : 0.0f;
+      return 1.0f;
+    };
+    // P^T (times Z) and dS^T (in place of S^T and dP^T); lse_s is in log2 units
     if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
       // Query rows past the end have zero Q and dO (and lse = delta = 0): P = 1, dP = 0, dS = 0.
 #pragma unroll
@@ -515,8 +554,9 @@ __global__ void __launch_bounds__(NW * 32)
         for (int e = 0; e < 4; ++e) {
           const int qi = 8 * j + 2 * t + (e & 1);
           const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
-          dpt[j][e] = pv * (dpt[j][e] - del_s[qi]);
-          st[j][e] = pv;
+          const float z = dropout_factor(qi, jrow[e / 2]);
+          dpt[j][e] = pv * (dpt[j][e] * z - del_s[qi]);
+          st[j][e] = pv * z;
         }
     } else {
 #pragma unroll
@@ -533,7 +573,9 @@ __global__ void __launch_bounds__(NW * 32)
               x += kLog2e * p.bias[bucket * p.hq + h];
             }
             pv = fast_exp2(x - lse_s[qi]);
-            ds = pv * (dpt[j][e] - del_s[qi]);
+            const float z = dropout_factor(qi, key);
+            ds = pv * (dpt[j][e] * z - del_s[qi]);
+            pv *= z;
             if (dbias) atomicAdd(&bias_acc[bucket], ds);
           }
           st[j][e] = pv;
@@ -656,19 +698,27 @@ void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, 
   TcParams p = make_attn_params(a);
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
-    auto launch = [&](auto* tag) {
+    auto launch = [&](auto* tag, auto dropout) {
       using T = std::remove_pointer_t<decltype(tag)>;
+      constexpr bool kDropout = decltype(dropout)::value;
       static const bool smem_set =
-          (allow_dynamic_smem(attn_fwd_tc_kernel<D, T>, FwdTile<D>::bytes), true);  // once
+          (allow_dynamic_smem(attn_fwd_tc_kernel<D, T, kDropout>, FwdTile<D>::bytes),
+           true);  // once per instantiation
       (void)smem_set;
-      attn_fwd_tc_kernel<D, T><<<dim3(n_tiles, p.hq), NW * 32, FwdTile<D>::bytes>>>(
+      attn_fwd_tc_kernel<D, T, kDropout><<<dim3(n_tiles, p.hq), NW * 32, FwdTile<D>::bytes>>>(
           p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
           static_cast<T*>(out), lse, tiles, cu);
     };
+    auto with_dropout = [&](auto* tag) {
+      if (p.dropout)
+        launch(tag, std::true_type{});
+      else
+        launch(tag, std::false_type{});
+    };
     if (bf16_io)
-      launch(static_cast<bf16*>(nullptr));
+      with_dropout(static_cast<bf16*>(nullptr));
     else
-      launch(static_cast<float*>(nullptr));
+      with_dropout(static_cast<float*>(nullptr));
   });
   ET_LAUNCH_CHECK();
 }
@@ -699,19 +749,26 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
           d_rel_bias, tiles, cu);
     };
     constexpr size_t one = BwdTile<D>::bytes(1), two = BwdTile<D>::bytes(2);
-    if constexpr (D <= 128) {
-      if (bf16_in)
-        run(attn_bwd_tc_kernel<D, 2, bf16>, two, static_cast<bf16*>(nullptr));
-      else
-        run(attn_bwd_tc_kernel<D, 2, float>, two, static_cast<float*>(nullptr));
-    } else {
-      if (bf16_in && static_cast<size_t>(smem_optin) >= two)
-        run(attn_bwd_tc_kernel<D, 2, bf16>, two, static_cast<bf16*>(nullptr));
-      else if (bf16_in)
-        run(attn_bwd_tc_kernel<D, 1, bf16>, one, static_cast<bf16*>(nullptr));
-      else
-        run(attn_bwd_tc_kernel<D, 1, float>, one, static_cast<float*>(nullptr));
-    }
+    auto pick = [&](auto dropout) {
+      constexpr bool kDrop = decltype(dropout)::value;
+      if constexpr (D <= 128) {
+        if (bf16_in)
+          run(attn_bwd_tc_kernel<D, 2, bf16, kDrop>, two, static_cast<bf16*>(nullptr));
+        else
+          run(attn_bwd_tc_kernel<D, 2, float, kDrop>, two, static_cast<float*>(nullptr));
+      } else {
+        if (bf16_in && static_cast<size_t>(smem_optin) >= two)
+          run(attn_bwd_tc_kernel<D, 2, bf16, kDrop>, two, static_cast<bf16*>(nullptr));
+        else if (bf16_in)
+          run(attn_bwd_tc_kernel<D, 1, bf16, kDrop>, one, static_cast<bf16*>(nullptr));
+        else
+          run(attn_bwd_tc_kernel<D, 1, float, kDrop>, one, static_cast<float*>(nullptr));
+      }
+    };
+    if (p.dropout)
+      pick(std::true_type{});
+    else
+      pick(std::false_type{});
   });
   ET_LAUNCH_CHECK();
 }

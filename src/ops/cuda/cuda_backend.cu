@@ -19,6 +19,7 @@
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.h"
+#include "ops/cuda/dropout.h"
 #include "ops/cuda/gemm_lt.h"
 #include "ops/cuda/host_staging.h"
 #include "ops/cuda/norms.h"
@@ -1143,6 +1144,16 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "scale");
     scale_kernel<<<blocks_for(y.numel(), 256), 256>>>(P(y), s, y.numel());
     ET_LAUNCH_CHECK();
+  }
+  void dropout(const Tensor& x, const DropoutSite& d, int64_t first_row, Tensor& y) const override {
+    OpScope scope_(prof.get(), "dropout");
+    ET_CHECK(x.numel() == y.numel(), "dropout: size mismatch");
+    dropout_rows(P(x), d, first_row, P(y), false, rows_of(x), cols_of(x));
+  }
+  void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const override {
+    OpScope scope_(prof.get(), "dropout_add");
+    ET_CHECK(x.numel() == y.numel(), "dropout_add: size mismatch");
+    dropout_rows(P(x), d, 0, P(y), true, rows_of(x), cols_of(x));
   }
   static Ptr optional_ptr(const Tensor* t) { return t ? P(*t) : Ptr{nullptr, 0}; }
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
