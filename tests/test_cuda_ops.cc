@@ -221,6 +221,60 @@ TEST(CudaOps, DropoutMatchesCpuMask) {
   expect_close(b.down(g), ref, 1e-7, "dropout unaligned");
 }
 
+// Model dropout folded into LayerNorm (post-LN layers): res += dropout(branch) then LN(res) in
+// one pass, and LN's backward also writing dropout(dx); against the CPU's composition of the
+// plain ops, fp32 and bf16, with parameter gradients and without, for a vectorised width (768)
+// and one that takes the composed fallback (100). bf16: the sum is rounded as stored, then
+// normalised, so y is within a few bf16 roundings of the CPU's.
+TEST(CudaOps, DropoutFoldedIntoLayerNorm) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  for (int64_t n : {768, 100}) {
+    for (DType act : {DType::F32, DType::BF16}) {
+      const std::string what = "n=" + std::to_string(n) + " " + dtype_name(act);
+      const bool bf = act == DType::BF16;
+      const double tol = bf ? 2e-2 : 1e-5;
+      const DropoutSite d{0.1f, 0xabcdefULL + static_cast<uint64_t>(n)};
+      const int64_t R = 257;
+      Tensor branch = b.rand({R, n}, -2, 2), res = b.rand({R, n}, -2, 2), w = b.rand({n}, 0.5, 1.5),
+             bias = b.rand({n});
+      if (bf) branch = b.rounded(branch), res = b.rounded(res);
+      auto dev = [&](const Tensor& h) { return bf ? b.bf(h) : b.up(h); };
+      Tensor res_c = cpu_clone(res), y_c = cpu_empty({R, n}), m_c = cpu_empty({R}),
+             r_c = cpu_empty({R});
+      b.cpu->dropout_add_layernorm_forward(branch, d, res_c, w, &bias, 1e-12f, y_c, m_c, r_c);
+      Tensor res_g = dev(res), y_g = b.poisoned({R, n}, act), m_g = b.poisoned({R}),
+             r_g = b.poisoned({R});
+      Tensor wd = b.up(w), bd = b.up(bias);
+      b.gpu->dropout_add_layernorm_forward(dev(branch), d, res_g, wd, &bd, 1e-12f, y_g, m_g, r_g);
+      expect_close(b.down(res_g), res_c, bf ? 8e-3 : 1e-7, what + " residual sum");
+      expect_close(b.down(y_g), y_c, tol, what + " y");
+      expect_close(b.down(r_g), r_c, tol, what + " rstd");
+      for (bool grads : {true, false}) {
+        Tensor dy = b.rand({R, n});
+        if (bf) dy = b.rounded(dy);
+        Tensor x = b.down(res_g);  // the saved sum, as the GPU stored it
+        Tensor dx_c = cpu_empty({R, n}), dd_c = cpu_empty({R, n}), dw_c = b.rand({n}),
+               db_c = b.rand({n});
+        Tensor dw_g = b.up(dw_c), db_g = b.up(db_c);
+        b.cpu->layernorm_backward_dropout(dy, x, w, b.down(m_g), b.down(r_g), dx_c,
+                                          grads ? &dw_c : nullptr, grads ? &db_c : nullptr, d,
+                                          dd_c);
+        Tensor dx_g = b.poisoned({R, n}, act), dd_g = b.poisoned({R, n}, act);
+        b.gpu->layernorm_backward_dropout(dev(dy), res_g, wd, m_g, r_g, dx_g,
+                                          grads ? &dw_g : nullptr, grads ? &db_g : nullptr, d,
+                                          dd_g);
+        expect_close(b.down(dx_g), dx_c, tol, what + " dx");
+        expect_close(b.down(dd_g), dd_c, tol, what + " dropout(dx)");
+        if (grads) {
+          expect_close(b.down(dw_g), dw_c, tol, what + " dw");
+          expect_close(b.down(db_g), db_c, tol, what + " db");
+        }
+      }
+    }
+  }
+}
+
 // Norms that keep their normalized input: forward also writes xhat (fp32 or bf16);
 // norm_scale_shift(xhat) gives y again (exactly from an fp32 xhat, within one bf16 rounding
 // from a bf16 one); backward from xhat matches the CPU's backward from x. Row widths for the

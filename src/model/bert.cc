@@ -127,6 +127,17 @@ static AttentionArgs with_dropout(const AttentionArgs& attn, const DropoutSite& 
   return a;
 }
 
+// y = LN(res) or, with a dropped sublayer output `branch`, y = LN(res + drop(branch)) with res
+// updated to that sum (one pass: dropout_add_layernorm_forward).
+static void residual_layernorm(const Backend& be, const Tensor& branch, const DropoutSite& d,
+                               Tensor& res, const Param* w, const Param* b, float eps, Tensor& y,
+                               Tensor& mean, Tensor& rstd) {
+  if (branch.defined())
+    be.dropout_add_layernorm_forward(branch, d, res, w->value, &b->value, eps, y, mean, rstd);
+  else
+    be.layernorm_forward(res, w->value, &b->value, eps, y, mean, rstd);
+}
+
 // One encoder layer: x -> LN2(W2 act(W1 x1) + x1), x1 = LN1(Wo attn(Wq x, Wk x, Wv x) + x).
 // With `s`, keeps what backward needs.
 // The residual sums are made in the output products' epilogues, into the buffers of x and x1
@@ -157,25 +168,33 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   else
     be.attention_forward(attn, q, k, v, ctx, lse);
   // res1 = x + drop(Wo ctx), summed in the products' epilogues without dropout (into x's buffer
-  // when it is ours)
-  Tensor res1 = residual_buffer(be, std::move(x), act);
-  linear_forward_dropout_add(be, L.o, ctx, drop_attn_out, res1, s ? &s->o : nullptr, rng);
+  // when it is ours), with it in LN1's pass
+  Tensor res1 = residual_buffer(be, std::move(x), act), a;
+  if (drop_attn_out.active())
+    a = linear_forward(be, L.o, ctx, s ? &s->o : nullptr, rng);
+  else
+    linear_forward_add(be, L.o, ctx, res1, s ? &s->o : nullptr, rng);
   Tensor x1 = be.empty({T, H}, act);
   Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
-  be.layernorm_forward(res1, L.ln1_w->value, &L.ln1_b->value, c.norm_eps, x1, m1, r1);
+  residual_layernorm(be, a, drop_attn_out, res1, L.ln1_w, L.ln1_b, c.norm_eps, x1, m1, r1);
+  a = Tensor{};
   Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
   if (s) drop_saved_input(s->ffn_in, x1);
   Tensor h = be.empty(h_pre.shape, act);
   be.act_forward(c.act, h_pre, h);
-  Tensor res2 = residual_buffer(be, std::move(x1), act);
-  linear_forward_dropout_add(be, L.ffn_out, h, drop_ffn_out, res2, s ? &s->ffn_out : nullptr, rng);
+  Tensor res2 = residual_buffer(be, std::move(x1), act), f;
+  if (drop_ffn_out.active())
+    f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
+  else
+    linear_forward_add(be, L.ffn_out, h, res2, s ? &s->ffn_out : nullptr, rng);
   // h = act(h_pre) is recomputed in backward rather than kept: [T, intermediate] is the
   // largest activation of a layer. (With LoRA dropout the masked copy stays.)
   if (s) drop_saved_input(s->ffn_out, h);
   h = Tensor{};
   Tensor out = be.empty({T, H}, act);
   Tensor m2 = be.empty({T}, DType::F32), r2 = be.empty({T}, DType::F32);
-  be.layernorm_forward(res2, L.ln2_w->value, &L.ln2_b->value, c.norm_eps, out, m2, r2);
+  residual_layernorm(be, f, drop_ffn_out, res2, L.ln2_w, L.ln2_b, c.norm_eps, out, m2, r2);
+  f = Tensor{};
   if (s) {
     s->qt = q;
     s->kt = k;
@@ -344,20 +363,21 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
                                     const BertSaved& saved, BertLayerSaved& s, Tensor& g_out,
                                     Tensor dx1) {
   const BertLayer& L = enc.layers[i];
-  Tensor g_res = be.empty(g_out.shape, g_out.dtype);
-  be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_res,
-                        grad_of(L.ln1_w), grad_of(L.ln1_b));
+  Tensor g_res = be.empty(g_out.shape, g_out.dtype), da;
+  if (s.drop_attn_out.active()) {  // also d(a) = drop'(d(res1)), in the same pass
+    da = be.empty(g_out.shape, g_out.dtype);
+    be.layernorm_backward_dropout(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_res,
+                                  grad_of(L.ln1_w), grad_of(L.ln1_b), s.drop_attn_out, da);
+  } else {
+    be.layernorm_backward(dx1, s.res1, L.ln1_w->value, s.ln1_mean, s.ln1_rstd, g_res,
+                          grad_of(L.ln1_w), grad_of(L.ln1_b));
+  }
   // d(x) starts as d(res1) (the residual path) in g_res's own buffer: Wo's backward reads it
-  // before q, k and v's backward add into it
+  // (or its dropped copy) before q, k and v's backward add into it
   g_out = std::move(g_res);
   Tensor& dctx = dx1;
-  if (s.drop_attn_out.active()) {
-    Tensor da = be.empty(g_out.shape, g_out.dtype);  // d(a) = drop'(d(res1))
-    be.dropout(g_out, s.drop_attn_out, 0, da);
-    linear_backward(be, L.o, s.o, da, &dctx, false);
-  } else {
-    linear_backward(be, L.o, s.o, g_out, &dctx, false);
-  }
+  linear_backward(be, L.o, s.o, da.defined() ? da : g_out, &dctx, false);
+  da = Tensor{};
   Tensor dq32 = be.empty(g_out.shape, DType::F32);
   Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
   be.attention_backward(s.drop_attn.active() ? with_dropout(saved.attn, s.drop_attn) : saved.attn,

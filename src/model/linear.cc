@@ -76,16 +76,6 @@ void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Ten
   linear_into(be, l, x2, y, 1.0f, saved, rng);
 }
 
-void linear_forward_dropout_add(const Backend& be, const Linear& l, const Tensor& x,
-                                const DropoutSite& d, Tensor& out, LinearSaved* saved, Rng* rng) {
-  if (!d.active()) {
-    linear_forward_add(be, l, x, out, saved, rng);
-    return;
-  }
-  const Tensor y = linear_forward(be, l, x, saved, rng);
-  be.dropout_add(y, d, out);
-}
-
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype) {
   if (x.dtype == dtype && x.owner.use_count() == 1) return x;
   Tensor y = be.empty(x.shape, dtype);

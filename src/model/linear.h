@@ -55,11 +55,6 @@ Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, Linea
 // products' epilogues instead of by a separate pass over both tensors.
 void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Tensor& out,
                         LinearSaved* saved, Rng* rng);
-// out += dropout(linear(x)) (a sublayer's output into its residual stream in training): without
-// dropout linear_forward_add; with it the product into a buffer of its own, then one
-// dropout_add pass (the mask is not stored: backward regenerates it from the site).
-void linear_forward_dropout_add(const Backend& be, const Linear& l, const Tensor& x,
-                                const DropoutSite& d, Tensor& out, LinearSaved* saved, Rng* rng);
 // A residual stream's buffer that linear_forward_add may sum into: x itself when it is already
 // in `dtype` and no one else holds it (a layer's handed-over input, an earlier sum), else a copy.
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype);

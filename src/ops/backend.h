@@ -94,6 +94,16 @@ struct Backend {
                        Tensor& y) const = 0;
   // y += dropout(x): a sublayer's output into its residual stream.
   virtual void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const = 0;
+  // res += dropout(branch), then y = LN(res) as layernorm_forward: a dropped sublayer output,
+  // its residual sum and the norm after it (post-LN layers in training), in one pass where the
+  // backend fuses them.
+  virtual void dropout_add_layernorm_forward(const Tensor& branch, const DropoutSite& d,
+                                             Tensor& res, const Tensor& w, const Tensor* b,
+                                             float eps, Tensor& y, Tensor& mean,
+                                             Tensor& rstd) const {
+    dropout_add(branch, d, res);
+    layernorm_forward(res, w, b, eps, y, mean, rstd);
+  }
 
   // LayerNorm over the last dim: y = xhat * w + b, xhat = (x - mean) * rstd; mean, rstd: [rows].
   // With `xhat`, also writes the normalized input in xhat's dtype. y is computed from the
@@ -107,6 +117,15 @@ struct Backend {
   virtual void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                   const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor* dw,
                                   Tensor* db) const = 0;
+  // layernorm_backward that also writes dropped = dropout(dx): the gradient reaching a dropped
+  // sublayer output whose residual sum the norm read (see dropout_add_layernorm_forward).
+  virtual void layernorm_backward_dropout(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                          const Tensor& mean, const Tensor& rstd, Tensor& dx,
+                                          Tensor* dw, Tensor* db, const DropoutSite& d,
+                                          Tensor& dropped) const {
+    layernorm_backward(dy, x, w, mean, rstd, dx, dw, db);
+    dropout(dx, d, 0, dropped);
+  }
   // The same from the normalized input xhat instead of x and mean: training keeps xhat (bf16)
   // rather than an fp32 residual-stream input, half the bytes.
   virtual void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,

@@ -1172,6 +1172,34 @@ struct CudaBackend final : Backend {
         P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), xh, rows, n);
     ET_LAUNCH_CHECK();
   }
+  void dropout_add_layernorm_forward(const Tensor& branch, const DropoutSite& d, Tensor& res,
+                                     const Tensor& w, const Tensor* b, float eps, Tensor& y,
+                                     Tensor& mean, Tensor& rstd) const override {
+    const int n = static_cast<int>(cols_of(res));
+    if (!norm_rows_vectorised(n, {branch.data, res.data, y.data, w.data, b ? b->data : nullptr})) {
+      Backend::dropout_add_layernorm_forward(branch, d, res, w, b, eps, y, mean, rstd);
+      return;
+    }
+    OpScope scope_(prof.get(), "dropout_add_layernorm_forward");
+    ET_CHECK(branch.numel() == res.numel() && y.numel() == res.numel(),
+             "dropout_add_layernorm_forward: size mismatch");
+    layernorm_forward_rows(P(res), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd),
+                           Ptr{nullptr, 0}, rows_of(res), n, P(branch), d);
+  }
+  void layernorm_backward_dropout(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                  const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                  Tensor* db, const DropoutSite& d,
+                                  Tensor& dropped) const override {
+    const int n = static_cast<int>(cols_of(x));
+    if (!norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data, dropped.data})) {
+      Backend::layernorm_backward_dropout(dy, x, w, mean, rstd, dx, dw, db, d, dropped);
+      return;
+    }
+    OpScope scope_(prof.get(), "layernorm_backward_dropout");
+    ET_CHECK(dropped.numel() == dx.numel(), "layernorm_backward_dropout: size mismatch");
+    layernorm_backward_rows(P(dy), P(x), F(w), F(mean), F(rstd), P(dx), dw ? W(*dw) : nullptr,
+                            db ? W(*db) : nullptr, rows_of(x), n, P(dropped), d);
+  }
   // mean null: x is the saved xhat
   void layernorm_backward_any(const Tensor& dy, const Tensor& x, const Tensor& w, const float* mean,
                               const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const {

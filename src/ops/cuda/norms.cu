@@ -45,9 +45,29 @@ __global__ void norm_scale_shift_kernel(Ptr xhat, const float* w, float offset, 
   }
 }
 
-template <int V>
+// Model dropout folded into the norms (training): the forward's input x becomes the residual
+// sum x + dropout(branch), written back to x; the backward also writes dropout(dx) to
+// `dropped`. The mask is dropout_mask.h's, as the standalone dropout kernels draw it.
+struct NormDropout {
+  Ptr io;  // forward: the branch; backward: where dropout(dx) goes
+  uint32_t seed, threshold;
+  float keep_scale;
+};
+NormDropout norm_dropout(Ptr io, const DropoutSite& d) {
+  ET_CHECK(d.p >= 0 && d.p < 1, "dropout: probability must be in [0, 1), got ", d.p);
+  return {io, dropout_seed32(d.seed), dropout_threshold(d.p), 1.0f / (1.0f - d.p)};
+}
+__device__ __forceinline__ void apply_dropout8(const NormDropout& d, int64_t row, int c, float* v) {
+  const uint32_t key = dropout_row_key(d.seed, static_cast<uint32_t>(row));
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    v[j] = dropout_keep(key, static_cast<uint32_t>(c + j), d.threshold) ? v[j] * d.keep_scale : 0;
+}
+
+template <int V, bool kDrop>
 __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, float eps, Ptr y,
-                                      float* mean, float* rstd, Ptr xhat, int64_t rows, int n) {
+                                      float* mean, float* rstd, Ptr xhat, int64_t rows, int n,
+                                      NormDropout drop) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -57,6 +77,15 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
     const int c = 8 * (lane + 32 * k);
     if (c >= n) continue;
     x.load8(r * n + c, v[k]);
+    if constexpr (kDrop) {
+      float a[8];
+      drop.io.load8(r * n + c, a);
+      apply_dropout8(drop, r, c, a);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)  // the sum as stored (bf16): the norm of the saved tensor
+        v[k][j] = x.bf ? __bfloat162float(__float2bfloat16(v[k][j] + a[j])) : v[k][j] + a[j];
+      x.store8(r * n + c, v[k]);
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) s += v[k][j];
   }
@@ -91,10 +120,10 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
 // L1, just after the first) rather than held across the reductions: holding it and the sums
 // took 144 registers at n = 768, one block of 8 warps per SM, and left the kernel at 60% of
 // memory bandwidth.
-template <int V, bool kGrads>
+template <int V, bool kGrads, bool kDrop>
 __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
     layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
-                           Ptr dx, float* dw, float* db, int64_t rows, int n) {
+                           Ptr dx, float* dw, float* db, int64_t rows, int n, NormDropout drop) {
   extern __shared__ float acc[];  // [2n] when kGrads
   if constexpr (kGrads) {
     for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
@@ -140,6 +169,10 @@ __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
 #pragma unroll
       for (int j = 0; j < 8; ++j) g[j] = rs * (g[j] * wv[j] - a - (xh[j] - mu) * xs * bb);
       dx.store8(r * n + c, g);
+      if constexpr (kDrop) {
+        apply_dropout8(drop, r, c, g);
+        drop.io.store8(r * n + c, g);
+      }
     }
   }
   if constexpr (kGrads) {
@@ -289,27 +322,42 @@ bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands) {
 }
 
 void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
-                            float* rstd, Ptr xhat, int64_t rows, int n) {
+                            float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch,
+                            const DropoutSite& d) {
   if (rows == 0) return;
+  const NormDropout drop = norm_dropout(branch, d);
   dispatch_chunks(n, [&](auto v) {
-    layernorm_forward_vec<decltype(v)::value>
-        <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, xhat, rows, n);
+    constexpr int kV = decltype(v)::value;
+    if (branch.p)
+      layernorm_forward_vec<kV, true>
+          <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, xhat, rows, n, drop);
+    else
+      layernorm_forward_vec<kV, false>
+          <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, xhat, rows, n, drop);
   });
   ET_LAUNCH_CHECK();
 }
 
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
-                             Ptr dx, float* dw, float* db, int64_t rows, int n) {
+                             Ptr dx, float* dw, float* db, int64_t rows, int n, Ptr dropped,
+                             const DropoutSite& d) {
   if (rows == 0) return;
+  const NormDropout drop = norm_dropout(dropped, d);
   dispatch_chunks(n, [&](auto v) {
-    if (dw || db)
-      layernorm_backward_vec<decltype(v)::value, true>
-          <<<backward_blocks(rows, true), kWarps * 32, 2 * sizeof(float) * n>>>(
-              dy, x, w, mean, rstd, dx, dw, db, rows, n);
+    constexpr int kV = decltype(v)::value;
+    auto launch = [&](auto kernel, bool grads) {
+      kernel<<<backward_blocks(rows, grads), kWarps * 32, grads ? 2 * sizeof(float) * n : 0>>>(
+          dy, x, w, mean, rstd, dx, dw, db, rows, n, drop);
+    };
+    const bool grads = dw || db;
+    if (grads && dropped.p)
+      launch(layernorm_backward_vec<kV, true, true>, true);
+    else if (grads)
+      launch(layernorm_backward_vec<kV, true, false>, true);
+    else if (dropped.p)
+      launch(layernorm_backward_vec<kV, false, true>, false);
     else
-      layernorm_backward_vec<decltype(v)::value, false>
-          <<<backward_blocks(rows, false), kWarps * 32>>>(dy, x, w, mean, rstd, dx, dw, db, rows,
-                                                          n);
+      launch(layernorm_backward_vec<kV, false, false>, false);
   });
   ET_LAUNCH_CHECK();
 }

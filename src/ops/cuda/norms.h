@@ -15,15 +15,21 @@
 #include <cstdint>
 
 #include "ops/cuda/operand.cuh"
+#include "ops/dropout_mask.h"
 
 namespace et::cuda {
 
 bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands);
 
+// With branch.p set, the forward first sums x += dropout(branch) (the mask of dropout_mask.h,
+// rows from 0) into x, and normalises that sum as stored; with dropped.p set, the backward also
+// writes dropout(dx) there (model dropout's residual sums folded into the norms next to them).
 void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
-                            float* rstd, Ptr xhat, int64_t rows, int n);
+                            float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch = {nullptr, 0},
+                            const DropoutSite& d = {});
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
-                             Ptr dx, float* dw, float* db, int64_t rows, int n);
+                             Ptr dx, float* dw, float* db, int64_t rows, int n,
+                             Ptr dropped = {nullptr, 0}, const DropoutSite& d = {});
 void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
                           Ptr xhat, int64_t rows, int n);
 void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
