@@ -200,12 +200,12 @@ TEST(CudaOps, DropoutMatchesCpuMask) {
     expect_close(b.down(inplace), r, 4e-3, "dropout in place");
     // res += dropout(x), fp32 and bf16
     Tensor rr = cpu_clone(res);
-    b.cpu->dropout_add(x, d, rr);
+    b.cpu->dropout_add(x, d, 0, rr);
     Tensor gr = b.up(res);
-    b.gpu->dropout_add(b.up(x), d, gr);
+    b.gpu->dropout_add(b.up(x), d, 0, gr);
     expect_close(b.down(gr), rr, 1e-7, "dropout_add fp32");
     Tensor grb = b.bf(res);
-    b.gpu->dropout_add(b.bf(x), d, grb);
+    b.gpu->dropout_add(b.bf(x), d, 0, grb);
     expect_close(b.down(grb), rr, 8e-3, "dropout_add bf16");
   }
   // 40 columns (a multiple of 8) at a base that is not 16-byte aligned: the generic kernel
@@ -1162,11 +1162,11 @@ TEST_P(CudaModel, MatchesCpu) {
   auto gpu = make_cuda_backend(0, mc_case.act);
   const double tol_all = all_grads_tolerance(mc_case);
   const double tol_each = 2 * tol_all;
-  // The model's own dropout (BERT family): both backends drop the same elements, so the
-  // training gradients compare as without it.
-  for (int pass = 0; pass < 3; ++pass) {
-    const TrainMode mode = pass == 1 ? TrainMode::Lora : TrainMode::Full;
-    const bool dropout = pass == 2;
+  // The model's own dropout (BERT family; full fine-tuning, then LoRA with LoRA dropout too):
+  // both backends drop the same elements, so the training gradients compare as without it.
+  for (int pass = 0; pass < 4; ++pass) {
+    const TrainMode mode = pass == 1 || pass == 3 ? TrainMode::Lora : TrainMode::Full;
+    const bool dropout = pass >= 2;
     auto mc = load_sentence_model(root + "/model", *cpu);
     auto mg = load_sentence_model(root + "/model", *gpu);
     if (dropout && is_rotary_family(mc->cfg.family)) continue;  // none implemented there
@@ -1176,6 +1176,10 @@ TEST_P(CudaModel, MatchesCpu) {
     }
     set_model_dropout(mc->encoder, dropout);
     set_model_dropout(mg->encoder, dropout);
+    if (pass == 3)
+      for (auto* m : {mc.get(), mg.get()})
+        for (Linear* l : encoder_linears(m->encoder))
+          if (l->lora_a) l->lora_dropout = 0.1f;
     Rng rng_c(17), rng_g(17);
     Tensor ec = embed_forward(*cpu, *mc, cols[1], nullptr, nullptr);
     Tensor eg = gpu->download(embed_forward(*gpu, *mg, cols[1], nullptr, nullptr));
@@ -1210,7 +1214,8 @@ TEST_P(CudaModel, MatchesCpu) {
       EXPECT_LT(err * ref_norm, tol_each * std::max(ref_norm, 1e-3 * max_norm)) << pc[i]->name;
     }
     std::printf("%s %s all gradients: rel err %.4f (tolerance %.4f)\n", mc_case.arch.c_str(),
-                dropout                   ? "full, model dropout"
+                pass == 3                 ? "lora, model and LoRA dropout"
+                : dropout                 ? "full, model dropout"
                 : mode == TrainMode::Full ? "full"
                                           : "lora",
                 std::sqrt(num / den), tol_all);

@@ -67,7 +67,7 @@ TEST(Dropout, MaskStatisticsScaleAndRegeneration) {
     // dropout_add: y += dropout(x), in place into a residual
     Tensor res = random_tensor(rng, {R, C}, -1, 1), expect = cpu_empty({R, C});
     be->add(res, y, expect);
-    be->dropout_add(x, {p, 1234}, res);
+    be->dropout_add(x, {p, 1234}, 0, res);
     EXPECT_EQ(rel_error(res, expect), 0.0);
   }
   // p = 0 is the identity; p outside [0, 1) is refused

@@ -27,15 +27,14 @@ static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Te
   const int64_t n = x2.dim(0);
   if (saved) saved->x = x2;
   if (l.lora_a) {
-    Tensor xl = x2, mask;
+    // LoRA dropout (PEFT's lora_dropout on the branch's input): a mask drawn on the device from
+    // one seed of the RNG, regenerated in backward
+    Tensor xl = x2;
+    DropoutSite mask;
     if (rng && l.lora_dropout > 0) {
-      Tensor host = cpu_empty(x2.shape);
-      float* m = host.f32();
-      const float keep = 1.0f / (1.0f - l.lora_dropout);
-      for (int64_t i = 0; i < host.numel(); ++i) m[i] = rng->uniform() < l.lora_dropout ? 0 : keep;
-      mask = be.upload(host);
+      mask = {l.lora_dropout, rng->next_u64()};
       xl = be.empty(x2.shape, x2.dtype);
-      be.mul(x2, mask, xl);
+      be.dropout(x2, mask, 0, xl);
     }
     const int64_t r = l.lora_a->value.dim(0);
     Tensor xa = be.empty({n, r}, x2.dtype);
@@ -91,9 +90,11 @@ void drop_saved_input(LinearSaved& s, const Tensor& in) {
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
   ET_CHECK(!s.xa_t.defined(), "saved_rows: a grouped forward's saved state has no token rows");
   LinearSaved r;
-  for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.mask, &r.mask},
-                          std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
+  for (auto [from, to] :
+       {std::pair{&s.x, &r.x}, std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
     if (from->defined()) *to = from->rows(b, e);
+  r.mask = s.mask;
+  r.mask_row0 = s.mask_row0 + b;
   return r;
 }
 
@@ -197,16 +198,15 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   Tensor d2 = dx->reshape({n, l.in});
   float beta = accumulate ? 1.0f : 0.0f;
   // the rank-r product first, for the reason given at linear_into
-  if (l.lora_a && !s.mask.defined()) {
+  if (l.lora_a && !s.mask.active()) {
     be.matmul(dxa, false, product_operand(*l.lora_a), false, d2, 1.0f, beta);
     beta = 1.0f;
   }
   be.matmul(g, false, l.weight->value, false, d2, 1.0f, beta);
-  if (l.lora_a && s.mask.defined()) {
+  if (l.lora_a && s.mask.active()) {
     Tensor t = be.empty({n, l.in}, dy.dtype);
     be.matmul(dxa, false, product_operand(*l.lora_a), false, t);
-    be.mul(t, s.mask, t);
-    be.add(d2, t, d2);
+    be.dropout_add(t, s.mask, s.mask_row0, d2);
   }
 }
 

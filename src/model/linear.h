@@ -26,12 +26,14 @@ struct Linear {
   int64_t in = 0, out = 0;
 };
 
-// What backward needs: the input, the LoRA dropout mask (0 or 1/(1-p); undefined without
-// dropout), the input of the LoRA branch (x * mask) and x_lora A^T, or (a group's forward, see
-// linear_group_forward) its transpose A x_lora^T [r, n] instead.
+// What backward needs: the input, the LoRA dropout site (p = 0 without dropout; its mask is
+// regenerated, dropout_mask.h, and these rows start at row mask_row0 of it), the input of the
+// LoRA branch (dropout(x)) and x_lora A^T, or (a group's forward, see linear_group_forward) its
+// transpose A x_lora^T [r, n] instead.
 struct LinearSaved {
   Tensor x;
-  Tensor mask;
+  DropoutSite mask;
+  int64_t mask_row0 = 0;
   Tensor x_lora;
   Tensor xa;
   Tensor xa_t;

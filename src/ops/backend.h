@@ -92,8 +92,10 @@ struct Backend {
   // mask). Linear in x, so the same call on a gradient is the backward. y may alias x.
   virtual void dropout(const Tensor& x, const DropoutSite& d, int64_t first_row,
                        Tensor& y) const = 0;
-  // y += dropout(x): a sublayer's output into its residual stream.
-  virtual void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const = 0;
+  // y += dropout(x) (rows of x from first_row of the mask, as dropout): a sublayer's output
+  // into its residual stream, LoRA's dropped branch gradient into dx.
+  virtual void dropout_add(const Tensor& x, const DropoutSite& d, int64_t first_row,
+                           Tensor& y) const = 0;
   // res += dropout(branch), then y = LN(res) as layernorm_forward: a dropped sublayer output,
   // its residual sum and the norm after it (post-LN layers in training), in one pass where the
   // backend fuses them.
@@ -101,7 +103,7 @@ struct Backend {
                                              Tensor& res, const Tensor& w, const Tensor* b,
                                              float eps, Tensor& y, Tensor& mean,
                                              Tensor& rstd) const {
-    dropout_add(branch, d, res);
+    dropout_add(branch, d, 0, res);
     layernorm_forward(res, w, b, eps, y, mean, rstd);
   }
 

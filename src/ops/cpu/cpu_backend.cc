@@ -189,8 +189,9 @@ struct CpuBackend final : Backend {
   void dropout(const Tensor& x, const DropoutSite& d, int64_t first_row, Tensor& y) const override {
     dropout_rows(x, d, first_row, y, false);
   }
-  void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const override {
-    dropout_rows(x, d, 0, y, true);
+  void dropout_add(const Tensor& x, const DropoutSite& d, int64_t first_row,
+                   Tensor& y) const override {
+    dropout_rows(x, d, first_row, y, true);
   }
 
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,

@@ -1150,10 +1150,11 @@ struct CudaBackend final : Backend {
     ET_CHECK(x.numel() == y.numel(), "dropout: size mismatch");
     dropout_rows(P(x), d, first_row, P(y), false, rows_of(x), cols_of(x));
   }
-  void dropout_add(const Tensor& x, const DropoutSite& d, Tensor& y) const override {
+  void dropout_add(const Tensor& x, const DropoutSite& d, int64_t first_row,
+                   Tensor& y) const override {
     OpScope scope_(prof.get(), "dropout_add");
     ET_CHECK(x.numel() == y.numel(), "dropout_add: size mismatch");
-    dropout_rows(P(x), d, 0, P(y), true, rows_of(x), cols_of(x));
+    dropout_rows(P(x), d, first_row, P(y), true, rows_of(x), cols_of(x));
   }
   static Ptr optional_ptr(const Tensor* t) { return t ? P(*t) : Ptr{nullptr, 0}; }
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor* b, float eps, Tensor& y,
