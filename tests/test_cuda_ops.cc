@@ -1386,6 +1386,8 @@ TEST(CudaTrainer, TrainsResumesAndMatchesCpu) {
   // Adam's first steps move each weight by about +-lr whatever the gradient's size, so
   // individual LoRA B entries (zero at the start) are compared through the loss instead.
   EXPECT_NEAR(ra.last_loss, rc.last_loss, 5e-2 * std::abs(rc.last_loss));
+  EXPECT_GT(ra.peak_bytes, 0u);  // reported in train_summary.json and the last log line
+  EXPECT_EQ(rc.peak_bytes, 0u);  // the CPU does not track it
   TensorFile ta = read_safetensors(dir + "/gpu_a/adapter/adapter_model.safetensors");
   TensorFile tb = read_safetensors(dir + "/gpu_b/adapter/adapter_model.safetensors");
   TensorFile tc = read_safetensors(dir + "/cpu/adapter/adapter_model.safetensors");

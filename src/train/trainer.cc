@@ -411,6 +411,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   r.tokens = st.tokens;
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   r.last_loss = last_loss;
+  r.peak_bytes = be.peak_bytes();
   if (stopped) {
     rep.line(fmt("stopped after step %lld", static_cast<long long>(st.step)));
     return r;
@@ -430,6 +431,7 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
                   {"tokens_per_second",
                    r.seconds > 0 ? static_cast<double>(r.tokens - start_tokens) / r.seconds : 0},
                   {"final_loss", r.last_loss},
+                  {"peak_memory_gib", static_cast<double>(r.peak_bytes) / (1 << 30)},
                   {"adapter", r.adapter_dir},
                   {"merged", r.merged_dir}};
   if (evaluating) {
@@ -442,7 +444,10 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
   write_json_atomic(path_join(c.output_dir, "train_summary.json"), summary);
   rep.line(fmt("done: %lld steps in %s, final loss %.4f, %.0f tokens/s",
                static_cast<long long>(r.steps), duration(r.seconds).c_str(), r.last_loss,
-               summary["tokens_per_second"].get<double>()));
+               summary["tokens_per_second"].get<double>()) +
+           (r.peak_bytes > 0
+                ? fmt(", peak GPU memory %.2f GiB", static_cast<double>(r.peak_bytes) / (1 << 30))
+                : std::string()));
   return r;
 }
 

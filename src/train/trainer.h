@@ -2,6 +2,7 @@
 // model. Settings are named after sentence-transformers' / transformers' training arguments.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -65,6 +66,9 @@ struct TrainResult {
   int64_t tokens = 0;
   double seconds = 0;
   double last_loss = 0;
+  // Peak device memory of the run's training and evaluation (weights included; before the
+  // exports), 0 where the backend does not track it (the CPU).
+  size_t peak_bytes = 0;
   std::string adapter_dir, merged_dir;
 };
 
