@@ -338,8 +338,10 @@ TEST_P(Training, GradientCheckpointingGivesTheSameGradients) {
 }
 
 // The model's own dropout in training (the BERT family: embeddings, attention probabilities,
-// attention and FFN outputs), with full fine-tuning and with LoRA under LoRA dropout on every
-// projection (the FFN's backward runs in row halves, each regenerating its rows of the masks):
+// attention and FFN outputs), with full fine-tuning, with LoRA under LoRA dropout on every
+// projection (the FFN's backward runs in row halves, each regenerating its rows of the masks)
+// and with GradCache (mini-batches of 2 texts: the second pass must replay the first pass's
+// masks, or its gradient is not that of the loss the first pass computed):
 // for a fixed RNG the loss is a fixed differentiable function of the weights, so every
 // parameter's gradient must match the central difference of the loss along that gradient,
 // (L(w + h u) - L(w - h u)) / 2h = |g| for u = g / |g| (h = 3e-3; tolerance 2%, from fp32
@@ -347,8 +349,11 @@ TEST_P(Training, GradientCheckpointingGivesTheSameGradients) {
 // rounding, about 1e-7 of it, is a large part of the slope of the smallest LoRA gradients). Dropout
 // must change the loss.
 TEST_P(Training, ModelDropoutGradientsMatchFiniteDifferences) {
-  for (TrainMode mode : {TrainMode::Full, TrainMode::Lora}) {
-    SCOPED_TRACE(mode == TrainMode::Full ? "full" : "lora");
+  for (int variant = 0; variant < 3; ++variant) {
+    const TrainMode mode = variant == 1 ? TrainMode::Lora : TrainMode::Full;
+    LossSpec spec;
+    spec.mini_batch_size = variant == 2 ? 2 : 0;
+    SCOPED_TRACE(variant == 0 ? "full" : variant == 1 ? "lora" : "full, GradCache");
     std::string root = model_fixture(GetParam());
     SKIP_WITHOUT_FIXTURES(root);
     auto cols = fixture_columns(root);
@@ -370,11 +375,11 @@ TEST_P(Training, ModelDropoutGradientsMatchFiniteDifferences) {
         if (l->lora_b) be->fill(l->lora_b->value, 0.1f);  // the LoRA branch's share of dx shows
     }
     auto params = set_trainable(*be, *m, mode);
-    const double plain = train_step_grads(*be, *m, cols, LossSpec{}, 1.0, nullptr)();
+    const double plain = train_step_grads(*be, *m, cols, spec, 1.0, nullptr)();
     set_model_dropout(m->encoder, true);
     auto loss_at = [&] {
       Rng rng(5);  // the same masks on every evaluation
-      return train_step_grads(*be, *m, cols, LossSpec{}, 1.0, &rng)();
+      return train_step_grads(*be, *m, cols, spec, 1.0, &rng)();
     };
     for (Param* p : params) be->fill(p->grad, 0.0f);
     const double dropped = loss_at();
