@@ -431,7 +431,8 @@ TrainResult run_training(const TrainConfig& c, const Backend& be) {
                   {"tokens_per_second",
                    r.seconds > 0 ? static_cast<double>(r.tokens - start_tokens) / r.seconds : 0},
                   {"final_loss", r.last_loss},
-                  {"peak_memory_gib", static_cast<double>(r.peak_bytes) / (1 << 30)},
+                  {"peak_memory_gib",  // null where the backend does not track it (the CPU)
+                   r.peak_bytes > 0 ? json(static_cast<double>(r.peak_bytes) / (1 << 30)) : json()},
                   {"adapter", r.adapter_dir},
                   {"merged", r.merged_dir}};
   if (evaluating) {
