@@ -22,6 +22,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/error.h"
+
 #ifdef __CUDACC__
 #define ET_DROPOUT_HD __host__ __device__ __forceinline__
 #else
@@ -66,5 +68,32 @@ struct DropoutSite {
   uint64_t seed = 0;
   bool active() const { return p > 0.0f; }
 };
+
+// A site's mask as the CPU and CUDA ops evaluate it, derived once per op by dropout_mask.
+// Rows and columns are taken modulo 2^32, on every backend alike.
+struct DropoutMask {
+  uint32_t seed32 = 0, threshold = 0;
+  float keep_scale = 1.0f;  // 1 / (1 - p)
+  ET_DROPOUT_HD uint32_t row_key(int64_t row) const {
+    return dropout_row_key(seed32, static_cast<uint32_t>(row));
+  }
+  ET_DROPOUT_HD bool keep(uint32_t key, int64_t col) const {
+    return dropout_keep(key, static_cast<uint32_t>(col), threshold);
+  }
+  // keep / (1 - p): what the element is multiplied by
+  ET_DROPOUT_HD float factor(uint32_t key, int64_t col) const {
+    return keep(key, col) ? keep_scale : 0.0f;
+  }
+  // x scaled when kept, else 0
+  ET_DROPOUT_HD float apply(uint32_t key, int64_t col, float x) const {
+    return keep(key, col) ? x * keep_scale : 0.0f;
+  }
+};
+
+// The mask of a site; its p must be in [0, 1) (otherwise an error naming the op).
+inline DropoutMask dropout_mask(const DropoutSite& d, const char* op) {
+  ET_CHECK(d.p >= 0 && d.p < 1, op, ": dropout probability must be in [0, 1), got ", d.p);
+  return {dropout_seed32(d.seed), dropout_threshold(d.p), 1.0f / (1.0f - d.p)};
+}
 
 }  // namespace et

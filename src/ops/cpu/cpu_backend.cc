@@ -170,18 +170,16 @@ struct CpuBackend final : Backend {
   // y[r, c] = (accumulate ? y : 0) + x[r, c] * keep(first_row + r, c) / (1 - p)
   static void dropout_rows(const Tensor& x, const DropoutSite& d, int64_t first_row, Tensor& y,
                            bool accumulate) {
-    check_same(x, y, accumulate ? "dropout_add" : "dropout");
-    ET_CHECK(d.p >= 0 && d.p < 1, "dropout: probability must be in [0, 1), got ", d.p);
+    const char* op = accumulate ? "dropout_add" : "dropout";
+    check_same(x, y, op);
+    const DropoutMask m = dropout_mask(d, op);
     const int64_t n = cols_of(x), r = rows_of(x);
-    const uint32_t seed = dropout_seed32(d.seed), thr = dropout_threshold(d.p);
-    const float keep_scale = 1.0f / (1.0f - d.p);
     const float* px = x.f32();
     float* py = y.f32();
     for (int64_t i = 0; i < r; ++i) {
-      const uint32_t key = dropout_row_key(seed, static_cast<uint32_t>(first_row + i));
+      const uint32_t key = m.row_key(first_row + i);
       for (int64_t j = 0; j < n; ++j) {
-        const float v =
-            dropout_keep(key, static_cast<uint32_t>(j), thr) ? px[i * n + j] * keep_scale : 0.0f;
+        const float v = m.apply(key, j, px[i * n + j]);
         py[i * n + j] = accumulate ? py[i * n + j] + v : v;
       }
     }
@@ -486,8 +484,7 @@ struct CpuBackend final : Backend {
     const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32();
     float *po = out.f32(), *pl = lse.f32();
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
-    const uint32_t seed = dropout_seed32(a.dropout.seed), thr = dropout_threshold(a.dropout.p);
-    const float keep_scale = 1.0f / (1.0f - a.dropout.p);
+    const DropoutMask drop = dropout_mask(a.dropout, "attention");
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < nseq; ++b) {
       for (int h = 0; h < hq; ++h) {
@@ -504,11 +501,10 @@ struct CpuBackend final : Backend {
           for (int j = 0; j < len; ++j) l += (s[j] = std::exp(s[j] - m));
           float* oi = po + (start + i) * qs + h * d;
           std::fill(oi, oi + d, 0.0f);
-          const uint32_t key = dropout_row_key(seed, static_cast<uint32_t>((start + i) * hq + h));
+          const uint32_t key = drop.row_key((start + i) * hq + h);
           for (int j = 0; j < len; ++j) {
             float p = static_cast<float>(s[j] / l);
-            if (a.dropout.active())
-              p = dropout_keep(key, static_cast<uint32_t>(j), thr) ? p * keep_scale : 0.0f;
+            if (a.dropout.active()) p = drop.apply(key, j, p);
             const float* vj = pv + (start + j) * ks + kvh * d;
             for (int c = 0; c < d; ++c) oi[c] += p * vj[c];
           }
@@ -535,8 +531,7 @@ struct CpuBackend final : Backend {
     fill(dk, 0);
     fill(dv, 0);
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
-    const uint32_t seed = dropout_seed32(a.dropout.seed), thr = dropout_threshold(a.dropout.p);
-    const float keep_scale = 1.0f / (1.0f - a.dropout.p);
+    const DropoutMask drop = dropout_mask(a.dropout, "attention");
     // Parallel over sequences only: heads of one group write the same dK/dV rows. The bias
     // gradient is summed per sequence, then over sequences in order (deterministic).
     const size_t nbias = pdb ? static_cast<size_t>(a.rel_buckets) * hq : 0;
@@ -558,7 +553,7 @@ struct CpuBackend final : Backend {
           float dsum = 0;
           for (int c = 0; c < d; ++c) dsum += doi[c] * oi[c];
           float* dqi = pdq + (start + i) * qs + h * d;
-          const uint32_t key = dropout_row_key(seed, static_cast<uint32_t>((start + i) * hq + h));
+          const uint32_t key = drop.row_key((start + i) * hq + h);
           for (int j = 0; j < len; ++j) {
             if (std::isinf(s[j])) continue;
             float p = std::exp(s[j] - li);
@@ -567,8 +562,7 @@ struct CpuBackend final : Backend {
             float dp = 0;
             for (int c = 0; c < d; ++c) dp += doi[c] * vj[c];
             float z = 1.0f;  // dropout's keep / (1 - p)
-            if (a.dropout.active())
-              z = dropout_keep(key, static_cast<uint32_t>(j), thr) ? keep_scale : 0.0f;
+            if (a.dropout.active()) z = drop.factor(key, j);
             float ds = p * (dp * z - dsum);
             float* dkj = pdk + (start + j) * ks + kvh * d;
             float* dvj = pdv + (start + j) * ks + kvh * d;

@@ -52,8 +52,7 @@ __device__ __forceinline__ float score(const Params& p, float dot, int i, int j,
 // dropout is off.
 __device__ __forceinline__ float dropout_factor(const Params& p, int64_t row, int h, int j) {
   if (!p.dropout) return 1.0f;
-  const uint32_t key = dropout_row_key(p.drop_seed, static_cast<uint32_t>(row * p.hq + h));
-  return dropout_keep(key, static_cast<uint32_t>(j), p.drop_threshold) ? p.drop_scale : 0.0f;
+  return p.drop.factor(p.drop.row_key(row * p.hq + h), j);
 }
 
 // Loads rows [r0, r0 + kChunk) (clamped to len) of a [len, stride] slice at column `col` into
@@ -391,12 +390,8 @@ AttnParams make_attn_params(const AttentionArgs& a) {
   p.buckets = a.rel_buckets;
   p.max_distance = a.rel_max_distance;
   p.dkv_atomic = p.group > 1;
-  ET_CHECK(a.dropout.p >= 0 && a.dropout.p < 1, "attention: dropout must be in [0, 1), got ",
-           a.dropout.p);
   p.dropout = a.dropout.active();
-  p.drop_seed = dropout_seed32(a.dropout.seed);
-  p.drop_threshold = dropout_threshold(a.dropout.p);
-  p.drop_scale = 1.0f / (1.0f - a.dropout.p);
+  p.drop = dropout_mask(a.dropout, "attention");
   return p;
 }
 

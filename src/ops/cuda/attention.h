@@ -14,12 +14,10 @@ struct AttnParams {
   const float* bias;  // MPNet relative bias table [buckets, hq] or null
   int buckets, max_distance;
   int dkv_atomic;  // dK/dV rows receive several heads' contributions (grouped-query attention)
-  // Dropout on the probabilities (AttentionArgs::dropout; dropout_mask.h): keep iff the hash of
-  // (row = token * hq + head, col = key position) is >= drop_threshold; kept values times
-  // drop_scale = 1 / (1 - p). `dropout` is 0 when off.
+  // Dropout on the probabilities (AttentionArgs::dropout; dropout_mask.h) at row = token * hq +
+  // head, col = key position. `dropout` is 0 when off.
   int dropout;
-  uint32_t drop_seed, drop_threshold;
-  float drop_scale;
+  DropoutMask drop;
 };
 // Checks the head layout and fills the parameters.
 AttnParams make_attn_params(const AttentionArgs& a);

@@ -204,16 +204,10 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int r = 0; r < 2; ++r)
       drop_key[mt][r] =
-          kDropout
-              ? dropout_row_key(
-                    p.drop_seed,
-                    static_cast<uint32_t>((start + row0 + wrow + mt * 16 + g + 8 * r) * p.hq + h))
-              : 0;
+          kDropout ? p.drop.row_key((start + row0 + wrow + mt * 16 + g + 8 * r) * p.hq + h) : 0;
   // P times the mask's keep (the 1 / (1 - p) is applied with the normaliser at the end)
   auto dropped = [&](int mt, int e, int key, float pv) {
-    if constexpr (kDropout)
-      return dropout_keep(drop_key[mt][e / 2], static_cast<uint32_t>(key), p.drop_threshold) ? pv
-                                                                                             : 0.0f;
+    if constexpr (kDropout) return p.drop.keep(drop_key[mt][e / 2], key) ? pv : 0.0f;
     return pv;
   };
   int kv_begin = 0, kv_end = len;
@@ -383,7 +377,7 @@ __global__ void __launch_bounds__(NW * 32)
       lr += __shfl_xor_sync(0xffffffffu, lr, 2);
       const int i = row0 + wrow + mt * 16 + g + 8 * r;
       if (i >= len) continue;
-      const float inv = lr > 0 ? (kDropout ? p.drop_scale : 1.0f) / lr : 0.0f;
+      const float inv = lr > 0 ? (kDropout ? p.drop.keep_scale : 1.0f) / lr : 0.0f;
       T* orow = out + (start + i) * p.qs + h * D;
 #pragma unroll
       for (int nb = 0; nb < D / 8; ++nb)
@@ -500,8 +494,7 @@ __global__ void __launch_bounds__(NW * 32)
       lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
       // (the previous tile's keys were last read before its dS^T barrier)
       if constexpr (kDropout)
-        drop_key[threadIdx.x] = dropout_row_key(
-            p.drop_seed, static_cast<uint32_t>((start + c0 + threadIdx.x) * p.hq + h));
+        drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
     }
     __syncthreads();
     if constexpr (kKeepKV)
@@ -539,10 +532,7 @@ __global__ void __launch_bounds__(NW * 32)
     }
     // Z = keep / (1 - p) of query qi of the tile and key `key` (1 without dropout)
     auto dropout_factor = [&](int qi, int key) {
-      if constexpr (kDropout)
-        return dropout_keep(drop_key[qi], static_cast<uint32_t>(key), p.drop_threshold)
-                   ? p.drop_scale
-                   : 0.0f;
+      if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
       return 1.0f;
     };
     // P^T (times Z) and dS^T (in place of S^T and dP^T); lse_s is in log2 units

@@ -9,26 +9,21 @@ namespace et::cuda {
 namespace {
 
 struct DropoutArgs {
-  uint32_t seed, threshold;
-  float keep_scale;
+  DropoutMask mask;
   int64_t first_row, cols;
 };
-
-__device__ __forceinline__ float dropped(const DropoutArgs& a, uint32_t key, int64_t col, float x) {
-  return dropout_keep(key, static_cast<uint32_t>(col), a.threshold) ? x * a.keep_scale : 0.0f;
-}
 
 template <bool kAccumulate>
 __global__ void dropout_vec8_kernel(Ptr x, Ptr y, DropoutArgs a, int64_t n8) {
   GRID_STRIDE(i, n8) {
     const int64_t e = 8 * i, row = e / a.cols, col = e - row * a.cols;
-    const uint32_t key = dropout_row_key(a.seed, static_cast<uint32_t>(a.first_row + row));
+    const uint32_t key = a.mask.row_key(a.first_row + row);
     float v[8], w[8];
     x.load8(e, v);
     if (kAccumulate) y.load8(e, w);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const float d = dropped(a, key, col + k, v[k]);
+      const float d = a.mask.apply(key, col + k, v[k]);
       v[k] = kAccumulate ? w[k] + d : d;
     }
     y.store8(e, v);
@@ -39,8 +34,8 @@ template <bool kAccumulate>
 __global__ void dropout_kernel(Ptr x, Ptr y, DropoutArgs a, int64_t n) {
   GRID_STRIDE(i, n) {
     const int64_t row = i / a.cols, col = i - row * a.cols;
-    const uint32_t key = dropout_row_key(a.seed, static_cast<uint32_t>(a.first_row + row));
-    const float d = dropped(a, key, col, x.get(i));
+    const uint32_t key = a.mask.row_key(a.first_row + row);
+    const float d = a.mask.apply(key, col, x.get(i));
     y.set(i, kAccumulate ? y.get(i) + d : d);
   }
 }
@@ -49,9 +44,7 @@ __global__ void dropout_kernel(Ptr x, Ptr y, DropoutArgs a, int64_t n) {
 
 void dropout_rows(Ptr x, const DropoutSite& d, int64_t first_row, Ptr y, bool accumulate,
                   int64_t rows, int64_t cols) {
-  ET_CHECK(d.p >= 0 && d.p < 1, "dropout: probability must be in [0, 1), got ", d.p);
-  const DropoutArgs a{dropout_seed32(d.seed), dropout_threshold(d.p), 1.0f / (1.0f - d.p),
-                      first_row, cols};
+  const DropoutArgs a{dropout_mask(d, accumulate ? "dropout_add" : "dropout"), first_row, cols};
   const int64_t n = rows * cols;
   if (n == 0) return;
   if (cols % 8 == 0 && vec8_aligned(x.p) && vec8_aligned(y.p)) {

@@ -50,18 +50,12 @@ __global__ void norm_scale_shift_kernel(Ptr xhat, const float* w, float offset, 
 // `dropped`. The mask is dropout_mask.h's, as the standalone dropout kernels draw it.
 struct NormDropout {
   Ptr io;  // forward: the branch; backward: where dropout(dx) goes
-  uint32_t seed, threshold;
-  float keep_scale;
+  DropoutMask mask;
 };
-NormDropout norm_dropout(Ptr io, const DropoutSite& d) {
-  ET_CHECK(d.p >= 0 && d.p < 1, "dropout: probability must be in [0, 1), got ", d.p);
-  return {io, dropout_seed32(d.seed), dropout_threshold(d.p), 1.0f / (1.0f - d.p)};
-}
 __device__ __forceinline__ void apply_dropout8(const NormDropout& d, int64_t row, int c, float* v) {
-  const uint32_t key = dropout_row_key(d.seed, static_cast<uint32_t>(row));
+  const uint32_t key = d.mask.row_key(row);
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
-    v[j] = dropout_keep(key, static_cast<uint32_t>(c + j), d.threshold) ? v[j] * d.keep_scale : 0;
+  for (int j = 0; j < 8; ++j) v[j] = d.mask.apply(key, c + j, v[j]);
 }
 
 template <int V, bool kDrop>
@@ -325,7 +319,7 @@ void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Pt
                             float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch,
                             const DropoutSite& d) {
   if (rows == 0) return;
-  const NormDropout drop = norm_dropout(branch, d);
+  const NormDropout drop{branch, dropout_mask(d, "dropout_add_layernorm_forward")};
   dispatch_chunks(n, [&](auto v) {
     constexpr int kV = decltype(v)::value;
     if (branch.p)
@@ -342,7 +336,7 @@ void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, c
                              Ptr dx, float* dw, float* db, int64_t rows, int n, Ptr dropped,
                              const DropoutSite& d) {
   if (rows == 0) return;
-  const NormDropout drop = norm_dropout(dropped, d);
+  const NormDropout drop{dropped, dropout_mask(d, "layernorm_backward_dropout")};
   dispatch_chunks(n, [&](auto v) {
     constexpr int kV = decltype(v)::value;
     auto launch = [&](auto kernel, bool grads) {
