@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -89,14 +88,9 @@ Run add_bench(CLI::App& app) {
   app.add_option("--out", o->out,
                  "Also write the JSON lines to this file (replaced, not appended)");
   app.add_flag("--gradient_checkpointing", o->checkpointing, "Recompute layers in backward");
-  app.add_option("--model_dropout", o->model_dropout,
-                 "The model's own dropout in the steps (as baseline_st.py, which trains in train "
-                 "mode): on or off")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, bool>{
-              {"on", true}, {"off", false}, {"true", true}, {"false", false}},
-          CLI::ignore_case))
-      ->capture_default_str();
+  add_on_off_option(app, "--model_dropout", o->model_dropout,
+                    "The model's own dropout in the steps (as baseline_st.py, which trains in "
+                    "train mode): on or off");
   app.add_option("--mini_batch_size", o->mini_batch, "GradCache mini-batch (texts), 0: off");
   app.add_option("--batches", o->batches,
                  "Distinct random batches, cycled (as baseline_st.py: 4; more than warmup + "

@@ -2,7 +2,6 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <sstream>
 
@@ -165,14 +164,9 @@ Run add_train(CLI::App& app) {
   app.add_option("--matryoshka_weights", c->loss.matryoshka_weights,
                  "Weights of the matryoshka dims (default 1)")
       ->delimiter(',');
-  app.add_option("--model_dropout", c->model_dropout,
-                 "Apply the model's own dropout (config.json's hidden and attention dropout), as "
-                 "sentence-transformers does in training: on or off")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, bool>{
-              {"on", true}, {"off", false}, {"true", true}, {"false", false}},
-          CLI::ignore_case))
-      ->capture_default_str();
+  add_on_off_option(app, "--model_dropout", c->model_dropout,
+                    "Apply the model's own dropout (config.json's hidden and attention dropout), "
+                    "as sentence-transformers does in training: on or off");
   app.add_flag("--gradient_checkpointing", c->gradient_checkpointing,
                "Recompute each layer in backward instead of storing its activations");
   app.add_option("--eval_data", c->eval_data, "Evaluate on this BEIR folder or pairs file");
