@@ -120,7 +120,8 @@ static DropoutSite draw_dropout(const BertEncoder& enc, float p, Rng* rng) {
   return {p, rng->next_u64()};
 }
 
-// The attention of a layer: the batch's, with the layer's probability dropout.
+// The attention of a layer: the batch's, with the layer's probability dropout (off when the site
+// is; a copy of the batch's few hundred sequence offsets).
 static AttentionArgs with_dropout(const AttentionArgs& attn, const DropoutSite& d) {
   AttentionArgs a = attn;
   a.dropout = d;
@@ -163,10 +164,7 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   if (s)
     for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
   Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
-  if (drop_attn.active())
-    be.attention_forward(with_dropout(attn, drop_attn), q, k, v, ctx, lse);
-  else
-    be.attention_forward(attn, q, k, v, ctx, lse);
+  be.attention_forward(with_dropout(attn, drop_attn), q, k, v, ctx, lse);
   // res1 = x + drop(Wo ctx), summed in the products' epilogues without dropout (into x's buffer
   // when it is ours), with it in LN1's pass
   Tensor res1 = residual_buffer(be, std::move(x), act), a;
@@ -380,8 +378,8 @@ static void bert_attention_backward(const Backend& be, const BertEncoder& enc, s
   da = Tensor{};
   Tensor dq32 = be.empty(g_out.shape, DType::F32);
   Tensor dk = be.empty(g_out.shape, g_out.dtype), dv = be.empty(g_out.shape, g_out.dtype);
-  be.attention_backward(s.drop_attn.active() ? with_dropout(saved.attn, s.drop_attn) : saved.attn,
-                        s.qt, s.kt, s.vt, s.ctx, s.lse, dctx, dq32, dk, dv, grad_of(enc.rel_bias));
+  be.attention_backward(with_dropout(saved.attn, s.drop_attn), s.qt, s.kt, s.vt, s.ctx, s.lse, dctx,
+                        dq32, dk, dv, grad_of(enc.rel_bias));
   s.qt = s.kt = s.vt = s.ctx = s.lse = Tensor{};
   s.o = LinearSaved{};
   Tensor& dq = dctx;

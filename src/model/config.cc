@@ -249,10 +249,12 @@ static ModelConfig parse_rotary(const json& j, Family fam, const std::string& wh
   }
   if (c.attn_scale == 0.0f) c.attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   for (const char* key :
-       {"attention_dropout", "embedding_dropout", "mlp_dropout", "hidden_dropout"})
-    if (get_prob(j, key, 0.0f, where) > 0)
-      c.unsupported_dropout += std::string(c.unsupported_dropout.empty() ? "" : ", ") + key + "=" +
-                               std::to_string(get_prob(j, key, 0.0f, where));
+       {"attention_dropout", "embedding_dropout", "mlp_dropout", "hidden_dropout"}) {
+    const float p = get_prob(j, key, 0.0f, where);
+    if (p > 0)
+      c.unsupported_dropout +=
+          std::string(c.unsupported_dropout.empty() ? "" : ", ") + key + "=" + std::to_string(p);
+  }
   return c;
 }
 
