@@ -65,6 +65,13 @@ std::vector<PackedBatch> fixture_columns(const std::string& root) {
   return cols;
 }
 
+Tensor uniform_tensor(Rng& rng, const Shape& s, float lo, float hi) {
+  Tensor t = cpu_empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.f32()[i] = static_cast<float>(lo + (hi - lo) * rng.uniform());
+  return t;
+}
+
 double rel_error(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {

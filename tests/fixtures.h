@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/rng.h"
 #include "core/tensor.h"
 #include "io/files.h"
 #include "model/bert.h"
@@ -27,6 +28,9 @@ std::string temp_dir(const std::string& name);
 int run_command(const std::string& cmd, std::string* out);
 // The embedtune executable under test (EMBEDTUNE_BIN, else build/embedtune in the source tree).
 std::string embedtune_bin();
+
+// A host F32 tensor of values uniform in [lo, hi) (random test inputs, never all zeros).
+Tensor uniform_tensor(Rng& rng, const Shape& s, float lo = -1, float hi = 1);
 
 // ||a - b|| / ||b|| over all elements (both host F32 tensors of equal size).
 double rel_error(const Tensor& a, const Tensor& b);

@@ -15,13 +15,6 @@
 namespace et::test {
 namespace {
 
-Tensor random_tensor(Rng& rng, const Shape& s, float lo = 0.5f, float hi = 1.5f) {
-  Tensor t = cpu_empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i)
-    t.f32()[i] = lo + (hi - lo) * static_cast<float>(rng.uniform());
-  return t;
-}
-
 // The fraction of dropped elements is p (binomial: 6 standard deviations over 10^6 elements),
 // kept ones are scaled by exactly 1 / (1 - p), neighbours along a row and down a column are
 // independent (both dropped with probability p^2), another seed gives another mask, and the
@@ -30,7 +23,8 @@ TEST(Dropout, MaskStatisticsScaleAndRegeneration) {
   auto be = make_cpu_backend();
   Rng rng(3);
   const int64_t R = 1000, C = 1000, n = R * C;
-  Tensor x = random_tensor(rng, {R, C});  // all positive: a zero output is a dropped element
+  Tensor x =
+      uniform_tensor(rng, {R, C}, 0.5f, 1.5f);  // all positive: a zero output is a dropped element
   for (float p : {0.1f, 0.5f}) {
     SCOPED_TRACE(p);
     Tensor y = cpu_empty({R, C}), y2 = cpu_empty({R, C});
@@ -65,7 +59,7 @@ TEST(Dropout, MaskStatisticsScaleAndRegeneration) {
     be->dropout(x.rows(300, 700), {p, 1234}, 300, part);
     EXPECT_EQ(rel_error(part.f32(), y.f32() + 300 * C, 400 * C), 0.0);
     // dropout_add: y += dropout(x), in place into a residual
-    Tensor res = random_tensor(rng, {R, C}, -1, 1), expect = cpu_empty({R, C});
+    Tensor res = uniform_tensor(rng, {R, C}, -1, 1), expect = cpu_empty({R, C});
     be->add(res, y, expect);
     be->dropout_add(x, {p, 1234}, 0, res);
     EXPECT_EQ(rel_error(res, expect), 0.0);
@@ -94,15 +88,15 @@ TEST(Dropout, AttentionGradientsMatchFiniteDifferences) {
     a.head_dim = 4;
     a.scale = 0.5f;
     a.causal = variant == 1;
-    Tensor table = random_tensor(rng, {8, 2}, -1, 1);
+    Tensor table = uniform_tensor(rng, {8, 2}, -1, 1);
     if (variant == 2) {
       a.rel_bias = &table;
       a.rel_buckets = 8;
     }
     a.dropout = {0.3f, 77 + static_cast<uint64_t>(variant)};
     const int64_t T = 12, qc = a.n_heads * a.head_dim, kc = a.n_kv_heads * a.head_dim;
-    Tensor q = random_tensor(rng, {T, qc}, -1, 1), k = random_tensor(rng, {T, kc}, -1, 1),
-           v = random_tensor(rng, {T, kc}, -1, 1), w = random_tensor(rng, {T, qc}, -1, 1);
+    Tensor q = uniform_tensor(rng, {T, qc}, -1, 1), k = uniform_tensor(rng, {T, kc}, -1, 1),
+           v = uniform_tensor(rng, {T, kc}, -1, 1), w = uniform_tensor(rng, {T, qc}, -1, 1);
     auto loss = [&](const AttentionArgs& args) {
       Tensor out = cpu_empty({T, qc}), lse = cpu_empty({T, a.n_heads});
       be->attention_forward(args, q, k, v, out, lse);

@@ -452,11 +452,7 @@ TEST(Trainer, ResumeEqualsUninterrupted) {
 TEST(Optimizer, ClipByGlobalNormScalesEveryGradientFirst) {
   auto be = make_cpu_backend();
   Rng rng(7);
-  auto rand = [&](int64_t n, float lo, float hi) {
-    Tensor t = cpu_empty({n});
-    for (int64_t i = 0; i < n; ++i) t.f32()[i] = lo + (hi - lo) * rng.uniform();
-    return t;
-  };
+  auto rand = [&](int64_t n, float lo, float hi) { return uniform_tensor(rng, {n}, lo, hi); };
   const std::vector<int64_t> sizes{37, 5, 128};
   std::vector<Tensor> g0;
   double sq = 0;

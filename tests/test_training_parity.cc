@@ -16,13 +16,6 @@
 namespace et::test {
 namespace {
 
-// A host tensor of values uniform in [-1, 1) (never all zeros).
-Tensor uniform_tensor(Rng& rng, const Shape& s) {
-  Tensor t = cpu_empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng.uniform() * 2 - 1);
-  return t;
-}
-
 // linear_forward_add sums a LoRA Linear's output into a residual (LoRA branch first, then the
 // base product with its bias), equal to linear_forward plus the residual; residual_buffer sums
 // in place only into a tensor no one else holds; an input's own buffer is refused.
