@@ -658,6 +658,48 @@ TEST(CudaOps, MatmulBiasEpilogue) {
   expect_close(b.down(c), ref, 1e-2, "bf16 matmul with bias, unaligned rows");
 }
 
+// LoRA's output-gradient products (Backend::lora_output_grad), dxa = s g B and dB += s g^T xa,
+// which the CUDA backend runs in one pass over g: against the CPU's two products of the same
+// bf16-rounded operands. Rows and columns that end mid-tile, every rows-per-block variant
+// (n of 1,000, 70,000 and 140,000), ranks 16 and 32, both layouts of xa and dxa, dB frozen;
+// ranks and widths the kernel does not take (8; out = 100) go through the two products.
+// Tolerances: one bf16 rounding of dxa (about 4e-3 relative); dB is fp32, summed in another order.
+TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  struct Case {
+    int64_t n, out, r;
+    bool xa_t, dxa_t, db;
+  };
+  const auto transposed = [](const Tensor& t) {
+    Tensor o = cpu_empty({t.dim(1), t.dim(0)});
+    for (int64_t i = 0; i < t.dim(0); ++i)
+      for (int64_t j = 0; j < t.dim(1); ++j) o.f32()[j * t.dim(0) + i] = t.f32()[i * t.dim(1) + j];
+    return o;
+  };
+  for (const Case& c :
+       {Case{1000, 768, 16, false, false, true}, Case{333, 200, 16, true, true, true},
+        Case{70000, 64, 16, false, false, true}, Case{140000, 40, 16, true, false, true},
+        Case{517, 384, 32, false, true, false}, Case{70000, 96, 32, true, true, true},
+        Case{300, 128, 8, false, false, true}, Case{50, 100, 16, true, true, true}}) {
+    const std::string what = "n=" + std::to_string(c.n) + " out=" + std::to_string(c.out) +
+                             " r=" + std::to_string(c.r) + (c.xa_t ? " xa^T" : "") +
+                             (c.dxa_t ? " dxa^T" : "") + (c.db ? "" : " frozen B");
+    SCOPED_TRACE(what);
+    const float s = 2.0f;
+    Tensor g = b.rounded(b.rand({c.n, c.out})), bm = b.rounded(b.rand({c.out, c.r}));
+    Tensor xa = b.rounded(b.rand({c.n, c.r})), db0 = b.rand({c.out, c.r});
+    Tensor dxa_ref = cpu_empty({c.n, c.r}), db_ref = cpu_clone(db0);
+    b.cpu->lora_output_grad(g, bm, xa, false, s, dxa_ref, false, &db_ref);
+    Tensor dxa = b.poisoned(c.dxa_t ? Shape{c.r, c.n} : Shape{c.n, c.r}, DType::BF16);
+    Tensor db = b.up(db0);
+    b.gpu->lora_output_grad(b.bf(g), b.bf(bm), b.bf(c.xa_t ? transposed(xa) : xa), c.xa_t, s, dxa,
+                            c.dxa_t, c.db ? &db : nullptr);
+    expect_close(b.down(dxa), c.dxa_t ? transposed(dxa_ref) : dxa_ref, 5e-3, "dxa");
+    expect_close(b.down(db), c.db ? db_ref : db0, c.db ? 1e-4 : 1e-12, "dB");
+  }
+}
+
 // Products with a small inner dimension added into C (LoRA's rank-r up-projection into a
 // residual, its input gradient into dx): ranks 8, 16, 40 and 64, both layouts of B, bf16 and
 // fp32 outputs, row and column counts that are not multiples of the usual tiles. Reference: the

@@ -185,13 +185,9 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   if (l.lora_a) {
     const int64_t r = l.lora_a->value.dim(0);
     dxa = be.empty({n, r}, dy.dtype);
-    be.matmul(g, false, product_operand(*l.lora_b), false, dxa, l.lora_scaling, 0.0f);
-    if (l.lora_b->trainable) {
-      if (s.xa_t.defined())
-        be.matmul(g, true, s.xa_t, true, l.lora_b->grad, l.lora_scaling, 1.0f);
-      else
-        be.matmul(g, true, s.xa, false, l.lora_b->grad, l.lora_scaling, 1.0f);
-    }
+    const bool xa_t = s.xa_t.defined();
+    be.lora_output_grad(g, product_operand(*l.lora_b), xa_t ? s.xa_t : s.xa, xa_t, l.lora_scaling,
+                        dxa, false, l.lora_b->trainable ? &l.lora_b->grad : nullptr);
     if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
   }
   if (!dx) return;
@@ -271,9 +267,8 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
     gs.push_back(output_gradient(be, l, saved[i], dys[i]));
     Tensor share = dxa_t.rows(r0, r0 + r);  // [r, n] = s B^T g^T = (s g B)^T
     r0 += r;
-    be.matmul(product_operand(*l.lora_b), true, gs[i], true, share, l.lora_scaling, 0.0f);
-    if (l.lora_b->trainable)
-      be.matmul(gs[i], true, saved[i].xa_t, true, l.lora_b->grad, l.lora_scaling, 1.0f);
+    be.lora_output_grad(gs[i], product_operand(*l.lora_b), saved[i].xa_t, true, l.lora_scaling,
+                        share, true, l.lora_b->trainable ? &l.lora_b->grad : nullptr);
   }
   // dA_stacked = dxa_t x [sum r, in], then each member's rows into its own gradient; like
   // linear_backward, every read of the saved input comes before dx is written

@@ -79,6 +79,21 @@ struct Backend {
   virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
                       float alpha = 1.0f, float beta = 0.0f,
                       const Tensor* bias = nullptr) const = 0;
+  // The two products of a LoRA Linear's backward that read its output gradient g [n, out]:
+  //   dxa = scale g B        [n, r], written (B [out, r]);
+  //   db += scale g^T xa     [out, r] fp32, accumulated (when db is given);
+  // xa is [n, r], or its transpose [r, n] when xa_transposed (a grouped forward keeps A x^T);
+  // dxa likewise [r, n] when dxa_transposed. The default runs them as two products, each
+  // reading all of g; the CUDA backend reads g once for both (ops/cuda/lora_grad.h).
+  virtual void lora_output_grad(const Tensor& g, const Tensor& b, const Tensor& xa,
+                                bool xa_transposed, float scale, Tensor& dxa, bool dxa_transposed,
+                                Tensor* db) const {
+    if (dxa_transposed)
+      matmul(b, true, g, true, dxa, scale, 0.0f);
+    else
+      matmul(g, false, b, false, dxa, scale, 0.0f);
+    if (db) matmul(g, true, xa, xa_transposed, *db, scale, 1.0f);
+  }
   // y[i, :] += bias;   dbias += sum_i dy[i, :]
   virtual void add_bias(Tensor& y, const Tensor& bias) const = 0;
   virtual void bias_backward(const Tensor& dy, Tensor& dbias) const = 0;

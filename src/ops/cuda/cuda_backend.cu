@@ -22,6 +22,7 @@
 #include "ops/cuda/dropout.h"
 #include "ops/cuda/gemm_lt.h"
 #include "ops/cuda/host_staging.h"
+#include "ops/cuda/lora_grad.h"
 #include "ops/cuda/norms.h"
 #include "ops/cuda/operand.cuh"
 #include "ops/cuda/rope.h"
@@ -1097,6 +1098,40 @@ struct CudaBackend final : Backend {
                            c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(n),
                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias) add_bias(c, *bias);
+  }
+  void lora_output_grad(const Tensor& g, const Tensor& b, const Tensor& xa, bool xa_transposed,
+                        float scale, Tensor& dxa, bool dxa_transposed, Tensor* db) const override {
+    const bool bf16 = g.dtype == DType::BF16 && b.dtype == DType::BF16 && xa.dtype == DType::BF16 &&
+                      dxa.dtype == DType::BF16 && (!db || db->dtype == DType::F32);
+    if (!bf16 || g.ndim() != 2 || b.ndim() != 2) {
+      Backend::lora_output_grad(g, b, xa, xa_transposed, scale, dxa, dxa_transposed, db);
+      return;
+    }
+    const int64_t n = g.dim(0), out = g.dim(1), r = b.dim(1);
+    ET_CHECK(b.dim(0) == out && xa.numel() == n * r && dxa.numel() == n * r &&
+                 (!db || db->numel() == out * r),
+             "lora_output_grad: g ", shape_str(g.shape), ", B ", shape_str(b.shape), ", xa ",
+             shape_str(xa.shape), ", dxa ", shape_str(dxa.shape), " do not match");
+    for (const Tensor* t : {&g, &b, &xa}) check_device(*t);
+    check_device(dxa);
+    cuda::LoraOutputGradArgs a;
+    a.g = B16(g);
+    a.b = B16(b);
+    a.xa = B16(xa);
+    a.dxa = B16(dxa);
+    a.db = db ? W(*db) : nullptr;
+    a.n = n;
+    a.out = static_cast<int>(out);
+    a.r = static_cast<int>(r);
+    a.scale = scale;
+    a.xa_transposed = xa_transposed;
+    a.dxa_transposed = dxa_transposed;
+    if (!cuda::lora_output_grad_supported(a)) {
+      Backend::lora_output_grad(g, b, xa, xa_transposed, scale, dxa, dxa_transposed, db);
+      return;
+    }
+    OpScope scope_(prof.get(), "lora_output_grad");
+    cuda::lora_output_grad(a);
   }
   void add_bias(Tensor& y, const Tensor& bias) const override {
     OpScope scope_(prof.get(), "add_bias");

@@ -1,0 +1,202 @@
+// LoRA's output-gradient products in one pass over g (lora_grad.h).
+//
+// A block owns RB rows of g and walks all `out` columns in chunks of 64, each chunk's rows in
+// tiles of 64 x 64 (a three-stage cp.async pipeline; a chunk's rows of B come with its first
+// tile, into one of two buffers by chunk parity). Every tile G feeds two mma.sync products:
+//   dxa[rows, :] += G B[chunk, :]       (warp w: the tile's rows 16w..16w+15; accumulated in
+//                                        registers over all chunks, so no reduction over out)
+//   dB[chunk, :] += G^T xa[rows, :]     (warp w: the chunk's columns 16w..16w+15; accumulated
+//                                        over the block's row tiles, then added to dB with one
+//                                        vector reduction per pair of values)
+// so g is read from memory once, instead of once per cuBLAS product. The reductions into dB
+// are (n / RB) x out x r fp32 values, 2 r / RB of g's bytes (r = 16: 25% at RB = 128, 6% at
+// 512); RB grows with n only as far as the grid keeps about two blocks an SM, since each
+// tile's work is a short dependent chain (a barrier, eight ldmatrix and sixteen mma a warp)
+// and resident warps are what hide it. Tried and measured slower over whole steps
+// (bench/NOTES.md): five stages with fewer, larger blocks; splitting the columns across blocks
+// too (faster kernels under Nsight Compute, but the fp32 partial of dxa, its zeroing and the
+// rounding pass cost more than they saved). xa's rows for the block sit in shared memory for
+// the whole walk. Registers: (RB / 64) x r / 2 accumulators of dxa, r / 2 of dB.
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/lora_grad.h"
+#include "ops/cuda/tensor_core.cuh"
+
+namespace et::cuda {
+
+namespace {
+
+constexpr int kTile = 64;        // rows of a G tile, and columns of a chunk
+constexpr int kStages = 3;       // G tiles in flight (at most RB / 64 + 1: see the B buffers)
+constexpr int kGld = kTile + 8;  // padded row of a G tile (conflict-free ldmatrix)
+constexpr int kThreads = 128;    // 4 warps, each 16 rows (dxa) or 16 columns (dB)
+// padded row of the xa and B tiles (r + 8 bf16: the eight rows an ldmatrix reads hit distinct
+// banks)
+__host__ __device__ constexpr int padded_rank(int r) {
+  return r + 8;
+}
+
+template <int R, int RB>
+constexpr size_t smem_bytes() {
+  return sizeof(__nv_bfloat16) * (size_t{kStages} * kTile * kGld + 2 * kTile * padded_rank(R) +
+                                  size_t{RB} * padded_rank(R));
+}
+
+template <int R, int RB>
+__global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGradArgs a) {
+  constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R);
+  static_assert(kRowTiles >= kStages - 1, "a chunk's B must outlive the tiles in flight");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* gs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kStages][kTile][kGld]
+  __nv_bfloat16* bs = gs + kStages * kTile * kGld;        // [2][kTile][kUl], by chunk parity
+  __nv_bfloat16* us = bs + 2 * kTile * kUl;               // [RB][kUl]
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * RB;
+  const int chunks = (a.out + kTile - 1) / kTile, tiles = chunks * kRowTiles;
+
+  // tile i: chunk i / kRowTiles, row tile i % kRowTiles; a chunk's first tile also brings its B
+  const auto issue = [&](int i) {
+    if (i < tiles) {
+      const int chunk = i / kRowTiles, rt = i % kRowTiles;
+      __nv_bfloat16* dst = gs + (i % kStages) * kTile * kGld;
+#pragma unroll
+      for (int k = 0; k < kTile * kTile / 8 / kThreads; ++k) {
+        const int p = tid + k * kThreads, row = p / 8, col = chunk * kTile + (p % 8) * 8;
+        const int64_t grow = t0 + rt * kTile + row;
+        const bool ok = grow < a.n && col < a.out;
+        cp_async16(dst + row * kGld + (p % 8) * 8, ok ? a.g + grow * a.out + col : a.g, ok);
+      }
+      if (rt == 0) {
+        __nv_bfloat16* bdst = bs + (chunk % 2) * kTile * kUl;
+        for (int p = tid; p < kTile * R / 8; p += kThreads) {
+          const int row = p / (R / 8), col = (p % (R / 8)) * 8, brow = chunk * kTile + row;
+          const bool ok = brow < a.out;
+          cp_async16(bdst + row * kUl + col, ok ? a.b + static_cast<int64_t>(brow) * R + col : a.b,
+                     ok);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+  for (int i = 0; i < kStages - 1; ++i) issue(i);
+  // xa's rows of this block (zero past n), once, while the first tiles are on their way
+  for (int i = tid; i < RB * R; i += kThreads) {
+    const int t = a.xa_transposed ? i % RB : i / R, j = a.xa_transposed ? i / RB : i % R;
+    const int64_t row = t0 + t;
+    __nv_bfloat16 v = __float2bfloat16(0.0f);
+    if (row < a.n) v = a.xa_transposed ? a.xa[j * a.n + row] : a.xa[row * R + j];
+    us[t * kUl + j] = v;
+  }
+
+  float acc_x[kRowTiles][R / 8][4] = {};  // dxa of rows rt * 64 + 16 warp + (0..15)
+  float acc_b[R / 8][4] = {};             // dB of the chunk's columns 16 warp + (0..15)
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    const __nv_bfloat16* bt = bs + (chunk % 2) * kTile * kUl;
+#pragma unroll
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+      const int i = chunk * kRowTiles + rt;
+      cp_async_wait<kStages - 2>();
+      __syncthreads();  // tile i landed for every thread; tile i - 1's stage is free again
+      issue(i + kStages - 1);
+      const __nv_bfloat16* gt = gs + (i % kStages) * kTile * kGld;
+      const __nv_bfloat16* ut = us + rt * kTile * kUl;
+#pragma unroll
+      for (int k0 = 0; k0 < kTile; k0 += 16) {
+        uint32_t af[4], bf[4];
+        ldsm_x4(af, a_addr(gt, kGld, 16 * warp, k0, lane));  // G rows 16w.., columns k0..
+#pragma unroll
+        for (int j0 = 0; j0 < R; j0 += 16) {
+          ldsm_x4_t(bf, b_addr(bt, kUl, k0, j0, lane));  // B rows k0.. (g's columns), cols j0..
+          mma16816(acc_x[rt][j0 / 8], af, bf[0], bf[1]);
+          mma16816(acc_x[rt][j0 / 8 + 1], af, bf[2], bf[3]);
+        }
+        if (!a.db) continue;
+        ldsm_x4_t(af, at_addr(gt, kGld, k0, 16 * warp, lane));  // G^T: columns 16w.., rows k0..
+#pragma unroll
+        for (int j0 = 0; j0 < R; j0 += 16) {
+          ldsm_x4_t(bf, b_addr(ut, kUl, k0, j0, lane));  // xa rows k0.., cols j0..
+          mma16816(acc_b[j0 / 8], af, bf[0], bf[1]);
+          mma16816(acc_b[j0 / 8 + 1], af, bf[2], bf[3]);
+        }
+      }
+    }
+    if (a.db) {
+      const int g = lane / 4, t = lane % 4;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int col = chunk * kTile + 16 * warp + g + 8 * half;
+        if (col >= a.out) continue;
+#pragma unroll
+        for (int nb = 0; nb < R / 8; ++nb)
+          atomic_add2(a.db + static_cast<int64_t>(col) * R + 8 * nb + 2 * t,
+                      a.scale * acc_b[nb][2 * half], a.scale * acc_b[nb][2 * half + 1]);
+      }
+#pragma unroll
+      for (int nb = 0; nb < R / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_b[nb][e] = 0.0f;
+    }
+  }
+  cp_async_wait<0>();
+
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int rt = 0; rt < kRowTiles; ++rt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t row = t0 + rt * kTile + 16 * warp + g + 8 * half;
+      if (row >= a.n) continue;
+#pragma unroll
+      for (int nb = 0; nb < R / 8; ++nb) {
+        const int j = 8 * nb + 2 * t;
+        const float v0 = a.scale * acc_x[rt][nb][2 * half],
+                    v1 = a.scale * acc_x[rt][nb][2 * half + 1];
+        if (a.dxa_transposed) {
+          a.dxa[j * a.n + row] = __float2bfloat16(v0);
+          a.dxa[(j + 1) * a.n + row] = __float2bfloat16(v1);
+        } else {
+          *reinterpret_cast<uint32_t*>(a.dxa + row * R + j) = pack2(v0, v1);
+        }
+      }
+    }
+}
+
+template <int R, int RB>
+void launch(const LoraOutputGradArgs& a) {
+  auto kernel = lora_output_grad_kernel<R, RB>;
+  constexpr size_t smem = smem_bytes<R, RB>();
+  allow_dynamic_smem(kernel, smem);
+  const auto blocks = static_cast<unsigned>((a.n + RB - 1) / RB);
+  kernel<<<blocks, kThreads, smem>>>(a);
+  ET_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool lora_output_grad_supported(const LoraOutputGradArgs& a) {
+  const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 && aligned16(a.g) &&
+         aligned16(a.b) && (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
+         (!a.db || reinterpret_cast<uintptr_t>(a.db) % 8 == 0);
+}
+
+void lora_output_grad(const LoraOutputGradArgs& a) {
+  ET_CHECK(lora_output_grad_supported(a), "lora_output_grad: unsupported operands (rank ", a.r,
+           ", out ", a.out, ")");
+  if (a.n == 0) return;
+  // rows per block: the most (fewest reductions into dB) that keep 256 blocks (two an SM)
+  if (a.r == 16) {
+    if (a.n >= 256 * 512)
+      launch<16, 512>(a);
+    else if (a.n >= 256 * 256)
+      launch<16, 256>(a);
+    else
+      launch<16, 128>(a);
+  } else {
+    if (a.n >= 256 * 256)
+      launch<32, 256>(a);
+    else
+      launch<32, 128>(a);
+  }
+}
+
+}  // namespace et::cuda

@@ -1,0 +1,34 @@
+// The two products of a LoRA Linear's backward that read its output gradient, in one pass over
+// it (Backend::lora_output_grad):
+//   dxa = s g B       [n, r] bf16, written (or its transpose [r, n])
+//   dB += s g^T xa    [out, r] fp32, accumulated (when db is given)
+// g [n, out] and B [out, r] bf16, xa [n, r] bf16 (or its transpose [r, n]). cuBLAS runs them as
+// two products that each read all of g, the largest operand by far (out / r times either
+// factor); here each block streams its rows of g through shared memory once and feeds both
+// tensor-core products from the same tile.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+namespace et::cuda {
+
+struct LoraOutputGradArgs {
+  const __nv_bfloat16* g = nullptr;   // [n, out]
+  const __nv_bfloat16* b = nullptr;   // [out, r]
+  const __nv_bfloat16* xa = nullptr;  // [n, r], or [r, n] when xa_transposed
+  __nv_bfloat16* dxa = nullptr;       // [n, r], or [r, n] when dxa_transposed
+  float* db = nullptr;                // [out, r] fp32, accumulated; null: not trainable
+  int64_t n = 0;
+  int out = 0, r = 0;
+  float scale = 1.0f;
+  bool xa_transposed = false, dxa_transposed = false;
+};
+
+// Whether lora_output_grad runs these operands (ranks 16 and 32; out a multiple of 8; g and B
+// 16-byte aligned); the caller runs the two products otherwise.
+bool lora_output_grad_supported(const LoraOutputGradArgs& a);
+void lora_output_grad(const LoraOutputGradArgs& a);
+
+}  // namespace et::cuda
