@@ -19,6 +19,7 @@
 // the whole walk. Registers: (RB / 64) x r / 2 accumulators of dxa, r / 2 of dB.
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/lora_grad.h"
+#include "ops/cuda/operand.cuh"
 #include "ops/cuda/tensor_core.cuh"
 
 namespace et::cuda {
@@ -173,9 +174,8 @@ void launch(const LoraOutputGradArgs& a) {
 }  // namespace
 
 bool lora_output_grad_supported(const LoraOutputGradArgs& a) {
-  const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 && aligned16(a.g) &&
-         aligned16(a.b) && (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
+  return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 && vec8_aligned(a.g) &&
+         vec8_aligned(a.b) && (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
          (!a.db || reinterpret_cast<uintptr_t>(a.db) % 8 == 0);
 }
 
