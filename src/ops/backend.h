@@ -332,6 +332,10 @@ struct Backend {
   // Starts a new peak measurement from the memory in use now.
   virtual void reset_peak_bytes() const {}
   virtual void synchronize() const {}
+  // Marks the span a profiler started with capture off records (CUDA: cudaProfilerStart/Stop,
+  // which `ncu --profile-from-start off` follows): the bench's timed steps, without set-up and
+  // warm-up work.
+  virtual void profiler_capture(bool /*on*/) const {}
   // Matrix products may time several library algorithms on their first calls and keep the
   // fastest (the CUDA backend's cuBLASLt products, gemm_lt.h). The chosen algorithm depends on
   // timings, so two runs can differ by a rounding; off by default, so that encoding is

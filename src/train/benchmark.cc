@@ -149,12 +149,14 @@ json run_bench(const BenchConfig& c, const Backend& be) {
   be.synchronize();
   be.reset_peak_bytes();  // as baseline_st.py: the peak of the timed steps (weights included)
   std::vector<double> times;
+  be.profiler_capture(true);
   for (int i = 0; i < c.steps; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     step(c.warmup + i);
     be.synchronize();
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  be.profiler_capture(false);
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
   return {{"arch", c.preset},

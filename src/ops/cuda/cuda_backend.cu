@@ -3,6 +3,7 @@
 // element or one warp per row; see each kernel's comment for its formula.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1810,6 +1811,9 @@ struct CudaBackend final : Backend {
     prof->reset();
   }
   void synchronize() const override { ET_CUDA(cudaDeviceSynchronize()); }
+  void profiler_capture(bool on) const override {
+    ET_CUDA(on ? cudaProfilerStart() : cudaProfilerStop());
+  }
   void set_gemm_tuning(bool on) const override {
     const char* env = std::getenv("EMBEDTUNE_GEMM_TUNE");  // "0": never
     std::lock_guard<std::mutex> g(lt->mu);
