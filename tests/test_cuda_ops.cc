@@ -54,6 +54,25 @@ struct Both {
   }
 };
 
+// The first n columns of a host matrix, as a new contiguous tensor (strided device views are
+// downloaded whole).
+Tensor first_cols(const Tensor& t, int64_t n) {
+  Tensor o = cpu_empty({t.dim(0), n});
+  for (int64_t i = 0; i < t.dim(0); ++i)
+    for (int64_t j = 0; j < n; ++j) o.f32()[i * n + j] = t.f32()[i * t.dim(1) + j];
+  return o;
+}
+
+// A host matrix [rows, n] laid out at a row pitch >= n, NaN in the gap: upload it and take
+// leading_cols(n) for a strided view whose gap must never be read into a result.
+Tensor with_gap(const Tensor& t, int64_t pitch) {
+  Tensor o = cpu_empty({t.dim(0), pitch});
+  for (int64_t i = 0; i < t.dim(0); ++i)
+    for (int64_t j = 0; j < pitch; ++j)
+      o.f32()[i * pitch + j] = j < t.dim(1) ? t.f32()[i * t.dim(1) + j] : NAN;
+  return o;
+}
+
 void expect_close(const Tensor& cuda_host, const Tensor& ref, double tol, const std::string& what) {
   double e = rel_error(cuda_host, ref);
   EXPECT_LT(e, tol) << what;
@@ -677,27 +696,100 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
       for (int64_t j = 0; j < t.dim(1); ++j) o.f32()[j * t.dim(0) + i] = t.f32()[i * t.dim(1) + j];
     return o;
   };
+  // the transposed layouts also as strided views [r, n] at a pitch of n rounded up to 8 (a
+  // grouped forward's shares); their gap columns stay poisoned
+  const auto pitch_of = [](const Case& c, bool transposed) {
+    return transposed && c.n % 8 ? (c.n + 7) / 8 * 8 : int64_t{0};
+  };
   for (const Case& c :
        {Case{1000, 768, 16, false, false, true}, Case{333, 200, 16, true, true, true},
         Case{70000, 64, 16, false, false, true}, Case{140000, 40, 16, true, false, true},
         Case{517, 384, 32, false, true, false}, Case{70000, 96, 32, true, true, true},
-        Case{300, 128, 8, false, false, true}, Case{50, 100, 16, true, true, true}}) {
+        Case{300, 128, 8, false, false, true}, Case{50, 100, 16, true, true, true},
+        Case{70001, 768, 16, true, true, true}, Case{1003, 96, 32, true, true, false}}) {
+    const int64_t xa_pitch = pitch_of(c, c.xa_t), dxa_pitch = pitch_of(c, c.dxa_t);
     const std::string what = "n=" + std::to_string(c.n) + " out=" + std::to_string(c.out) +
                              " r=" + std::to_string(c.r) + (c.xa_t ? " xa^T" : "") +
-                             (c.dxa_t ? " dxa^T" : "") + (c.db ? "" : " frozen B");
+                             (c.dxa_t ? " dxa^T" : "") + (c.db ? "" : " frozen B") +
+                             (xa_pitch || dxa_pitch ? " strided" : "");
     SCOPED_TRACE(what);
     const float s = 2.0f;
     Tensor g = b.rounded(b.rand({c.n, c.out})), bm = b.rounded(b.rand({c.out, c.r}));
     Tensor xa = b.rounded(b.rand({c.n, c.r})), db0 = b.rand({c.out, c.r});
     Tensor dxa_ref = cpu_empty({c.n, c.r}), db_ref = cpu_clone(db0);
     b.cpu->lora_output_grad(g, bm, xa, false, s, dxa_ref, false, &db_ref);
-    Tensor dxa = b.poisoned(c.dxa_t ? Shape{c.r, c.n} : Shape{c.n, c.r}, DType::BF16);
+    const Tensor xa_host = c.xa_t ? transposed(xa) : xa;
+    const Tensor xa_dev =
+        xa_pitch ? b.bf(with_gap(xa_host, xa_pitch)).leading_cols(c.n) : b.bf(xa_host);
+    Tensor dxa_full = b.poisoned(
+        c.dxa_t ? Shape{c.r, dxa_pitch ? dxa_pitch : c.n} : Shape{c.n, c.r}, DType::BF16);
+    Tensor dxa = dxa_pitch ? dxa_full.leading_cols(c.n) : dxa_full;
     Tensor db = b.up(db0);
-    b.gpu->lora_output_grad(b.bf(g), b.bf(bm), b.bf(c.xa_t ? transposed(xa) : xa), c.xa_t, s, dxa,
-                            c.dxa_t, c.db ? &db : nullptr);
-    expect_close(b.down(dxa), c.dxa_t ? transposed(dxa_ref) : dxa_ref, 5e-3, "dxa");
+    b.gpu->lora_output_grad(b.bf(g), b.bf(bm), xa_dev, c.xa_t, s, dxa, c.dxa_t,
+                            c.db ? &db : nullptr);
+    const Tensor got = b.down(dxa_full);
+    expect_close(dxa_pitch ? first_cols(got, c.n) : got, c.dxa_t ? transposed(dxa_ref) : dxa_ref,
+                 5e-3, "dxa");
+    for (int64_t i = 0; dxa_pitch && i < c.r; ++i)
+      for (int64_t j = c.n; j < dxa_pitch; ++j)
+        EXPECT_TRUE(std::isnan(got.f32()[i * dxa_pitch + j]));
     expect_close(b.down(db), c.db ? db_ref : db0, c.db ? 1e-4 : 1e-12, "dB");
   }
+}
+
+// Strided views (Tensor::pitch) as A, B and C of bf16 products: a grouped LoRA forward keeps
+// its rank-r rows [r, n] at a pitch of n rounded up to 8, so that cuBLASLt takes them on tensor
+// cores whatever the token count n. Shapes as there (n odd, inner dimensions r and n), plus C
+// strided in fp32; the gap columns of C must stay poisoned (never written).
+TEST(CudaOps, MatmulStridedOperands) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t n = 333, pitch = 336, r = 48, h = 96;
+  // C strided: xa_t [r, n] = A [r, h] x^T (x [n, h])
+  for (DType dt : {DType::BF16, DType::F32}) {
+    SCOPED_TRACE(dt == DType::BF16 ? "C bf16" : "C f32");
+    Tensor a = b.rounded(b.rand({r, h})), x = b.rounded(b.rand({n, h}));
+    Tensor ref = cpu_empty({r, n});
+    b.cpu->matmul(a, false, x, true, ref);
+    Tensor full = b.poisoned({r, pitch}, dt);
+    Tensor c = full.leading_cols(n);
+    b.gpu->matmul(b.bf(a), false, b.bf(x), true, c);
+    const Tensor got = b.down(full);
+    expect_close(first_cols(got, n), ref, 1e-2, "strided C");
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = n; j < pitch; ++j) EXPECT_TRUE(std::isnan(got.f32()[i * pitch + j]));
+  }
+  // A strided, transposed (y += s xa_t^T B^T) and not (dA = dxa_t x), inner dimension n
+  Tensor xa_host = b.rounded(b.rand({r, n})), bm = b.rounded(b.rand({h, r}));
+  Tensor x = b.rounded(b.rand({n, h}));
+  const Tensor xa_dev = b.bf(with_gap(xa_host, pitch)).leading_cols(n);
+  {
+    Tensor y0 = b.rounded(b.rand({n, h})), ref = cpu_clone(y0);
+    b.cpu->matmul(xa_host, true, bm, true, ref, 0.5f, 1.0f);
+    Tensor y = b.bf(y0);
+    b.gpu->matmul(xa_dev, true, b.bf(bm), true, y, 0.5f, 1.0f);
+    expect_close(b.down(y), ref, 1e-2, "strided A^T");
+  }
+  {
+    Tensor ref = cpu_empty({r, h});
+    b.cpu->matmul(xa_host, false, x, false, ref);
+    Tensor c = b.poisoned({r, h});
+    b.gpu->matmul(xa_dev, false, b.bf(x), false, c);
+    expect_close(b.down(c), ref, 1e-4, "strided A, long inner dimension");
+  }
+  // B strided: [h, n] = A [h, r] xa_t
+  {
+    Tensor am = b.rounded(b.rand({h, r}));
+    Tensor ref = cpu_empty({h, n});
+    b.cpu->matmul(am, false, xa_host, false, ref);
+    Tensor c = b.poisoned({h, n}, DType::BF16);
+    b.gpu->matmul(b.bf(am), false, xa_dev, false, c);
+    expect_close(b.down(c), ref, 1e-2, "strided B");
+  }
+  // everything else refuses strided views by name
+  EXPECT_THROW(b.down(xa_dev), Error);
+  Tensor dst = b.gpu->empty({r, n}, DType::BF16);
+  EXPECT_THROW(b.gpu->copy(dst, xa_dev), Error);
 }
 
 // Products with a small inner dimension added into C (LoRA's rank-r up-projection into a

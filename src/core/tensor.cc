@@ -57,11 +57,15 @@ std::string shape_str(const Shape& s) {
 
 float* Tensor::f32() const {
   ET_CHECK(dtype == DType::F32, "tensor dtype is ", dtype_name(dtype), ", expected F32");
+  ET_CHECK(pitch == 0, "a strided view ", shape_str(shape), " (row pitch ", pitch,
+           ") where a contiguous tensor is expected");
   return static_cast<float*>(data);
 }
 
 int32_t* Tensor::i32() const {
   ET_CHECK(dtype == DType::I32, "tensor dtype is ", dtype_name(dtype), ", expected I32");
+  ET_CHECK(pitch == 0, "a strided view ", shape_str(shape),
+           " where a contiguous tensor is expected");
   return static_cast<int32_t*>(data);
 }
 
@@ -70,12 +74,25 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
            ", ", end, ") out of ", shape_str(shape));
   Tensor v = *this;
   v.shape[0] = end - begin;
-  v.data = static_cast<uint8_t*>(data) + begin * (nbytes() / (shape[0] ? shape[0] : 1));
+  const int64_t row_elems = pitch ? pitch : (shape[0] ? numel() / shape[0] : 0);
+  v.data =
+      static_cast<uint8_t*>(data) + begin * row_elems * static_cast<int64_t>(dtype_size(dtype));
+  return v;
+}
+
+Tensor Tensor::leading_cols(int64_t n) const {
+  ET_CHECK(ndim() == 2 && n >= 0 && n <= shape[1], "leading_cols(", n, ") of ", shape_str(shape));
+  Tensor v = *this;
+  v.pitch = row_pitch();
+  v.shape[1] = n;
+  if (v.pitch == n) v.pitch = 0;
   return v;
 }
 
 Tensor Tensor::reshape(const Shape& s) const {
   ET_CHECK(shape_numel(s) == numel(), "cannot reshape ", shape_str(shape), " to ", shape_str(s));
+  ET_CHECK(pitch == 0, "cannot reshape the strided view ", shape_str(shape), " (row pitch ", pitch,
+           ")");
   Tensor v = *this;
   v.shape = s;
   return v;
@@ -169,6 +186,8 @@ Tensor to_f32(const Tensor& t) {
 }
 
 Tensor cpu_clone(const Tensor& t) {
+  ET_CHECK(t.pitch == 0, "cannot copy the strided view ", shape_str(t.shape), " (row pitch ",
+           t.pitch, ")");
   Tensor r = cpu_empty(t.shape, t.dtype);
   std::memcpy(r.data, t.data, t.nbytes());
   return r;

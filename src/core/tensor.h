@@ -28,6 +28,10 @@ struct Tensor {
   DType dtype = DType::F32;
   Device device = Device::CPU;
   Shape shape;
+  // Row pitch in elements of a 2-D view whose rows are not adjacent (leading_cols), 0 when the
+  // tensor is contiguous. Only matrix products take such views (as the BLAS leading
+  // dimension); every other op requires contiguous tensors and says so.
+  int64_t pitch = 0;
 
   int64_t numel() const { return shape_numel(shape); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
@@ -41,6 +45,10 @@ struct Tensor {
 
   // A view of rows [begin, end) of the first dimension, sharing memory.
   Tensor rows(int64_t begin, int64_t end) const;
+  // A view of the first `n` columns of a 2-D tensor (rows keep their pitch).
+  Tensor leading_cols(int64_t n) const;
+  // Elements from one row to the next of a 2-D tensor: the BLAS leading dimension.
+  int64_t row_pitch() const { return pitch ? pitch : shape.back(); }
   // A view with another shape of the same element count.
   Tensor reshape(const Shape& s) const;
 };

@@ -206,6 +206,15 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   }
 }
 
+// A [rows, n] matrix whose rows (one per rank, n = tokens) start 16 bytes apart at least: rows
+// of n elements are kept at a pitch of n rounded up to 8, since cuBLASLt has no tensor-core
+// algorithm for bf16 operands whose leading dimension is not a multiple of 8 elements (it falls
+// back to a slow generic kernel; real batches' token counts are arbitrary).
+static Tensor transposed_rank_buffer(const Backend& be, int64_t rows, int64_t n, DType dtype) {
+  const int64_t pitch = (n + 7) / 8 * 8;
+  return be.empty({rows, pitch}, dtype).leading_cols(n);
+}
+
 std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& group,
                                          const Tensor& x, const std::vector<LinearSaved*>& saved,
                                          Rng* rng) {
@@ -222,7 +231,7 @@ std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& g
   }
   const Tensor x2 = rows_of_input(*group[0], x);
   const int64_t n = x2.dim(0);
-  Tensor xa_t = be.empty({a.dim(0), n}, x2.dtype);
+  Tensor xa_t = transposed_rank_buffer(be, a.dim(0), n, x2.dtype);
   be.matmul(a, false, x2, true, xa_t);  // [sum r, n] = A_stacked x^T
   int64_t r0 = 0;
   for (size_t i = 0; i < group.size(); ++i) {
@@ -258,7 +267,7 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
   }
   const Tensor& x = saved[0].x;
   const int64_t n = x.dim(0), in = group[0]->in;
-  Tensor dxa_t = be.empty({a.dim(0), n}, be.act_dtype());
+  Tensor dxa_t = transposed_rank_buffer(be, a.dim(0), n, be.act_dtype());
   std::vector<Tensor> gs;
   int64_t r0 = 0;
   for (size_t i = 0; i < group.size(); ++i) {

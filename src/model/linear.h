@@ -29,7 +29,7 @@ struct Linear {
 // What backward needs: the input, the LoRA dropout site (p = 0 without dropout; its mask is
 // regenerated, dropout_mask.h, and these rows start at row mask_row0 of it), the input of the
 // LoRA branch (dropout(x)) and x_lora A^T, or (a group's forward, see linear_group_forward) its
-// transpose A x_lora^T [r, n] instead.
+// transpose A x_lora^T [r, n] instead, a strided view (rows n rounded up to 8 apart).
 struct LinearSaved {
   Tensor x;
   DropoutSite mask;

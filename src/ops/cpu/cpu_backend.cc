@@ -98,6 +98,7 @@ struct CpuBackend final : Backend {
   void copy(Tensor& dst, const Tensor& src) const override {
     ET_CHECK(dst.nbytes() == src.nbytes(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
              shape_str(src.shape));
+    ET_CHECK(dst.pitch == 0 && src.pitch == 0, "copy: strided views are not copied");
     if (dst.data != src.data) std::memcpy(dst.data, src.data, src.nbytes());
   }
 
@@ -122,10 +123,14 @@ struct CpuBackend final : Backend {
         scale(c, beta);
       return;
     }
+    // strided views (Tensor::pitch) go in with their row pitch as the leading dimension
+    for (const Tensor* t : {&a, &b, static_cast<const Tensor*>(&c)})
+      ET_CHECK(t->dtype == DType::F32, "matmul: expected F32 operands, got ", dtype_name(t->dtype));
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.f32(),
-                static_cast<int>(a.dim(1)), b.f32(), static_cast<int>(b.dim(1)), beta, c.f32(),
-                static_cast<int>(n));
+                static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha,
+                static_cast<const float*>(a.data), static_cast<int>(a.row_pitch()),
+                static_cast<const float*>(b.data), static_cast<int>(b.row_pitch()), beta,
+                static_cast<float*>(c.data), static_cast<int>(c.row_pitch()));
   }
 
   void add_bias(Tensor& y, const Tensor& bias) const override {

@@ -743,9 +743,18 @@ int64_t rows_of(const Tensor& t) {
   return t.numel() / std::max<int64_t>(cols_of(t), 1);
 }
 
-void check_device(const Tensor& t) {
+void check_device_strided(const Tensor& t) {
   ET_CHECK(t.device == Device::CUDA, "CUDA op: tensor of shape ", shape_str(t.shape),
            " is on the host");
+}
+// Every op but the matrix products wants contiguous tensors (Tensor::pitch).
+void check_contiguous(const Tensor& t) {
+  ET_CHECK(t.pitch == 0, "CUDA op: a strided view ", shape_str(t.shape), " (row pitch ", t.pitch,
+           ") where a contiguous tensor is expected");
+}
+void check_device(const Tensor& t) {
+  check_device_strided(t);
+  check_contiguous(t);
 }
 // fp32 tensors (parameters, gradients, statistics)
 const float* F(const Tensor& t) {
@@ -1007,6 +1016,7 @@ struct CudaBackend final : Backend {
   Tensor download(const Tensor& dev) const override {
     OpScope scope_(prof.get(), "download");
     if (dev.device == Device::CPU) return cpu_clone(dev);
+    check_contiguous(dev);
     Tensor src = dev.dtype == DType::BF16 ? convert(dev, DType::F32) : dev;
     Tensor h = cpu_empty(src.shape, src.dtype);
     if (src.nbytes()) ET_CUDA(cudaMemcpy(h.data, src.data, src.nbytes(), cudaMemcpyDeviceToHost));
@@ -1015,6 +1025,7 @@ struct CudaBackend final : Backend {
   HostRead download_async(const Tensor& dev) const override {
     if (dev.device == Device::CPU) return Backend::download_async(dev);
     OpScope scope_(prof.get(), "download_async");
+    check_contiguous(dev);
     Tensor src = dev.dtype == DType::BF16 ? convert(dev, DType::F32) : dev;
     std::shared_ptr<cuda::PendingRead> r = cuda::read_bytes_async(staging, src.data, src.nbytes());
     if (!r) return Backend::download_async(src);  // too large, or every slot held
@@ -1026,6 +1037,7 @@ struct CudaBackend final : Backend {
   }
   void fill(Tensor& t, float value) const override {
     OpScope scope_(prof.get(), "fill");
+    check_contiguous(t);
     int64_t n = t.numel();
     if (value == 0.0f) {
       ET_CUDA(cudaMemsetAsync(t.data, 0, t.nbytes()));
@@ -1039,6 +1051,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), dst.dtype != src.dtype ? "convert" : "copy");
     ET_CHECK(dst.numel() == src.numel(), "copy: size mismatch ", shape_str(dst.shape), " vs ",
              shape_str(src.shape));
+    check_contiguous(dst);
+    check_contiguous(src);
     if (dst.dtype != src.dtype) {
       convert_into(src, dst);
       return;
@@ -1066,23 +1080,28 @@ struct CudaBackend final : Backend {
     if (bias)
       ET_CHECK(bias->numel() == n, "matmul: bias has ", bias->numel(), " values for ", n,
                " columns");
+    for (const Tensor* t : {&a, &b, static_cast<const Tensor*>(&c)}) check_device_strided(*t);
+    // leading dimensions: strided views (Tensor::pitch) are taken as they are
+    const int64_t lda = a.row_pitch(), ldb = b.row_pitch(), ldc = c.row_pitch();
     const bool all_f32 = a.dtype == DType::F32 && b.dtype == DType::F32 && c.dtype == DType::F32;
     if (all_f32) {  // TF32 tensor cores (see the constructor)
       ET_CUBLAS(cublasSgemm(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                             static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                            F(b), static_cast<int>(b.dim(1)), F(a), static_cast<int>(a.dim(1)),
-                            &beta, W(c), static_cast<int>(n)));
+                            static_cast<const float*>(b.data), static_cast<int>(ldb),
+                            static_cast<const float*>(a.data), static_cast<int>(lda), &beta,
+                            static_cast<float*>(c.data), static_cast<int>(ldc)));
       if (bias) add_bias(c, *bias);
       return;
     }
+    ET_CHECK(c.dtype == DType::F32 || c.dtype == DType::BF16, "matmul: C must be F32 or BF16, got ",
+             dtype_name(c.dtype));
     Tensor a16 = convert(a, DType::BF16), b16 = convert(b, DType::BF16);
-    P(c);
     // as torch's bf16 addmm: the bias rounded to bf16, added to the fp32 accumulator
     Tensor bias16 = bias && c.dtype == DType::BF16 ? convert(*bias, DType::BF16) : Tensor{};
     const bool lt_case = k > 0 && (!bias || bias16.defined());
     if (lt_case &&
-        cuda::lt_gemm(*lt, a16.data, ta, a.dim(1), b16.data, tb, b.dim(1), c.data,
-                      c.dtype == DType::F32, m, n, k, alpha, beta, bias ? bias16.data : nullptr))
+        cuda::lt_gemm(*lt, a16.data, ta, lda, b16.data, tb, ldb, c.data, ldc, c.dtype == DType::F32,
+                      m, n, k, alpha, beta, bias ? bias16.data : nullptr))
       return;
     if (lt_case && !lt_fallback_noted) {
       lt_fallback_noted = true;
@@ -1094,9 +1113,9 @@ struct CudaBackend final : Backend {
     }
     ET_CUBLAS(cublasGemmEx(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                            static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                           b16.data, CUDA_R_16BF, static_cast<int>(b.dim(1)), a16.data, CUDA_R_16BF,
-                           static_cast<int>(a.dim(1)), &beta, c.data,
-                           c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(n),
+                           b16.data, CUDA_R_16BF, static_cast<int>(ldb), a16.data, CUDA_R_16BF,
+                           static_cast<int>(lda), &beta, c.data,
+                           c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(ldc),
                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias) add_bias(c, *bias);
   }
@@ -1109,12 +1128,20 @@ struct CudaBackend final : Backend {
       return;
     }
     const int64_t n = g.dim(0), out = g.dim(1), r = b.dim(1);
-    ET_CHECK(b.dim(0) == out && xa.numel() == n * r && dxa.numel() == n * r &&
+    // [n, r], or [r, n] when transposed (2-D then: it may be a strided view)
+    auto fits = [&](const Tensor& t, bool transposed) {
+      return transposed ? t.ndim() == 2 && t.dim(0) == r && t.dim(1) == n : t.numel() == n * r;
+    };
+    ET_CHECK(b.dim(0) == out && fits(xa, xa_transposed) && fits(dxa, dxa_transposed) &&
                  (!db || db->numel() == out * r),
              "lora_output_grad: g ", shape_str(g.shape), ", B ", shape_str(b.shape), ", xa ",
              shape_str(xa.shape), ", dxa ", shape_str(dxa.shape), " do not match");
-    for (const Tensor* t : {&g, &b, &xa}) check_device(*t);
-    check_device(dxa);
+    for (const Tensor* t : {&g, &b}) check_device(*t);
+    // the transposed [r, n] layouts may be strided views (a grouped forward's shares)
+    check_device_strided(xa);
+    check_device_strided(dxa);
+    if (!xa_transposed) check_contiguous(xa);
+    if (!dxa_transposed) check_contiguous(dxa);
     cuda::LoraOutputGradArgs a;
     a.g = B16(g);
     a.b = B16(b);
@@ -1127,6 +1154,8 @@ struct CudaBackend final : Backend {
     a.scale = scale;
     a.xa_transposed = xa_transposed;
     a.dxa_transposed = dxa_transposed;
+    a.xa_ld = xa.row_pitch();
+    a.dxa_ld = dxa.row_pitch();
     if (!cuda::lora_output_grad_supported(a)) {
       Backend::lora_output_grad(g, b, xa, xa_transposed, scale, dxa, dxa_transposed, db);
       return;

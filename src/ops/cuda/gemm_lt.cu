@@ -56,11 +56,12 @@ int64_t shape_bucket(int64_t x) {
 // The problem whose heuristic candidates stand for `key`: its long dimensions bucketed, each
 // leading dimension at least as long as the rows it strides over.
 LtKey heuristic_key(const LtKey& key) {
-  auto [m, n, k, ta, tb, lda, ldb, c_f32, with_bias, align_a, align_b, align_c] = key;
+  auto [m, n, k, ta, tb, lda, ldb, ldc, c_f32, with_bias, align_a, align_b, align_c] = key;
   m = shape_bucket(m), n = shape_bucket(n), k = shape_bucket(k);
   lda = std::max(lda, ta ? m : k);
   ldb = std::max(ldb, tb ? k : n);
-  return {m, n, k, ta, tb, lda, ldb, c_f32, with_bias, align_a, align_b, align_c};
+  ldc = std::max(ldc, n);
+  return {m, n, k, ta, tb, lda, ldb, ldc, c_f32, with_bias, align_a, align_b, align_c};
 }
 
 // Row-major C = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's "A" is our
@@ -68,7 +69,7 @@ LtKey heuristic_key(const LtKey& key) {
 // column-major result, which is what CUBLASLT_EPILOGUE_BIAS broadcasts. A failing setup call
 // releases what was created before the error propagates.
 LtPlan make_descriptors(const LtKey& key) {
-  const auto [m, n, k, ta, tb, lda, ldb, c_f32, with_bias, align_a, align_b, align_c] = key;
+  const auto [m, n, k, ta, tb, lda, ldb, ldc, c_f32, with_bias, align_a, align_b, align_c] = key;
   PlanGuard g;
   LtPlan& p = g.p;
   ET_CUBLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -78,7 +79,7 @@ LtPlan make_descriptors(const LtKey& key) {
   // stored shapes (column-major): op(X) = X when not transposed
   ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? k : n, tb ? n : k, ldb));
   ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? m : k, ta ? k : m, lda));
-  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
+  ET_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, ldc));
   return g.release();
 }
 
@@ -86,7 +87,7 @@ LtPlan make_descriptors(const LtKey& key) {
 // operands at the key's alignments, best first (none when it offers none).
 std::vector<cublasLtMatmulAlgo_t> heuristic_algos(const LtGemm& g, const LtPlan& p,
                                                   const LtKey& key, int count) {
-  const int align_a = std::get<9>(key), align_b = std::get<10>(key), align_c = std::get<11>(key);
+  const int align_a = std::get<10>(key), align_b = std::get<11>(key), align_c = std::get<12>(key);
   cublasLtMatmulPreference_t pref = nullptr;
   ET_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
   std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
@@ -220,8 +221,8 @@ void lt_gemm_destroy(LtGemm& g) {
 }
 
 bool lt_gemm(LtGemm& g, const void* a, bool trans_a, int64_t lda, const void* b, bool trans_b,
-             int64_t ldb, void* c, bool c_f32, int64_t m, int64_t n, int64_t k, float alpha,
-             float beta, const void* bias) {
+             int64_t ldb, void* c, int64_t ldc, bool c_f32, int64_t m, int64_t n, int64_t k,
+             float alpha, float beta, const void* bias) {
   // the epilogue reads the bias vector with vector loads
   if (bias && alignment_of(bias) < 16) return false;
   std::lock_guard<std::mutex> lock(g.mu);  // the plan's descriptor gets this call's bias pointer
@@ -232,6 +233,7 @@ bool lt_gemm(LtGemm& g, const void* a, bool trans_a, int64_t lda, const void* b,
                   trans_b,
                   lda,
                   ldb,
+                  ldc,
                   c_f32,
                   bias != nullptr,
                   alignment_of(a),

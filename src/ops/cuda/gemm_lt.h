@@ -55,9 +55,10 @@ struct LtPlan {
   bool no_algorithm = false;                // cuBLASLt offers none for it: the caller falls back
 };
 
-// (m, n, k, trans_a, trans_b, lda, ldb, C is fp32, with bias, alignment of a, b, c in bytes)
-using LtKey =
-    std::tuple<int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, bool, bool, int, int, int>;
+// (m, n, k, trans_a, trans_b, lda, ldb, ldc, C is fp32, with bias, alignment of a, b, c in
+// bytes)
+using LtKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, bool,
+                         bool, int, int, int>;
 
 struct LtGemm {
   cublasLtHandle_t handle = nullptr;
@@ -75,12 +76,12 @@ struct LtGemm {
 void lt_gemm_init(LtGemm& g, void* workspace, size_t workspace_bytes);
 void lt_gemm_destroy(LtGemm& g);
 
-// Row-major C[m, n] = alpha * op(A) op(B) + beta * C (+ bias[n]); A, B bf16 with leading
-// dimensions lda, ldb (elements), C [m, n] contiguous in bf16 or (c_f32) fp32, the bias (or
+// Row-major C[m, n] = alpha * op(A) op(B) + beta * C (+ bias[n]); A, B bf16 and C bf16 or
+// (c_f32) fp32 with leading dimensions lda, ldb, ldc (elements; ldc >= n), the bias (or
 // null) bf16: cuBLASLt takes it in C's type and finds no algorithm for an fp32 bias with bf16
 // C. Returns false, having done nothing, when cuBLASLt has no algorithm for the case.
 bool lt_gemm(LtGemm& g, const void* a, bool trans_a, int64_t lda, const void* b, bool trans_b,
-             int64_t ldb, void* c, bool c_f32, int64_t m, int64_t n, int64_t k, float alpha,
-             float beta, const void* bias);
+             int64_t ldb, void* c, int64_t ldc, bool c_f32, int64_t m, int64_t n, int64_t k,
+             float alpha, float beta, const void* bias);
 
 }  // namespace et::cuda

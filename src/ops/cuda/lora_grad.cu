@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
     const int t = a.xa_transposed ? i % RB : i / R, j = a.xa_transposed ? i / RB : i % R;
     const int64_t row = t0 + t;
     __nv_bfloat16 v = __float2bfloat16(0.0f);
-    if (row < a.n) v = a.xa_transposed ? a.xa[j * a.n + row] : a.xa[row * R + j];
+    if (row < a.n) v = a.xa_transposed ? a.xa[j * a.xa_ld + row] : a.xa[row * R + j];
     us[t * kUl + j] = v;
   }
 
@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
         const float v0 = a.scale * acc_x[rt][nb][2 * half],
                     v1 = a.scale * acc_x[rt][nb][2 * half + 1];
         if (a.dxa_transposed) {
-          a.dxa[j * a.n + row] = __float2bfloat16(v0);
-          a.dxa[(j + 1) * a.n + row] = __float2bfloat16(v1);
+          a.dxa[j * a.dxa_ld + row] = __float2bfloat16(v0);
+          a.dxa[(j + 1) * a.dxa_ld + row] = __float2bfloat16(v1);
         } else {
           *reinterpret_cast<uint32_t*>(a.dxa + row * R + j) = pack2(v0, v1);
         }
@@ -174,8 +174,10 @@ void launch(const LoraOutputGradArgs& a) {
 }  // namespace
 
 bool lora_output_grad_supported(const LoraOutputGradArgs& a) {
-  return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 && vec8_aligned(a.g) &&
-         vec8_aligned(a.b) && (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
+  return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 &&
+         (!a.xa_transposed || a.xa_ld >= a.n) && (!a.dxa_transposed || a.dxa_ld >= a.n) &&
+         vec8_aligned(a.g) && vec8_aligned(a.b) &&
+         (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
          (!a.db || reinterpret_cast<uintptr_t>(a.db) % 8 == 0);
 }
 

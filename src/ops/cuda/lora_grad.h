@@ -21,6 +21,7 @@ struct LoraOutputGradArgs {
   __nv_bfloat16* dxa = nullptr;       // [n, r], or [r, n] when dxa_transposed
   float* db = nullptr;                // [out, r] fp32, accumulated; null: not trainable
   int64_t n = 0;
+  int64_t xa_ld = 0, dxa_ld = 0;  // row pitch (elements, >= n) of the transposed layouts
   int out = 0, r = 0;
   float scale = 1.0f;
   bool xa_transposed = false, dxa_transposed = false;
