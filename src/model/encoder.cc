@@ -64,11 +64,12 @@ void set_model_dropout(Encoder& e, bool on) {
 
 Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
                        EncoderSaved* saved, Rng* rng) {
-  // BERT's q, k, v read one input. The rotary families' q, k, v and gate, up measured slower
-  // grouped on the real length mixes (H100, same call: Qwen3-0.6B 77.3 -> 85.4 ms, EmbeddingGemma
-  // 129.7 -> 136.6 ms, though 512 x 32 Qwen3 gained 287 -> 276 ms), so they run one by one.
+  // Linears that read one input: BERT's q, k, v; the rotary families' q, k, v and gate, up.
   std::vector<LinearGroup> groups;
-  if (!e.rotary)
+  if (e.rotary)
+    for (const RotaryLayer& L : e.rotary_enc.layers)
+      for (const LinearGroup& g : rotary_groups(L)) groups.push_back(g);
+  else
     for (const BertLayer& L : e.bert.layers) groups.push_back(bert_qkv(L));
   refresh_product_copies(be, encoder_linears(e), groups);
   if (e.rotary)

@@ -199,9 +199,10 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     be.rope_columns(qkv, qdim, k, 0, positions, c.kv_heads, static_cast<int>(D), theta, false);
     v = columns(be, qkv, qdim + kvdim, kvdim);
   } else {
-    q = linear_forward(be, L.q, h, s ? &s->q : nullptr, rng);
-    k = linear_forward(be, L.k, h, s ? &s->k : nullptr, rng);
-    v = linear_forward(be, L.v, h, s ? &s->v : nullptr, rng);
+    std::vector<Tensor> ys =
+        linear_group_forward(be, rotary_groups(L)[0], h,
+                             {s ? &s->q : nullptr, s ? &s->k : nullptr, s ? &s->v : nullptr}, rng);
+    q = ys[0], k = ys[1], v = ys[2];
   }
   // h = N_attn(x) is recomputed in backward
   if (s)
@@ -247,8 +248,9 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     g = linear_forward(be, L.wi, h2, s ? &s->wi : nullptr, rng);
     be.glu_packed_forward(c.act, g, m);
   } else {
-    g = linear_forward(be, L.gate, h2, s ? &s->gate : nullptr, rng);
-    u = linear_forward(be, L.up, h2, s ? &s->up : nullptr, rng);
+    std::vector<Tensor> ys = linear_group_forward(
+        be, rotary_groups(L)[1], h2, {s ? &s->gate : nullptr, s ? &s->up : nullptr}, rng);
+    g = ys[0], u = ys[1];
     be.glu_forward(c.act, g, u, m);
   }
   // h2 = N_mlp(x1) is recomputed in backward
@@ -299,9 +301,10 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   if (L.wi.weight) {
     linear_backward(be, L.wi, with_saved_input(s.wi, h2), dwi, &dh2, false);
   } else {
-    linear_backward(be, L.gate, with_saved_input(s.gate, h2), dg, &dh2, false);
+    linear_group_backward(be, rotary_groups(L)[1],
+                          {with_saved_input(s.gate, h2), with_saved_input(s.up, h2)}, {dg, du},
+                          &dh2, false);
     dg = Tensor{};
-    linear_backward(be, L.up, with_saved_input(s.up, h2), du, &dh2, true);
   }
   dwi = du = Tensor{};
   if (dout.dtype != DType::F32) {  // d(x1) accumulates in fp32, as the residual stream
@@ -377,11 +380,11 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
   if (L.qkv.weight) {
     linear_backward(be, L.qkv, with_saved_input(s.qkv, h), dqkv, &dh, false);
   } else {
-    linear_backward(be, L.q, with_saved_input(s.q, h), dq, &dh, false);
-    dq = Tensor{};
-    linear_backward(be, L.k, with_saved_input(s.k, h), dk, &dh, true);
-    dk = Tensor{};
-    linear_backward(be, L.v, with_saved_input(s.v, h), dv, &dh, true);
+    linear_group_backward(
+        be, rotary_groups(L)[0],
+        {with_saved_input(s.q, h), with_saved_input(s.k, h), with_saved_input(s.v, h)},
+        {dq, dk, dv}, &dh, false);
+    dq = dk = Tensor{};
   }
   be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx1);  // d(x), in place
   return dx1;

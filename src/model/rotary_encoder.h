@@ -91,6 +91,13 @@ std::vector<Linear*> rotary_linears(RotaryEncoder& enc);
 // Every parameter of the encoder (for full fine-tuning).
 std::vector<Param*> rotary_params(RotaryEncoder& enc);
 
+// Projections of one layer that read the same input, run as groups (linear_group_forward):
+// Qwen3's and Gemma3's q, k, v and gate, up; none for ModernBERT, whose are fused already.
+inline std::vector<LinearGroup> rotary_groups(const RotaryLayer& L) {
+  if (L.qkv.weight) return {};
+  return {{&L.q, &L.k, &L.v}, {&L.gate, &L.up}};
+}
+
 Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedBatch& batch,
                       RotarySaved* saved, Rng* rng);
 // Consumes d_hidden (freed once the final norm's gradient is taken) and `saved` (each layer's
