@@ -384,7 +384,7 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
         be, rotary_groups(L)[0],
         {with_saved_input(s.q, h), with_saved_input(s.k, h), with_saved_input(s.v, h)},
         {dq, dk, dv}, &dh, false);
-    dq = dk = Tensor{};
+    dq = dk = dv = Tensor{};
   }
   be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx1);  // d(x), in place
   return dx1;
