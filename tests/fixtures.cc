@@ -72,6 +72,13 @@ Tensor uniform_tensor(Rng& rng, const Shape& s, float lo, float hi) {
   return t;
 }
 
+Tensor first_cols(const Tensor& t, int64_t n) {
+  Tensor o = cpu_empty({t.dim(0), n});
+  for (int64_t i = 0; i < t.dim(0); ++i)
+    for (int64_t j = 0; j < n; ++j) o.f32()[i * n + j] = t.f32()[i * t.dim(1) + j];
+  return o;
+}
+
 double rel_error(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {

@@ -32,6 +32,10 @@ std::string embedtune_bin();
 // A host F32 tensor of values uniform in [lo, hi) (random test inputs, never all zeros).
 Tensor uniform_tensor(Rng& rng, const Shape& s, float lo = -1, float hi = 1);
 
+// The first n columns of a host F32 matrix [rows, cols], as a new contiguous tensor (a strided
+// view's values, Tensor::leading_cols, read from its whole buffer).
+Tensor first_cols(const Tensor& t, int64_t n);
+
 // ||a - b|| / ||b|| over all elements (both host F32 tensors of equal size).
 double rel_error(const Tensor& a, const Tensor& b);
 // The same for a row range of `a` against all of `b`.

@@ -54,15 +54,6 @@ struct Both {
   }
 };
 
-// The first n columns of a host matrix, as a new contiguous tensor (strided device views are
-// downloaded whole).
-Tensor first_cols(const Tensor& t, int64_t n) {
-  Tensor o = cpu_empty({t.dim(0), n});
-  for (int64_t i = 0; i < t.dim(0); ++i)
-    for (int64_t j = 0; j < n; ++j) o.f32()[i * n + j] = t.f32()[i * t.dim(1) + j];
-  return o;
-}
-
 // A host matrix [rows, n] laid out at a row pitch >= n, NaN in the gap: upload it and take
 // leading_cols(n) for a strided view whose gap must never be read into a result.
 Tensor with_gap(const Tensor& t, int64_t pitch) {

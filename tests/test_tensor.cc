@@ -10,14 +10,6 @@
 namespace et::test {
 namespace {
 
-// The first n columns of a host matrix, as a new contiguous tensor.
-Tensor first_cols(const Tensor& t, int64_t n) {
-  Tensor o = cpu_empty({t.dim(0), n});
-  for (int64_t i = 0; i < t.dim(0); ++i)
-    for (int64_t j = 0; j < n; ++j) o.f32()[i * n + j] = t.f32()[i * t.dim(1) + j];
-  return o;
-}
-
 TEST(Tensor, StridedViewsKeepTheirPitchAndRefuseContiguousUse) {
   Rng rng(7);
   Tensor full = uniform_tensor(rng, {5, 16});

@@ -432,26 +432,15 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
     const auto* o = static_cast<const __nv_bfloat16*>(out);
     const auto* g = static_cast<const __nv_bfloat16*>(dout);
     const unsigned vgrid = blocks_for(vecs, 256);
-    switch (lanes) {
-      case 1:
-        attn_delta_bf16x8_kernel<1><<<vgrid, 256>>>(o, g, delta, vecs);
-        break;
-      case 2:
-        attn_delta_bf16x8_kernel<2><<<vgrid, 256>>>(o, g, delta, vecs);
-        break;
-      case 4:
-        attn_delta_bf16x8_kernel<4><<<vgrid, 256>>>(o, g, delta, vecs);
-        break;
-      case 8:
-        attn_delta_bf16x8_kernel<8><<<vgrid, 256>>>(o, g, delta, vecs);
-        break;
-      case 16:
-        attn_delta_bf16x8_kernel<16><<<vgrid, 256>>>(o, g, delta, vecs);
-        break;
-      default:
-        attn_delta_bf16x8_kernel<32><<<vgrid, 256>>>(o, g, delta, vecs);
-        break;
-    }
+    // the kernel for G = lanes (a power of two in [1, 32], checked above)
+    const auto take = [&](auto group) {
+      if (decltype(group)::value != lanes) return false;
+      attn_delta_bf16x8_kernel<decltype(group)::value><<<vgrid, 256>>>(o, g, delta, vecs);
+      return true;
+    };
+    take(std::integral_constant<int, 1>{}) || take(std::integral_constant<int, 2>{}) ||
+        take(std::integral_constant<int, 4>{}) || take(std::integral_constant<int, 8>{}) ||
+        take(std::integral_constant<int, 16>{}) || take(std::integral_constant<int, 32>{});
     ET_LAUNCH_CHECK();
     return;
   }
