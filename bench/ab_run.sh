@@ -6,7 +6,7 @@
 #   .device/old/embedtune.gz    the old one (stripped, gzipped: the carry limit is 64 MiB)
 #   PRESETS  ';'-separated argument sets of `embedtune bench`, e.g.
 #            "--only minilm-l6 --scenario real;--only bge-base --scenario fixed --seq-len 512 --pairs 64"
-#   ROUNDS (2), STEPS (10); ENV_OLD / ENV_NEW: environment assignments for one side only.
+#   ROUNDS (2), STEPS (10), WARMUP (3); ENV_OLD / ENV_NEW: environment assignments for one side only.
 # Each run's output stays in a scratch folder; $OUT gets two files (the device tool brings
 # back only a few): ab.jsonl (every record, with its side and round) and ab_summary.txt.
 set -uo pipefail
@@ -22,7 +22,7 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
     exe=$D/embedtune envs=${ENV_NEW:-}
     [ $side = old ] && exe=$RAW/embedtune_old envs=${ENV_OLD:-}
     for i in "${!sets[@]}"; do
-      env $envs $exe bench --device cuda --steps "${STEPS:-10}" --warmup 3 ${sets[$i]} \
+      env $envs $exe bench --device cuda --steps "${STEPS:-10}" --warmup "${WARMUP:-3}" ${sets[$i]} \
         --out "$RAW/ab_${side}_${r}_${i}.jsonl" >/dev/null 2>"$RAW/ab_${side}_${r}_${i}.err" ||
         tail -3 "$RAW/ab_${side}_${r}_${i}.err"
     done

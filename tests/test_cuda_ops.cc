@@ -671,9 +671,10 @@ TEST(CudaOps, MatmulBiasEpilogue) {
 // LoRA's output-gradient products (Backend::lora_output_grad), dxa = s g B and dB += s g^T xa,
 // which the CUDA backend runs in one pass over g: against the CPU's two products of the same
 // bf16-rounded operands. Rows and columns that end mid-tile, every rows-per-block variant
-// (n of 1,000, 70,000 and 140,000), ranks 16 and 32, both layouts of xa and dxa, dB frozen;
-// ranks and widths the kernel does not take (8; out = 100) go through the two products.
-// Tolerances: one bf16 rounding of dxa (about 4e-3 relative); dB is fp32, summed in another order.
+// (n of 1,000, 70,000 and 140,000, each with several 128-column chunks), ranks 16 and 32, both
+// layouts of xa and dxa, dB frozen; ranks and widths the kernel does not take (8; out = 100) go
+// through the two products. Tolerances: one bf16 rounding of dxa (about 4e-3 relative); dB is fp32,
+// summed in another order.
 TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -697,7 +698,8 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
         Case{70000, 64, 16, false, false, true}, Case{140000, 40, 16, true, false, true},
         Case{517, 384, 32, false, true, false}, Case{70000, 96, 32, true, true, true},
         Case{300, 128, 8, false, false, true}, Case{50, 100, 16, true, true, true},
-        Case{70001, 768, 16, true, true, true}, Case{1003, 96, 32, true, true, false}}) {
+        Case{70001, 768, 16, true, true, true}, Case{1003, 96, 32, true, true, false},
+        Case{140000, 392, 16, false, true, true}}) {
     const int64_t xa_pitch = pitch_of(c, c.xa_t), dxa_pitch = pitch_of(c, c.dxa_t);
     const std::string what = "n=" + std::to_string(c.n) + " out=" + std::to_string(c.out) +
                              " r=" + std::to_string(c.r) + (c.xa_t ? " xa^T" : "") +

@@ -1,22 +1,28 @@
 // LoRA's output-gradient products in one pass over g (lora_grad.h).
 //
-// A block owns RB rows of g and walks all `out` columns in chunks of 64, each chunk's rows in
-// tiles of 64 x 64 (a three-stage cp.async pipeline; a chunk's rows of B come with its first
-// tile, into one of two buffers by chunk parity). Every tile G feeds two mma.sync products:
-//   dxa[rows, :] += G B[chunk, :]       (warp w: the tile's rows 16w..16w+15; accumulated in
+// A block owns RB rows of g and walks all `out` columns in chunks of 128, each chunk's rows in
+// tiles of 64 x 128 (a four-stage cp.async pipeline; a chunk's rows of B come with its first
+// tile, into one of a few buffers by chunk number). Every tile G feeds two mma.sync products,
+// each on its own four warps:
+//   dxa[rows, :] += G B[chunk, :]       (warps 0-3: the tile's rows 16w..16w+15; accumulated in
 //                                        registers over all chunks, so no reduction over out)
-//   dB[chunk, :] += G^T xa[rows, :]     (warp w: the chunk's columns 16w..16w+15; accumulated
-//                                        over the block's row tiles, then added to dB with one
-//                                        vector reduction per pair of values)
-// so g is read from memory once, instead of once per cuBLAS product. The reductions into dB
-// are (n / RB) x out x r fp32 values, 2 r / RB of g's bytes (r = 16: 25% at RB = 128, 6% at
-// 512); RB grows with n only as far as the grid keeps about two blocks an SM, since each
-// tile's work is a short dependent chain (a barrier, eight ldmatrix and sixteen mma a warp)
-// and resident warps are what hide it. Tried and measured slower over whole steps
-// (bench/NOTES.md): five stages with fewer, larger blocks; splitting the columns across blocks
-// too (faster kernels under Nsight Compute, but the fp32 partial of dxa, its zeroing and the
-// rounding pass cost more than they saved). xa's rows for the block sit in shared memory for
-// the whole walk. Registers: (RB / 64) x r / 2 accumulators of dxa, r / 2 of dB.
+//   dB[chunk, :] += G^T xa[rows, :]     (warps 4-7: the chunk's columns 64c + 16(w-4) + 0..15,
+//                                        c = 0, 1; accumulated over the block's row tiles, then
+//                                        added to dB with one vector reduction per pair)
+// so g is read from memory once, instead of once per cuBLAS product. Measured on an H100 with
+// Nsight Compute (bench/NOTES.md), n = 16384 (a row half of BERT's FFN backward, 128 blocks):
+// with 4 warps doing both products and 64-column chunks the kernel read g at 1.0-1.35 TB/s
+// (one warp per scheduler, no eligible warp 81% of cycles); giving each product its own warps
+// brought 1.6 TB/s, and 128-column tiles (256 contiguous bytes of each row of g per request
+// instead of 128: the blocks walk the same columns at once, so each row segment is a DRAM access
+// of its own) 2.0 TB/s. 256 columns gained nothing more (one block an SM by shared memory at
+// n = 32768), nor did 64-row blocks (twice the blocks and twice the dB reductions).
+// The reductions into dB are (n / RB) x out x r fp32 values, 2 r / RB of g's bytes (r = 16: 25%
+// at RB = 128, 6% at 512); RB grows with n only as far as the grid keeps about two blocks an SM.
+// Tried and measured slower over whole steps: splitting the columns across blocks (the fp32
+// partial of dxa, its zeroing and the rounding pass cost more than they saved). xa's rows for
+// the block sit in shared memory for the whole walk. Registers: (RB / 64) x r / 2 accumulators
+// of dxa, r of dB.
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/lora_grad.h"
 #include "ops/cuda/operand.cuh"
@@ -26,33 +32,43 @@ namespace et::cuda {
 
 namespace {
 
-constexpr int kTile = 64;        // rows of a G tile, and columns of a chunk
-constexpr int kStages = 3;       // G tiles in flight (at most RB / 64 + 1: see the B buffers)
-constexpr int kGld = kTile + 8;  // padded row of a G tile (conflict-free ldmatrix)
-constexpr int kThreads = 128;    // 4 warps, each 16 rows (dxa) or 16 columns (dB)
+constexpr int kTile = 64;        // rows of a G tile
+constexpr int kCols = 128;       // columns of a chunk (and of a G tile)
+constexpr int kStages = 4;       // G tiles in the pipeline: the one being read and three loading
+constexpr int kGld = kCols + 8;  // padded row of a G tile (conflict-free ldmatrix)
+constexpr int kThreads = 256;    // 8 warps: 0-3 dxa (16 rows each), 4-7 dB (16 columns each)
 // padded row of the xa and B tiles (r + 8 bf16: the eight rows an ldmatrix reads hit distinct
 // banks)
 __host__ __device__ constexpr int padded_rank(int r) {
   return r + 8;
 }
+// B buffers: one per chunk that the tiles in the pipeline span, (kStages - 1) tiles past the
+// one being read, at RB / 64 tiles a chunk
+template <int RB>
+__host__ __device__ constexpr int b_buffers() {
+  return (kStages - 2 + RB / kTile) / (RB / kTile) + 1;
+}
 
 template <int R, int RB>
 constexpr size_t smem_bytes() {
-  return sizeof(__nv_bfloat16) * (size_t{kStages} * kTile * kGld + 2 * kTile * padded_rank(R) +
-                                  size_t{RB} * padded_rank(R));
+  return sizeof(__nv_bfloat16) *
+         (size_t{kStages} * kTile * kGld + size_t{b_buffers<RB>()} * kCols * padded_rank(R) +
+          size_t{RB} * padded_rank(R));
 }
 
 template <int R, int RB>
 __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGradArgs a) {
-  constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R);
-  static_assert(kRowTiles >= kStages - 1, "a chunk's B must outlive the tiles in flight");
+  constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R), kBufs = b_buffers<RB>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* gs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kStages][kTile][kGld]
-  __nv_bfloat16* bs = gs + kStages * kTile * kGld;        // [2][kTile][kUl], by chunk parity
-  __nv_bfloat16* us = bs + 2 * kTile * kUl;               // [RB][kUl]
+  __nv_bfloat16* bs = gs + kStages * kTile * kGld;        // [kBufs][kCols][kUl], by chunk
+  __nv_bfloat16* us = bs + kBufs * kCols * kUl;           // [RB][kUl]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  // warp-uniform roles: the dxa product (its 16 rows of a tile) or the dB one (its 16 columns)
+  const bool dxa_warp = warp < 4;
+  const int wq = warp % 4;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * RB;
-  const int chunks = (a.out + kTile - 1) / kTile, tiles = chunks * kRowTiles;
+  const int chunks = (a.out + kCols - 1) / kCols, tiles = chunks * kRowTiles;
 
   // tile i: chunk i / kRowTiles, row tile i % kRowTiles; a chunk's first tile also brings its B
   const auto issue = [&](int i) {
@@ -60,16 +76,18 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
       const int chunk = i / kRowTiles, rt = i % kRowTiles;
       __nv_bfloat16* dst = gs + (i % kStages) * kTile * kGld;
 #pragma unroll
-      for (int k = 0; k < kTile * kTile / 8 / kThreads; ++k) {
-        const int p = tid + k * kThreads, row = p / 8, col = chunk * kTile + (p % 8) * 8;
+      for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
+        const int p = tid + k * kThreads, row = p / (kCols / 8),
+                  col = chunk * kCols + (p % (kCols / 8)) * 8;
         const int64_t grow = t0 + rt * kTile + row;
         const bool ok = grow < a.n && col < a.out;
-        cp_async16(dst + row * kGld + (p % 8) * 8, ok ? a.g + grow * a.out + col : a.g, ok);
+        cp_async16(dst + row * kGld + (p % (kCols / 8)) * 8, ok ? a.g + grow * a.out + col : a.g,
+                   ok);
       }
       if (rt == 0) {
-        __nv_bfloat16* bdst = bs + (chunk % 2) * kTile * kUl;
-        for (int p = tid; p < kTile * R / 8; p += kThreads) {
-          const int row = p / (R / 8), col = (p % (R / 8)) * 8, brow = chunk * kTile + row;
+        __nv_bfloat16* bdst = bs + (chunk % kBufs) * kCols * kUl;
+        for (int p = tid; p < kCols * R / 8; p += kThreads) {
+          const int row = p / (R / 8), col = (p % (R / 8)) * 8, brow = chunk * kCols + row;
           const bool ok = brow < a.out;
           cp_async16(bdst + row * kUl + col, ok ? a.b + static_cast<int64_t>(brow) * R + col : a.b,
                      ok);
@@ -88,10 +106,10 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
     us[t * kUl + j] = v;
   }
 
-  float acc_x[kRowTiles][R / 8][4] = {};  // dxa of rows rt * 64 + 16 warp + (0..15)
-  float acc_b[R / 8][4] = {};             // dB of the chunk's columns 16 warp + (0..15)
+  float acc_x[kRowTiles][R / 8][4] = {};   // dxa warps: rows rt * 64 + 16 wq + (0..15)
+  float acc_b[kCols / 64][R / 8][4] = {};  // dB warps: the chunk's columns 64 cb + 16 wq + (0..15)
   for (int chunk = 0; chunk < chunks; ++chunk) {
-    const __nv_bfloat16* bt = bs + (chunk % 2) * kTile * kUl;
+    const __nv_bfloat16* bt = bs + (chunk % kBufs) * kCols * kUl;
 #pragma unroll
     for (int rt = 0; rt < kRowTiles; ++rt) {
       const int i = chunk * kRowTiles + rt;
@@ -100,51 +118,65 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
       issue(i + kStages - 1);
       const __nv_bfloat16* gt = gs + (i % kStages) * kTile * kGld;
       const __nv_bfloat16* ut = us + rt * kTile * kUl;
+      if (dxa_warp) {
 #pragma unroll
-      for (int k0 = 0; k0 < kTile; k0 += 16) {
-        uint32_t af[4], bf[4];
-        ldsm_x4(af, a_addr(gt, kGld, 16 * warp, k0, lane));  // G rows 16w.., columns k0..
+        for (int k0 = 0; k0 < kCols; k0 += 16) {
+          uint32_t af[4], bf[4];
+          ldsm_x4(af, a_addr(gt, kGld, 16 * wq, k0, lane));  // G rows 16wq.., columns k0..
 #pragma unroll
-        for (int j0 = 0; j0 < R; j0 += 16) {
-          ldsm_x4_t(bf, b_addr(bt, kUl, k0, j0, lane));  // B rows k0.. (g's columns), cols j0..
-          mma16816(acc_x[rt][j0 / 8], af, bf[0], bf[1]);
-          mma16816(acc_x[rt][j0 / 8 + 1], af, bf[2], bf[3]);
+          for (int j0 = 0; j0 < R; j0 += 16) {
+            ldsm_x4_t(bf, b_addr(bt, kUl, k0, j0, lane));  // B rows k0.. (g's columns), cols j0..
+            mma16816(acc_x[rt][j0 / 8], af, bf[0], bf[1]);
+            mma16816(acc_x[rt][j0 / 8 + 1], af, bf[2], bf[3]);
+          }
         }
-        if (!a.db) continue;
-        ldsm_x4_t(af, at_addr(gt, kGld, k0, 16 * warp, lane));  // G^T: columns 16w.., rows k0..
+      } else if (a.db) {
 #pragma unroll
-        for (int j0 = 0; j0 < R; j0 += 16) {
-          ldsm_x4_t(bf, b_addr(ut, kUl, k0, j0, lane));  // xa rows k0.., cols j0..
-          mma16816(acc_b[j0 / 8], af, bf[0], bf[1]);
-          mma16816(acc_b[j0 / 8 + 1], af, bf[2], bf[3]);
-        }
+        for (int k0 = 0; k0 < kTile; k0 += 16)
+#pragma unroll
+          for (int cb = 0; cb < kCols / 64; ++cb) {
+            uint32_t af[4], bf[4];
+            // G^T: columns 64 cb + 16 wq.., rows k0..
+            ldsm_x4_t(af, at_addr(gt, kGld, k0, 64 * cb + 16 * wq, lane));
+#pragma unroll
+            for (int j0 = 0; j0 < R; j0 += 16) {
+              ldsm_x4_t(bf, b_addr(ut, kUl, k0, j0, lane));  // xa rows k0.., cols j0..
+              mma16816(acc_b[cb][j0 / 8], af, bf[0], bf[1]);
+              mma16816(acc_b[cb][j0 / 8 + 1], af, bf[2], bf[3]);
+            }
+          }
       }
     }
-    if (a.db) {
+    if (!dxa_warp && a.db) {
       const int g = lane / 4, t = lane % 4;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int col = chunk * kTile + 16 * warp + g + 8 * half;
-        if (col >= a.out) continue;
+      for (int cb = 0; cb < kCols / 64; ++cb)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int col = chunk * kCols + 64 * cb + 16 * wq + g + 8 * half;
+          if (col >= a.out) continue;
+#pragma unroll
+          for (int nb = 0; nb < R / 8; ++nb)
+            atomic_add2(a.db + static_cast<int64_t>(col) * R + 8 * nb + 2 * t,
+                        a.scale * acc_b[cb][nb][2 * half], a.scale * acc_b[cb][nb][2 * half + 1]);
+        }
+#pragma unroll
+      for (int cb = 0; cb < kCols / 64; ++cb)
 #pragma unroll
         for (int nb = 0; nb < R / 8; ++nb)
-          atomic_add2(a.db + static_cast<int64_t>(col) * R + 8 * nb + 2 * t,
-                      a.scale * acc_b[nb][2 * half], a.scale * acc_b[nb][2 * half + 1]);
-      }
 #pragma unroll
-      for (int nb = 0; nb < R / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_b[nb][e] = 0.0f;
+          for (int e = 0; e < 4; ++e) acc_b[cb][nb][e] = 0.0f;
     }
   }
   cp_async_wait<0>();
+  if (!dxa_warp) return;
 
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int rt = 0; rt < kRowTiles; ++rt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t row = t0 + rt * kTile + 16 * warp + g + 8 * half;
+      const int64_t row = t0 + rt * kTile + 16 * wq + g + 8 * half;
       if (row >= a.n) continue;
 #pragma unroll
       for (int nb = 0; nb < R / 8; ++nb) {
