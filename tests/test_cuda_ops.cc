@@ -730,6 +730,38 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
   }
 }
 
+// LoRA's A gradient from the activation's input (Backend::lora_act_input_grad),
+// dA += dxa^T act(x), which the CUDA backend forms by activating x tile by tile inside the
+// product: against the CPU's act(x), rounded to bf16 as the GPU rounds its tiles, times dxa.
+// Every rows-per-block variant (n of 1,000, 40,000, 70,001 and 140,000), widths that end
+// mid-chunk (392, 200, 40), ranks 16 and 32, four activations; rank 8 and in = 100 go through
+// the materialising path. Tolerance: dA is fp32, summed in another order (a bf16 rounding of
+// act(x) may land on the other side of a tie for a few elements).
+TEST(CudaOps, LoraActInputGradMatchesProduct) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  struct Case {
+    int64_t n, in, r;
+    Act act;
+  };
+  for (const Case& c : {Case{1000, 392, 16, Act::GeluErf}, Case{40000, 768, 16, Act::GeluTanh},
+                        Case{70001, 200, 32, Act::ReLU}, Case{140000, 392, 16, Act::SiLU},
+                        Case{517, 40, 32, Act::GeluErf}, Case{300, 128, 8, Act::GeluErf},
+                        Case{50, 100, 16, Act::GeluTanh}}) {
+    SCOPED_TRACE("n=" + std::to_string(c.n) + " in=" + std::to_string(c.in) +
+                 " r=" + std::to_string(c.r) + " act=" + std::to_string(static_cast<int>(c.act)));
+    Tensor x = b.rounded(b.rand({c.n, c.in}, -3, 3)), dxa = b.rounded(b.rand({c.n, c.r}));
+    Tensor da0 = b.rand({c.r, c.in});
+    Tensor h = cpu_empty({c.n, c.in});
+    b.cpu->act_forward(c.act, x, h);
+    Tensor ref = cpu_clone(da0);
+    b.cpu->matmul(dxa, true, b.rounded(h), false, ref, 1.0f, 1.0f);
+    Tensor da = b.up(da0);
+    b.gpu->lora_act_input_grad(c.act, b.bf(x), b.bf(dxa), da);
+    expect_close(b.down(da), ref, 1e-4, "dA");
+  }
+}
+
 // Strided views (Tensor::pitch) as A, B and C of bf16 products: a grouped LoRA forward keeps
 // its rank-r rows [r, n] at a pitch of n rounded up to 8, so that cuBLASLt takes them on tensor
 // cores whatever the token count n. Shapes as there (n odd, inner dimensions r and n), plus C

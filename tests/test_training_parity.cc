@@ -60,6 +60,59 @@ TEST(Linear, ForwardAddSumsIntoTheResidualAndSparesSharedInputs) {
   EXPECT_THROW(linear_forward_add(*be, square, x3, x3, nullptr, nullptr), Error);
 }
 
+// A Linear whose input is act(pre), kept as pre alone (with_activation_input, as BERT's FFN
+// output projection under LoRA): dx and every LoRA gradient equal those of the same backward with
+// act(pre) materialised; a trainable W, whose gradient needs the input itself, is refused with
+// the Linear's name.
+TEST(Linear, ActivationInputEqualsMaterialisedInput) {
+  auto be = make_cpu_backend();
+  Rng rng(13);
+  auto rand = [&](const Shape& s) { return uniform_tensor(rng, s); };
+  const int64_t n = 6, in = 8, out = 5, r = 3;
+  ParamStore store;
+  Linear l;
+  l.name = "ffn_out";
+  l.in = in;
+  l.out = out;
+  l.weight = store.add("ffn_out.weight", rand({out, in}));
+  l.lora_a = store.add("ffn_out.A", rand({r, in}));
+  l.lora_b = store.add("ffn_out.B", rand({out, r}));
+  l.lora_scaling = 1.5f;
+  const Tensor g_a0 = rand({r, in}), g_b0 = rand({out, r});
+  for (Param* p : {l.lora_a, l.lora_b}) p->trainable = true;
+  const Tensor pre = rand({n, in}), dy = rand({n, out});
+  Tensor h = cpu_empty({n, in});
+  be->act_forward(Act::GeluErf, pre, h);
+  auto run = [&](bool from_pre) {
+    l.lora_a->grad = cpu_clone(g_a0);
+    l.lora_b->grad = cpu_clone(g_b0);
+    LinearSaved s;
+    (void)linear_forward(*be, l, h, &s, nullptr);
+    drop_saved_input(s, h);
+    s = from_pre ? with_activation_input(s, Act::GeluErf, pre) : with_saved_input(s, h);
+    Tensor dx = cpu_empty({n, in});
+    linear_backward(*be, l, s, dy, &dx, false);
+    return std::vector<Tensor>{dx, cpu_clone(l.lora_a->grad), cpu_clone(l.lora_b->grad)};
+  };
+  const std::vector<Tensor> want = run(false), got = run(true);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_LT(rel_error(got[i], want[i]), 1e-6) << i;
+  EXPECT_GT(rel_error(want[1], g_a0), 1e-3) << "dA must have changed";
+
+  l.weight->trainable = true;
+  l.weight->grad = cpu_empty({out, in});
+  LinearSaved s;
+  (void)linear_forward(*be, l, h, &s, nullptr);
+  drop_saved_input(s, h);
+  s = with_activation_input(s, Act::GeluErf, pre);
+  Tensor dx = cpu_empty({n, in});
+  try {
+    linear_backward(*be, l, s, dy, &dx, false);
+    ADD_FAILURE() << "a trainable weight without its input was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ffn_out.weight"), std::string::npos) << e.what();
+  }
+}
+
 // Linears on one input with their A factors stacked in one buffer (as refresh_product_copies lays
 // out the bf16 copies on the GPU; here the fp32 values themselves, so the CPU runs the grouped
 // path): outputs, every gradient and the summed input gradient equal the Linears run one by one.

@@ -335,16 +335,24 @@ static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const
     const int64_t b = T * half / 2, e = T * (half + 1) / 2;
     if (b == e) continue;
     const Tensor h_pre = s.h_pre.rows(b, e);
-    // h = act(h_pre) is read by W2's backward before W2's dx overwrites it: one buffer
+    // W2's input h = act(h_pre) is recomputed only when W2 trains (dW = d(f)^T h); LoRA's A
+    // gradient takes h_pre (Backend::lora_act_input_grad). h, when made, is read by W2's
+    // backward before its dx overwrites it: one buffer for both.
     Tensor h = be.empty(h_pre.shape, be.act_dtype());
-    be.act_forward(c.act, h_pre, h);
+    LinearSaved w2 = saved_rows(s.ffn_out, b, e);
+    if (L.ffn_out.weight->trainable) {
+      be.act_forward(c.act, h_pre, h);
+      w2 = with_saved_input(std::move(w2), h);
+    } else {
+      w2 = with_activation_input(std::move(w2), c.act, h_pre);
+    }
     // d(f) = drop'(d(res2)): the rows' mask regenerated (the residual path keeps d(res2))
     Tensor df = g_res.rows(b, e);
     if (s.drop_ffn_out.active()) {
       df = be.empty(df.shape, df.dtype);
       be.dropout(g_res.rows(b, e), s.drop_ffn_out, b, df);
     }
-    linear_backward(be, L.ffn_out, with_saved_input(saved_rows(s.ffn_out, b, e), h), df, &h, false);
+    linear_backward(be, L.ffn_out, w2, df, &h, false);
     df = Tensor{};
     Tensor& dh = h;
     be.act_backward(c.act, h_pre, dh, dh);

@@ -90,9 +90,10 @@ void drop_saved_input(LinearSaved& s, const Tensor& in) {
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
   ET_CHECK(!s.xa_t.defined(), "saved_rows: a grouped forward's saved state has no token rows");
   LinearSaved r;
-  for (auto [from, to] :
-       {std::pair{&s.x, &r.x}, std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa}})
+  for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.x_lora, &r.x_lora},
+                          std::pair{&s.xa, &r.xa}, std::pair{&s.x_pre, &r.x_pre}})
     if (from->defined()) *to = from->rows(b, e);
+  r.x_act = s.x_act;
   r.mask = s.mask;
   r.mask_row0 = s.mask_row0 + b;
   return r;
@@ -101,6 +102,12 @@ LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
 LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
   s.x = in;
   if (!s.x_lora.defined()) s.x_lora = in;
+  return s;
+}
+
+LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre) {
+  s.x_pre = pre;
+  s.x_act = act;
   return s;
 }
 
@@ -169,7 +176,11 @@ static Tensor output_gradient(const Backend& be, const Linear& l, const LinearSa
     be.copy(t, g);
     g = t;
   }
-  if (l.weight->trainable) be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
+  if (l.weight->trainable) {
+    ET_CHECK(s.x.defined(), "linear ", l.weight->name,
+             ": the weight's gradient needs the layer input, which was not kept");
+    be.matmul(g, true, s.x, false, l.weight->grad, 1.0f, 1.0f);
+  }
   return g;
 }
 
@@ -188,7 +199,15 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     const bool xa_t = s.xa_t.defined();
     be.lora_output_grad(g, product_operand(*l.lora_b), xa_t ? s.xa_t : s.xa, xa_t, l.lora_scaling,
                         dxa, false, l.lora_b->trainable ? &l.lora_b->grad : nullptr);
-    if (l.lora_a->trainable) be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
+    if (l.lora_a->trainable) {
+      if (s.x_lora.defined())
+        be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
+      else if (s.x_pre.defined())
+        be.lora_act_input_grad(s.x_act, s.x_pre.reshape({n, l.in}), dxa, l.lora_a->grad);
+      else
+        ET_CHECK(false, "linear ", l.weight->name,
+                 ": LoRA's A gradient needs the layer input, which was not kept");
+    }
   }
   if (!dx) return;
   Tensor d2 = dx->reshape({n, l.in});

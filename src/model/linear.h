@@ -30,6 +30,7 @@ struct Linear {
 // regenerated, dropout_mask.h, and these rows start at row mask_row0 of it), the input of the
 // LoRA branch (dropout(x)) and x_lora A^T, or (a group's forward, see linear_group_forward) its
 // transpose A x_lora^T [r, n] instead, a strided view (rows n rounded up to 8 apart).
+// An input that is act(x_pre) may be kept as x_pre alone (with_activation_input).
 struct LinearSaved {
   Tensor x;
   DropoutSite mask;
@@ -37,6 +38,8 @@ struct LinearSaved {
   Tensor x_lora;
   Tensor xa;
   Tensor xa_t;
+  Tensor x_pre;
+  Act x_act = Act::Identity;
 };
 
 // Not keeping the input: a layer that can recompute `in` cheaply (a norm's or an activation's
@@ -45,6 +48,10 @@ struct LinearSaved {
 // mask's masked copy stays.
 void drop_saved_input(LinearSaved& s, const Tensor& in);
 LinearSaved with_saved_input(LinearSaved s, const Tensor& in);
+// Instead, for a Linear whose input is act(pre) and whose W is frozen: its backward needs the
+// input only for LoRA's A gradient, which Backend::lora_act_input_grad forms from pre directly
+// (a kept LoRA dropout copy is used as before), so act(pre) need not be recomputed.
+LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre);
 // Rows [b, e) of what forward saved (every tensor of it is [n, ...]): the backward of those rows
 // alone, for a layer that runs a backward in row chunks.
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e);

@@ -94,6 +94,16 @@ struct Backend {
       matmul(g, false, b, false, dxa, scale, 0.0f);
     if (db) matmul(g, true, xa, xa_transposed, *db, scale, 1.0f);
   }
+  // The A gradient of a LoRA Linear whose input act(x) was not kept (BERT's FFN output
+  // projection, whose input the backward would otherwise recompute only for this product):
+  //   da [r, in] fp32 += dxa^T act(x)      x [n, in], dxa [n, r]
+  // The default materialises act(x) and runs the product; the CUDA backend activates x tile by
+  // tile inside the product (ops/cuda/lora_grad.h).
+  virtual void lora_act_input_grad(Act act, const Tensor& x, const Tensor& dxa, Tensor& da) const {
+    Tensor h = empty(x.shape, x.dtype);
+    act_forward(act, x, h);
+    matmul(dxa, true, h, false, da, 1.0f, 1.0f);
+  }
   // y[i, :] += bias;   dbias += sum_i dy[i, :]
   virtual void add_bias(Tensor& y, const Tensor& bias) const = 0;
   virtual void bias_backward(const Tensor& dy, Tensor& dbias) const = 0;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/cuda_backend.h"
@@ -155,57 +156,6 @@ __global__ void bias_backward_kernel(Ptr dy, float* db, int64_t rows, int64_t co
   atomicAdd(&db[c], s);
 }
 
-__device__ __forceinline__ float act_f(int act, float x) {
-  switch (act) {
-    case 0:
-      return x;
-    case 1:
-      return tanhf(x);
-    case 2:
-      return x > 0 ? x : 0;
-    case 3:
-      return 1.0f / (1.0f + __expf(-x));
-    case 4:
-      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case 5: {
-      float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-      return 0.5f * x * (1.0f + tanhf(u));
-    }
-    default:
-      return x / (1.0f + __expf(-x));
-  }
-}
-
-__device__ __forceinline__ float act_df(int act, float x) {
-  switch (act) {
-    case 0:
-      return 1;
-    case 1: {
-      float t = tanhf(x);
-      return 1 - t * t;
-    }
-    case 2:
-      return x > 0 ? 1.0f : 0.0f;
-    case 3: {
-      float s = 1.0f / (1.0f + __expf(-x));
-      return s * (1 - s);
-    }
-    case 4:
-      return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
-             x * 0.39894228040143268f * __expf(-0.5f * x * x);
-    case 5: {
-      float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-      float t = tanhf(u);
-      return 0.5f * (1.0f + t) +
-             0.5f * x * (1 - t * t) * 0.79788456080286536f * (1.0f + 0.134145f * x * x);
-    }
-    default: {
-      float s = 1.0f / (1.0f + __expf(-x));
-      return s * (1 + x * (1 - s));
-    }
-  }
-}
-
 // Vectorised bf16 paths: 8 values (16 bytes) per thread and access, for the common case of
 // bf16 operands whose size is a multiple of 8.
 struct Vec8 {
@@ -287,27 +237,6 @@ __global__ void glu_backward_bf16x8(const bf16* g, const bf16* u, int64_t ld, co
     }
     ga.store(dg + t * ld + f);
     ub.store(du + t * ld + f);
-  }
-}
-
-// Calls f(std::integral_constant<int, a>) for the templated kernels above.
-template <typename F>
-void with_act(Act a, F&& f) {
-  switch (a) {
-    case Act::Identity:
-      return f(std::integral_constant<int, 0>{});
-    case Act::Tanh:
-      return f(std::integral_constant<int, 1>{});
-    case Act::ReLU:
-      return f(std::integral_constant<int, 2>{});
-    case Act::Sigmoid:
-      return f(std::integral_constant<int, 3>{});
-    case Act::GeluErf:
-      return f(std::integral_constant<int, 4>{});
-    case Act::GeluTanh:
-      return f(std::integral_constant<int, 5>{});
-    default:
-      return f(std::integral_constant<int, 6>{});
   }
 }
 
@@ -1163,6 +1092,31 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "lora_output_grad");
     cuda::lora_output_grad(a);
   }
+  void lora_act_input_grad(Act act, const Tensor& x, const Tensor& dxa, Tensor& da) const override {
+    const bool bf16 = x.dtype == DType::BF16 && dxa.dtype == DType::BF16 && da.dtype == DType::F32;
+    if (!bf16 || x.ndim() != 2 || da.ndim() != 2) {
+      Backend::lora_act_input_grad(act, x, dxa, da);
+      return;
+    }
+    const int64_t n = x.dim(0), in = x.dim(1), r = da.dim(0);
+    ET_CHECK(da.dim(1) == in && dxa.numel() == n * r, "lora_act_input_grad: x ", shape_str(x.shape),
+             ", dxa ", shape_str(dxa.shape), ", dA ", shape_str(da.shape), " do not match");
+    for (const Tensor* t : {&x, &dxa, static_cast<const Tensor*>(&da)}) check_device(*t);
+    cuda::LoraActGradArgs a;
+    a.x = B16(x);
+    a.dxa = B16(dxa);
+    a.da = W(da);
+    a.n = n;
+    a.in = static_cast<int>(in);
+    a.r = static_cast<int>(r);
+    a.act = static_cast<int>(act);
+    if (!cuda::lora_act_grad_supported(a)) {
+      Backend::lora_act_input_grad(act, x, dxa, da);
+      return;
+    }
+    OpScope scope_(prof.get(), "lora_act_input_grad");
+    cuda::lora_act_grad(a);
+  }
   void add_bias(Tensor& y, const Tensor& bias) const override {
     OpScope scope_(prof.get(), "add_bias");
     int64_t rows = rows_of(y), cols = cols_of(y);
@@ -1421,7 +1375,7 @@ struct CudaBackend final : Backend {
     const int64_t T = y.dim(0), F = y.dim(1);
     check_glu_packed("glu_packed_forward", gu, y);
     if (F % 8 == 0 && bf16x8({&gu, &y})) {
-      with_act(a, [&](auto A) {
+      with_act_code(static_cast<int>(a), [&](auto A) {
         glu_forward_bf16x8<A><<<blocks_for(T * F / 8, 256), 256>>>(B16(gu), B16(gu) + F, 2 * F,
                                                                    B16(y), F, T * F / 8);
       });
@@ -1439,7 +1393,7 @@ struct CudaBackend final : Backend {
     check_glu_packed("glu_packed_backward", gu, dy);
     check_glu_packed("glu_packed_backward", dgu, dy);
     if (F % 8 == 0 && bf16x8({&gu, &dy, &dgu})) {
-      with_act(a, [&](auto A) {
+      with_act_code(static_cast<int>(a), [&](auto A) {
         glu_backward_bf16x8<A><<<blocks_for(T * F / 8, 256), 256>>>(
             B16(gu), B16(gu) + F, 2 * F, B16(dy), B16(dgu), B16(dgu) + F, F, T * F / 8);
       });
@@ -1455,7 +1409,7 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "glu_forward");
     ET_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "glu_forward: size mismatch");
     if (bf16x8({&gate, &up, &y})) {  // as one row of n values
-      with_act(a, [&](auto A) {
+      with_act_code(static_cast<int>(a), [&](auto A) {
         glu_forward_bf16x8<A><<<blocks_for(y.numel() / 8, 256), 256>>>(
             B16(gate), B16(up), 0, B16(y), y.numel(), y.numel() / 8);
       });
@@ -1471,7 +1425,7 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "glu_backward");
     ET_CHECK(gate.numel() == dy.numel() && up.numel() == dy.numel(), "glu_backward: size mismatch");
     if (bf16x8({&gate, &up, &dy, &dgate, &dup})) {
-      with_act(a, [&](auto A) {
+      with_act_code(static_cast<int>(a), [&](auto A) {
         glu_backward_bf16x8<A><<<blocks_for(dy.numel() / 8, 256), 256>>>(
             B16(gate), B16(up), 0, B16(dy), B16(dgate), B16(dup), dy.numel(), dy.numel() / 8);
       });
@@ -1502,7 +1456,7 @@ struct CudaBackend final : Backend {
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
     OpScope scope_(prof.get(), "act_forward");
     if (bf16x8({&x, &y})) {
-      with_act(a, [&](auto A) {
+      with_act_code(static_cast<int>(a), [&](auto A) {
         act_forward_bf16x8<A>
             <<<blocks_for(x.numel() / 8, 256), 256>>>(B16(x), B16(y), x.numel() / 8);
       });
@@ -1516,7 +1470,7 @@ struct CudaBackend final : Backend {
   void act_backward(Act a, const Tensor& x, const Tensor& dy, Tensor& dx) const override {
     OpScope scope_(prof.get(), "act_backward");
     if (bf16x8({&x, &dy, &dx})) {
-      with_act(a, [&](auto A) {
+      with_act_code(static_cast<int>(a), [&](auto A) {
         act_backward_bf16x8<A>
             <<<blocks_for(x.numel() / 8, 256), 256>>>(B16(x), B16(dy), B16(dx), x.numel() / 8);
       });

@@ -23,6 +23,9 @@
 // partial of dxa, its zeroing and the rounding pass cost more than they saved). xa's rows for
 // the block sit in shared memory for the whole walk. Registers: (RB / 64) x r / 2 accumulators
 // of dxa, r of dB.
+#include <type_traits>
+
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/lora_grad.h"
 #include "ops/cuda/operand.cuh"
@@ -56,6 +59,53 @@ constexpr size_t smem_bytes() {
           size_t{RB} * padded_rank(R));
 }
 
+// Rows [row0, row0 + 64) x columns [col0, col0 + kCols) of a row-major [n, cols] bf16 matrix
+// into a padded shared-memory tile, 16 bytes per cp.async (zeros past n and past cols). Thread
+// tid copies the pieces p = tid + k kThreads: row p / (kCols / 8), eighth p % (kCols / 8).
+__device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                                int64_t n, int cols, int64_t row0, int col0,
+                                                int tid) {
+#pragma unroll
+  for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
+    const int p = tid + k * kThreads, row = p / (kCols / 8), c8 = (p % (kCols / 8)) * 8;
+    const int64_t grow = row0 + row;
+    const bool ok = grow < n && col0 + c8 < cols;
+    cp_async16(dst + row * kGld + c8, ok ? src + grow * cols + col0 + c8 : src, ok);
+  }
+}
+
+// y = act(y) on the pieces of a tile that thread tid copied (load_tile_async's mapping), once its
+// own copies have landed and before the barrier that shows the tile to the other warps: the
+// values a materialised act(x) in bf16 would hold.
+template <int A>
+__device__ __forceinline__ void activate_own_pieces(__nv_bfloat16* tile, int tid) {
+#pragma unroll
+  for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
+    const int p = tid + k * kThreads;
+    __nv_bfloat16* q = tile + (p / (kCols / 8)) * kGld + (p % (kCols / 8)) * 8;
+    float v[8];
+    load_bf16x8(q, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = act_f(A, v[e]);
+    store_bf16x8(q, v);
+  }
+}
+
+// Rows t0 .. t0 + RB of a rank-r matrix [n, R] (or its transpose [R, n] with row pitch ld) into
+// shared memory as [RB][padded_rank(R)], zeros past n.
+template <int R, int RB>
+__device__ __forceinline__ void load_rank_rows(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                               bool transposed, int64_t ld, int64_t n, int64_t t0,
+                                               int tid) {
+  for (int i = tid; i < RB * R; i += kThreads) {
+    const int t = transposed ? i % RB : i / R, j = transposed ? i / RB : i % R;
+    const int64_t row = t0 + t;
+    __nv_bfloat16 v = __float2bfloat16(0.0f);
+    if (row < n) v = transposed ? src[j * ld + row] : src[row * R + j];
+    dst[t * padded_rank(R) + j] = v;
+  }
+}
+
 template <int R, int RB>
 __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGradArgs a) {
   constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R), kBufs = b_buffers<RB>();
@@ -74,16 +124,8 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
   const auto issue = [&](int i) {
     if (i < tiles) {
       const int chunk = i / kRowTiles, rt = i % kRowTiles;
-      __nv_bfloat16* dst = gs + (i % kStages) * kTile * kGld;
-#pragma unroll
-      for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
-        const int p = tid + k * kThreads, row = p / (kCols / 8),
-                  col = chunk * kCols + (p % (kCols / 8)) * 8;
-        const int64_t grow = t0 + rt * kTile + row;
-        const bool ok = grow < a.n && col < a.out;
-        cp_async16(dst + row * kGld + (p % (kCols / 8)) * 8, ok ? a.g + grow * a.out + col : a.g,
-                   ok);
-      }
+      load_tile_async(gs + (i % kStages) * kTile * kGld, a.g, a.n, a.out, t0 + rt * kTile,
+                      chunk * kCols, tid);
       if (rt == 0) {
         __nv_bfloat16* bdst = bs + (chunk % kBufs) * kCols * kUl;
         for (int p = tid; p < kCols * R / 8; p += kThreads) {
@@ -98,13 +140,7 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
   };
   for (int i = 0; i < kStages - 1; ++i) issue(i);
   // xa's rows of this block (zero past n), once, while the first tiles are on their way
-  for (int i = tid; i < RB * R; i += kThreads) {
-    const int t = a.xa_transposed ? i % RB : i / R, j = a.xa_transposed ? i / RB : i % R;
-    const int64_t row = t0 + t;
-    __nv_bfloat16 v = __float2bfloat16(0.0f);
-    if (row < a.n) v = a.xa_transposed ? a.xa[j * a.xa_ld + row] : a.xa[row * R + j];
-    us[t * kUl + j] = v;
-  }
+  load_rank_rows<R, RB>(us, a.xa, a.xa_transposed, a.xa_ld, a.n, t0, tid);
 
   float acc_x[kRowTiles][R / 8][4] = {};   // dxa warps: rows rt * 64 + 16 wq + (0..15)
   float acc_b[kCols / 64][R / 8][4] = {};  // dB warps: the chunk's columns 64 cb + 16 wq + (0..15)
@@ -193,6 +229,72 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
     }
 }
 
+// da [r, in] += dxa^T act(x) (lora_grad.h): the same walk as above over x's rows and columns,
+// each tile activated in place by the threads that copied it, then one product on all eight
+// warps: warp w owns the chunk's columns 16w..16w+15 and accumulates them over the block's row
+// tiles (A = dxa^T from shared memory, B = the activated tile), then adds them to da with one
+// vector reduction per pair of values at the chunk's end.
+template <int R, int RB, int A>
+__global__ void __launch_bounds__(kThreads) lora_act_grad_kernel(LoraActGradArgs a) {
+  constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* gs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kStages][kTile][kGld]
+  __nv_bfloat16* us = gs + kStages * kTile * kGld;        // [RB][kUl]: dxa's rows
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * RB;
+  const int chunks = (a.in + kCols - 1) / kCols, tiles = chunks * kRowTiles;
+  const auto issue = [&](int i) {  // tile i: chunk i / kRowTiles, row tile i % kRowTiles
+    if (i < tiles)
+      load_tile_async(gs + (i % kStages) * kTile * kGld, a.x, a.n, a.in,
+                      t0 + (i % kRowTiles) * kTile, (i / kRowTiles) * kCols, tid);
+    cp_async_commit();
+  };
+  for (int i = 0; i < kStages - 1; ++i) issue(i);
+  load_rank_rows<R, RB>(us, a.dxa, false, R, a.n, t0, tid);
+
+  float acc[R / 16][2][4] = {};  // da rows 16 mb + (0..15), the chunk's columns 16 warp + (0..15)
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+#pragma unroll
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+      const int i = chunk * kRowTiles + rt;
+      __nv_bfloat16* gt = gs + (i % kStages) * kTile * kGld;
+      cp_async_wait<kStages - 2>();  // this thread's copies of tile i have landed
+      activate_own_pieces<A>(gt, tid);
+      __syncthreads();  // tile i activated for every thread; tile i - 1's stage is free again
+      issue(i + kStages - 1);
+      const __nv_bfloat16* ut = us + rt * kTile * kUl;
+#pragma unroll
+      for (int k0 = 0; k0 < kTile; k0 += 16) {
+        uint32_t bf[4];
+        ldsm_x4_t(bf, b_addr(gt, kGld, k0, 16 * warp, lane));  // act(x) rows k0.., cols 16w..
+#pragma unroll
+        for (int mb = 0; mb < R / 16; ++mb) {
+          uint32_t af[4];
+          ldsm_x4_t(af, at_addr(ut, kUl, k0, 16 * mb, lane));  // dxa^T: ranks 16mb.., rows k0..
+          mma16816(acc[mb][0], af, bf[0], bf[1]);
+          mma16816(acc[mb][1], af, bf[2], bf[3]);
+        }
+      }
+    }
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+      const int col = chunk * kCols + 16 * warp + 8 * nb + 2 * t;
+      if (col >= a.in) continue;  // (in is a multiple of 8: col + 1 is inside too)
+#pragma unroll
+      for (int mb = 0; mb < R / 16; ++mb)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int j = 16 * mb + g + 8 * half;
+          atomic_add2(a.da + static_cast<int64_t>(j) * a.in + col, acc[mb][nb][2 * half],
+                      acc[mb][nb][2 * half + 1]);
+          acc[mb][nb][2 * half] = acc[mb][nb][2 * half + 1] = 0.0f;
+        }
+    }
+  }
+  cp_async_wait<0>();
+}
+
 template <int R, int RB>
 void launch(const LoraOutputGradArgs& a) {
   auto kernel = lora_output_grad_kernel<R, RB>;
@@ -231,6 +333,52 @@ void lora_output_grad(const LoraOutputGradArgs& a) {
     else
       launch<32, 128>(a);
   }
+}
+
+bool lora_act_grad_supported(const LoraActGradArgs& a) {
+  return (a.r == 16 || a.r == 32) && a.in % 8 == 0 && a.in > 0 && vec8_aligned(a.x) &&
+         reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0 && reinterpret_cast<uintptr_t>(a.da) % 8 == 0;
+}
+
+namespace {
+
+template <int R, int RB>
+void launch_act_grad(const LoraActGradArgs& a) {
+  with_act_code(a.act, [&](auto act) {
+    auto kernel = lora_act_grad_kernel<R, RB, decltype(act)::value>;
+    constexpr size_t smem =
+        sizeof(__nv_bfloat16) * (size_t{kStages} * kTile * kGld + size_t{RB} * padded_rank(R));
+    allow_dynamic_smem(kernel, smem);
+    const auto blocks = static_cast<unsigned>((a.n + RB - 1) / RB);
+    kernel<<<blocks, kThreads, smem>>>(a);
+    ET_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+void lora_act_grad(const LoraActGradArgs& a) {
+  ET_CHECK(lora_act_grad_supported(a), "lora_act_grad: unsupported operands (rank ", a.r, ", in ",
+           a.in, ")");
+  if (a.n == 0) return;
+  // rows per block: the most (fewest reductions into da) that keep 256 blocks (two an SM),
+  // down to 64: the activation makes this kernel compute-bound (H100, n = 16384, in = 3072,
+  // GELU erf: 105 us with 64 rows a block, 138 us with 128; bench/NOTES.md)
+  const auto rows = [&](auto r) {
+    constexpr int R = decltype(r)::value;
+    if (a.n >= 256 * 512)
+      launch_act_grad<R, 512>(a);
+    else if (a.n >= 256 * 256)
+      launch_act_grad<R, 256>(a);
+    else if (a.n >= 256 * 128)
+      launch_act_grad<R, 128>(a);
+    else
+      launch_act_grad<R, 64>(a);
+  };
+  if (a.r == 16)
+    rows(std::integral_constant<int, 16>{});
+  else
+    rows(std::integral_constant<int, 32>{});
 }
 
 }  // namespace et::cuda

@@ -32,4 +32,23 @@ struct LoraOutputGradArgs {
 bool lora_output_grad_supported(const LoraOutputGradArgs& a);
 void lora_output_grad(const LoraOutputGradArgs& a);
 
+// The A gradient of a LoRA Linear whose input act(x) was not kept (Backend::lora_act_input_grad):
+//   da [r, in] fp32 += dxa^T act(x)     x [n, in] bf16 (the activation's input), dxa [n, r] bf16
+// act(x) is formed tile by tile in shared memory, rounded to bf16 as the materialised act(x) of
+// the other path would be, so the product sees the same operands: this saves writing act(x)
+// [n, in] and reading it back (BERT's FFN backward recomputes it only for this product).
+struct LoraActGradArgs {
+  const __nv_bfloat16* x = nullptr;    // [n, in]
+  const __nv_bfloat16* dxa = nullptr;  // [n, r]
+  float* da = nullptr;                 // [r, in] fp32, accumulated
+  int64_t n = 0;
+  int in = 0, r = 0;
+  int act = 0;  // et::Act as int (ops/cuda/activation.cuh)
+};
+
+// Whether lora_act_grad runs these operands (ranks 16 and 32; in a multiple of 8; x 16-byte
+// aligned); the caller materialises act(x) and runs the product otherwise.
+bool lora_act_grad_supported(const LoraActGradArgs& a);
+void lora_act_grad(const LoraActGradArgs& a);
+
 }  // namespace et::cuda
