@@ -200,13 +200,12 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     be.lora_output_grad(g, product_operand(*l.lora_b), xa_t ? s.xa_t : s.xa, xa_t, l.lora_scaling,
                         dxa, false, l.lora_b->trainable ? &l.lora_b->grad : nullptr);
     if (l.lora_a->trainable) {
+      ET_CHECK(s.x_lora.defined() || s.x_pre.defined(), "linear ", l.weight->name,
+               ": LoRA's A gradient needs the layer input, which was not kept");
       if (s.x_lora.defined())
         be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
-      else if (s.x_pre.defined())
-        be.lora_act_input_grad(s.x_act, s.x_pre.reshape({n, l.in}), dxa, l.lora_a->grad);
       else
-        ET_CHECK(false, "linear ", l.weight->name,
-                 ": LoRA's A gradient needs the layer input, which was not kept");
+        be.lora_act_input_grad(s.x_act, s.x_pre.reshape({n, l.in}), dxa, l.lora_a->grad);
     }
   }
   if (!dx) return;
