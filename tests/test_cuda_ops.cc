@@ -731,33 +731,47 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
 }
 
 // LoRA's A gradient from the activation's input (Backend::lora_act_input_grad),
-// dA += dxa^T act(x), which the CUDA backend forms by activating x tile by tile inside the
-// product: against the CPU's act(x), rounded to bf16 as the GPU rounds its tiles, times dxa.
-// Every rows-per-block variant (n of 1,000, 40,000, 70,001 and 140,000), widths that end
-// mid-chunk (392, 200, 40), ranks 16 and 32, four activations; rank 8 and in = 100 go through
-// the materialising path. Tolerance: dA is fp32, summed in another order (a bf16 rounding of
-// act(x) may land on the other side of a tie for a few elements).
+// dA += dxa^T h with h = act(x), act(x) * up (a GLU) or a packed [gate | up]'s act(g) * u, which
+// the CUDA backend forms tile by tile inside the product: against the CPU's h, rounded to bf16
+// as the GPU rounds its tiles, times dxa. Every rows-per-block variant (n of 1,000, 40,000 and
+// 70,001 or more), widths that end mid-chunk (392, 200, 40), ranks 16 and 32, the four FFN
+// activations; rank 8, in = 100 and tanh (not an FFN activation) go through the materialising
+// path. Tolerance: dA is fp32, summed in another order (a bf16 rounding of h may land on the
+// other side of a tie for a few elements).
 TEST(CudaOps, LoraActInputGradMatchesProduct) {
   SKIP_WITHOUT_GPU();
   Both b;
+  enum Form { Plain, Glu, Packed };
   struct Case {
     int64_t n, in, r;
     Act act;
+    Form form;
   };
-  for (const Case& c : {Case{1000, 392, 16, Act::GeluErf}, Case{40000, 768, 16, Act::GeluTanh},
-                        Case{70001, 200, 32, Act::ReLU}, Case{140000, 392, 16, Act::SiLU},
-                        Case{517, 40, 32, Act::GeluErf}, Case{300, 128, 8, Act::GeluErf},
-                        Case{50, 100, 16, Act::GeluTanh}}) {
+  for (const Case& c :
+       {Case{1000, 392, 16, Act::GeluErf, Plain}, Case{40000, 768, 16, Act::GeluTanh, Glu},
+        Case{70001, 200, 32, Act::ReLU, Packed}, Case{140000, 392, 16, Act::SiLU, Glu},
+        Case{517, 40, 32, Act::GeluErf, Plain}, Case{2000, 136, 16, Act::GeluErf, Packed},
+        Case{300, 128, 8, Act::GeluErf, Glu}, Case{50, 100, 16, Act::GeluTanh, Plain},
+        Case{400, 64, 16, Act::Tanh, Glu}}) {
     SCOPED_TRACE("n=" + std::to_string(c.n) + " in=" + std::to_string(c.in) +
-                 " r=" + std::to_string(c.r) + " act=" + std::to_string(static_cast<int>(c.act)));
-    Tensor x = b.rounded(b.rand({c.n, c.in}, -3, 3)), dxa = b.rounded(b.rand({c.n, c.r}));
+                 " r=" + std::to_string(c.r) + " act=" + std::to_string(static_cast<int>(c.act)) +
+                 " form=" + std::to_string(static_cast<int>(c.form)));
+    Tensor x = b.rounded(b.rand({c.n, c.form == Packed ? 2 * c.in : c.in}, -3, 3));
+    Tensor up = b.rounded(b.rand({c.n, c.in}, -2, 2)), dxa = b.rounded(b.rand({c.n, c.r}));
     Tensor da0 = b.rand({c.r, c.in});
     Tensor h = cpu_empty({c.n, c.in});
-    b.cpu->act_forward(c.act, x, h);
+    if (c.form == Packed)
+      b.cpu->glu_packed_forward(c.act, x, h);
+    else if (c.form == Glu)
+      b.cpu->glu_forward(c.act, x, up, h);
+    else
+      b.cpu->act_forward(c.act, x, h);
     Tensor ref = cpu_clone(da0);
     b.cpu->matmul(dxa, true, b.rounded(h), false, ref, 1.0f, 1.0f);
     Tensor da = b.up(da0);
-    b.gpu->lora_act_input_grad(c.act, b.bf(x), b.bf(dxa), da);
+    const Tensor up_dev = b.bf(up);
+    b.gpu->lora_act_input_grad(c.act, b.bf(x), c.form == Glu ? &up_dev : nullptr, c.form == Packed,
+                               b.bf(dxa), da);
     expect_close(b.down(da), ref, 1e-4, "dA");
   }
 }

@@ -60,10 +60,10 @@ TEST(Linear, ForwardAddSumsIntoTheResidualAndSparesSharedInputs) {
   EXPECT_THROW(linear_forward_add(*be, square, x3, x3, nullptr, nullptr), Error);
 }
 
-// A Linear whose input is act(pre), kept as pre alone (with_activation_input, as BERT's FFN
-// output projection under LoRA): dx and every LoRA gradient equal those of the same backward with
-// act(pre) materialised; a trainable W, whose gradient needs the input itself, is refused with
-// the Linear's name.
+// A Linear whose input is act(pre), or a GLU's act(pre) * up (also from a packed [pre | up]),
+// kept as those alone (with_activation_input, as the FFN output projections under LoRA): dx and
+// every LoRA gradient equal those of the same backward with the input materialised; a trainable W,
+// whose gradient needs the input itself, is refused with the Linear's name.
 TEST(Linear, ActivationInputEqualsMaterialisedInput) {
   auto be = make_cpu_backend();
   Rng rng(13);
@@ -83,20 +83,40 @@ TEST(Linear, ActivationInputEqualsMaterialisedInput) {
   const Tensor pre = rand({n, in}), dy = rand({n, out});
   Tensor h = cpu_empty({n, in});
   be->act_forward(Act::GeluErf, pre, h);
-  auto run = [&](bool from_pre) {
+  // the GLU forms too: act(pre) * up, and pre = [gate | up] packed
+  Tensor up = rand({n, in}), packed = cpu_empty({n, 2 * in}), h_glu = cpu_empty({n, in});
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < in; ++j) {
+      packed.f32()[t * 2 * in + j] = pre.f32()[t * in + j];
+      packed.f32()[t * 2 * in + in + j] = up.f32()[t * in + j];
+    }
+  be->glu_forward(Act::GeluErf, pre, up, h_glu);
+  // form 0: act(pre); 1: act(pre) * up; 2: the same from the packed [pre | up]
+  auto run = [&](int form, bool from_pre) {
+    const Tensor& input = form == 0 ? h : h_glu;
     l.lora_a->grad = cpu_clone(g_a0);
     l.lora_b->grad = cpu_clone(g_b0);
     LinearSaved s;
-    (void)linear_forward(*be, l, h, &s, nullptr);
-    drop_saved_input(s, h);
-    s = from_pre ? with_activation_input(s, Act::GeluErf, pre) : with_saved_input(s, h);
+    (void)linear_forward(*be, l, input, &s, nullptr);
+    drop_saved_input(s, input);
+    if (!from_pre)
+      s = with_saved_input(s, input);
+    else if (form == 0)
+      s = with_activation_input(s, Act::GeluErf, pre);
+    else if (form == 1)
+      s = with_activation_input(s, Act::GeluErf, pre, up);
+    else
+      s = with_activation_input(s, Act::GeluErf, packed, Tensor{}, true);
     Tensor dx = cpu_empty({n, in});
     linear_backward(*be, l, s, dy, &dx, false);
     return std::vector<Tensor>{dx, cpu_clone(l.lora_a->grad), cpu_clone(l.lora_b->grad)};
   };
-  const std::vector<Tensor> want = run(false), got = run(true);
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_LT(rel_error(got[i], want[i]), 1e-6) << i;
-  EXPECT_GT(rel_error(want[1], g_a0), 1e-3) << "dA must have changed";
+  for (int form = 0; form < 3; ++form) {
+    SCOPED_TRACE(form);
+    const std::vector<Tensor> want = run(form, false), got = run(form, true);
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_LT(rel_error(got[i], want[i]), 1e-6) << i;
+    EXPECT_GT(rel_error(want[1], g_a0), 1e-3) << "dA must have changed";
+  }
 
   l.weight->trainable = true;
   l.weight->grad = cpu_empty({out, in});

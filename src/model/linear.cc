@@ -90,9 +90,11 @@ void drop_saved_input(LinearSaved& s, const Tensor& in) {
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
   ET_CHECK(!s.xa_t.defined(), "saved_rows: a grouped forward's saved state has no token rows");
   LinearSaved r;
-  for (auto [from, to] : {std::pair{&s.x, &r.x}, std::pair{&s.x_lora, &r.x_lora},
-                          std::pair{&s.xa, &r.xa}, std::pair{&s.x_pre, &r.x_pre}})
+  for (auto [from, to] :
+       {std::pair{&s.x, &r.x}, std::pair{&s.x_lora, &r.x_lora}, std::pair{&s.xa, &r.xa},
+        std::pair{&s.x_pre, &r.x_pre}, std::pair{&s.x_up, &r.x_up}})
     if (from->defined()) *to = from->rows(b, e);
+  r.x_packed = s.x_packed;
   r.x_act = s.x_act;
   r.mask = s.mask;
   r.mask_row0 = s.mask_row0 + b;
@@ -105,8 +107,11 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
   return s;
 }
 
-LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre) {
+LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre, const Tensor& up,
+                                  bool packed) {
   s.x_pre = pre;
+  s.x_up = up;
+  s.x_packed = packed;
   s.x_act = act;
   return s;
 }
@@ -205,7 +210,9 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
       if (s.x_lora.defined())
         be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
       else
-        be.lora_act_input_grad(s.x_act, s.x_pre.reshape({n, l.in}), dxa, l.lora_a->grad);
+        be.lora_act_input_grad(s.x_act, s.x_pre.reshape({n, s.x_packed ? 2 * l.in : l.in}),
+                               s.x_up.defined() ? &s.x_up : nullptr, s.x_packed, dxa,
+                               l.lora_a->grad);
     }
   }
   if (!dx) return;

@@ -30,7 +30,8 @@ struct Linear {
 // regenerated, dropout_mask.h, and these rows start at row mask_row0 of it), the input of the
 // LoRA branch (dropout(x)) and x_lora A^T, or (a group's forward, see linear_group_forward) its
 // transpose A x_lora^T [r, n] instead, a strided view (rows n rounded up to 8 apart).
-// An input that is act(x_pre) may be kept as x_pre alone (with_activation_input).
+// An input that is act(x_pre), or a GLU's act(x_pre) * x_up (x_packed: x_pre = [gate | up]), may
+// be kept as those alone (with_activation_input).
 struct LinearSaved {
   Tensor x;
   DropoutSite mask;
@@ -39,6 +40,8 @@ struct LinearSaved {
   Tensor xa;
   Tensor xa_t;
   Tensor x_pre;
+  Tensor x_up;
+  bool x_packed = false;
   Act x_act = Act::Identity;
 };
 
@@ -48,10 +51,12 @@ struct LinearSaved {
 // mask's masked copy stays.
 void drop_saved_input(LinearSaved& s, const Tensor& in);
 LinearSaved with_saved_input(LinearSaved s, const Tensor& in);
-// Instead, for a Linear whose input is act(pre) and whose W is frozen: its backward needs the
-// input only for LoRA's A gradient, which Backend::lora_act_input_grad forms from pre directly
-// (a kept LoRA dropout copy is used as before), so act(pre) need not be recomputed.
-LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre);
+// Instead, for a Linear whose input is act(pre) (or act(pre) * up; packed: pre = [gate | up]) and
+// whose W is frozen: its backward needs the input only for LoRA's A gradient, which
+// Backend::lora_act_input_grad forms from pre directly (a kept LoRA dropout copy is used as
+// before), so the input need not be recomputed.
+LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre,
+                                  const Tensor& up = Tensor{}, bool packed = false);
 // Rows [b, e) of what forward saved (every tensor of it is [n, ...]): the backward of those rows
 // alone, for a layer that runs a backward in row chunks.
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e);

@@ -276,13 +276,22 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   const DType act = be.act_dtype();
   // x' = x1 + N_post_mlp(Wd m)
   Tensor df = norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout);
-  // m = act(g) * u, recomputed; Wd's backward reads it before writing dm into the same buffer
+  // Wd's input m = act(g) * u is recomputed only when Wd trains (dW = d(f)^T m); LoRA's A
+  // gradient takes g and u (Backend::lora_act_input_grad). m, when made, is read by Wd's backward
+  // before its dx (dm) overwrites it: one buffer for both.
   Tensor m = be.empty({T, F}, act);
-  if (L.wi.weight)
-    be.glu_packed_forward(c.act, s.g, m);
-  else
-    be.glu_forward(c.act, s.g, s.u, m);
-  linear_backward(be, L.down, with_saved_input(s.down, m), df, &m, false);
+  LinearSaved down;
+  if (L.down.weight->trainable) {
+    if (L.wi.weight)
+      be.glu_packed_forward(c.act, s.g, m);
+    else
+      be.glu_forward(c.act, s.g, s.u, m);
+    down = with_saved_input(s.down, m);
+  } else {
+    down = with_activation_input(s.down, c.act, s.g, s.u, L.wi.weight != nullptr);
+  }
+  linear_backward(be, L.down, down, df, &m, false);
+  down = LinearSaved{};
   df = Tensor{};
   const Tensor& dm = m;
   Tensor dwi, dg, du;

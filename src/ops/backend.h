@@ -94,14 +94,23 @@ struct Backend {
       matmul(g, false, b, false, dxa, scale, 0.0f);
     if (db) matmul(g, true, xa, xa_transposed, *db, scale, 1.0f);
   }
-  // The A gradient of a LoRA Linear whose input act(x) was not kept (BERT's FFN output
-  // projection, whose input the backward would otherwise recompute only for this product):
-  //   da [r, in] fp32 += dxa^T act(x)      x [n, in], dxa [n, r]
-  // The default materialises act(x) and runs the product; the CUDA backend activates x tile by
-  // tile inside the product (ops/cuda/lora_grad.h).
-  virtual void lora_act_input_grad(Act act, const Tensor& x, const Tensor& dxa, Tensor& da) const {
-    Tensor h = empty(x.shape, x.dtype);
-    act_forward(act, x, h);
+  // The A gradient of a LoRA Linear whose input was not kept because it is an activation the
+  // backward would otherwise recompute only for this product (the FFN output projections):
+  //   da [r, in] fp32 += dxa^T h      dxa [n, r], h [n, in] =
+  //     act(x)          x [n, in] (up null, not packed: BERT's FFN),
+  //     act(x) * up     x, up [n, in] (a GLU's gate and up),
+  //     act(g) * u      packed: x [n, 2 in] = [g | u] (ModernBERT's Wi output)
+  // The default materialises h and runs the product; the CUDA backend forms h tile by tile
+  // inside the product (ops/cuda/lora_grad.h).
+  virtual void lora_act_input_grad(Act act, const Tensor& x, const Tensor* up, bool packed,
+                                   const Tensor& dxa, Tensor& da) const {
+    Tensor h = empty({x.dim(0), packed ? x.dim(1) / 2 : x.dim(1)}, x.dtype);
+    if (packed)
+      glu_packed_forward(act, x, h);
+    else if (up)
+      glu_forward(act, x, *up, h);
+    else
+      act_forward(act, x, h);
     matmul(dxa, true, h, false, da, 1.0f, 1.0f);
   }
   // y[i, :] += bias;   dbias += sum_i dy[i, :]

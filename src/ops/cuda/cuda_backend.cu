@@ -1092,26 +1092,34 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "lora_output_grad");
     cuda::lora_output_grad(a);
   }
-  void lora_act_input_grad(Act act, const Tensor& x, const Tensor& dxa, Tensor& da) const override {
-    const bool bf16 = x.dtype == DType::BF16 && dxa.dtype == DType::BF16 && da.dtype == DType::F32;
+  void lora_act_input_grad(Act act, const Tensor& x, const Tensor* up, bool packed,
+                           const Tensor& dxa, Tensor& da) const override {
+    const bool bf16 = x.dtype == DType::BF16 && (!up || up->dtype == DType::BF16) &&
+                      dxa.dtype == DType::BF16 && da.dtype == DType::F32;
     if (!bf16 || x.ndim() != 2 || da.ndim() != 2) {
-      Backend::lora_act_input_grad(act, x, dxa, da);
+      Backend::lora_act_input_grad(act, x, up, packed, dxa, da);
       return;
     }
-    const int64_t n = x.dim(0), in = x.dim(1), r = da.dim(0);
-    ET_CHECK(da.dim(1) == in && dxa.numel() == n * r, "lora_act_input_grad: x ", shape_str(x.shape),
-             ", dxa ", shape_str(dxa.shape), ", dA ", shape_str(da.shape), " do not match");
+    const int64_t n = x.dim(0), in = packed ? x.dim(1) / 2 : x.dim(1), r = da.dim(0);
+    ET_CHECK(da.dim(1) == in && dxa.numel() == n * r && (!packed || x.dim(1) == 2 * in) &&
+                 (!up || up->shape == x.shape),
+             "lora_act_input_grad: x ", shape_str(x.shape), up ? ", up " : "",
+             up ? shape_str(up->shape) : "", packed ? " (packed gate | up)" : "", ", dxa ",
+             shape_str(dxa.shape), ", dA ", shape_str(da.shape), " do not match");
     for (const Tensor* t : {&x, &dxa, static_cast<const Tensor*>(&da)}) check_device(*t);
+    if (up) check_device(*up);
     cuda::LoraActGradArgs a;
     a.x = B16(x);
+    a.up = packed ? a.x + in : up ? B16(*up) : nullptr;
     a.dxa = B16(dxa);
     a.da = W(da);
     a.n = n;
+    a.ld = x.dim(1);
     a.in = static_cast<int>(in);
     a.r = static_cast<int>(r);
     a.act = static_cast<int>(act);
     if (!cuda::lora_act_grad_supported(a)) {
-      Backend::lora_act_input_grad(act, x, dxa, da);
+      Backend::lora_act_input_grad(act, x, up, packed, dxa, da);
       return;
     }
     OpScope scope_(prof.get(), "lora_act_input_grad");

@@ -60,34 +60,37 @@ constexpr size_t smem_bytes() {
 }
 
 // Rows [row0, row0 + 64) x columns [col0, col0 + kCols) of a row-major [n, cols] bf16 matrix
-// into a padded shared-memory tile, 16 bytes per cp.async (zeros past n and past cols). Thread
-// tid copies the pieces p = tid + k kThreads: row p / (kCols / 8), eighth p % (kCols / 8).
+// with row pitch ld into a padded shared-memory tile, 16 bytes per cp.async (zeros past n and
+// past cols). Thread tid copies the pieces p = tid + k kThreads: row p / (kCols / 8), eighth
+// p % (kCols / 8).
 __device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_bfloat16* src,
-                                                int64_t n, int cols, int64_t row0, int col0,
-                                                int tid) {
+                                                int64_t n, int cols, int64_t ld, int64_t row0,
+                                                int col0, int tid) {
 #pragma unroll
   for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
     const int p = tid + k * kThreads, row = p / (kCols / 8), c8 = (p % (kCols / 8)) * 8;
     const int64_t grow = row0 + row;
     const bool ok = grow < n && col0 + c8 < cols;
-    cp_async16(dst + row * kGld + c8, ok ? src + grow * cols + col0 + c8 : src, ok);
+    cp_async16(dst + row * kGld + c8, ok ? src + grow * ld + col0 + c8 : src, ok);
   }
 }
 
-// y = act(y) on the pieces of a tile that thread tid copied (load_tile_async's mapping), once its
-// own copies have landed and before the barrier that shows the tile to the other warps: the
-// values a materialised act(x) in bf16 would hold.
-template <int A>
-__device__ __forceinline__ void activate_own_pieces(__nv_bfloat16* tile, int tid) {
+// y = act(y), or act(y) * u with a GLU's up tile, on the pieces of a tile that thread tid copied
+// (load_tile_async's mapping), once its own copies have landed and before the barrier that shows
+// the tile to the other warps: the values a materialised act(x) (act(x) * u) in bf16 would hold,
+// computed in fp32 and rounded once.
+template <int A, bool kGlu>
+__device__ __forceinline__ void activate_own_pieces(__nv_bfloat16* tile, const __nv_bfloat16* up,
+                                                    int tid) {
 #pragma unroll
   for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
-    const int p = tid + k * kThreads;
-    __nv_bfloat16* q = tile + (p / (kCols / 8)) * kGld + (p % (kCols / 8)) * 8;
-    float v[8];
-    load_bf16x8(q, v);
+    const int p = tid + k * kThreads, at = (p / (kCols / 8)) * kGld + (p % (kCols / 8)) * 8;
+    float v[8], u[8];
+    load_bf16x8(tile + at, v);
+    if constexpr (kGlu) load_bf16x8(up + at, u);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = act_f(A, v[e]);
-    store_bf16x8(q, v);
+    for (int e = 0; e < 8; ++e) v[e] = kGlu ? act_f(A, v[e]) * u[e] : act_f(A, v[e]);
+    store_bf16x8(tile + at, v);
   }
 }
 
@@ -124,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
   const auto issue = [&](int i) {
     if (i < tiles) {
       const int chunk = i / kRowTiles, rt = i % kRowTiles;
-      load_tile_async(gs + (i % kStages) * kTile * kGld, a.g, a.n, a.out, t0 + rt * kTile,
+      load_tile_async(gs + (i % kStages) * kTile * kGld, a.g, a.n, a.out, a.out, t0 + rt * kTile,
                       chunk * kCols, tid);
       if (rt == 0) {
         __nv_bfloat16* bdst = bs + (chunk % kBufs) * kCols * kUl;
@@ -229,27 +232,44 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
     }
 }
 
-// da [r, in] += dxa^T act(x) (lora_grad.h): the same walk as above over x's rows and columns,
-// each tile activated in place by the threads that copied it, then one product on all eight
-// warps: warp w owns the chunk's columns 16w..16w+15 and accumulates them over the block's row
-// tiles (A = dxa^T from shared memory, B = the activated tile), then adds them to da with one
-// vector reduction per pair of values at the chunk's end.
-template <int R, int RB, int A>
+// Stages of the activate-inside kernel: a GLU's stage holds two tiles (gate and up), so one
+// fewer keeps two blocks an SM within shared memory.
+__host__ __device__ constexpr int act_grad_stages(bool glu) {
+  return glu ? 3 : kStages;
+}
+template <int R, int RB, bool kGlu>
+constexpr size_t act_grad_smem_bytes() {
+  return sizeof(__nv_bfloat16) * (size_t{act_grad_stages(kGlu)} * (kGlu ? 2 : 1) * kTile * kGld +
+                                  size_t{RB} * padded_rank(R));
+}
+
+// da [r, in] += dxa^T act(x), or dxa^T (act(x) * up) (lora_grad.h): the same walk as above over
+// x's rows and columns, each tile activated in place by the threads that copied it (with the up
+// tile they copied beside it), then one product on all eight warps: warp w owns the chunk's
+// columns 16w..16w+15 and accumulates them over the block's row tiles (A = dxa^T from shared
+// memory, B = the activated tile), then adds them to da with one vector reduction per pair of
+// values at the chunk's end.
+template <int R, int RB, int A, bool kGlu>
 __global__ void __launch_bounds__(kThreads) lora_act_grad_kernel(LoraActGradArgs a) {
-  constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R);
+  constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R), kS = act_grad_stages(kGlu);
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* gs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kStages][kTile][kGld]
-  __nv_bfloat16* us = gs + kStages * kTile * kGld;        // [RB][kUl]: dxa's rows
+  auto* gs = reinterpret_cast<__nv_bfloat16*>(smem_raw);     // [kS][kTile][kGld]
+  __nv_bfloat16* ups = gs + kS * kTile * kGld;               // [kS][kTile][kGld] (GLU only)
+  __nv_bfloat16* us = ups + (kGlu ? kS * kTile * kGld : 0);  // [RB][kUl]: dxa's rows
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * RB;
   const int chunks = (a.in + kCols - 1) / kCols, tiles = chunks * kRowTiles;
   const auto issue = [&](int i) {  // tile i: chunk i / kRowTiles, row tile i % kRowTiles
-    if (i < tiles)
-      load_tile_async(gs + (i % kStages) * kTile * kGld, a.x, a.n, a.in,
-                      t0 + (i % kRowTiles) * kTile, (i / kRowTiles) * kCols, tid);
+    if (i < tiles) {
+      const int64_t row0 = t0 + (i % kRowTiles) * kTile;
+      const int col0 = (i / kRowTiles) * kCols;
+      load_tile_async(gs + (i % kS) * kTile * kGld, a.x, a.n, a.in, a.ld, row0, col0, tid);
+      if constexpr (kGlu)
+        load_tile_async(ups + (i % kS) * kTile * kGld, a.up, a.n, a.in, a.ld, row0, col0, tid);
+    }
     cp_async_commit();
   };
-  for (int i = 0; i < kStages - 1; ++i) issue(i);
+  for (int i = 0; i < kS - 1; ++i) issue(i);
   load_rank_rows<R, RB>(us, a.dxa, false, R, a.n, t0, tid);
 
   float acc[R / 16][2][4] = {};  // da rows 16 mb + (0..15), the chunk's columns 16 warp + (0..15)
@@ -257,11 +277,11 @@ __global__ void __launch_bounds__(kThreads) lora_act_grad_kernel(LoraActGradArgs
 #pragma unroll
     for (int rt = 0; rt < kRowTiles; ++rt) {
       const int i = chunk * kRowTiles + rt;
-      __nv_bfloat16* gt = gs + (i % kStages) * kTile * kGld;
-      cp_async_wait<kStages - 2>();  // this thread's copies of tile i have landed
-      activate_own_pieces<A>(gt, tid);
+      __nv_bfloat16* gt = gs + (i % kS) * kTile * kGld;
+      cp_async_wait<kS - 2>();  // this thread's copies of tile i have landed
+      activate_own_pieces<A, kGlu>(gt, ups + (i % kS) * kTile * kGld, tid);
       __syncthreads();  // tile i activated for every thread; tile i - 1's stage is free again
-      issue(i + kStages - 1);
+      issue(i + kS - 1);
       const __nv_bfloat16* ut = us + rt * kTile * kUl;
 #pragma unroll
       for (int k0 = 0; k0 < kTile; k0 += 16) {
@@ -336,7 +356,9 @@ void lora_output_grad(const LoraOutputGradArgs& a) {
 }
 
 bool lora_act_grad_supported(const LoraActGradArgs& a) {
-  return (a.r == 16 || a.r == 32) && a.in % 8 == 0 && a.in > 0 && vec8_aligned(a.x) &&
+  const bool ffn_act = a.act == 2 || a.act == 4 || a.act == 5 || a.act == 6;
+  return ffn_act && (a.r == 16 || a.r == 32) && a.in % 8 == 0 && a.in > 0 && a.ld >= a.in &&
+         a.ld % 8 == 0 && vec8_aligned(a.x) && (!a.up || vec8_aligned(a.up)) &&
          reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0 && reinterpret_cast<uintptr_t>(a.da) % 8 == 0;
 }
 
@@ -344,15 +366,31 @@ namespace {
 
 template <int R, int RB>
 void launch_act_grad(const LoraActGradArgs& a) {
-  with_act_code(a.act, [&](auto act) {
-    auto kernel = lora_act_grad_kernel<R, RB, decltype(act)::value>;
-    constexpr size_t smem =
-        sizeof(__nv_bfloat16) * (size_t{kStages} * kTile * kGld + size_t{RB} * padded_rank(R));
+  const auto run = [&](auto act, auto glu) {
+    auto kernel = lora_act_grad_kernel<R, RB, decltype(act)::value, decltype(glu)::value>;
+    constexpr size_t smem = act_grad_smem_bytes<R, RB, decltype(glu)::value>();
     allow_dynamic_smem(kernel, smem);
     const auto blocks = static_cast<unsigned>((a.n + RB - 1) / RB);
     kernel<<<blocks, kThreads, smem>>>(a);
     ET_LAUNCH_CHECK();
-  });
+  };
+  // the FFN activations only (lora_act_grad_supported): ReLU, GELU (erf, tanh), SiLU
+  const auto with_glu = [&](auto act) {
+    if (a.up)
+      run(act, std::true_type{});
+    else
+      run(act, std::false_type{});
+  };
+  switch (a.act) {
+    case 2:
+      return with_glu(std::integral_constant<int, 2>{});
+    case 4:
+      return with_glu(std::integral_constant<int, 4>{});
+    case 5:
+      return with_glu(std::integral_constant<int, 5>{});
+    default:
+      return with_glu(std::integral_constant<int, 6>{});
+  }
 }
 
 }  // namespace
@@ -361,14 +399,13 @@ void lora_act_grad(const LoraActGradArgs& a) {
   ET_CHECK(lora_act_grad_supported(a), "lora_act_grad: unsupported operands (rank ", a.r, ", in ",
            a.in, ")");
   if (a.n == 0) return;
-  // rows per block: the most (fewest reductions into da) that keep 256 blocks (two an SM),
-  // down to 64: the activation makes this kernel compute-bound (H100, n = 16384, in = 3072,
-  // GELU erf: 105 us with 64 rows a block, 138 us with 128; bench/NOTES.md)
+  // rows per block: the most (fewest reductions into da, up to 256: 12% of x's bytes at rank 16)
+  // that keep 256 blocks (two an SM), down to 64: the activation makes this kernel compute-bound
+  // (H100, n = 16384, in = 3072, GELU erf: 105 us with 64 rows a block, 138 us with 128;
+  // bench/NOTES.md)
   const auto rows = [&](auto r) {
     constexpr int R = decltype(r)::value;
-    if (a.n >= 256 * 512)
-      launch_act_grad<R, 512>(a);
-    else if (a.n >= 256 * 256)
+    if (a.n >= 256 * 256)
       launch_act_grad<R, 256>(a);
     else if (a.n >= 256 * 128)
       launch_act_grad<R, 128>(a);

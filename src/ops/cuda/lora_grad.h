@@ -32,22 +32,27 @@ struct LoraOutputGradArgs {
 bool lora_output_grad_supported(const LoraOutputGradArgs& a);
 void lora_output_grad(const LoraOutputGradArgs& a);
 
-// The A gradient of a LoRA Linear whose input act(x) was not kept (Backend::lora_act_input_grad):
-//   da [r, in] fp32 += dxa^T act(x)     x [n, in] bf16 (the activation's input), dxa [n, r] bf16
-// act(x) is formed tile by tile in shared memory, rounded to bf16 as the materialised act(x) of
-// the other path would be, so the product sees the same operands: this saves writing act(x)
-// [n, in] and reading it back (BERT's FFN backward recomputes it only for this product).
+// The A gradient of a LoRA Linear whose input act(x), or a GLU's act(x) * up, was not kept
+// (Backend::lora_act_input_grad):
+//   da [r, in] fp32 += dxa^T act(x)  or  dxa^T (act(x) * up)
+// x, up [n, in] bf16 at row pitch ld (the halves of a packed [n, 2 in] gate | up: ld = 2 in),
+// dxa [n, r] bf16. The input is formed tile by tile in shared memory, rounded to bf16 as the
+// materialised input of the other path would be, so the product sees the same operands: this
+// saves writing the [n, in] input and reading it back (the FFN backwards recompute it only for
+// this product).
 struct LoraActGradArgs {
-  const __nv_bfloat16* x = nullptr;    // [n, in]
+  const __nv_bfloat16* x = nullptr;    // [n, in], row pitch ld
+  const __nv_bfloat16* up = nullptr;   // [n, in], row pitch ld; null: no GLU
   const __nv_bfloat16* dxa = nullptr;  // [n, r]
   float* da = nullptr;                 // [r, in] fp32, accumulated
-  int64_t n = 0;
+  int64_t n = 0, ld = 0;
   int in = 0, r = 0;
   int act = 0;  // et::Act as int (ops/cuda/activation.cuh)
 };
 
-// Whether lora_act_grad runs these operands (ranks 16 and 32; in a multiple of 8; x 16-byte
-// aligned); the caller materialises act(x) and runs the product otherwise.
+// Whether lora_act_grad runs these operands (ReLU, GELU erf or tanh, SiLU; ranks 16 and 32; in
+// and ld multiples of 8; x and up 16-byte aligned); the caller materialises the input and runs
+// the product otherwise.
 bool lora_act_grad_supported(const LoraActGradArgs& a);
 void lora_act_grad(const LoraActGradArgs& a);
 
