@@ -6,6 +6,8 @@
 
 #include <type_traits>
 
+#include "core/error.h"
+
 namespace et::cuda {
 
 __device__ __forceinline__ float act_f(int act, float x) {
@@ -59,25 +61,19 @@ __device__ __forceinline__ float act_df(int act, float x) {
   }
 }
 
-// Calls f(std::integral_constant<int, code>) for kernels templated on the activation.
+// Calls f(std::integral_constant<int, code>) for the one of Codes equal to code (kernels
+// templated on the activation, instantiated for those codes only); false, calling nothing, when
+// code is not among them.
+template <int... Codes, typename F>
+bool with_act_code_in(int code, F&& f) {
+  return ((code == Codes && (f(std::integral_constant<int, Codes>{}), true)) || ...);
+}
+
+// The same over every activation code (et::Act's seven).
 template <typename F>
 void with_act_code(int code, F&& f) {
-  switch (code) {
-    case 0:
-      return f(std::integral_constant<int, 0>{});
-    case 1:
-      return f(std::integral_constant<int, 1>{});
-    case 2:
-      return f(std::integral_constant<int, 2>{});
-    case 3:
-      return f(std::integral_constant<int, 3>{});
-    case 4:
-      return f(std::integral_constant<int, 4>{});
-    case 5:
-      return f(std::integral_constant<int, 5>{});
-    default:
-      return f(std::integral_constant<int, 6>{});
-  }
+  const bool known = with_act_code_in<0, 1, 2, 3, 4, 5, 6>(code, f);
+  ET_CHECK(known, "activation code ", code, " is not one of et::Act's");
 }
 
 }  // namespace et::cuda

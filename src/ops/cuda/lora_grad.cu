@@ -243,6 +243,13 @@ constexpr size_t act_grad_smem_bytes() {
                                   size_t{RB} * padded_rank(R));
 }
 
+// Calls f with the activation code when it is one the activate-inside kernel is built for, the
+// FFN activations (ReLU, GELU erf and tanh, SiLU); false otherwise.
+template <typename F>
+bool with_ffn_act(int code, F&& f) {
+  return with_act_code_in<2, 4, 5, 6>(code, f);
+}
+
 // da [r, in] += dxa^T act(x), or dxa^T (act(x) * up) (lora_grad.h): the same walk as above over
 // x's rows and columns, each tile activated in place by the threads that copied it (with the up
 // tile they copied beside it), then one product on all eight warps: warp w owns the chunk's
@@ -356,10 +363,10 @@ void lora_output_grad(const LoraOutputGradArgs& a) {
 }
 
 bool lora_act_grad_supported(const LoraActGradArgs& a) {
-  const bool ffn_act = a.act == 2 || a.act == 4 || a.act == 5 || a.act == 6;
-  return ffn_act && (a.r == 16 || a.r == 32) && a.in % 8 == 0 && a.in > 0 && a.ld >= a.in &&
-         a.ld % 8 == 0 && vec8_aligned(a.x) && (!a.up || vec8_aligned(a.up)) &&
-         reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0 && reinterpret_cast<uintptr_t>(a.da) % 8 == 0;
+  return with_ffn_act(a.act, [](auto) {}) && (a.r == 16 || a.r == 32) && a.in % 8 == 0 &&
+         a.in > 0 && a.ld >= a.in && a.ld % 8 == 0 && vec8_aligned(a.x) &&
+         (!a.up || vec8_aligned(a.up)) && reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(a.da) % 8 == 0;
 }
 
 namespace {
@@ -374,23 +381,12 @@ void launch_act_grad(const LoraActGradArgs& a) {
     kernel<<<blocks, kThreads, smem>>>(a);
     ET_LAUNCH_CHECK();
   };
-  // the FFN activations only (lora_act_grad_supported): ReLU, GELU (erf, tanh), SiLU
-  const auto with_glu = [&](auto act) {
+  with_ffn_act(a.act, [&](auto act) {
     if (a.up)
       run(act, std::true_type{});
     else
       run(act, std::false_type{});
-  };
-  switch (a.act) {
-    case 2:
-      return with_glu(std::integral_constant<int, 2>{});
-    case 4:
-      return with_glu(std::integral_constant<int, 4>{});
-    case 5:
-      return with_glu(std::integral_constant<int, 5>{});
-    default:
-      return with_glu(std::integral_constant<int, 6>{});
-  }
+  });
 }
 
 }  // namespace
