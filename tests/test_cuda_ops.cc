@@ -776,6 +776,82 @@ TEST(CudaOps, LoraActInputGradMatchesProduct) {
   }
 }
 
+// LoRA's rank-r term inside the activation's pass, forward (pre += s xa B^T, y = act(pre)),
+// backward (dx = (dy + dxa A) act'(x)) and a GLU's backward (apart and packed), against the CPU's
+// product and activation: shapes with partial row and column tiles, both ranks the kernel takes,
+// every FFN activation, and ranks and activations it does not take (the default's product then
+// pass). bf16 outputs: 1e-2.
+TEST(CudaOps, LoraActMatchesProductThenActivation) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  struct Case {
+    int64_t n, f, r;
+    Act act;
+  };
+  for (const Case& c : {Case{1000, 3072, 16, Act::GeluErf}, Case{70001, 392, 32, Act::SiLU},
+                        Case{517, 40, 16, Act::GeluTanh}, Case{64, 128, 32, Act::ReLU},
+                        Case{3, 1536, 16, Act::GeluErf}, Case{300, 136, 8, Act::GeluErf},
+                        Case{200, 64, 16, Act::Tanh}}) {
+    SCOPED_TRACE("n=" + std::to_string(c.n) + " f=" + std::to_string(c.f) +
+                 " r=" + std::to_string(c.r) + " act=" + std::to_string(static_cast<int>(c.act)));
+    const float scale = 1.7f;
+    const Tensor pre0 = b.rounded(b.rand({c.n, c.f}, -3, 3)), xa = b.rounded(b.rand({c.n, c.r}));
+    const Tensor bm = b.rounded(b.rand({c.f, c.r})), am = b.rounded(b.rand({c.r, c.f}));
+    const Tensor dy0 = b.rounded(b.rand({c.n, c.f}));
+    {
+      Tensor pre_ref = cpu_clone(pre0), y_ref = cpu_empty({c.n, c.f});
+      b.cpu->matmul(xa, false, bm, true, pre_ref, scale, 1.0f);
+      b.cpu->act_forward(c.act, b.rounded(pre_ref), y_ref);
+      Tensor pre = b.bf(pre0), y = b.gpu->empty({c.n, c.f}, DType::BF16);
+      b.gpu->lora_act_forward(c.act, pre, b.bf(xa), b.bf(bm), scale, y);
+      expect_close(b.down(pre), pre_ref, 1e-2, "pre");
+      expect_close(b.down(y), y_ref, 1e-2, "act(pre)");
+    }
+    {
+      Tensor dy_ref = cpu_clone(dy0), dx_ref = cpu_empty({c.n, c.f});
+      b.cpu->matmul(xa, false, am, false, dy_ref, 1.0f, 1.0f);
+      b.cpu->act_backward(c.act, pre0, dy_ref, dx_ref);
+      Tensor dy = b.bf(dy0), dx = b.gpu->empty({c.n, c.f}, DType::BF16);
+      b.gpu->lora_act_backward(c.act, b.bf(pre0), dy, b.bf(xa), b.bf(am), dx);
+      expect_close(b.down(dx), dx_ref, 1e-2, "dx");
+      // dx into dy's own buffer, as the FFN backward runs it
+      Tensor dy_in_place = b.bf(dy0);
+      b.gpu->lora_act_backward(c.act, b.bf(pre0), dy_in_place, b.bf(xa), b.bf(am), dy_in_place);
+      expect_close(b.down(dy_in_place), dx_ref, 1e-2, "dx in dy's buffer");
+    }
+    // a GLU's backward, gate and up apart and packed [gate | up]
+    const Tensor up0 = b.rounded(b.rand({c.n, c.f}, -2, 2));
+    Tensor d_ref = cpu_clone(dy0), dg_ref = cpu_empty({c.n, c.f}), du_ref = cpu_empty({c.n, c.f});
+    b.cpu->matmul(xa, false, am, false, d_ref, 1.0f, 1.0f);
+    b.cpu->glu_backward(c.act, pre0, up0, d_ref, dg_ref, du_ref);
+    {
+      Tensor dy = b.bf(dy0), dg = b.gpu->empty({c.n, c.f}, DType::BF16),
+             du = b.gpu->empty({c.n, c.f}, DType::BF16);
+      const Tensor up = b.bf(up0);
+      b.gpu->lora_glu_backward(c.act, b.bf(pre0), &up, dy, b.bf(xa), b.bf(am), dg, &du);
+      expect_close(b.down(dg), dg_ref, 1e-2, "d(gate)");
+      expect_close(b.down(du), du_ref, 1e-2, "d(up)");
+    }
+    {
+      Tensor packed = cpu_empty({c.n, 2 * c.f});
+      for (int64_t i = 0; i < c.n; ++i)
+        for (int64_t j = 0; j < c.f; ++j) {
+          packed.f32()[i * 2 * c.f + j] = pre0.f32()[i * c.f + j];
+          packed.f32()[i * 2 * c.f + c.f + j] = up0.f32()[i * c.f + j];
+        }
+      Tensor dy = b.bf(dy0), dgu = b.gpu->empty({c.n, 2 * c.f}, DType::BF16);
+      b.gpu->lora_glu_backward(c.act, b.bf(packed), nullptr, dy, b.bf(xa), b.bf(am), dgu, nullptr);
+      const Tensor got = b.down(dgu);
+      expect_close(first_cols(got, c.f), dg_ref, 1e-2, "packed d(gate)");
+      Tensor got_up = cpu_empty({c.n, c.f});
+      for (int64_t i = 0; i < c.n; ++i)
+        for (int64_t j = 0; j < c.f; ++j)
+          got_up.f32()[i * c.f + j] = got.f32()[i * 2 * c.f + c.f + j];
+      expect_close(got_up, du_ref, 1e-2, "packed d(up)");
+    }
+  }
+}
+
 // Strided views (Tensor::pitch) as A, B and C of bf16 products: a grouped LoRA forward keeps
 // its rank-r rows [r, n] at a pitch of n rounded up to 8, so that cuBLASLt takes them on tensor
 // cores whatever the token count n. Shapes as there (n odd, inner dimensions r and n), plus C

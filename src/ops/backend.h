@@ -14,6 +14,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "ops/dropout_mask.h"
 
@@ -112,6 +113,49 @@ struct Backend {
     else
       act_forward(act, x, h);
     matmul(dxa, true, h, false, da, 1.0f, 1.0f);
+  }
+  // A LoRA Linear's rank-r term added in the pass of the activation beside it (the FFNs):
+  //   forward:  pre += scale xa B^T, then y = act(pre)     pre, y [n, f], xa [n, r], B [f, r]
+  //     (pre: the output of the Linear before the activation, without its rank-r term)
+  //   backward: dy += dxa A, then dx = dy act'(x)          x, dy, dx [n, f], dxa [n, r], A [r, f]
+  //     (dy: the input gradient of the Linear after the activation, without its rank-r term;
+  //     dx may be dy)
+  // The defaults run the rank-r product into pre (dy) and then the activation's pass; the CUDA
+  // backend adds the term inside that pass (ops/cuda/lora_act.h), saving the [n, f] tensor's
+  // write by the product and its read back.
+  // Whether the three below add a rank-r term for this activation and rank inside the pass.
+  // Where they would not, the callers keep the term in the Linear's own products instead: the
+  // defaults add it by a product into the finished [n, f] tensor, which reads and rewrites it
+  // (on a GPU slower than the Linear's order, rank-r product first). The CPU's defaults cost
+  // nothing extra.
+  virtual bool fuses_lora_act(Act act, int64_t r) const {
+    (void)act;
+    (void)r;
+    return true;
+  }
+  virtual void lora_act_forward(Act act, Tensor& pre, const Tensor& xa, const Tensor& b,
+                                float scale, Tensor& y) const {
+    matmul(xa, false, b, true, pre, scale, 1.0f);
+    act_forward(act, pre, y);
+  }
+  virtual void lora_act_backward(Act act, const Tensor& x, Tensor& dy, const Tensor& dxa,
+                                 const Tensor& a, Tensor& dx) const {
+    matmul(dxa, false, a, false, dy, 1.0f, 1.0f);
+    act_backward(act, x, dy, dx);
+  }
+  // The same for a GLU's backward (glu_backward; glu_packed_backward when up is null: gate is
+  // the packed [n, 2f] gate | up and dgate the packed [n, 2f] d(gate) | d(up)):
+  //   dy += dxa A, then d(gate) = dy up act'(gate), d(up) = dy act(gate)
+  virtual void lora_glu_backward(Act act, const Tensor& gate, const Tensor* up, Tensor& dy,
+                                 const Tensor& dxa, const Tensor& a, Tensor& dgate,
+                                 Tensor* dup) const {
+    matmul(dxa, false, a, false, dy, 1.0f, 1.0f);
+    if (up) {
+      ET_CHECK(dup, "lora_glu_backward: a separate up needs its own gradient");
+      glu_backward(act, gate, *up, dy, dgate, *dup);
+    } else {
+      glu_packed_backward(act, gate, dy, dgate);
+    }
   }
   // y[i, :] += bias;   dbias += sum_i dy[i, :]
   virtual void add_bias(Tensor& y, const Tensor& bias) const = 0;

@@ -69,6 +69,13 @@ bool with_act_code_in(int code, F&& f) {
   return ((code == Codes && (f(std::integral_constant<int, Codes>{}), true)) || ...);
 }
 
+// The same over the FFN activations (ReLU, GELU erf and tanh, SiLU) alone: the kernels that fuse
+// an activation into a LoRA product are built for these.
+template <typename F>
+bool with_ffn_act(int code, F&& f) {
+  return with_act_code_in<2, 4, 5, 6>(code, f);
+}
+
 // The same over every activation code (et::Act's seven).
 template <typename F>
 void with_act_code(int code, F&& f) {

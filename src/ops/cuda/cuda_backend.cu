@@ -24,6 +24,7 @@
 #include "ops/cuda/dropout.h"
 #include "ops/cuda/gemm_lt.h"
 #include "ops/cuda/host_staging.h"
+#include "ops/cuda/lora_act.h"
 #include "ops/cuda/lora_grad.h"
 #include "ops/cuda/norms.h"
 #include "ops/cuda/operand.cuh"
@@ -1124,6 +1125,90 @@ struct CudaBackend final : Backend {
     }
     OpScope scope_(prof.get(), "lora_act_input_grad");
     cuda::lora_act_grad(a);
+  }
+  // The fused pass (ops/cuda/lora_act.h) when the kernel takes the operands: a.pre, a.up, a.y,
+  // a.y2 and a.dy set from `wide` (all bf16 and 2-D [n, ...], checked against n x f at row pitch
+  // a.ld by the caller); false, running nothing, otherwise.
+  bool lora_act(cuda::LoraActArgs a, std::initializer_list<const Tensor*> wide, const Tensor& xr,
+                const Tensor& w, const char* op) const {
+    bool bf16 = xr.dtype == DType::BF16 && w.dtype == DType::BF16 && w.ndim() == 2;
+    for (const Tensor* t : wide) bf16 = bf16 && t->dtype == DType::BF16 && t->ndim() == 2;
+    if (!bf16) return false;
+    const bool forward = a.mode == cuda::LoraActMode::Forward;
+    a.r = static_cast<int>(forward ? w.dim(1) : w.dim(0));
+    ET_CHECK(xr.numel() == a.n * a.r && (forward ? w.dim(0) : w.dim(1)) == a.f, op, ": the rank-r ",
+             forward ? "xa " : "dxa ", shape_str(xr.shape), " and ", forward ? "B " : "A ",
+             shape_str(w.shape), " do not match ", a.n, " rows of ", a.f);
+    for (const Tensor* t : wide) check_device(*t);
+    check_device(xr);
+    check_device(w);
+    a.xr = B16(xr);
+    a.w = B16(w);
+    if (!cuda::lora_act_supported(a)) return false;
+    OpScope scope_(prof.get(), op);
+    cuda::lora_act(a);
+    return true;
+  }
+  bool fuses_lora_act(Act act, int64_t r) const override {
+    return with_ffn_act(static_cast<int>(act), [](auto) {}) && (r == 16 || r == 32);
+  }
+  void lora_act_forward(Act act, Tensor& pre, const Tensor& xa, const Tensor& b, float scale,
+                        Tensor& y) const override {
+    ET_CHECK(pre.ndim() == 2 && y.shape == pre.shape, "lora_act_forward: pre ",
+             shape_str(pre.shape), " and y ", shape_str(y.shape), " must be one [n, f] shape");
+    cuda::LoraActArgs a;
+    a.pre = B16(pre);
+    a.y = B16(y);
+    a.n = pre.dim(0);
+    a.f = static_cast<int>(pre.dim(1));
+    a.ld = a.f;
+    a.scale = scale;
+    a.act = static_cast<int>(act);
+    a.mode = cuda::LoraActMode::Forward;
+    if (!lora_act(a, {&pre, &y}, xa, b, "lora_act_forward"))
+      Backend::lora_act_forward(act, pre, xa, b, scale, y);
+  }
+  void lora_act_backward(Act act, const Tensor& x, Tensor& dy, const Tensor& dxa, const Tensor& am,
+                         Tensor& dx) const override {
+    ET_CHECK(x.ndim() == 2 && dy.shape == x.shape && dx.shape == x.shape, "lora_act_backward: x ",
+             shape_str(x.shape), ", dy ", shape_str(dy.shape), " and dx ", shape_str(dx.shape),
+             " must be one [n, f] shape");
+    cuda::LoraActArgs a;
+    a.pre = B16(x);
+    a.dy = B16(dy);
+    a.y = B16(dx);
+    a.n = x.dim(0);
+    a.f = static_cast<int>(x.dim(1));
+    a.ld = a.f;
+    a.act = static_cast<int>(act);
+    a.mode = cuda::LoraActMode::Backward;
+    if (!lora_act(a, {&x, &dy, &dx}, dxa, am, "lora_act_backward"))
+      Backend::lora_act_backward(act, x, dy, dxa, am, dx);
+  }
+  void lora_glu_backward(Act act, const Tensor& gate, const Tensor* up, Tensor& dy,
+                         const Tensor& dxa, const Tensor& am, Tensor& dgate,
+                         Tensor* dup) const override {
+    const int64_t n = dy.ndim() == 2 ? dy.dim(0) : 0, f = dy.ndim() == 2 ? dy.dim(1) : 0;
+    const Shape wide = up ? Shape{n, f} : Shape{n, 2 * f};
+    ET_CHECK(dy.ndim() == 2 && gate.shape == wide && dgate.shape == wide &&
+                 (!up || (up->shape == wide && dup && dup->shape == wide)),
+             "lora_glu_backward: dy ", shape_str(dy.shape), ", gate", up ? " " : " | up ",
+             shape_str(gate.shape), up ? ", up " : "", up ? shape_str(up->shape) : "", ", d(gate",
+             up ? ") " : " | up) ", shape_str(dgate.shape), " do not match");
+    cuda::LoraActArgs a;
+    a.pre = B16(gate);
+    a.up = up ? B16(*up) : a.pre + f;
+    a.dy = B16(dy);
+    a.y = B16(dgate);
+    a.y2 = up ? B16(*dup) : a.y + f;
+    a.n = n;
+    a.f = static_cast<int>(f);
+    a.ld = up ? f : 2 * f;
+    a.act = static_cast<int>(act);
+    a.mode = cuda::LoraActMode::GluBackward;
+    const bool fused = up ? lora_act(a, {&gate, up, &dy, &dgate, dup}, dxa, am, "lora_glu_backward")
+                          : lora_act(a, {&gate, &dy, &dgate}, dxa, am, "lora_glu_backward");
+    if (!fused) Backend::lora_glu_backward(act, gate, up, dy, dxa, am, dgate, dup);
   }
   void add_bias(Tensor& y, const Tensor& bias) const override {
     OpScope scope_(prof.get(), "add_bias");

@@ -23,11 +23,13 @@
 // partial of dxa, its zeroing and the rounding pass cost more than they saved). xa's rows for
 // the block sit in shared memory for the whole walk. Registers: (RB / 64) x r / 2 accumulators
 // of dxa, r of dB.
+#include <algorithm>
 #include <type_traits>
 
 #include "ops/cuda/activation.cuh"
 #include "ops/cuda/cuda_common.h"
 #include "ops/cuda/lora_grad.h"
+#include "ops/cuda/lora_tiles.cuh"
 #include "ops/cuda/operand.cuh"
 #include "ops/cuda/tensor_core.cuh"
 
@@ -35,16 +37,9 @@ namespace et::cuda {
 
 namespace {
 
-constexpr int kTile = 64;        // rows of a G tile
-constexpr int kCols = 128;       // columns of a chunk (and of a G tile)
-constexpr int kStages = 4;       // G tiles in the pipeline: the one being read and three loading
-constexpr int kGld = kCols + 8;  // padded row of a G tile (conflict-free ldmatrix)
-constexpr int kThreads = 256;    // 8 warps: 0-3 dxa (16 rows each), 4-7 dB (16 columns each)
-// padded row of the xa and B tiles (r + 8 bf16: the eight rows an ldmatrix reads hit distinct
-// banks)
-__host__ __device__ constexpr int padded_rank(int r) {
-  return r + 8;
-}
+using namespace lora_tiles;
+
+constexpr int kStages = 4;  // G tiles in the pipeline: the one being read and three loading
 // B buffers: one per chunk that the tiles in the pipeline span, (kStages - 1) tiles past the
 // one being read, at RB / 64 tiles a chunk
 template <int RB>
@@ -59,22 +54,6 @@ constexpr size_t smem_bytes() {
           size_t{RB} * padded_rank(R));
 }
 
-// Rows [row0, row0 + 64) x columns [col0, col0 + kCols) of a row-major [n, cols] bf16 matrix
-// with row pitch ld into a padded shared-memory tile, 16 bytes per cp.async (zeros past n and
-// past cols). Thread tid copies the pieces p = tid + k kThreads: row p / (kCols / 8), eighth
-// p % (kCols / 8).
-__device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_bfloat16* src,
-                                                int64_t n, int cols, int64_t ld, int64_t row0,
-                                                int col0, int tid) {
-#pragma unroll
-  for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
-    const int p = tid + k * kThreads, row = p / (kCols / 8), c8 = (p % (kCols / 8)) * 8;
-    const int64_t grow = row0 + row;
-    const bool ok = grow < n && col0 + c8 < cols;
-    cp_async16(dst + row * kGld + c8, ok ? src + grow * ld + col0 + c8 : src, ok);
-  }
-}
-
 // y = act(y), or act(y) * u with a GLU's up tile, on the pieces of a tile that thread tid copied
 // (load_tile_async's mapping), once its own copies have landed and before the barrier that shows
 // the tile to the other warps: the values a materialised act(x) (act(x) * u) in bf16 would hold,
@@ -83,8 +62,8 @@ template <int A, bool kGlu>
 __device__ __forceinline__ void activate_own_pieces(__nv_bfloat16* tile, const __nv_bfloat16* up,
                                                     int tid) {
 #pragma unroll
-  for (int k = 0; k < kTile * kCols / 8 / kThreads; ++k) {
-    const int p = tid + k * kThreads, at = (p / (kCols / 8)) * kGld + (p % (kCols / 8)) * 8;
+  for (int k = 0; k < kPieces; ++k) {
+    const int at = piece_row(tid, k) * kGld + piece_col(tid, k);
     float v[8], u[8];
     load_bf16x8(tile + at, v);
     if constexpr (kGlu) load_bf16x8(up + at, u);
@@ -243,19 +222,13 @@ constexpr size_t act_grad_smem_bytes() {
                                   size_t{RB} * padded_rank(R));
 }
 
-// Calls f with the activation code when it is one the activate-inside kernel is built for, the
-// FFN activations (ReLU, GELU erf and tanh, SiLU); false otherwise.
-template <typename F>
-bool with_ffn_act(int code, F&& f) {
-  return with_act_code_in<2, 4, 5, 6>(code, f);
-}
-
 // da [r, in] += dxa^T act(x), or dxa^T (act(x) * up) (lora_grad.h): the same walk as above over
 // x's rows and columns, each tile activated in place by the threads that copied it (with the up
 // tile they copied beside it), then one product on all eight warps: warp w owns the chunk's
 // columns 16w..16w+15 and accumulates them over the block's row tiles (A = dxa^T from shared
 // memory, B = the activated tile), then adds them to da with one vector reduction per pair of
-// values at the chunk's end.
+// values at the chunk's end. With few row blocks, blockIdx.y gives each block a share of the
+// chunks instead of all of them (the reductions into da already go chunk by chunk).
 template <int R, int RB, int A, bool kGlu>
 __global__ void __launch_bounds__(kThreads) lora_act_grad_kernel(LoraActGradArgs a) {
   constexpr int kRowTiles = RB / kTile, kUl = padded_rank(R), kS = act_grad_stages(kGlu);
@@ -265,11 +238,16 @@ __global__ void __launch_bounds__(kThreads) lora_act_grad_kernel(LoraActGradArgs
   __nv_bfloat16* us = ups + (kGlu ? kS * kTile * kGld : 0);  // [RB][kUl]: dxa's rows
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * RB;
-  const int chunks = (a.in + kCols - 1) / kCols, tiles = chunks * kRowTiles;
-  const auto issue = [&](int i) {  // tile i: chunk i / kRowTiles, row tile i % kRowTiles
+  // the block's chunks: [c0, c0 + chunks) of the split blockIdx.y
+  const int all_chunks = (a.in + kCols - 1) / kCols;
+  const int per_split = (all_chunks + gridDim.y - 1) / gridDim.y;
+  const int c0 = blockIdx.y * per_split;
+  const int chunks = min(all_chunks - c0, per_split), tiles = chunks * kRowTiles;
+  if (chunks <= 0) return;
+  const auto issue = [&](int i) {  // tile i: chunk c0 + i / kRowTiles, row tile i % kRowTiles
     if (i < tiles) {
       const int64_t row0 = t0 + (i % kRowTiles) * kTile;
-      const int col0 = (i / kRowTiles) * kCols;
+      const int col0 = (c0 + i / kRowTiles) * kCols;
       load_tile_async(gs + (i % kS) * kTile * kGld, a.x, a.n, a.in, a.ld, row0, col0, tid);
       if constexpr (kGlu)
         load_tile_async(ups + (i % kS) * kTile * kGld, a.up, a.n, a.in, a.ld, row0, col0, tid);
@@ -306,7 +284,7 @@ __global__ void __launch_bounds__(kThreads) lora_act_grad_kernel(LoraActGradArgs
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nb = 0; nb < 2; ++nb) {
-      const int col = chunk * kCols + 16 * warp + 8 * nb + 2 * t;
+      const int col = (c0 + chunk) * kCols + 16 * warp + 8 * nb + 2 * t;
       if (col >= a.in) continue;  // (in is a multiple of 8: col + 1 is inside too)
 #pragma unroll
       for (int mb = 0; mb < R / 16; ++mb)
@@ -377,8 +355,13 @@ void launch_act_grad(const LoraActGradArgs& a) {
     auto kernel = lora_act_grad_kernel<R, RB, decltype(act)::value, decltype(glu)::value>;
     constexpr size_t smem = act_grad_smem_bytes<R, RB, decltype(glu)::value>();
     allow_dynamic_smem(kernel, smem);
-    const auto blocks = static_cast<unsigned>((a.n + RB - 1) / RB);
-    kernel<<<blocks, kThreads, smem>>>(a);
+    // fewer than 256 row blocks (two an SM): the columns split over blockIdx.y as well, so
+    // that the compute-bound activation has two blocks an SM (H100, Qwen3's real-length mix,
+    // n about 8000: 125 row blocks alone took 1.6x the time of materialising act(g) u and a
+    // cuBLAS product; bench/NOTES.md)
+    const int64_t rows = (a.n + RB - 1) / RB, chunks = (a.in + kCols - 1) / kCols;
+    const int64_t splits = std::min(chunks, std::max<int64_t>(1, (256 + rows - 1) / rows));
+    kernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(splits)), kThreads, smem>>>(a);
     ET_LAUNCH_CHECK();
   };
   with_ffn_act(a.act, [&](auto act) {
