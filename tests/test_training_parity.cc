@@ -133,6 +133,97 @@ TEST(Linear, ActivationInputEqualsMaterialisedInput) {
   }
 }
 
+// A LoRA Linear's rank-r term left to the activation beside it (LoraTerm): W1 -> act forward,
+// with the term added by act_forward_adding, equals the Linear's own output through act_forward
+// (pre too: it must hold the summed output for the backward), and dx of a Linear whose input is
+// act(pre), with the term added by act_backward_adding, equals dx through act_backward (and a
+// GLU's gradients through glu_backward_adding those through glu_backward). Without
+// LoRA, or with LoRA dropout in backward (its mask applies to the term), no term is handed out.
+TEST(Linear, RankTermInTheActivationPassEqualsTheLinearsOwn) {
+  auto be = make_cpu_backend();
+  Rng rng(21);
+  auto rand = [&](const Shape& s) { return uniform_tensor(rng, s); };
+  const int64_t n = 7, in = 6, f = 10, r = 3;
+  ParamStore store;
+  auto lora_linear = [&](const std::string& name, int64_t lin, int64_t lout) {
+    Linear l;
+    l.name = name;
+    l.in = lin;
+    l.out = lout;
+    l.weight = store.add(name + ".weight", rand({lout, lin}));
+    l.bias = store.add(name + ".bias", rand({lout}));
+    l.lora_a = store.add(name + ".A", rand({r, lin}));
+    l.lora_b = store.add(name + ".B", rand({lout, r}));
+    l.lora_scaling = 1.25f;
+    l.lora_a->trainable = l.lora_b->trainable = true;
+    l.lora_a->grad = cpu_zeros({r, lin});
+    l.lora_b->grad = cpu_zeros({lout, r});
+    return l;
+  };
+  const Linear w1 = lora_linear("w1", in, f), w2 = lora_linear("w2", f, in);
+  const Tensor x = rand({n, in});
+
+  const Tensor pre_want = linear_forward(*be, w1, x, nullptr, nullptr);
+  Tensor h_want = cpu_empty({n, f});
+  be->act_forward(Act::GeluErf, pre_want, h_want);
+  LoraTerm term;
+  Tensor pre = linear_forward(*be, w1, x, nullptr, nullptr, &term);
+  ASSERT_TRUE(term.defined());
+  EXPECT_GT(rel_error(pre, pre_want), 1e-3) << "the term should have been left out";
+  Tensor h = cpu_empty({n, f});
+  act_forward_adding(*be, Act::GeluErf, term, pre, h);
+  EXPECT_LT(rel_error(pre, pre_want), 1e-6);
+  EXPECT_LT(rel_error(h, h_want), 1e-6);
+
+  const Tensor dy = rand({n, in});
+  LinearSaved s;
+  (void)linear_forward(*be, w2, h_want, &s, nullptr);
+  Tensor dh_want = cpu_empty({n, f}), dpre_want = cpu_empty({n, f});
+  linear_backward(*be, w2, s, dy, &dh_want, false);
+  be->act_backward(Act::GeluErf, pre_want, dh_want, dpre_want);
+  Tensor dh = cpu_empty({n, f});
+  linear_backward(*be, w2, s, dy, &dh, false, &term);
+  ASSERT_TRUE(term.defined());
+  act_backward_adding(*be, Act::GeluErf, term, pre_want, dh, dh);
+  EXPECT_LT(rel_error(dh, dpre_want), 1e-6);
+  // a GLU's backward: d(gate), d(up) from dm with its term added in the pass, apart and packed
+  const Tensor up = rand({n, f});
+  Tensor packed = cpu_empty({n, 2 * f});
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < f; ++j) {
+      packed.f32()[t * 2 * f + j] = pre_want.f32()[t * f + j];
+      packed.f32()[t * 2 * f + f + j] = up.f32()[t * f + j];
+    }
+  Tensor dm_want = cpu_empty({n, f}), dg_want = cpu_empty({n, f}), du_want = cpu_empty({n, f});
+  linear_backward(*be, w2, s, dy, &dm_want, false);
+  be->glu_backward(Act::GeluTanh, pre_want, up, dm_want, dg_want, du_want);
+  Tensor dgu_want = cpu_empty({n, 2 * f});
+  be->glu_packed_backward(Act::GeluTanh, packed, dm_want, dgu_want);
+  for (bool packed_form : {false, true}) {
+    SCOPED_TRACE(packed_form ? "packed" : "apart");
+    Tensor dm = cpu_empty({n, f}), dg = cpu_empty({n, packed_form ? 2 * f : f}),
+           du = cpu_empty({n, f});
+    linear_backward(*be, w2, s, dy, &dm, false, &term);
+    ASSERT_TRUE(term.defined());
+    glu_backward_adding(*be, Act::GeluTanh, term, packed_form ? packed : pre_want,
+                        packed_form ? nullptr : &up, dm, dg, packed_form ? nullptr : &du);
+    EXPECT_LT(rel_error(dg, packed_form ? dgu_want : dg_want), 1e-6);
+    if (!packed_form) {
+      EXPECT_LT(rel_error(du, du_want), 1e-6);
+    }
+  }
+
+  Linear plain = w1;
+  plain.lora_a = plain.lora_b = nullptr;
+  (void)linear_forward(*be, plain, x, nullptr, nullptr, &term);
+  EXPECT_FALSE(term.defined());
+  LinearSaved dropped = s;
+  dropped.mask = {0.5f, 99};
+  Tensor dh_dropped = cpu_empty({n, f});
+  linear_backward(*be, w2, dropped, dy, &dh_dropped, false, &term);
+  EXPECT_FALSE(term.defined()) << "LoRA dropout's mask applies to the term: the Linear adds it";
+}
+
 // Linears on one input with their A factors stacked in one buffer (as refresh_product_copies lays
 // out the bf16 copies on the GPU; here the fp32 values themselves, so the CPU runs the grouped
 // path): outputs, every gradient and the summed input gradient equal the Linears run one by one.

@@ -176,10 +176,14 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   Tensor m1 = be.empty({T}, DType::F32), r1 = be.empty({T}, DType::F32);
   residual_layernorm(be, a, drop_attn_out, res1, L.ln1_w, L.ln1_b, c.norm_eps, x1, m1, r1);
   a = Tensor{};
-  Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng);
+  // W1's LoRA term is added in the activation's pass (act_forward_adding)
+  LoraTerm w1_term;
+  Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng,
+                                lora_term_slot(be, L.ffn_in, c.act, w1_term));
   if (s) drop_saved_input(s->ffn_in, x1);
   Tensor h = be.empty(h_pre.shape, act);
-  be.act_forward(c.act, h_pre, h);
+  act_forward_adding(be, c.act, w1_term, h_pre, h);
+  w1_term = LoraTerm{};
   Tensor res2 = residual_buffer(be, std::move(x1), act), f;
   if (drop_ffn_out.active())
     f = linear_forward(be, L.ffn_out, h, s ? &s->ffn_out : nullptr, rng);
@@ -352,10 +356,13 @@ static Tensor bert_ffn_backward(const Backend& be, const BertEncoder& enc, const
       df = be.empty(df.shape, df.dtype);
       be.dropout(g_res.rows(b, e), s.drop_ffn_out, b, df);
     }
-    linear_backward(be, L.ffn_out, w2, df, &h, false);
+    // W2's LoRA term of dh is added in the activation's backward pass (act_backward_adding)
+    LoraTerm w2_term;
+    linear_backward(be, L.ffn_out, w2, df, &h, false,
+                    lora_term_slot(be, L.ffn_out, c.act, w2_term));
     df = Tensor{};
     Tensor& dh = h;
-    be.act_backward(c.act, h_pre, dh, dh);
+    act_backward_adding(be, c.act, w2_term, h_pre, dh, dh);
     Tensor dx1_rows = g_res.rows(b, e);
     linear_backward(be, L.ffn_in, with_saved_input(saved_rows(s.ffn_in, b, e), x1.rows(b, e)), dh,
                     &dx1_rows, true);

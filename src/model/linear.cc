@@ -22,8 +22,9 @@ static void base_product(const Backend& be, const Linear& l, const Tensor& x2, T
 // reads and rewrites all of y in a rank-r product, which cuBLAS runs far below bandwidth for
 // wide outputs (H100, 32768 x 3072, rank 16: 214 us with beta 1 against 76 us with beta 0, while
 // the base product's epilogue read costs 32 us; bench/NOTES.md).
+// With `term`, the rank-r product is left out and described there instead (LoraTerm).
 static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y, float beta,
-                        LinearSaved* saved, Rng* rng) {
+                        LinearSaved* saved, Rng* rng, LoraTerm* term = nullptr) {
   const int64_t n = x2.dim(0);
   if (saved) saved->x = x2;
   if (l.lora_a) {
@@ -39,8 +40,12 @@ static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Te
     const int64_t r = l.lora_a->value.dim(0);
     Tensor xa = be.empty({n, r}, x2.dtype);
     be.matmul(xl, false, product_operand(*l.lora_a), true, xa);
-    be.matmul(xa, false, product_operand(*l.lora_b), true, y, l.lora_scaling, beta);
-    beta = 1.0f;
+    if (term) {
+      *term = {xa, &product_operand(*l.lora_b), l.lora_scaling};
+    } else {
+      be.matmul(xa, false, product_operand(*l.lora_b), true, y, l.lora_scaling, beta);
+      beta = 1.0f;
+    }
     if (saved) {
       saved->mask = mask;
       saved->x_lora = xl;
@@ -57,11 +62,44 @@ static Tensor rows_of_input(const Linear& l, const Tensor& x) {
 }
 
 Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,
-                      Rng* rng) {
+                      Rng* rng, LoraTerm* term) {
   Tensor x2 = rows_of_input(l, x);
   Tensor y = be.empty({x2.dim(0), l.out}, x.dtype);
-  linear_into(be, l, x2, y, 0.0f, saved, rng);
+  if (term) *term = LoraTerm{};
+  linear_into(be, l, x2, y, 0.0f, saved, rng, term);
   return y;
+}
+
+LoraTerm* lora_term_slot(const Backend& be, const Linear& l, Act act, LoraTerm& term) {
+  term = LoraTerm{};
+  return l.lora_a && be.fuses_lora_act(act, l.lora_a->value.dim(0)) ? &term : nullptr;
+}
+
+void act_forward_adding(const Backend& be, Act act, const LoraTerm& term, Tensor& pre, Tensor& y) {
+  if (term.defined())
+    be.lora_act_forward(act, pre, term.xr, *term.w, term.scale, y);
+  else
+    be.act_forward(act, pre, y);
+}
+
+void act_backward_adding(const Backend& be, Act act, const LoraTerm& term, const Tensor& x,
+                         Tensor& dy, Tensor& dx) {
+  if (term.defined())
+    be.lora_act_backward(act, x, dy, term.xr, *term.w, dx);
+  else
+    be.act_backward(act, x, dy, dx);
+}
+
+void glu_backward_adding(const Backend& be, Act act, const LoraTerm& term, const Tensor& gate,
+                         const Tensor* up, Tensor& dy, Tensor& dgate, Tensor* dup) {
+  if (term.defined()) {
+    be.lora_glu_backward(act, gate, up, dy, term.xr, *term.w, dgate, dup);
+  } else if (up) {
+    ET_CHECK(dup, "glu_backward_adding: a separate up needs its own gradient");
+    be.glu_backward(act, gate, *up, dy, dgate, *dup);
+  } else {
+    be.glu_packed_backward(act, gate, dy, dgate);
+  }
 }
 
 void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Tensor& out,
@@ -194,13 +232,16 @@ static Tensor output_gradient(const Backend& be, const Linear& l, const LinearSa
 // Every read of the saved input comes before dx is first written, so dx may share the saved
 // input's buffer (a layer that recomputed the input hands its buffer back as dx).
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
-                     Tensor* dx, bool accumulate) {
+                     Tensor* dx, bool accumulate, LoraTerm* term) {
+  if (term) *term = LoraTerm{};
   const int64_t n = dy.numel() / l.out;
   const Tensor g = output_gradient(be, l, s, dy);
   Tensor dxa;
   if (l.lora_a) {
     const int64_t r = l.lora_a->value.dim(0);
-    dxa = be.empty({n, r}, dy.dtype);
+    // in the products' dtype, as g (an fp32 dy, from the rotary encoders' residual stream, would
+    // otherwise keep the rank-r products off the fused kernels)
+    dxa = be.empty({n, r}, g.dtype);
     const bool xa_t = s.xa_t.defined();
     be.lora_output_grad(g, product_operand(*l.lora_b), xa_t ? s.xa_t : s.xa, xa_t, l.lora_scaling,
                         dxa, false, l.lora_b->trainable ? &l.lora_b->grad : nullptr);
@@ -218,8 +259,10 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
   if (!dx) return;
   Tensor d2 = dx->reshape({n, l.in});
   float beta = accumulate ? 1.0f : 0.0f;
-  // the rank-r product first, for the reason given at linear_into
-  if (l.lora_a && !s.mask.active()) {
+  // the rank-r product first, for the reason given at linear_into (or left to the caller)
+  if (l.lora_a && !s.mask.active() && term) {
+    *term = {dxa, &product_operand(*l.lora_a), 1.0f};
+  } else if (l.lora_a && !s.mask.active()) {
     be.matmul(dxa, false, product_operand(*l.lora_a), false, d2, 1.0f, beta);
     beta = 1.0f;
   }

@@ -61,10 +61,38 @@ LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre,
 // alone, for a layer that runs a backward in row chunks.
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e);
 
+// A LoRA Linear's rank-r term, left out of its products for the caller to add in a pass it makes
+// over the same tensor anyway (the activation's: act_forward_adding, act_backward_adding):
+//   forward:  y's term  scale (x_lora A^T) B^T:  xr = x_lora A^T [n, r], w = B [out, r]
+//   backward: dx's term (s dy B) A:              xr = s dy B [n, r],     w = A [r, in], scale 1
+// Undefined (w null) when the Linear has no LoRA or added the term itself.
+struct LoraTerm {
+  Tensor xr;
+  const Tensor* w = nullptr;
+  float scale = 1.0f;
+  bool defined() const { return w != nullptr; }
+};
+
+// &term when the backend adds l's rank-r term inside act's pass (Backend::fuses_lora_act), for
+// linear_forward / linear_backward to hand it out; null (the Linear adds it itself) otherwise.
+LoraTerm* lora_term_slot(const Backend& be, const Linear& l, Act act, LoraTerm& term);
+
 // y = linear(x) for x [n, in] -> [n, out]. With `saved`, keeps what backward needs;
-// `rng` drives LoRA dropout (training only; null means no dropout).
+// `rng` drives LoRA dropout (training only; null means no dropout). With `term`, a LoRA
+// Linear's rank-r term is left to the caller (LoraTerm).
 Tensor linear_forward(const Backend& be, const Linear& l, const Tensor& x, LinearSaved* saved,
-                      Rng* rng);
+                      Rng* rng, LoraTerm* term = nullptr);
+// y = act(pre + the term), pre updated to include it (the term's Linear output before an
+// activation: Backend::lora_act_forward); act_forward without a term.
+void act_forward_adding(const Backend& be, Act act, const LoraTerm& term, Tensor& pre, Tensor& y);
+// dx = (dy + the term) act'(x), dy updated to include it (the input gradient of a Linear whose
+// input is act(x): Backend::lora_act_backward); act_backward without a term. dx may be dy.
+void act_backward_adding(const Backend& be, Act act, const LoraTerm& term, const Tensor& x,
+                         Tensor& dy, Tensor& dx);
+// The same for a GLU's backward (Backend::lora_glu_backward; up null: gate and dgate packed
+// [gate | up]); glu_backward (glu_packed_backward) without a term.
+void glu_backward_adding(const Backend& be, Act act, const LoraTerm& term, const Tensor& gate,
+                         const Tensor* up, Tensor& dy, Tensor& dgate, Tensor* dup);
 // out += linear(x), out [n, out] (a residual stream, bf16 or fp32): the sum is made in the
 // products' epilogues instead of by a separate pass over both tensors.
 void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Tensor& out,
@@ -99,7 +127,9 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
                            Tensor* dx, bool accumulate);
 // Accumulates gradients of trainable W, b, A, B; writes (or adds to, when `accumulate`) dx.
 // dx may be the buffer of the saved input (s.x / s.x_lora): it is read before dx is written.
+// With `term`, dx's rank-r term is left to the caller (LoraTerm; not with LoRA dropout, whose
+// mask applies to that term: the Linear adds it itself then).
 void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, const Tensor& dy,
-                     Tensor* dx, bool accumulate);
+                     Tensor* dx, bool accumulate, LoraTerm* term = nullptr);
 
 }  // namespace et

@@ -290,19 +290,22 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
   } else {
     down = with_activation_input(s.down, c.act, s.g, s.u, L.wi.weight != nullptr);
   }
-  linear_backward(be, L.down, down, df, &m, false);
+  // Wd's LoRA term of dm is added in the GLU's backward pass (glu_backward_adding)
+  LoraTerm down_term;
+  linear_backward(be, L.down, down, df, &m, false, lora_term_slot(be, L.down, c.act, down_term));
   down = LinearSaved{};
   df = Tensor{};
-  const Tensor& dm = m;
+  Tensor& dm = m;
   Tensor dwi, dg, du;
   if (L.wi.weight) {
     dwi = be.empty({T, 2 * F}, act);
-    be.glu_packed_backward(c.act, s.g, dm, dwi);
+    glu_backward_adding(be, c.act, down_term, s.g, nullptr, dm, dwi, nullptr);
   } else {
     dg = be.empty({T, F}, act);
     du = be.empty({T, F}, act);
-    be.glu_backward(c.act, s.g, s.u, dm, dg, du);
+    glu_backward_adding(be, c.act, down_term, s.g, &s.u, dm, dg, &du);
   }
+  down_term = LoraTerm{};
   m = s.g = s.u = Tensor{};
   // the projections' input, recomputed: h2 = N_mlp(x1)
   const Tensor h2 = norm_recompute(be, c, L.mlp_norm, s.mlp_norm, Tensor{});
