@@ -73,9 +73,24 @@ Tensor uniform_tensor(Rng& rng, const Shape& s, float lo, float hi) {
 }
 
 Tensor first_cols(const Tensor& t, int64_t n) {
+  return col_range(t, 0, n);
+}
+
+Tensor col_range(const Tensor& t, int64_t begin, int64_t end) {
+  const int64_t n = end - begin;
   Tensor o = cpu_empty({t.dim(0), n});
   for (int64_t i = 0; i < t.dim(0); ++i)
-    for (int64_t j = 0; j < n; ++j) o.f32()[i * n + j] = t.f32()[i * t.dim(1) + j];
+    for (int64_t j = 0; j < n; ++j) o.f32()[i * n + j] = t.f32()[i * t.dim(1) + begin + j];
+  return o;
+}
+
+Tensor side_by_side(const Tensor& a, const Tensor& b) {
+  const int64_t rows = a.dim(0), ca = a.dim(1), cb = b.dim(1);
+  Tensor o = cpu_empty({rows, ca + cb});
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < ca; ++j) o.f32()[i * (ca + cb) + j] = a.f32()[i * ca + j];
+    for (int64_t j = 0; j < cb; ++j) o.f32()[i * (ca + cb) + ca + j] = b.f32()[i * cb + j];
+  }
   return o;
 }
 

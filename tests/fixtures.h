@@ -35,6 +35,10 @@ Tensor uniform_tensor(Rng& rng, const Shape& s, float lo = -1, float hi = 1);
 // The first n columns of a host F32 matrix [rows, cols], as a new contiguous tensor (a strided
 // view's values, Tensor::leading_cols, read from its whole buffer).
 Tensor first_cols(const Tensor& t, int64_t n);
+// Columns [begin, end) of a host F32 matrix [rows, cols], as a new contiguous tensor.
+Tensor col_range(const Tensor& t, int64_t begin, int64_t end);
+// [a | b]: two host F32 matrices of one row count side by side (a GLU's packed gate | up).
+Tensor side_by_side(const Tensor& a, const Tensor& b);
 
 // ||a - b|| / ||b|| over all elements (both host F32 tensors of equal size).
 double rel_error(const Tensor& a, const Tensor& b);

@@ -833,21 +833,12 @@ TEST(CudaOps, LoraActMatchesProductThenActivation) {
       expect_close(b.down(du), du_ref, 1e-2, "d(up)");
     }
     {
-      Tensor packed = cpu_empty({c.n, 2 * c.f});
-      for (int64_t i = 0; i < c.n; ++i)
-        for (int64_t j = 0; j < c.f; ++j) {
-          packed.f32()[i * 2 * c.f + j] = pre0.f32()[i * c.f + j];
-          packed.f32()[i * 2 * c.f + c.f + j] = up0.f32()[i * c.f + j];
-        }
+      const Tensor packed = side_by_side(pre0, up0);
       Tensor dy = b.bf(dy0), dgu = b.gpu->empty({c.n, 2 * c.f}, DType::BF16);
       b.gpu->lora_glu_backward(c.act, b.bf(packed), nullptr, dy, b.bf(xa), b.bf(am), dgu, nullptr);
       const Tensor got = b.down(dgu);
       expect_close(first_cols(got, c.f), dg_ref, 1e-2, "packed d(gate)");
-      Tensor got_up = cpu_empty({c.n, c.f});
-      for (int64_t i = 0; i < c.n; ++i)
-        for (int64_t j = 0; j < c.f; ++j)
-          got_up.f32()[i * c.f + j] = got.f32()[i * 2 * c.f + c.f + j];
-      expect_close(got_up, du_ref, 1e-2, "packed d(up)");
+      expect_close(col_range(got, c.f, 2 * c.f), du_ref, 1e-2, "packed d(up)");
     }
   }
 }

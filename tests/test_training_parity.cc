@@ -84,12 +84,7 @@ TEST(Linear, ActivationInputEqualsMaterialisedInput) {
   Tensor h = cpu_empty({n, in});
   be->act_forward(Act::GeluErf, pre, h);
   // the GLU forms too: act(pre) * up, and pre = [gate | up] packed
-  Tensor up = rand({n, in}), packed = cpu_empty({n, 2 * in}), h_glu = cpu_empty({n, in});
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < in; ++j) {
-      packed.f32()[t * 2 * in + j] = pre.f32()[t * in + j];
-      packed.f32()[t * 2 * in + in + j] = up.f32()[t * in + j];
-    }
+  Tensor up = rand({n, in}), packed = side_by_side(pre, up), h_glu = cpu_empty({n, in});
   be->glu_forward(Act::GeluErf, pre, up, h_glu);
   // form 0: act(pre); 1: act(pre) * up; 2: the same from the packed [pre | up]
   auto run = [&](int form, bool from_pre) {
@@ -187,13 +182,7 @@ TEST(Linear, RankTermInTheActivationPassEqualsTheLinearsOwn) {
   act_backward_adding(*be, Act::GeluErf, term, pre_want, dh, dh);
   EXPECT_LT(rel_error(dh, dpre_want), 1e-6);
   // a GLU's backward: d(gate), d(up) from dm with its term added in the pass, apart and packed
-  const Tensor up = rand({n, f});
-  Tensor packed = cpu_empty({n, 2 * f});
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < f; ++j) {
-      packed.f32()[t * 2 * f + j] = pre_want.f32()[t * f + j];
-      packed.f32()[t * 2 * f + f + j] = up.f32()[t * f + j];
-    }
+  const Tensor up = rand({n, f}), packed = side_by_side(pre_want, up);
   Tensor dm_want = cpu_empty({n, f}), dg_want = cpu_empty({n, f}), du_want = cpu_empty({n, f});
   linear_backward(*be, w2, s, dy, &dm_want, false);
   be->glu_backward(Act::GeluTanh, pre_want, up, dm_want, dg_want, du_want);

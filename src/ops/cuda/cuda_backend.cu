@@ -1150,7 +1150,7 @@ struct CudaBackend final : Backend {
     return true;
   }
   bool fuses_lora_act(Act act, int64_t r) const override {
-    return with_ffn_act(static_cast<int>(act), [](auto) {}) && (r == 16 || r == 32);
+    return cuda::lora_act_takes(static_cast<int>(act), static_cast<int>(r));
   }
   void lora_act_forward(Act act, Tensor& pre, const Tensor& xa, const Tensor& b, float scale,
                         Tensor& y) const override {

@@ -71,25 +71,11 @@ __global__ void __launch_bounds__(kThreads) lora_act_kernel(LoraActArgs a) {
   } else {
     load_tile_async(ts, a.pre, a.n, a.f, a.ld, row0, col0, tid);
   }
-  for (int p = tid; p < kTile * R / 8; p += kThreads) {
-    const int row = p / (R / 8), c8 = (p % (R / 8)) * 8;
-    const bool ok = row0 + row < a.n;
-    cp_async16(rs + row * kUl + c8, ok ? a.xr + (row0 + row) * R + c8 : a.xr, ok);
-  }
-  if constexpr (kBackward) {
-    for (int p = tid; p < R * kCols / 8; p += kThreads) {
-      const int k = p / (kCols / 8), c8 = (p % (kCols / 8)) * 8;
-      const bool ok = col0 + c8 < a.f;
-      cp_async16(ws + k * kGld + c8, ok ? a.w + static_cast<int64_t>(k) * a.f + col0 + c8 : a.w,
-                 ok);
-    }
-  } else {
-    for (int p = tid; p < kCols * R / 8; p += kThreads) {
-      const int c = p / (R / 8), k8 = (p % (R / 8)) * 8;
-      const bool ok = col0 + c < a.f;
-      cp_async16(ws + c * kUl + k8, ok ? a.w + static_cast<int64_t>(col0 + c) * R + k8 : a.w, ok);
-    }
-  }
+  load_rank_rows_async<R, kTile>(rs, a.xr, a.n, row0, tid);
+  if constexpr (kBackward)
+    load_tile_async<R>(ws, a.w, R, a.f, a.f, 0, col0, tid);  // A's r rows, the tile's columns
+  else
+    load_rank_rows_async<R, kCols>(ws, a.w, a.f, col0, tid);  // B's rows for the tile's columns
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -184,15 +170,18 @@ void launch(const LoraActArgs& a) {
 
 }  // namespace
 
+bool lora_act_takes(int act, int r) {
+  return with_ffn_act(act, [](auto) {}) && (r == 16 || r == 32);
+}
+
 bool lora_act_supported(const LoraActArgs& a) {
   const bool glu = a.mode == LoraActMode::GluBackward;
   const bool operands = a.pre && a.y && a.xr && a.w && (a.mode == LoraActMode::Forward || a.dy) &&
                         (!glu || (a.up && a.y2));
   const auto aligned = [](const void* p) { return !p || vec8_aligned(p); };
-  return operands && with_ffn_act(a.act, [](auto) {}) && (a.r == 16 || a.r == 32) && a.f % 8 == 0 &&
-         a.f > 0 && a.ld >= a.f && a.ld % 8 == 0 && (a.n + kTile - 1) / kTile <= 65535 &&
-         aligned(a.pre) && aligned(a.up) && aligned(a.y) && aligned(a.y2) && aligned(a.dy) &&
-         aligned(a.xr) && aligned(a.w);
+  return operands && lora_act_takes(a.act, a.r) && a.f % 8 == 0 && a.f > 0 && a.ld >= a.f &&
+         a.ld % 8 == 0 && (a.n + kTile - 1) / kTile <= 65535 && aligned(a.pre) && aligned(a.up) &&
+         aligned(a.y) && aligned(a.y2) && aligned(a.dy) && aligned(a.xr) && aligned(a.w);
 }
 
 void lora_act(const LoraActArgs& a) {

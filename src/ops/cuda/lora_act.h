@@ -33,6 +33,9 @@ struct LoraActArgs {
   LoraActMode mode = LoraActMode::Forward;
 };
 
+// Whether the kernel is built for this activation and rank (ReLU, GELU erf or tanh, SiLU; ranks
+// 16 and 32): Backend::fuses_lora_act.
+bool lora_act_takes(int act, int r);
 // Whether lora_act runs these operands (ReLU, GELU erf or tanh, SiLU; ranks 16 and 32; f and ld
 // multiples of 8; every operand 16-byte aligned); the caller runs the product and the
 // activation's own pass otherwise.

@@ -108,15 +108,9 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
       const int chunk = i / kRowTiles, rt = i % kRowTiles;
       load_tile_async(gs + (i % kStages) * kTile * kGld, a.g, a.n, a.out, a.out, t0 + rt * kTile,
                       chunk * kCols, tid);
-      if (rt == 0) {
-        __nv_bfloat16* bdst = bs + (chunk % kBufs) * kCols * kUl;
-        for (int p = tid; p < kCols * R / 8; p += kThreads) {
-          const int row = p / (R / 8), col = (p % (R / 8)) * 8, brow = chunk * kCols + row;
-          const bool ok = brow < a.out;
-          cp_async16(bdst + row * kUl + col, ok ? a.b + static_cast<int64_t>(brow) * R + col : a.b,
-                     ok);
-        }
-      }
+      if (rt == 0)
+        load_rank_rows_async<R, kCols>(bs + (chunk % kBufs) * kCols * kUl, a.b, a.out,
+                                       chunk * kCols, tid);
     }
     cp_async_commit();
   };

@@ -36,18 +36,33 @@ __device__ __forceinline__ int piece_col(int tid, int k) {
   return ((tid + k * kThreads) % (kCols / 8)) * 8;
 }
 
-// Rows [row0, row0 + 64) x columns [col0, col0 + kCols) of a row-major [n, cols] bf16 matrix
-// with row pitch ld into a padded tile, one cp.async per piece (zeros past n and past cols;
-// cols a multiple of 8).
+// Rows [row0, row0 + kRows) x columns [col0, col0 + kCols) of a row-major [n, cols] bf16
+// matrix with row pitch ld into a padded tile, one cp.async per piece (zeros past n and past
+// cols; cols a multiple of 8). kRows = 64, or fewer (a multiple of 16: a rank-r factor's rows).
+template <int kRows = kTile>
 __device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_bfloat16* src,
                                                 int64_t n, int cols, int64_t ld, int64_t row0,
                                                 int col0, int tid) {
+  static_assert(kRows * kCols % (8 * kThreads) == 0, "whole pieces for every thread");
 #pragma unroll
-  for (int k = 0; k < kPieces; ++k) {
+  for (int k = 0; k < kRows * kCols / 8 / kThreads; ++k) {
     const int row = piece_row(tid, k), c8 = piece_col(tid, k);
     const int64_t grow = row0 + row;
     const bool ok = grow < n && col0 + c8 < cols;
     cp_async16(dst + row * kGld + c8, ok ? src + grow * ld + col0 + c8 : src, ok);
+  }
+}
+
+// Rows [row0, row0 + kRows) of a row-major [n, R] bf16 matrix (a rank-r operand: xa, dxa, or
+// B's rows) into shared memory as [kRows][padded_rank(R)], one cp.async per 16 bytes, zeros past
+// n.
+template <int R, int kRows>
+__device__ __forceinline__ void load_rank_rows_async(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                                     int64_t n, int64_t row0, int tid) {
+  for (int p = tid; p < kRows * R / 8; p += kThreads) {
+    const int row = p / (R / 8), c8 = (p % (R / 8)) * 8;
+    const bool ok = row0 + row < n;
+    cp_async16(dst + row * padded_rank(R) + c8, ok ? src + (row0 + row) * R + c8 : src, ok);
   }
 }
 
