@@ -287,7 +287,8 @@ TEST(CudaOps, DropoutFoldedIntoLayerNorm) {
 
 // Norms that keep their normalized input: forward also writes xhat (fp32 or bf16);
 // norm_scale_shift(xhat) gives y again (exactly from an fp32 xhat, within one bf16 rounding
-// from a bf16 one); backward from xhat matches the CPU's backward from x. Row widths for the
+// from a bf16 one); backward from xhat matches the CPU's backward from x, written or added to an
+// fp32 residual gradient (with the sum's copy in the storage dtype). Row widths for the
 // vectorised (104, 768) and the generic kernels (100: n % 8 != 0; 1536: n > 1024). Tolerances: 1e-5
 // in fp32, 2e-2 with bf16 storage (xhat, y, dx rounded to 8 bits).
 TEST(CudaOps, NormsFromNormalizedInput) {
@@ -352,6 +353,20 @@ TEST(CudaOps, NormsFromNormalizedInput) {
         else
           b.gpu->rmsnorm_backward_normalized(dyd, xh, wd, offset, sd, dxd2, nullptr);
         expect_close(b.down(dxd2), dxr, tol, what + " dx, frozen");
+        // added to a residual stream's fp32 gradient, with the sum's copy in dt
+        Tensor res = b.rand(x.shape), sum_ref = cpu_empty(x.shape);
+        for (int64_t i = 0; i < x.numel(); ++i)
+          sum_ref.f32()[i] = res.f32()[i] + dxr.f32()[i];
+        Tensor resd = b.up(res), sum_copy = b.poisoned(x.shape, dt);
+        if (ln)
+          b.gpu->layernorm_backward_normalized(dyd, xh, wd, sd, resd, nullptr, nullptr, true,
+                                               &sum_copy);
+        else
+          b.gpu->rmsnorm_backward_normalized(dyd, xh, wd, offset, sd, resd, nullptr, true,
+                                             &sum_copy);
+        expect_close(b.down(resd), sum_ref, tol, what + " residual += dx");
+        expect_close(b.down(sum_copy), sum_ref, dt == DType::BF16 ? 2e-2 : 1e-5,
+                     what + " residual += dx, copy");
       }
 }
 

@@ -145,6 +145,42 @@ Tensor norm_backward(const Backend& be, const ModelConfig& c, const Norm& n, con
   return dx;
 }
 
+// The gradient of the residual stream between norms: `sum` (fp32, see rotary_forward) and, when
+// what reads it next is a product (a layer without post norms: Qwen3, ModernBERT), `operand`,
+// the same values in the products' dtype, written by the norm backward that made the sum
+// instead of converted by the product.
+struct ResidualGrad {
+  Tensor sum;
+  Tensor operand;
+};
+
+// What a product reads of a residual gradient (the operand when there is one).
+const Tensor& product_input(const ResidualGrad& g) {
+  return g.operand.defined() ? g.operand : g.sum;
+}
+
+// d.sum += dx of y = N(x) (x: the residual stream's value; d.sum fp32), in the norm's backward
+// pass (dy itself for an identity norm); with `operand`, d.operand is (re)made from the new sum.
+void norm_backward_adding(const Backend& be, const ModelConfig& c, const Norm& n,
+                          const NormSaved& s, const Tensor& dy, ResidualGrad& d, bool operand) {
+  Tensor* copy = nullptr;
+  d.operand = Tensor{};
+  if (operand && be.act_dtype() != d.sum.dtype) {
+    d.operand = be.empty(d.sum.shape, be.act_dtype());
+    copy = &d.operand;
+  }
+  if (!n.w) {
+    be.add(d.sum, dy, d.sum);
+    if (copy) be.copy(*copy, d.sum);
+  } else if (c.layer_norm) {
+    be.layernorm_backward_normalized(dy, s.xhat, n.w->value, s.rstd, d.sum, grad_of(n.w),
+                                     grad_of(n.b), true, copy);
+  } else {
+    be.rmsnorm_backward_normalized(dy, s.xhat, n.w->value, c.norm_offset, s.rstd, d.sum,
+                                   grad_of(n.w), true, copy);
+  }
+}
+
 Tensor columns(const Backend& be, const Tensor& src, int64_t col, int64_t width) {
   Tensor out = be.empty({src.dim(0), width}, src.dtype);
   be.copy_columns(src, col, out, 0, width);
@@ -269,13 +305,15 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
 // [T, intermediate] temporaries are freed on return, before the attention half allocates its
 // own; each is dropped as soon as it is consumed (the saved GLU inputs too), and the
 // projections' input h2 is recomputed only once the GLU's gradient has replaced dm.
-Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                    RotaryLayerSaved& s, Tensor dout) {
+ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
+                          RotaryLayerSaved& s, ResidualGrad dout) {
   const ModelConfig& c = enc.cfg;
-  const int64_t T = dout.dim(0), H = c.hidden, F = c.intermediate;
+  const int64_t T = dout.sum.dim(0), H = c.hidden, F = c.intermediate;
   const DType act = be.act_dtype();
   // x' = x1 + N_post_mlp(Wd m)
-  Tensor df = norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout);
+  Tensor df = L.post_mlp_norm.w ? norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout.sum)
+                                : product_input(dout);
+  dout.operand = Tensor{};
   // Wd's input m = act(g) * u is recomputed only when Wd trains (dW = d(f)^T m); LoRA's A
   // gradient takes g and u (Backend::lora_act_input_grad). m, when made, is read by Wd's backward
   // before its dx (dm) overwrites it: one buffer for both.
@@ -319,12 +357,13 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
     dg = Tensor{};
   }
   dwi = du = Tensor{};
-  if (dout.dtype != DType::F32) {  // d(x1) accumulates in fp32, as the residual stream
-    Tensor t = be.empty({T, H}, DType::F32);
-    be.copy(t, dout);
-    dout = t;
+  if (dout.sum.dtype != DType::F32) {  // d(x1) accumulates in fp32, as the residual stream
+    Tensor t = be.empty(dout.sum.shape, DType::F32);
+    be.copy(t, dout.sum);
+    dout.sum = t;
   }
-  be.add(dout, norm_backward(be, c, L.mlp_norm, s.mlp_norm, dh2), dout);
+  // the attention half's output projection reads d(x1) next when there is no post-attention norm
+  norm_backward_adding(be, c, L.mlp_norm, s.mlp_norm, dh2, dout, !L.post_attn_norm.w);
   s.wi = s.gate = s.up = s.down = LinearSaved{};
   s.mlp_norm = s.post_mlp_norm = NormSaved{};
   return dout;
@@ -334,17 +373,21 @@ Tensor mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLay
 // used), returns d(x); accumulates parameter gradients. Temporaries are dropped as soon as they
 // are consumed, and so are the tensors of s, each once read (the caller drops the rest): the
 // peak of a step is this layer's backward with every earlier layer's saved tensors alive, so
-// each tensor of the layer itself released early lowers it.
-Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                      const AttentionArgs& attn, const Tensor& positions, RotaryLayerSaved& s,
-                      Tensor dout) {
+// each tensor of the layer itself released early lowers it. `layer_below`: another layer's
+// backward follows, whose MLP half may read d(x) as a product operand (ResidualGrad).
+ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
+                            const AttentionArgs& attn, const Tensor& positions,
+                            RotaryLayerSaved& s, ResidualGrad dout, bool layer_below) {
   const ModelConfig& c = enc.cfg;
-  const int64_t T = dout.dim(0), H = c.hidden, D = c.head_dim;
+  const int64_t T = dout.sum.dim(0), H = c.hidden, D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
-  Tensor dx1 = mlp_backward(be, enc, L, s, std::move(dout));
+  ResidualGrad dx1 = mlp_backward(be, enc, L, s, std::move(dout));
   // x1 = x + N_post_attn(Wo attn(q, k, v))
-  Tensor da = norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1);
+  Tensor da = L.post_attn_norm.w
+                  ? norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1.sum)
+                  : product_input(dx1);
+  dx1.operand = Tensor{};
   Tensor dctx = be.empty({T, qdim}, act);
   linear_backward(be, L.o, s.o, da, &dctx, false);
   da = Tensor{};
@@ -398,7 +441,9 @@ Tensor layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryL
         {dq, dk, dv}, &dh, false);
     dq = dk = dv = Tensor{};
   }
-  be.add(dx1, norm_backward(be, c, L.attn_norm, s.attn_norm, dh), dx1);  // d(x), in place
+  // d(x), in place; the MLP half of the layer below reads it next without a post-MLP norm
+  norm_backward_adding(be, c, L.attn_norm, s.attn_norm, dh, dx1,
+                       layer_below && !L.post_mlp_norm.w);
   return dx1;
 }
 
@@ -467,7 +512,7 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
 void rotary_backward(const Backend& be, const RotaryEncoder& enc, RotarySaved& saved,
                      Tensor d_hidden) {
   const ModelConfig& c = enc.cfg;
-  Tensor dx = norm_backward(be, c, enc.final_norm, saved.final_norm, d_hidden);
+  ResidualGrad dx{norm_backward(be, c, enc.final_norm, saved.final_norm, d_hidden), Tensor{}};
   d_hidden = Tensor{};
   saved.final_norm = NormSaved{};
   for (size_t i = enc.layers.size(); i-- > 0;) {
@@ -480,20 +525,21 @@ void rotary_backward(const Backend& be, const RotaryEncoder& enc, RotarySaved& s
                     saved.has_rng ? &rng : nullptr);
     }
     RotaryLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
-    dx = layer_backward(be, enc, L, attn, saved.positions, s, std::move(dx));
+    dx = layer_backward(be, enc, L, attn, saved.positions, s, std::move(dx), i > 0);
     saved.layers[i] = RotaryLayerSaved{};  // (with checkpointing: the layer input)
   }
   Tensor* dw = grad_of(enc.word);
   if (!dw && !grad_of(enc.emb_norm.w) && !grad_of(enc.emb_norm.b)) return;
-  dx = norm_backward(be, c, enc.emb_norm, saved.emb_norm, dx);
+  Tensor de = norm_backward(be, c, enc.emb_norm, saved.emb_norm, dx.sum);
+  dx = ResidualGrad{};
   if (dw) {
     if (c.emb_scale != 1.0f) {
-      Tensor scaled = be.empty(dx.shape, dx.dtype);
-      be.copy(scaled, dx);
+      Tensor scaled = be.empty(de.shape, de.dtype);
+      be.copy(scaled, de);
       be.scale(scaled, c.emb_scale);
-      dx = scaled;
+      de = scaled;
     }
-    be.embedding_backward(saved.ids, dx, *dw);
+    be.embedding_backward(saved.ids, de, *dw);
   }
 }
 

@@ -207,10 +207,14 @@ struct Backend {
     dropout(dx, d, 0, dropped);
   }
   // The same from the normalized input xhat instead of x and mean: training keeps xhat (bf16)
-  // rather than an fp32 residual-stream input, half the bytes.
+  // rather than an fp32 residual-stream input, half the bytes. With `accumulate`, dx += the
+  // gradient instead (dx: the gradient of the residual stream that the norm's input joined, so
+  // the sum needs no pass of its own); with `dx_copy`, dx's new value is also written there in
+  // dx_copy's dtype (the bf16 operand of the products that read the sum next).
   virtual void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
                                              const Tensor& rstd, Tensor& dx, Tensor* dw,
-                                             Tensor* db) const = 0;
+                                             Tensor* db, bool accumulate = false,
+                                             Tensor* dx_copy = nullptr) const = 0;
 
   // RMSNorm over the last dim of w's size C (x viewed as [numel / C, C], so per-head norms of
   // q [T, H*D] use w of size D): y = xhat * (w + offset), xhat = x * rstd,
@@ -221,9 +225,11 @@ struct Backend {
   // dx = rstd (g - xhat mean(g xhat)) with g = dy (w + offset); dw += sum dy xhat.
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
                                 const Tensor& rstd, Tensor& dx, Tensor* dw) const = 0;
+  // From xhat, with `accumulate` and `dx_copy` as for layernorm_backward_normalized.
   virtual void rmsnorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
-                                           float offset, const Tensor& rstd, Tensor& dx,
-                                           Tensor* dw) const = 0;
+                                           float offset, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                           bool accumulate = false,
+                                           Tensor* dx_copy = nullptr) const = 0;
   // y = xhat * (w + offset) + b over rows of w's size (b optional): a norm's output recomputed
   // from its saved normalized input.
   virtual void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,

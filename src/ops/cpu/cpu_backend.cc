@@ -223,10 +223,11 @@ struct CpuBackend final : Backend {
   }
 
   // xhat = (x - mean) rstd (or given);  dxhat = dy w;
-  // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));  dw += sum dy xhat;  db += sum dy.
+  // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))  (added to dx with `accumulate`);
+  // dw += sum dy xhat;  db += sum dy.
   static void layernorm_backward_rows(const Tensor& dy, const Tensor& x, const Tensor& w,
                                       const float* pm, const Tensor& rstd, Tensor& dx, Tensor* dw,
-                                      Tensor* db) {
+                                      Tensor* db, bool accumulate = false) {
     int64_t n = cols_of(x), r = rows_of(x);
     const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *ps = rstd.f32();
     float* pdx = dx.f32();
@@ -246,7 +247,9 @@ struct CpuBackend final : Backend {
         if (pdb) pdb[j] += g[j];
       }
       float ma = static_cast<float>(a / n), mb = static_cast<float>(bsum / n);
-      for (int64_t j = 0; j < n; ++j) pdx[i * n + j] = ps[i] * (g[j] * pw[j] - ma - xhat(j) * mb);
+      for (int64_t j = 0; j < n; ++j)
+        pdx[i * n + j] = (accumulate ? pdx[i * n + j] : 0.0f) +
+                         ps[i] * (g[j] * pw[j] - ma - xhat(j) * mb);
     }
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
@@ -254,9 +257,10 @@ struct CpuBackend final : Backend {
     layernorm_backward_rows(dy, x, w, mean.f32(), rstd, dx, dw, db);
   }
   void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
-                                     const Tensor& rstd, Tensor& dx, Tensor* dw,
-                                     Tensor* db) const override {
-    layernorm_backward_rows(dy, xhat, w, nullptr, rstd, dx, dw, db);
+                                     const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db,
+                                     bool accumulate, Tensor* dx_copy) const override {
+    layernorm_backward_rows(dy, xhat, w, nullptr, rstd, dx, dw, db, accumulate);
+    if (dx_copy) copy(*dx_copy, dx);
   }
 
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
@@ -283,10 +287,10 @@ struct CpuBackend final : Backend {
   }
 
   // xhat = x rstd (or given); g = dy (w + offset);
-  // dx = rstd (g - xhat mean(g xhat));  dw += sum dy xhat.
+  // dx = rstd (g - xhat mean(g xhat))  (added to dx with `accumulate`);  dw += sum dy xhat.
   static void rmsnorm_backward_rows(const Tensor& dy, const Tensor& x, bool normalized,
                                     const Tensor& w, float offset, const Tensor& rstd, Tensor& dx,
-                                    Tensor* dw) {
+                                    Tensor* dw, bool accumulate = false) {
     const int64_t n = w.numel(), r = x.numel() / n;
     const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *ps = rstd.f32();
     float* pdx = dx.f32();
@@ -301,7 +305,8 @@ struct CpuBackend final : Backend {
       }
       const float c = static_cast<float>(dot / static_cast<double>(n));
       for (int64_t j = 0; j < n; ++j)
-        pdx[i * n + j] = ps[i] * (g[j] * (pw[j] + offset) - xhat(j) * c);
+        pdx[i * n + j] = (accumulate ? pdx[i * n + j] : 0.0f) +
+                         ps[i] * (g[j] * (pw[j] + offset) - xhat(j) * c);
     }
   }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
@@ -309,9 +314,10 @@ struct CpuBackend final : Backend {
     rmsnorm_backward_rows(dy, x, false, w, offset, rstd, dx, dw);
   }
   void rmsnorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
-                                   float offset, const Tensor& rstd, Tensor& dx,
-                                   Tensor* dw) const override {
-    rmsnorm_backward_rows(dy, xhat, true, w, offset, rstd, dx, dw);
+                                   float offset, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                   bool accumulate, Tensor* dx_copy) const override {
+    rmsnorm_backward_rows(dy, xhat, true, w, offset, rstd, dx, dw, accumulate);
+    if (dx_copy) copy(*dx_copy, dx);
   }
 
   void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,

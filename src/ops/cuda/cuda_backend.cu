@@ -1310,18 +1310,46 @@ struct CudaBackend final : Backend {
     }
     OpScope scope_(prof.get(), "layernorm_backward_dropout");
     ET_CHECK(dropped.numel() == dx.numel(), "layernorm_backward_dropout: size mismatch");
-    layernorm_backward_rows(P(dy), P(x), F(w), F(mean), F(rstd), P(dx), dw ? W(*dw) : nullptr,
+    layernorm_backward_rows(P(dy), P(x), F(w), F(mean), F(rstd), {P(dx)}, dw ? W(*dw) : nullptr,
                             db ? W(*db) : nullptr, rows_of(x), n, P(dropped), d);
+  }
+  // A norm backward's dx for the vectorised kernels: written, or added to with a copy
+  // (layernorm_backward_normalized).
+  NormGradOut grad_out(Tensor& dx, bool accumulate, Tensor* dx_copy) const {
+    if (dx_copy)
+      ET_CHECK(dx_copy->numel() == dx.numel(), "norm backward: the copy of dx has ",
+               dx_copy->numel(), " values, dx ", dx.numel());
+    return {P(dx), accumulate ? 1 : 0, optional_ptr(dx_copy)};
+  }
+  // Other widths: the gradient into a temporary, then the sum and the copy as passes of their own.
+  template <typename F>
+  void norm_grad_by_passes(Tensor& dx, bool accumulate, Tensor* dx_copy, F&& backward) const {
+    if (!accumulate) {
+      backward(dx);
+    } else {
+      Tensor t = empty(dx.shape, dx.dtype);
+      backward(t);
+      add(dx, t, dx);
+    }
+    if (dx_copy) copy(*dx_copy, dx);
   }
   // mean null: x is the saved xhat
   void layernorm_backward_any(const Tensor& dy, const Tensor& x, const Tensor& w, const float* mean,
-                              const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db) const {
+                              const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db,
+                              bool accumulate = false, Tensor* dx_copy = nullptr) const {
     OpScope scope_(prof.get(), "layernorm_backward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
-    if (norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data})) {
-      layernorm_backward_rows(P(dy), P(x), F(w), mean, F(rstd), P(dx), dw ? W(*dw) : nullptr,
-                              db ? W(*db) : nullptr, rows, n);
+    if (norm_rows_vectorised(n,
+                             {dy.data, x.data, dx.data, w.data, dx_copy ? dx_copy->data : nullptr})) {
+      layernorm_backward_rows(P(dy), P(x), F(w), mean, F(rstd), grad_out(dx, accumulate, dx_copy),
+                              dw ? W(*dw) : nullptr, db ? W(*db) : nullptr, rows, n);
+      return;
+    }
+    if (accumulate || dx_copy) {
+      norm_grad_by_passes(dx, accumulate, dx_copy, [&](Tensor& out) {
+        layernorm_backward_any(dy, x, w, mean, rstd, out, dw, db);
+      });
       return;
     }
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
@@ -1345,9 +1373,9 @@ struct CudaBackend final : Backend {
     layernorm_backward_any(dy, x, w, F(mean), rstd, dx, dw, db);
   }
   void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
-                                     const Tensor& rstd, Tensor& dx, Tensor* dw,
-                                     Tensor* db) const override {
-    layernorm_backward_any(dy, xhat, w, nullptr, rstd, dx, dw, db);
+                                     const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db,
+                                     bool accumulate, Tensor* dx_copy) const override {
+    layernorm_backward_any(dy, xhat, w, nullptr, rstd, dx, dw, db, accumulate, dx_copy);
   }
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
                        Tensor& rstd, Tensor* xhat) const override {
@@ -1368,13 +1396,21 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void rmsnorm_backward_any(const Tensor& dy, const Tensor& x, bool normalized, const Tensor& w,
-                            float offset, const Tensor& rstd, Tensor& dx, Tensor* dw) const {
+                            float offset, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                            bool accumulate = false, Tensor* dx_copy = nullptr) const {
     OpScope scope_(prof.get(), "rmsnorm_backward");
     const int n = static_cast<int>(w.numel());
     const int64_t rows = x.numel() / n;
-    if (norm_rows_vectorised(n, {dy.data, x.data, dx.data, w.data})) {
-      rmsnorm_backward_rows(P(dy), P(x), normalized, F(w), offset, F(rstd), P(dx),
-                            dw ? W(*dw) : nullptr, rows, n);
+    if (norm_rows_vectorised(n,
+                             {dy.data, x.data, dx.data, w.data, dx_copy ? dx_copy->data : nullptr})) {
+      rmsnorm_backward_rows(P(dy), P(x), normalized, F(w), offset, F(rstd),
+                            grad_out(dx, accumulate, dx_copy), dw ? W(*dw) : nullptr, rows, n);
+      return;
+    }
+    if (accumulate || dx_copy) {
+      norm_grad_by_passes(dx, accumulate, dx_copy, [&](Tensor& out) {
+        rmsnorm_backward_any(dy, x, normalized, w, offset, rstd, out, dw);
+      });
       return;
     }
     unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1024));
@@ -1398,9 +1434,9 @@ struct CudaBackend final : Backend {
     rmsnorm_backward_any(dy, x, false, w, offset, rstd, dx, dw);
   }
   void rmsnorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
-                                   float offset, const Tensor& rstd, Tensor& dx,
-                                   Tensor* dw) const override {
-    rmsnorm_backward_any(dy, xhat, true, w, offset, rstd, dx, dw);
+                                   float offset, const Tensor& rstd, Tensor& dx, Tensor* dw,
+                                   bool accumulate, Tensor* dx_copy) const override {
+    rmsnorm_backward_any(dy, xhat, true, w, offset, rstd, dx, dw, accumulate, dx_copy);
   }
   void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,
                         Tensor& y) const override {

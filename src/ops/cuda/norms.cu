@@ -58,6 +58,21 @@ __device__ __forceinline__ void apply_dropout8(const NormDropout& d, int64_t row
   for (int j = 0; j < 8; ++j) v[j] = d.mask.apply(key, c + j, v[j]);
 }
 
+// dx of 8 columns from element i into `out` (NormGradOut); v itself is left as it was.
+__device__ __forceinline__ void store_grad8(const NormGradOut& out, int64_t i, const float* v) {
+  float s[8];
+  if (out.accumulate) {
+    out.dx.load8(i, s);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] += v[j];
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] = v[j];
+  }
+  out.dx.store8(i, s);
+  if (out.copy.p) out.copy.store8(i, s);
+}
+
 template <int V, bool kDrop>
 __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, float eps, Ptr y,
                                       float* mean, float* rstd, Ptr xhat, int64_t rows, int n,
@@ -117,7 +132,8 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
 template <int V, bool kGrads, bool kDrop>
 __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
     layernorm_backward_vec(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
-                           Ptr dx, float* dw, float* db, int64_t rows, int n, NormDropout drop) {
+                           NormGradOut dx, float* dw, float* db, int64_t rows, int n,
+                           NormDropout drop) {
   extern __shared__ float acc[];  // [2n] when kGrads
   if constexpr (kGrads) {
     for (int c = threadIdx.x; c < 2 * n; c += blockDim.x) acc[c] = 0;
@@ -162,7 +178,7 @@ __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
       load_w8(w, c, 0.0f, wv);
 #pragma unroll
       for (int j = 0; j < 8; ++j) g[j] = rs * (g[j] * wv[j] - a - (xh[j] - mu) * xs * bb);
-      dx.store8(r * n + c, g);
+      store_grad8(dx, r * n + c, g);
       if constexpr (kDrop) {
         apply_dropout8(drop, r, c, g);
         drop.io.store8(r * n + c, g);
@@ -224,7 +240,7 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
 template <int V, bool kGrads>
 __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
     rmsnorm_backward_vec(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
-                         const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
+                         const float* rstd, NormGradOut dx, float* dw, int64_t rows, int n) {
   extern __shared__ float acc[];  // [n] when kGrads
   if constexpr (kGrads) {
     for (int c = threadIdx.x; c < n; c += blockDim.x) acc[c] = 0;
@@ -262,7 +278,7 @@ __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
       load_w8(w, c, offset, wv);
 #pragma unroll
       for (int j = 0; j < 8; ++j) g[j] = rs * (g[j] * wv[j] - xv[j] * xs * dot);
-      dx.store8(r * n + c, g);
+      store_grad8(dx, r * n + c, g);
     }
   }
   if constexpr (kGrads) {
@@ -333,7 +349,7 @@ void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Pt
 }
 
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
-                             Ptr dx, float* dw, float* db, int64_t rows, int n, Ptr dropped,
+                             NormGradOut dx, float* dw, float* db, int64_t rows, int n, Ptr dropped,
                              const DropoutSite& d) {
   if (rows == 0) return;
   const NormDropout drop{dropped, dropout_mask(d, "layernorm_backward_dropout")};
@@ -367,7 +383,7 @@ void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y,
 }
 
 void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
-                           const float* rstd, Ptr dx, float* dw, int64_t rows, int n) {
+                           const float* rstd, NormGradOut dx, float* dw, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
     if (dw)

@@ -9,7 +9,7 @@
 //              g = dy (w + offset), dw += sum_rows dy xhat.
 // Forward writes xhat too when xhat.p is set (y from the unrounded value); backward
 // reads x as xhat when mean is null (LayerNorm) or `normalized` (RMSNorm). dw, db accumulate
-// (+=) and may be null.
+// (+=) and may be null; dx is written or added to (NormGradOut).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,16 @@ namespace et::cuda {
 
 bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands);
 
+// Where a backward's dx goes: written, or with `accumulate` added to what dx holds (the gradient
+// of a residual stream that the norm's input joined: one pass instead of writing dx and adding
+// it after); with copy.p set, the value stored in dx also goes there, in copy's dtype (the bf16
+// operand of the products that read the sum next, instead of a conversion pass).
+struct NormGradOut {
+  Ptr dx;
+  int accumulate = 0;
+  Ptr copy = {nullptr, 0};
+};
+
 // With branch.p set, the forward first sums x += dropout(branch) (the mask of dropout_mask.h,
 // rows from 0) into x, and normalises that sum as stored; with dropped.p set, the backward also
 // writes dropout(dx) there (model dropout's residual sums folded into the norms next to them).
@@ -28,12 +38,12 @@ void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Pt
                             float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch = {nullptr, 0},
                             const DropoutSite& d = {});
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
-                             Ptr dx, float* dw, float* db, int64_t rows, int n,
+                             NormGradOut dx, float* dw, float* db, int64_t rows, int n,
                              Ptr dropped = {nullptr, 0}, const DropoutSite& d = {});
 void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
                           Ptr xhat, int64_t rows, int n);
 void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
-                           const float* rstd, Ptr dx, float* dw, int64_t rows, int n);
+                           const float* rstd, NormGradOut dx, float* dw, int64_t rows, int n);
 // y = xhat (w + offset) + b (b may be null) over rows of n; any n and alignment.
 void norm_scale_shift_rows(Ptr xhat, const float* w, float offset, const float* b, Ptr y,
                            int64_t rows, int n);
