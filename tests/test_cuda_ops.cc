@@ -355,8 +355,7 @@ TEST(CudaOps, NormsFromNormalizedInput) {
         expect_close(b.down(dxd2), dxr, tol, what + " dx, frozen");
         // added to a residual stream's fp32 gradient, with the sum's copy in dt
         Tensor res = b.rand(x.shape), sum_ref = cpu_empty(x.shape);
-        for (int64_t i = 0; i < x.numel(); ++i)
-          sum_ref.f32()[i] = res.f32()[i] + dxr.f32()[i];
+        for (int64_t i = 0; i < x.numel(); ++i) sum_ref.f32()[i] = res.f32()[i] + dxr.f32()[i];
         Tensor resd = b.up(res), sum_copy = b.poisoned(x.shape, dt);
         if (ln)
           b.gpu->layernorm_backward_normalized(dyd, xh, wd, sd, resd, nullptr, nullptr, true,
@@ -862,6 +861,75 @@ TEST(CudaOps, LoraActMatchesProductThenActivation) {
 // its rank-r rows [r, n] at a pitch of n rounded up to 8, so that cuBLASLt takes them on tensor
 // cores whatever the token count n. Shapes as there (n odd, inner dimensions r and n), plus C
 // strided in fp32; the gap columns of C must stay poisoned (never written).
+// The activations whose output is a Linear's input (linear_input) write into a strided view,
+// leaving the spare columns after each row as they were (NaN here): act_forward, glu_forward
+// (apart and packed), lora_act_forward; widths the 16-byte kernels take (f % 8 == 0) and others
+// (through a contiguous temporary). copy_all writes s * B, converted, into such columns.
+TEST(CudaOps, OutputsIntoStridedViews) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t n = 37, r = 16;
+  for (int64_t f : {int64_t{40}, int64_t{37}}) {
+    SCOPED_TRACE("f=" + std::to_string(f));
+    const int64_t pitch = f + r + (f % 8 ? 8 - f % 8 : 0);
+    auto strided_out = [&](Tensor* whole) {
+      *whole = b.poisoned({n, pitch}, DType::BF16);
+      return whole->leading_cols(f);
+    };
+    // every written value equal to the reference, every spare column untouched
+    auto check = [&](const Tensor& whole, const Tensor& ref, const std::string& what) {
+      const Tensor got = b.down(whole);
+      expect_close(first_cols(got, f), ref, 1e-2, what);
+      const Tensor gap = col_range(got, f, pitch);
+      for (int64_t i = 0; i < gap.numel(); ++i)
+        ASSERT_TRUE(std::isnan(gap.f32()[i])) << what << ": a spare column was written";
+    };
+    const Tensor g0 = b.rounded(b.rand({n, f}, -3, 3)), u0 = b.rounded(b.rand({n, f}, -2, 2));
+    Tensor whole;
+    {
+      Tensor ref = cpu_empty({n, f});
+      b.cpu->act_forward(Act::GeluErf, g0, ref);
+      Tensor y = strided_out(&whole);
+      b.gpu->act_forward(Act::GeluErf, b.bf(g0), y);
+      check(whole, ref, "act_forward");
+    }
+    {
+      Tensor ref = cpu_empty({n, f});
+      b.cpu->glu_forward(Act::SiLU, g0, u0, ref);
+      Tensor y = strided_out(&whole);
+      b.gpu->glu_forward(Act::SiLU, b.bf(g0), b.bf(u0), y);
+      check(whole, ref, "glu_forward");
+      Tensor y2 = strided_out(&whole);
+      b.gpu->glu_packed_forward(Act::SiLU, b.bf(side_by_side(g0, u0)), y2);
+      check(whole, ref, "glu_packed_forward");
+    }
+    {
+      const Tensor xa = b.rounded(b.rand({n, r})), bm = b.rounded(b.rand({f, r}));
+      Tensor pre_ref = cpu_clone(g0), ref = cpu_empty({n, f});
+      b.cpu->matmul(xa, false, bm, true, pre_ref, 0.5f, 1.0f);
+      b.cpu->act_forward(Act::GeluTanh, b.rounded(pre_ref), ref);
+      Tensor pre = b.bf(g0), y = strided_out(&whole);
+      b.gpu->lora_act_forward(Act::GeluTanh, pre, b.bf(xa), b.bf(bm), 0.5f, y);
+      check(whole, ref, "lora_act_forward");
+      expect_close(b.down(pre), pre_ref, 1e-2, "lora_act_forward's pre");
+    }
+    {
+      const Tensor src = b.rand({n, r});
+      Tensor ref = cpu_clone(src);
+      b.cpu->scale(ref, 0.25f);
+      Tensor whole_b = b.poisoned({n, pitch}, DType::BF16);
+      Tensor cols = whole_b.column_view(f, f + r);
+      const Tensor src_dev = b.up(src);
+      b.gpu->copy_all({{&src_dev, &cols, 0.25f}});
+      const Tensor got = b.down(whole_b);
+      expect_close(col_range(got, f, f + r), ref, 1e-2, "copy_all into columns, scaled");
+      const Tensor before = first_cols(got, f);
+      for (int64_t i = 0; i < before.numel(); ++i)
+        ASSERT_TRUE(std::isnan(before.f32()[i])) << "copy_all wrote outside its columns";
+    }
+  }
+}
+
 TEST(CudaOps, MatmulStridedOperands) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -1525,6 +1593,73 @@ TEST(CudaTraining, FrozenWeightsInBf16ExportTheirFp32Values) {
               1e-6)
         << l->weight->name << ": merged into the fp32 values";
   }
+}
+
+// LoRA along K (linear.h): a frozen Linear whose input the model makes takes y = [x | xa]
+// [W | s B]^T as one product; its outputs (plain and summed into a residual), input gradient and
+// LoRA gradients equal those of the same Linear taking the rank-r product apart, within bf16
+// rounding (the apart form rounds s xa B^T to bf16 before the base product adds it); xa lands in
+// the input's spare columns.
+TEST(CudaTraining, LoraAlongKEqualsTheRankProduct) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  auto gpu = make_cuda_backend(0, DType::BF16);
+  const int64_t n = 301, in = 96, out = 80, r = 16;
+  const Tensor w = b.rand({out, in}), bias = b.rand({out}), a = b.rand({r, in}),
+               bm = b.rand({out, r});
+  ParamStore store;
+  auto make = [&](const std::string& name, bool along_k) {
+    Linear l;
+    l.name = name;
+    l.in = in;
+    l.out = out;
+    l.weight = store.add(name + ".weight", gpu->upload(w));
+    l.bias = store.add(name + ".bias", gpu->upload(bias));
+    l.lora_a = store.add(name + ".A", gpu->upload(a));
+    l.lora_b = store.add(name + ".B", gpu->upload(bm));
+    l.lora_scaling = 2.0f;
+    for (Param* p : {l.lora_a, l.lora_b}) {
+      p->trainable = true;
+      p->grad = gpu->zeros(p->value.shape);
+    }
+    l.input_from_model = along_k;
+    store_frozen_weight_bf16(*gpu, l);
+    return l;
+  };
+  Linear k_form = make("along_k", true), apart = make("apart", false);
+  ASSERT_TRUE(takes_rank_along_k(k_form));
+  ASSERT_FALSE(takes_rank_along_k(apart));
+  refresh_product_copies(*gpu, {&k_form, &apart}, {});
+  const Tensor x_host = b.rounded(b.rand({n, in}));
+  const Tensor x = b.bf(x_host);
+  Tensor x_k = linear_input(*gpu, k_form, n);
+  ASSERT_EQ(x_k.pitch, in + r);
+  Tensor x_k_rows = x_k;
+  x_k_rows.shape = {n, in + r};
+  x_k_rows.pitch = 0;
+  gpu->copy_columns(x, 0, x_k_rows, 0, in);
+  EXPECT_EQ(linear_input(*gpu, apart, n).pitch, 0);
+
+  LinearSaved s_k, s_apart;
+  const Tensor y_k = linear_forward(*gpu, k_form, x_k, &s_k, nullptr);
+  const Tensor y_apart = linear_forward(*gpu, apart, x, &s_apart, nullptr);
+  expect_close(b.down(y_k), b.down(y_apart), 1e-2, "y");
+  Tensor xa_ref = cpu_empty({n, r});
+  b.cpu->matmul(x_host, false, b.rounded(a), true, xa_ref);
+  expect_close(col_range(b.down(x_k_rows), in, in + r), xa_ref, 1e-2, "xa in the spare columns");
+  const Tensor res0 = b.rand({n, out});
+  Tensor sum_k = b.up(res0), sum_apart = b.up(res0);
+  linear_forward_add(*gpu, k_form, x_k, sum_k, nullptr, nullptr);
+  linear_forward_add(*gpu, apart, x, sum_apart, nullptr, nullptr);
+  expect_close(b.down(sum_k), b.down(sum_apart), 1e-2, "residual + y");
+
+  const Tensor dy = b.bf(b.rand({n, out}));
+  Tensor dx_k = b.poisoned({n, in}, DType::BF16), dx_apart = b.poisoned({n, in}, DType::BF16);
+  linear_backward(*gpu, k_form, s_k, dy, &dx_k, false);
+  linear_backward(*gpu, apart, s_apart, dy, &dx_apart, false);
+  expect_close(b.down(dx_k), b.down(dx_apart), 1e-2, "dx");
+  expect_close(b.down(k_form.lora_a->grad), b.down(apart.lora_a->grad), 1e-2, "dA");
+  expect_close(b.down(k_form.lora_b->grad), b.down(apart.lora_b->grad), 1e-2, "dB");
 }
 
 // Products read LoRA factors and biases through bf16 copies refreshed at each forward: a value

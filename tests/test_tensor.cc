@@ -28,6 +28,14 @@ TEST(Tensor, StridedViewsKeepTheirPitchAndRefuseContiguousUse) {
   EXPECT_THROW(v.reshape({65}), Error);
   EXPECT_THROW(cpu_clone(v), Error);
   EXPECT_THROW(full.leading_cols(17), Error);
+  // a column range starts at its first column and keeps the pitch
+  const Tensor c = full.column_view(13, 16);
+  EXPECT_EQ(c.shape, (Shape{5, 3}));
+  EXPECT_EQ(c.pitch, 16);
+  EXPECT_EQ(static_cast<const float*>(c.rows(1, 2).data), full.f32() + 16 + 13);
+  EXPECT_EQ(full.column_view(0, 16).pitch, 0);
+  EXPECT_THROW(full.column_view(4, 17), Error);
+  EXPECT_THROW(full.column_view(5, 4), Error);
   auto be = make_cpu_backend();
   Tensor dst = cpu_empty({5, 13});
   EXPECT_THROW(be->copy(dst, v), Error);

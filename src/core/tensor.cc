@@ -89,6 +89,17 @@ Tensor Tensor::leading_cols(int64_t n) const {
   return v;
 }
 
+Tensor Tensor::column_view(int64_t begin, int64_t end) const {
+  ET_CHECK(ndim() == 2 && begin >= 0 && begin <= end && end <= shape[1], "column range [", begin,
+           ", ", end, ") of ", shape_str(shape));
+  Tensor v = leading_cols(end);
+  v.pitch = row_pitch();
+  v.shape[1] = end - begin;
+  v.data = static_cast<uint8_t*>(data) + begin * static_cast<int64_t>(dtype_size(dtype));
+  if (v.pitch == v.shape[1]) v.pitch = 0;
+  return v;
+}
+
 Tensor Tensor::reshape(const Shape& s) const {
   ET_CHECK(shape_numel(s) == numel(), "cannot reshape ", shape_str(shape), " to ", shape_str(s));
   ET_CHECK(pitch == 0, "cannot reshape the strided view ", shape_str(shape), " (row pitch ", pitch,

@@ -47,6 +47,8 @@ struct Tensor {
   Tensor rows(int64_t begin, int64_t end) const;
   // A view of the first `n` columns of a 2-D tensor (rows keep their pitch).
   Tensor leading_cols(int64_t n) const;
+  // A view of columns [begin, end) of a 2-D tensor (rows keep their pitch).
+  Tensor column_view(int64_t begin, int64_t end) const;
   // Elements from one row to the next of a 2-D tensor: the BLAS leading dimension.
   int64_t row_pitch() const { return pitch ? pitch : shape.back(); }
   // A view with another shape of the same element count.

@@ -16,6 +16,64 @@ static void base_product(const Backend& be, const Linear& l, const Tensor& x2, T
   be.matmul(x2, false, l.weight->value, true, y, 1.0f, beta, bias);
 }
 
+static int64_t lora_rank(const Linear& l) {
+  return l.lora_a ? l.lora_a->value.dim(0) : 0;
+}
+
+// A strided [rows, cols] view's rows whole: [rows, pitch] from its first element (the buffer of a
+// Linear's input or weight with its spare columns, takes_rank_along_k).
+static Tensor whole_rows(const Tensor& v) {
+  Tensor w = v;
+  w.shape = {v.dim(0), v.row_pitch()};
+  w.pitch = 0;
+  return w;
+}
+
+bool takes_rank_along_k(const Linear& l) {
+  const int64_t r = lora_rank(l);
+  return r > 0 && l.input_from_model && l.lora_dropout == 0.0f &&
+         l.weight->value.dtype == DType::BF16 && l.weight->value.pitch == l.in + r;
+}
+
+void store_frozen_weight_bf16(const Backend& be, Linear& l) {
+  Param* p = l.weight;
+  if (p->trainable || p->value.dtype != DType::F32 || p->host_f32.defined()) return;
+  p->host_f32 = be.download(p->value);
+  const int64_t r = lora_rank(l);
+  if (l.input_from_model && r > 0 && l.lora_dropout == 0.0f) {
+    Tensor wide = be.empty({l.out, l.in + r}, DType::BF16);
+    be.copy_columns(p->value, 0, wide, 0, l.in);
+    p->value = wide.leading_cols(l.in);
+  } else {
+    Tensor v = be.empty(p->value.shape, DType::BF16);
+    be.copy(v, p->value);
+    p->value = v;
+  }
+}
+
+Tensor linear_input(const Backend& be, const Linear& l, int64_t n) {
+  if (!takes_rank_along_k(l)) return be.empty({n, l.in}, be.act_dtype());
+  return be.empty({n, l.in + lora_rank(l)}, be.act_dtype()).leading_cols(l.in);
+}
+
+// y = beta * y + [x | x A^T] [W | s B]^T + b (takes_rank_along_k; x2 from linear_input): xa is
+// made contiguous for backward (lora_output_grad) and copied into the input's spare columns.
+static void linear_along_k(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y,
+                           float beta, LinearSaved* saved) {
+  const int64_t n = x2.dim(0), r = lora_rank(l);
+  Tensor xa = be.empty({n, r}, x2.dtype);
+  be.matmul(x2, false, product_operand(*l.lora_a), true, xa);
+  Tensor x_wide = whole_rows(x2);
+  be.copy_columns(xa, 0, x_wide, l.in, r);
+  const Tensor* bias = nullptr;
+  if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
+  be.matmul(x_wide, false, whole_rows(l.weight->value), true, y, 1.0f, beta, bias);
+  if (saved) {
+    saved->x = saved->x_lora = x2;
+    saved->xa = xa;
+  }
+}
+
 // y = beta * y + x W^T + b + s (x_lora A^T) B^T, with the LoRA branch first: its rank-r
 // product writes y (beta 0) or adds into it, and the base product then adds its own output and
 // the bias in its epilogue (beta 1). The other order (base first, LoRA adding into its output)
@@ -26,6 +84,10 @@ static void base_product(const Backend& be, const Linear& l, const Tensor& x2, T
 static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y, float beta,
                         LinearSaved* saved, Rng* rng, LoraTerm* term = nullptr) {
   const int64_t n = x2.dim(0);
+  if (!term && x2.pitch == l.in + lora_rank(l) && takes_rank_along_k(l)) {
+    linear_along_k(be, l, x2, y, beta, saved);
+    return;
+  }
   if (saved) saved->x = x2;
   if (l.lora_a) {
     // LoRA dropout (PEFT's lora_dropout on the branch's input): a mask drawn on the device from
@@ -58,6 +120,7 @@ static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Te
 static Tensor rows_of_input(const Linear& l, const Tensor& x) {
   ET_CHECK(x.dim(-1) == l.in, "linear ", l.weight->name, ": input has ", x.dim(-1),
            " features, expected ", l.in);
+  if (x.ndim() == 2) return x;  // (a strided view from linear_input too)
   return x.reshape({x.numel() / l.in, l.in});
 }
 
@@ -196,13 +259,20 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
     }
   }
   std::vector<Backend::CopySlot> slots;
-  for (const Linear* l : linears)
+  std::vector<Tensor> scaled_b;  // s B beside W where the term rides along K
+  scaled_b.reserve(linears.size());
+  for (const Linear* l : linears) {
     for (Param* p : {l->lora_a, l->lora_b, l->bias}) {
       if (!p || p->value.dtype != DType::F32) continue;
       if (!p->value_bf16.defined() || p->value_bf16.shape != p->value.shape)
         p->value_bf16 = be.empty(p->value.shape, DType::BF16);
       slots.push_back({&p->value, &p->value_bf16});
     }
+    if (takes_rank_along_k(*l) && l->lora_b->value.dtype == DType::F32) {
+      scaled_b.push_back(whole_rows(l->weight->value).column_view(l->in, l->in + lora_rank(*l)));
+      slots.push_back({&l->lora_b->value, &scaled_b.back(), l->lora_scaling});
+    }
+  }
   be.copy_all(slots);
 }
 

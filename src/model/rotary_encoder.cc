@@ -65,6 +65,7 @@ RotaryEncoder bind_rotary_encoder(const ModelConfig& cfg, ParamStore& store,
       L.up = b.linear(p + "mlp.up_proj", h, f, false);
       L.down = b.linear(p + "mlp.down_proj", f, h, false);
     }
+    L.down.input_from_model = true;  // the GLU's output, made in linear_input's buffer
     e.layers.push_back(L);
   }
   e.final_norm = norm(modern ? "final_norm" : "norm", h);
@@ -279,7 +280,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   q = k = v = ctx = Tensor{};
   Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
   Tensor g, u;  // ModernBERT: g holds Wi's packed output (gate | up), u stays empty
-  Tensor m = be.empty({T, c.intermediate}, act);
+  Tensor m = linear_input(be, L.down, T);
   if (L.wi.weight) {
     g = linear_forward(be, L.wi, h2, s ? &s->wi : nullptr, rng);
     be.glu_packed_forward(c.act, g, m);
@@ -376,17 +377,16 @@ ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const Rot
 // each tensor of the layer itself released early lowers it. `layer_below`: another layer's
 // backward follows, whose MLP half may read d(x) as a product operand (ResidualGrad).
 ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                            const AttentionArgs& attn, const Tensor& positions,
-                            RotaryLayerSaved& s, ResidualGrad dout, bool layer_below) {
+                            const AttentionArgs& attn, const Tensor& positions, RotaryLayerSaved& s,
+                            ResidualGrad dout, bool layer_below) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.sum.dim(0), H = c.hidden, D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
   ResidualGrad dx1 = mlp_backward(be, enc, L, s, std::move(dout));
   // x1 = x + N_post_attn(Wo attn(q, k, v))
-  Tensor da = L.post_attn_norm.w
-                  ? norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1.sum)
-                  : product_input(dx1);
+  Tensor da = L.post_attn_norm.w ? norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1.sum)
+                                 : product_input(dx1);
   dx1.operand = Tensor{};
   Tensor dctx = be.empty({T, qdim}, act);
   linear_backward(be, L.o, s.o, da, &dctx, false);
@@ -442,8 +442,7 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
     dq = dk = dv = Tensor{};
   }
   // d(x), in place; the MLP half of the layer below reads it next without a post-MLP norm
-  norm_backward_adding(be, c, L.attn_norm, s.attn_norm, dh, dx1,
-                       layer_below && !L.post_mlp_norm.w);
+  norm_backward_adding(be, c, L.attn_norm, s.attn_norm, dh, dx1, layer_below && !L.post_mlp_norm.w);
   return dx1;
 }
 

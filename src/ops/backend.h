@@ -212,8 +212,8 @@ struct Backend {
   // the sum needs no pass of its own); with `dx_copy`, dx's new value is also written there in
   // dx_copy's dtype (the bf16 operand of the products that read the sum next).
   virtual void layernorm_backward_normalized(const Tensor& dy, const Tensor& xhat, const Tensor& w,
-                                             const Tensor& rstd, Tensor& dx, Tensor* dw,
-                                             Tensor* db, bool accumulate = false,
+                                             const Tensor& rstd, Tensor& dx, Tensor* dw, Tensor* db,
+                                             bool accumulate = false,
                                              Tensor* dx_copy = nullptr) const = 0;
 
   // RMSNorm over the last dim of w's size C (x viewed as [numel / C, C], so per-head norms of
@@ -373,14 +373,19 @@ struct Backend {
   virtual void zero_all(const std::vector<Tensor*>& ts) const {
     for (Tensor* t : ts) fill(*t, 0.0f);
   }
-  // copy(*dst, *src) for every pair (a conversion where their dtypes differ); the CUDA backend
-  // converts fp32 -> bf16 in multi-tensor launches.
+  // copy(*dst, *src) for every pair (a conversion where their dtypes differ), times `scale`; the
+  // CUDA backend converts fp32 -> bf16 in multi-tensor launches, into strided 2-D views too
+  // (Tensor::pitch: a LoRA factor's columns beside its base weight, see linear.h).
   struct CopySlot {
     const Tensor* src;
     Tensor* dst;
+    float scale = 1.0f;
   };
   virtual void copy_all(const std::vector<CopySlot>& slots) const {
-    for (const CopySlot& s : slots) copy(*s.dst, *s.src);
+    for (const CopySlot& s : slots) {
+      copy(*s.dst, *s.src);
+      if (s.scale != 1.0f) scale(*s.dst, s.scale);
+    }
   }
 
   // Row-wise L2 normalisation y = x / max(|x|, 1e-12); norms: [rows].

@@ -16,14 +16,7 @@ void restore_f32_weight(const Backend& be, Param& p) {
 
 void store_frozen_weights_bf16(const Backend& be, SentenceModel& m) {
   if (be.act_dtype() != DType::BF16) return;
-  for (Linear* l : encoder_linears(m.encoder)) {
-    Param* p = l->weight;
-    if (p->trainable || p->value.dtype != DType::F32 || p->host_f32.defined()) continue;
-    p->host_f32 = be.download(p->value);
-    Tensor v = be.empty(p->value.shape, DType::BF16);
-    be.copy(v, p->value);
-    p->value = v;
-  }
+  for (Linear* l : encoder_linears(m.encoder)) store_frozen_weight_bf16(be, *l);
 }
 
 std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode mode) {

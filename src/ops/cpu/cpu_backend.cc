@@ -248,8 +248,8 @@ struct CpuBackend final : Backend {
       }
       float ma = static_cast<float>(a / n), mb = static_cast<float>(bsum / n);
       for (int64_t j = 0; j < n; ++j)
-        pdx[i * n + j] = (accumulate ? pdx[i * n + j] : 0.0f) +
-                         ps[i] * (g[j] * pw[j] - ma - xhat(j) * mb);
+        pdx[i * n + j] =
+            (accumulate ? pdx[i * n + j] : 0.0f) + ps[i] * (g[j] * pw[j] - ma - xhat(j) * mb);
     }
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
@@ -305,8 +305,8 @@ struct CpuBackend final : Backend {
       }
       const float c = static_cast<float>(dot / static_cast<double>(n));
       for (int64_t j = 0; j < n; ++j)
-        pdx[i * n + j] = (accumulate ? pdx[i * n + j] : 0.0f) +
-                         ps[i] * (g[j] * (pw[j] + offset) - xhat(j) * c);
+        pdx[i * n + j] =
+            (accumulate ? pdx[i * n + j] : 0.0f) + ps[i] * (g[j] * (pw[j] + offset) - xhat(j) * c);
     }
   }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,

@@ -210,8 +210,8 @@ __global__ void convert_vec8_kernel(Ptr src, Ptr dst, int64_t n8) {
 // Gated linear units on bf16, 8 values per thread: gate and up at row stride `ld` (ld = F for
 // separate tensors, 2F with up starting F columns after gate for a packed gate|up).
 template <int A>
-__global__ void glu_forward_bf16x8(const bf16* g, const bf16* u, int64_t ld, bf16* y, int64_t F,
-                                   int64_t n8) {
+__global__ void glu_forward_bf16x8(const bf16* g, const bf16* u, int64_t ld, bf16* y, int64_t ldy,
+                                   int64_t F, int64_t n8) {
   GRID_STRIDE(k, n8) {
     const int64_t e = 8 * k, t = e / F, f = e % F;
     Vec8 a, b;
@@ -219,7 +219,7 @@ __global__ void glu_forward_bf16x8(const bf16* g, const bf16* u, int64_t ld, bf1
     b.load(u + t * ld + f);
 #pragma unroll
     for (int j = 0; j < 8; ++j) a.v[j] = act_f(A, a.v[j]) * b.v[j];
-    a.store(y + e);
+    a.store(y + t * ldy + f);
   }
 }
 template <int A>
@@ -632,15 +632,22 @@ __global__ void adamw_multi_kernel(MultiTensors t, AdamWHyper h, int zero_grads)
   }
 }
 
-// fp32 -> bf16 over up to kMultiTensors tensors per launch (copy_all).
+// dst = bf16(scale * src) over up to kMultiTensors tensors per launch (copy_all); element i of
+// src (contiguous, rows of `cols`) goes to row i / cols of dst at its row pitch.
 struct MultiConvert {
   const float* src[kMultiTensors];
   bf16* dst[kMultiTensors];
-  int64_t n[kMultiTensors];
+  int64_t n[kMultiTensors], cols[kMultiTensors], pitch[kMultiTensors];
+  float scale[kMultiTensors];
 };
 __global__ void convert_multi_kernel(MultiConvert t) {
   const int k = blockIdx.y;
-  MULTI_STRIDE(i, t.n[k]) t.dst[k][i] = __float2bfloat16(t.src[k][i]);
+  const int64_t cols = t.cols[k], pitch = t.pitch[k];
+  const float s = t.scale[k];
+  MULTI_STRIDE(i, t.n[k]) {
+    const int64_t d = pitch == cols ? i : i / cols * pitch + i % cols;
+    t.dst[k][d] = __float2bfloat16(s * t.src[k][i]);
+  }
 }
 
 __global__ void zero_multi_kernel(MultiTensors t) {
@@ -1152,6 +1159,7 @@ struct CudaBackend final : Backend {
   bool fuses_lora_act(Act act, int64_t r) const override {
     return cuda::lora_act_takes(static_cast<int>(act), static_cast<int>(r));
   }
+  // y may be a strided view (written at its pitch)
   void lora_act_forward(Act act, Tensor& pre, const Tensor& xa, const Tensor& b, float scale,
                         Tensor& y) const override {
     ET_CHECK(pre.ndim() == 2 && y.shape == pre.shape, "lora_act_forward: pre ",
@@ -1162,11 +1170,13 @@ struct CudaBackend final : Backend {
     a.n = pre.dim(0);
     a.f = static_cast<int>(pre.dim(1));
     a.ld = a.f;
+    a.ldy = y.pitch;
     a.scale = scale;
     a.act = static_cast<int>(act);
     a.mode = cuda::LoraActMode::Forward;
-    if (!lora_act(a, {&pre, &y}, xa, b, "lora_act_forward"))
-      Backend::lora_act_forward(act, pre, xa, b, scale, y);
+    check_device_strided(y);
+    const bool fused = y.dtype == DType::BF16 && lora_act(a, {&pre}, xa, b, "lora_act_forward");
+    if (!fused) Backend::lora_act_forward(act, pre, xa, b, scale, y);
   }
   void lora_act_backward(Act act, const Tensor& x, Tensor& dy, const Tensor& dxa, const Tensor& am,
                          Tensor& dx) const override {
@@ -1340,8 +1350,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "layernorm_backward");
     int64_t rows = rows_of(x);
     int n = static_cast<int>(cols_of(x));
-    if (norm_rows_vectorised(n,
-                             {dy.data, x.data, dx.data, w.data, dx_copy ? dx_copy->data : nullptr})) {
+    if (norm_rows_vectorised(
+            n, {dy.data, x.data, dx.data, w.data, dx_copy ? dx_copy->data : nullptr})) {
       layernorm_backward_rows(P(dy), P(x), F(w), mean, F(rstd), grad_out(dx, accumulate, dx_copy),
                               dw ? W(*dw) : nullptr, db ? W(*db) : nullptr, rows, n);
       return;
@@ -1401,8 +1411,8 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "rmsnorm_backward");
     const int n = static_cast<int>(w.numel());
     const int64_t rows = x.numel() / n;
-    if (norm_rows_vectorised(n,
-                             {dy.data, x.data, dx.data, w.data, dx_copy ? dx_copy->data : nullptr})) {
+    if (norm_rows_vectorised(
+            n, {dy.data, x.data, dx.data, w.data, dx_copy ? dx_copy->data : nullptr})) {
       rmsnorm_backward_rows(P(dy), P(x), normalized, F(w), offset, F(rstd),
                             grad_out(dx, accumulate, dx_copy), dw ? W(*dw) : nullptr, rows, n);
       return;
@@ -1499,16 +1509,22 @@ struct CudaBackend final : Backend {
                                      log_theta, rope_table(log_theta, half), P(dx),
                                      dw ? W(*dw) : nullptr, rows);
   }
+  // y may be a strided view (a Linear's input with spare columns, linear.h), written at its pitch
   void glu_packed_forward(Act a, const Tensor& gu, Tensor& y) const override {
     OpScope scope_(prof.get(), "glu_forward");
-    const int64_t T = y.dim(0), F = y.dim(1);
+    const int64_t T = y.dim(0), F = y.dim(1), ldy = y.row_pitch();
     check_glu_packed("glu_packed_forward", gu, y);
-    if (F % 8 == 0 && bf16x8({&gu, &y})) {
+    check_device_strided(y);
+    if (F % 8 == 0 && ldy % 8 == 0 && bf16x8({&gu, &y}) && cuda::vec8_aligned(y.data)) {
       with_act_code(static_cast<int>(a), [&](auto A) {
         glu_forward_bf16x8<A><<<blocks_for(T * F / 8, 256), 256>>>(B16(gu), B16(gu) + F, 2 * F,
-                                                                   B16(y), F, T * F / 8);
+                                                                   B16(y), ldy, F, T * F / 8);
       });
       ET_LAUNCH_CHECK();
+      return;
+    }
+    if (y.pitch) {
+      via_contiguous(y, [&](Tensor& t) { glu_packed_forward(a, gu, t); });
       return;
     }
     if (T * F > 0)
@@ -1534,13 +1550,30 @@ struct CudaBackend final : Backend {
                                                                   P(dgu), T, F);
     ET_LAUNCH_CHECK();
   }
+  // y may be a strided view, as for glu_packed_forward
   void glu_forward(Act a, const Tensor& gate, const Tensor& up, Tensor& y) const override {
     OpScope scope_(prof.get(), "glu_forward");
     ET_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "glu_forward: size mismatch");
+    if (y.pitch) {  // rows of F values, y's a pitch apart
+      const int64_t F = y.dim(1), ldy = y.pitch;
+      check_device(gate);
+      check_device(up);
+      check_device_strided(y);
+      if (F % 8 == 0 && ldy % 8 == 0 && bf16x8({&gate, &up, &y}) && cuda::vec8_aligned(y.data)) {
+        with_act_code(static_cast<int>(a), [&](auto A) {
+          glu_forward_bf16x8<A><<<blocks_for(y.numel() / 8, 256), 256>>>(
+              B16(gate), B16(up), F, B16(y), ldy, F, y.numel() / 8);
+        });
+        ET_LAUNCH_CHECK();
+      } else {
+        via_contiguous(y, [&](Tensor& t) { glu_forward(a, gate, up, t); });
+      }
+      return;
+    }
     if (bf16x8({&gate, &up, &y})) {  // as one row of n values
       with_act_code(static_cast<int>(a), [&](auto A) {
         glu_forward_bf16x8<A><<<blocks_for(y.numel() / 8, 256), 256>>>(
-            B16(gate), B16(up), 0, B16(y), y.numel(), y.numel() / 8);
+            B16(gate), B16(up), 0, B16(y), y.numel(), y.numel(), y.numel() / 8);
       });
       ET_LAUNCH_CHECK();
       return;
@@ -1565,6 +1598,17 @@ struct CudaBackend final : Backend {
                                                               P(dy), P(dgate), P(dup), dy.numel());
     ET_LAUNCH_CHECK();
   }
+  // An op whose kernel writes contiguous rows, given a strided output view y: into a contiguous
+  // temporary, then its columns into the view.
+  template <typename F>
+  void via_contiguous(Tensor& y, F&& op) const {
+    Tensor t = empty(y.shape, y.dtype);
+    op(t);
+    Tensor rows_at_pitch = y;  // the view's rows as full-pitch rows from its first column
+    rows_at_pitch.shape = {y.dim(0), y.pitch};
+    rows_at_pitch.pitch = 0;
+    copy_columns(t, 0, rows_at_pitch, 0, y.dim(1));
+  }
   void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                     int64_t width) const override {
     OpScope scope_(prof.get(), "copy_columns");
@@ -1582,7 +1626,12 @@ struct CudaBackend final : Backend {
                                                                   dst_col, rows, width);
     ET_LAUNCH_CHECK();
   }
+  // y may be a strided view (through a contiguous temporary)
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
+    if (y.pitch) {
+      via_contiguous(y, [&](Tensor& t) { act_forward(a, x, t); });
+      return;
+    }
     OpScope scope_(prof.get(), "act_forward");
     if (bf16x8({&x, &y})) {
       with_act_code(static_cast<int>(a), [&](auto A) {
@@ -1876,18 +1925,27 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "copy_all");
     std::vector<const CopySlot*> convert;
     for (const CopySlot& s : slots) {
-      ET_CHECK(s.src->numel() == s.dst->numel(), "copy_all: size mismatch ",
-               shape_str(s.src->shape), " vs ", shape_str(s.dst->shape));
-      if (s.src->dtype == DType::F32 && s.dst->dtype == DType::BF16)
+      ET_CHECK(
+          s.src->shape == s.dst->shape || (s.dst->pitch == 0 && s.src->numel() == s.dst->numel()),
+          "copy_all: size mismatch ", shape_str(s.src->shape), " vs ", shape_str(s.dst->shape));
+      if (s.src->dtype == DType::F32 && s.dst->dtype == DType::BF16) {
         convert.push_back(&s);
-      else
+      } else {
         copy(*s.dst, *s.src);
+        if (s.scale != 1.0f) scale(*s.dst, s.scale);
+      }
     }
     for_groups<MultiConvert>(
         convert.size(),
         [&](MultiConvert& t, size_t j, size_t i) {
-          t.src[j] = F(*convert[i]->src), t.dst[j] = B16(*convert[i]->dst);
-          t.n[j] = convert[i]->src->numel();
+          const CopySlot& c = *convert[i];
+          Tensor& dst = *c.dst;
+          check_device_strided(dst);
+          t.src[j] = F(*c.src), t.dst[j] = static_cast<bf16*>(dst.data);
+          t.n[j] = c.src->numel();
+          t.cols[j] = std::max<int64_t>(cols_of(dst), 1);
+          t.pitch[j] = dst.pitch ? dst.pitch : t.cols[j];
+          t.scale[j] = c.scale;
         },
         [&](const MultiConvert& t, dim3 grid) { convert_multi_kernel<<<grid, 256>>>(t); });
   }
