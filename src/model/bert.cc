@@ -77,7 +77,6 @@ BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const s
       L.ln2_w = b.vec(p + "output.LayerNorm.weight", h);
       L.ln2_b = b.vec(p + "output.LayerNorm.bias", h);
     }
-    L.ffn_out.input_from_model = true;  // act(h_pre), made in linear_input's buffer
     e.layers.push_back(L);
   }
   if (b.maybe("pooler.dense.weight")) {
@@ -182,7 +181,7 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng,
                                 lora_term_slot(be, L.ffn_in, c.act, w1_term));
   if (s) drop_saved_input(s->ffn_in, x1);
-  Tensor h = linear_input(be, L.ffn_out, T);
+  Tensor h = be.empty(h_pre.shape, act);
   act_forward_adding(be, c.act, w1_term, h_pre, h);
   w1_term = LoraTerm{};
   Tensor res2 = residual_buffer(be, std::move(x1), act), f;

@@ -29,10 +29,31 @@ static Tensor whole_rows(const Tensor& v) {
   return w;
 }
 
+// Spare columns a row for LoRA along K: the rank rounded up to 8, so that rows stay 16 bytes
+// apart (cuBLASLt's tensor-core algorithms need it), the columns past r zero in both operands.
+// (Rounding up to 64, whole K steps of the product, measured slower: ModernBERT-base 512 x 64's
+// gain went; bench/NOTES.md.)
+static int64_t along_k_columns(int64_t r) {
+  return (r + 7) / 8 * 8;
+}
+
 bool takes_rank_along_k(const Linear& l) {
   const int64_t r = lora_rank(l);
   return r > 0 && l.input_from_model && l.lora_dropout == 0.0f &&
-         l.weight->value.dtype == DType::BF16 && l.weight->value.pitch == l.in + r;
+         l.weight->value.dtype == DType::BF16 && l.weight->value.pitch == l.in + along_k_columns(r);
+}
+
+// W's buffer when the term rides along K, [out + c, in + c] bf16 with c = along_k_columns(r):
+//   rows [0, out):        [ W | s B | 0 ]   (W: Param::value, s B: refresh_product_copies)
+//   rows [out, out + r):  [ A | 0 ]         (A's bf16 copy, refresh_product_copies)
+//   rows [out + r, ...):  0
+// so that x [A; 0]^T writes xa and zeros into all c spare columns of the input at once.
+static Tensor weight_buffer(const Linear& l) {
+  Tensor w = l.weight->value;
+  const int64_t c = w.pitch - l.in;
+  w.shape = {l.out + c, w.pitch};
+  w.pitch = 0;
+  return w;
 }
 
 void store_frozen_weight_bf16(const Backend& be, Linear& l) {
@@ -41,9 +62,12 @@ void store_frozen_weight_bf16(const Backend& be, Linear& l) {
   p->host_f32 = be.download(p->value);
   const int64_t r = lora_rank(l);
   if (l.input_from_model && r > 0 && l.lora_dropout == 0.0f) {
-    Tensor wide = be.empty({l.out, l.in + r}, DType::BF16);
-    be.copy_columns(p->value, 0, wide, 0, l.in);
-    p->value = wide.leading_cols(l.in);
+    const int64_t c = along_k_columns(r);
+    Tensor buffer = be.empty({l.out + c, l.in + c}, DType::BF16);
+    be.fill(buffer, 0.0f);
+    Tensor w_rows = buffer.rows(0, l.out);
+    be.copy_columns(p->value, 0, w_rows, 0, l.in);
+    p->value = w_rows.leading_cols(l.in);
   } else {
     Tensor v = be.empty(p->value.shape, DType::BF16);
     be.copy(v, p->value);
@@ -53,21 +77,24 @@ void store_frozen_weight_bf16(const Backend& be, Linear& l) {
 
 Tensor linear_input(const Backend& be, const Linear& l, int64_t n) {
   if (!takes_rank_along_k(l)) return be.empty({n, l.in}, be.act_dtype());
-  return be.empty({n, l.in + lora_rank(l)}, be.act_dtype()).leading_cols(l.in);
+  return be.empty({n, l.in + along_k_columns(lora_rank(l))}, be.act_dtype()).leading_cols(l.in);
 }
 
-// y = beta * y + [x | x A^T] [W | s B]^T + b (takes_rank_along_k; x2 from linear_input): xa is
-// made contiguous for backward (lora_output_grad) and copied into the input's spare columns.
+// y = beta * y + [x | x A^T | 0] [W | s B | 0]^T + b (takes_rank_along_k; x2 from
+// linear_input): x [A; 0]^T fills the input's spare columns, and xa is copied out of them,
+// contiguous, for backward (lora_output_grad).
 static void linear_along_k(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y,
                            float beta, LinearSaved* saved) {
-  const int64_t n = x2.dim(0), r = lora_rank(l);
-  Tensor xa = be.empty({n, r}, x2.dtype);
-  be.matmul(x2, false, product_operand(*l.lora_a), true, xa);
+  const int64_t n = x2.dim(0), r = lora_rank(l), c = x2.pitch - l.in;
+  const Tensor buffer = weight_buffer(l);
   Tensor x_wide = whole_rows(x2);
-  be.copy_columns(xa, 0, x_wide, l.in, r);
+  Tensor spare = x_wide.column_view(l.in, l.in + c);
+  be.matmul(x2, false, buffer.rows(l.out, l.out + c).leading_cols(l.in), true, spare);
+  Tensor xa = be.empty({n, r}, x2.dtype);
+  be.copy_columns(x_wide, l.in, xa, 0, r);
   const Tensor* bias = nullptr;
   if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
-  be.matmul(x_wide, false, whole_rows(l.weight->value), true, y, 1.0f, beta, bias);
+  be.matmul(x_wide, false, buffer.rows(0, l.out), true, y, 1.0f, beta, bias);
   if (saved) {
     saved->x = saved->x_lora = x2;
     saved->xa = xa;
@@ -259,8 +286,8 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
     }
   }
   std::vector<Backend::CopySlot> slots;
-  std::vector<Tensor> scaled_b;  // s B beside W where the term rides along K
-  scaled_b.reserve(linears.size());
+  std::vector<Tensor> beside_w;  // s B and A in W's buffer where the term rides along K
+  beside_w.reserve(2 * linears.size());
   for (const Linear* l : linears) {
     for (Param* p : {l->lora_a, l->lora_b, l->bias}) {
       if (!p || p->value.dtype != DType::F32) continue;
@@ -268,9 +295,14 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
         p->value_bf16 = be.empty(p->value.shape, DType::BF16);
       slots.push_back({&p->value, &p->value_bf16});
     }
-    if (takes_rank_along_k(*l) && l->lora_b->value.dtype == DType::F32) {
-      scaled_b.push_back(whole_rows(l->weight->value).column_view(l->in, l->in + lora_rank(*l)));
-      slots.push_back({&l->lora_b->value, &scaled_b.back(), l->lora_scaling});
+    if (takes_rank_along_k(*l) && l->lora_b->value.dtype == DType::F32 &&
+        l->lora_a->value.dtype == DType::F32) {
+      const int64_t r = lora_rank(*l);
+      const Tensor buffer = weight_buffer(*l);
+      beside_w.push_back(buffer.rows(0, l->out).column_view(l->in, l->in + r));
+      slots.push_back({&l->lora_b->value, &beside_w.back(), l->lora_scaling});
+      beside_w.push_back(buffer.rows(l->out, l->out + r).leading_cols(l->in));
+      slots.push_back({&l->lora_a->value, &beside_w.back()});
     }
   }
   be.copy_all(slots);

@@ -24,17 +24,19 @@ struct Linear {
   float lora_scaling = 0.0f;
   float lora_dropout = 0.0f;
   int64_t in = 0, out = 0;
-  // Set by the model where it makes this Linear's input itself, in a buffer from linear_input (an
-  // activation's or a GLU's output): LoRA's rank-r term may then ride along K (takes_rank_along_k).
+  // Set by the model where it makes this Linear's input itself, in a buffer from linear_input (a
+  // GLU's output): LoRA's rank-r term may then ride along K (takes_rank_along_k).
   bool input_from_model = false;
 };
 
 // LoRA along K: y = [x | xa] [W | s B]^T, one product with K = in + r, instead of a rank-r
 // product writing y (s xa B^T) and the base product's epilogue reading it back (or, into an fp32
-// residual stream, reading and rewriting it): xa = x_lora A^T lands in r spare columns after each
-// row of the input, and s B in r spare columns after each row of W. Taken where the model makes
-// the input (Linear::input_from_model) and W is a frozen bf16 copy laid out with the spare
-// columns (lay_out_rank_along_k), without LoRA dropout; the saved state is as without it.
+// residual stream, reading and rewriting it): xa = x_lora A^T lands in spare columns after each
+// row of the input, and s B in spare columns after each row of W (r rounded up to 8, zeros past
+// r). Taken where the model makes the input (Linear::input_from_model: the rotary families'
+// down_proj, whose output joins the fp32 residual stream; BERT's W2 measured slower) and W is a
+// frozen bf16 copy laid out with the spare columns (store_frozen_weight_bf16), without LoRA
+// dropout; the saved state is as without it.
 bool takes_rank_along_k(const Linear& l);
 // On a backend whose products run in bf16, for a frozen Linear with LoRA (no dropout) whose input
 // the model makes: W's bf16 copy as the first `in` columns of an [out, in + r] buffer, its other

@@ -1159,7 +1159,6 @@ struct CudaBackend final : Backend {
   bool fuses_lora_act(Act act, int64_t r) const override {
     return cuda::lora_act_takes(static_cast<int>(act), static_cast<int>(r));
   }
-  // y may be a strided view (written at its pitch)
   void lora_act_forward(Act act, Tensor& pre, const Tensor& xa, const Tensor& b, float scale,
                         Tensor& y) const override {
     ET_CHECK(pre.ndim() == 2 && y.shape == pre.shape, "lora_act_forward: pre ",
@@ -1170,13 +1169,11 @@ struct CudaBackend final : Backend {
     a.n = pre.dim(0);
     a.f = static_cast<int>(pre.dim(1));
     a.ld = a.f;
-    a.ldy = y.pitch;
     a.scale = scale;
     a.act = static_cast<int>(act);
     a.mode = cuda::LoraActMode::Forward;
-    check_device_strided(y);
-    const bool fused = y.dtype == DType::BF16 && lora_act(a, {&pre}, xa, b, "lora_act_forward");
-    if (!fused) Backend::lora_act_forward(act, pre, xa, b, scale, y);
+    if (!lora_act(a, {&pre, &y}, xa, b, "lora_act_forward"))
+      Backend::lora_act_forward(act, pre, xa, b, scale, y);
   }
   void lora_act_backward(Act act, const Tensor& x, Tensor& dy, const Tensor& dxa, const Tensor& am,
                          Tensor& dx) const override {
@@ -1626,12 +1623,7 @@ struct CudaBackend final : Backend {
                                                                   dst_col, rows, width);
     ET_LAUNCH_CHECK();
   }
-  // y may be a strided view (through a contiguous temporary)
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
-    if (y.pitch) {
-      via_contiguous(y, [&](Tensor& t) { act_forward(a, x, t); });
-      return;
-    }
     OpScope scope_(prof.get(), "act_forward");
     if (bf16x8({&x, &y})) {
       with_act_code(static_cast<int>(a), [&](auto A) {

@@ -114,8 +114,7 @@ __global__ void __launch_bounds__(kThreads) lora_act_kernel(LoraActArgs a) {
   for (int k = 0; k < kPieces; ++k) {
     const int row = piece_row(tid, k), c8 = piece_col(tid, k);
     if (row0 + row >= a.n || col0 + c8 >= a.f) continue;
-    const int64_t at = (row0 + row) * a.ld + col0 + c8,
-                  at_y = a.ldy ? (row0 + row) * a.ldy + col0 + c8 : at;
+    const int64_t at = (row0 + row) * a.ld + col0 + c8;
     float v[8];
     load_bf16x8(ts + row * kGld + c8, v);
     if constexpr (kMode == kGluBackward) {
@@ -138,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) lora_act_kernel(LoraActArgs a) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = act_f(A, v[e]);
     }
-    store_bf16x8(a.y + at_y, v);
+    store_bf16x8(a.y + at, v);
   }
 }
 
@@ -181,9 +180,8 @@ bool lora_act_supported(const LoraActArgs& a) {
                         (!glu || (a.up && a.y2));
   const auto aligned = [](const void* p) { return !p || vec8_aligned(p); };
   return operands && lora_act_takes(a.act, a.r) && a.f % 8 == 0 && a.f > 0 && a.ld >= a.f &&
-         a.ld % 8 == 0 && (a.ldy == 0 || (a.ldy >= a.f && a.ldy % 8 == 0)) &&
-         (a.n + kTile - 1) / kTile <= 65535 && aligned(a.pre) && aligned(a.up) && aligned(a.y) &&
-         aligned(a.y2) && aligned(a.dy) && aligned(a.xr) && aligned(a.w);
+         a.ld % 8 == 0 && (a.n + kTile - 1) / kTile <= 65535 && aligned(a.pre) && aligned(a.up) &&
+         aligned(a.y) && aligned(a.y2) && aligned(a.dy) && aligned(a.xr) && aligned(a.w);
 }
 
 void lora_act(const LoraActArgs& a) {
