@@ -111,7 +111,7 @@ static void linear_along_k(const Backend& be, const Linear& l, const Tensor& x2,
 static void linear_into(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y, float beta,
                         LinearSaved* saved, Rng* rng, LoraTerm* term = nullptr) {
   const int64_t n = x2.dim(0);
-  if (!term && x2.pitch == l.in + lora_rank(l) && takes_rank_along_k(l)) {
+  if (!term && x2.pitch != 0 && x2.pitch == l.weight->value.pitch && takes_rank_along_k(l)) {
     linear_along_k(be, l, x2, y, beta, saved);
     return;
   }

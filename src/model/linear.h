@@ -39,11 +39,13 @@ struct Linear {
 // dropout; the saved state is as without it.
 bool takes_rank_along_k(const Linear& l);
 // On a backend whose products run in bf16, for a frozen Linear with LoRA (no dropout) whose input
-// the model makes: W's bf16 copy as the first `in` columns of an [out, in + r] buffer, its other
-// columns holding s B (written by refresh_product_copies). Other Linears: W's plain bf16 copy.
+// the model makes: W's bf16 copy as the first `in` columns and rows of an [out + c, in + c]
+// buffer (c: r rounded up to 8) whose spare columns hold s B and spare rows A, both written by
+// refresh_product_copies (layout at weight_buffer, linear.cc). Other Linears: W's plain bf16
+// copy. Either way the fp32 values stay on the host (Param::host_f32).
 void store_frozen_weight_bf16(const Backend& be, Linear& l);
-// The buffer a model makes l's input in: [n, in], rows `in + r` apart when l takes its LoRA term
-// along K (its spare columns are the Linear's), else contiguous.
+// The buffer a model makes l's input in: [n, in], rows in + c apart when l takes its LoRA term
+// along K (the spare columns are the Linear's), else contiguous.
 Tensor linear_input(const Backend& be, const Linear& l, int64_t n);
 
 // What backward needs: the input, the LoRA dropout site (p = 0 without dropout; its mask is
