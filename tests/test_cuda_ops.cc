@@ -1619,9 +1619,7 @@ TEST(CudaTraining, LoraAlongKEqualsTheRankProduct) {
   Tensor x_k = linear_input(*gpu, k_form, n);
   ASSERT_GE(x_k.pitch, in + r);
   const int64_t pitch = x_k.pitch;
-  Tensor x_k_rows = x_k;
-  x_k_rows.shape = {n, pitch};
-  x_k_rows.pitch = 0;
+  Tensor x_k_rows = x_k.pitch_rows();
   gpu->copy_columns(x, 0, x_k_rows, 0, in);
   EXPECT_EQ(linear_input(*gpu, apart, n).pitch, 0);
 

@@ -36,6 +36,11 @@ TEST(Tensor, StridedViewsKeepTheirPitchAndRefuseContiguousUse) {
   EXPECT_EQ(full.column_view(0, 16).pitch, 0);
   EXPECT_THROW(full.column_view(4, 17), Error);
   EXPECT_THROW(full.column_view(5, 4), Error);
+  // and back: the rows in full from the view's first element
+  const Tensor whole = c.pitch_rows();
+  EXPECT_EQ(whole.shape, (Shape{5, 16}));
+  EXPECT_EQ(whole.pitch, 0);
+  EXPECT_EQ(static_cast<const float*>(whole.data), full.f32() + 13);
   auto be = make_cpu_backend();
   Tensor dst = cpu_empty({5, 13});
   EXPECT_THROW(be->copy(dst, v), Error);

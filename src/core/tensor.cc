@@ -100,6 +100,14 @@ Tensor Tensor::column_view(int64_t begin, int64_t end) const {
   return v;
 }
 
+Tensor Tensor::pitch_rows() const {
+  ET_CHECK(ndim() == 2, "pitch_rows of ", shape_str(shape), ": not 2-D");
+  Tensor v = *this;
+  v.shape[1] = row_pitch();
+  v.pitch = 0;
+  return v;
+}
+
 Tensor Tensor::reshape(const Shape& s) const {
   ET_CHECK(shape_numel(s) == numel(), "cannot reshape ", shape_str(shape), " to ", shape_str(s));
   ET_CHECK(pitch == 0, "cannot reshape the strided view ", shape_str(shape), " (row pitch ", pitch,

@@ -49,6 +49,9 @@ struct Tensor {
   Tensor leading_cols(int64_t n) const;
   // A view of columns [begin, end) of a 2-D tensor (rows keep their pitch).
   Tensor column_view(int64_t begin, int64_t end) const;
+  // A 2-D view's rows in full, [rows, row_pitch()] from its first element, contiguous: the buffer
+  // behind a strided view (a Linear's input or weight with its spare columns, model/linear.h).
+  Tensor pitch_rows() const;
   // Elements from one row to the next of a 2-D tensor: the BLAS leading dimension.
   int64_t row_pitch() const { return pitch ? pitch : shape.back(); }
   // A view with another shape of the same element count.

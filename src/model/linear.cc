@@ -20,15 +20,6 @@ static int64_t lora_rank(const Linear& l) {
   return l.lora_a ? l.lora_a->value.dim(0) : 0;
 }
 
-// A strided [rows, cols] view's rows whole: [rows, pitch] from its first element (the buffer of a
-// Linear's input or weight with its spare columns, takes_rank_along_k).
-static Tensor whole_rows(const Tensor& v) {
-  Tensor w = v;
-  w.shape = {v.dim(0), v.row_pitch()};
-  w.pitch = 0;
-  return w;
-}
-
 // Spare columns a row for LoRA along K: the rank rounded up to 8, so that rows stay 16 bytes
 // apart (cuBLASLt's tensor-core algorithms need it), the columns past r zero in both operands.
 // (Rounding up to 64, whole K steps of the product, measured slower: ModernBERT-base 512 x 64's
@@ -87,7 +78,7 @@ static void linear_along_k(const Backend& be, const Linear& l, const Tensor& x2,
                            float beta, LinearSaved* saved) {
   const int64_t n = x2.dim(0), r = lora_rank(l), c = x2.pitch - l.in;
   const Tensor buffer = weight_buffer(l);
-  Tensor x_wide = whole_rows(x2);
+  Tensor x_wide = x2.pitch_rows();
   Tensor spare = x_wide.column_view(l.in, l.in + c);
   be.matmul(x2, false, buffer.rows(l.out, l.out + c).leading_cols(l.in), true, spare);
   Tensor xa = be.empty({n, r}, x2.dtype);

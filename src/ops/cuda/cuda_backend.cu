@@ -1601,10 +1601,8 @@ struct CudaBackend final : Backend {
   void via_contiguous(Tensor& y, F&& op) const {
     Tensor t = empty(y.shape, y.dtype);
     op(t);
-    Tensor rows_at_pitch = y;  // the view's rows as full-pitch rows from its first column
-    rows_at_pitch.shape = {y.dim(0), y.pitch};
-    rows_at_pitch.pitch = 0;
-    copy_columns(t, 0, rows_at_pitch, 0, y.dim(1));
+    Tensor rows = y.pitch_rows();
+    copy_columns(t, 0, rows, 0, y.dim(1));
   }
   void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                     int64_t width) const override {
@@ -1916,17 +1914,17 @@ struct CudaBackend final : Backend {
   void copy_all(const std::vector<CopySlot>& slots) const override {
     OpScope scope_(prof.get(), "copy_all");
     std::vector<const CopySlot*> convert;
+    std::vector<CopySlot> others;  // copies and other conversions, one op each
     for (const CopySlot& s : slots) {
       ET_CHECK(
           s.src->shape == s.dst->shape || (s.dst->pitch == 0 && s.src->numel() == s.dst->numel()),
           "copy_all: size mismatch ", shape_str(s.src->shape), " vs ", shape_str(s.dst->shape));
-      if (s.src->dtype == DType::F32 && s.dst->dtype == DType::BF16) {
+      if (s.src->dtype == DType::F32 && s.dst->dtype == DType::BF16)
         convert.push_back(&s);
-      } else {
-        copy(*s.dst, *s.src);
-        if (s.scale != 1.0f) scale(*s.dst, s.scale);
-      }
+      else
+        others.push_back(s);
     }
+    Backend::copy_all(others);
     for_groups<MultiConvert>(
         convert.size(),
         [&](MultiConvert& t, size_t j, size_t i) {
