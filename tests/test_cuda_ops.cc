@@ -326,6 +326,23 @@ TEST(CudaOps, NormsFromNormalizedInput) {
           b.gpu->rmsnorm_forward(xd, wd, offset, 1e-6f, yd, sd, &xh);
         expect_close(b.down(yd), yr, tol, what + " y");
         expect_close(b.down(sd), sr, 1e-5, what + " rstd");
+        if (!ln) {
+          // a post norm adding its output into the fp32 residual stream: sum += N(x), x in dt
+          // (the GPU reads the bf16 x the CPU reference gets rounded)
+          const Tensor xr = dt == DType::BF16 ? b.rounded(x) : x;
+          Tensor s0 = b.rand(x.shape, -1, 1), yx = cpu_empty(x.shape), sx = cpu_empty({rows});
+          b.cpu->rmsnorm_forward(xr, w, offset, 1e-6f, yx, sx);
+          Tensor want = cpu_empty(x.shape), sum_h = cpu_clone(s0);
+          for (int64_t i = 0; i < x.numel(); ++i) want.f32()[i] = s0.f32()[i] + yx.f32()[i];
+          b.cpu->rmsnorm_forward(xr, w, offset, 1e-6f, sum_h, sx, nullptr, true);
+          expect_close(sum_h, want, 1e-6, what + " cpu: sum += N(x)");
+          Tensor xt = b.poisoned(x.shape, dt), sum_d = b.up(s0), xh2 = b.poisoned(x.shape, dt),
+                 sd2 = b.poisoned({rows});
+          b.gpu->copy(xt, b.up(x));
+          b.gpu->rmsnorm_forward(xt, wd, offset, 1e-6f, sum_d, sd2, &xh2, true);
+          expect_close(b.down(sum_d), want, 1e-5, what + " sum += N(x)");
+          expect_close(b.down(sd2), sx, 1e-5, what + " sum += N(x): rstd");
+        }
         Tensor xhat_ref = cpu_empty(x.shape);
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t c = 0; c < C; ++c) {

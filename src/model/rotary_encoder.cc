@@ -124,6 +124,22 @@ Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, cons
   return y;
 }
 
+// sum += N(x) (sum: the fp32 residual stream that a post norm's output joins), in the norm's
+// own pass for an RMSNorm (Gemma3's post norms: 12 bytes an element instead of the 16 of writing
+// N(x) and adding it in a pass of its own); with s, keeps xhat and rstd as norm_forward does.
+void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
+                         Tensor& sum, NormSaved* s) {
+  if (!n.w || c.layer_norm) {
+    be.add(sum, norm_forward(be, c, n, x, s), sum);
+    return;
+  }
+  Tensor rstd = be.empty({x.numel() / n.w->value.numel()}, DType::F32);
+  Tensor xhat = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
+  be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, sum, rstd, s ? &xhat : nullptr,
+                     true);
+  if (s) *s = {xhat, rstd};
+}
+
 // N(x) again from what norm_forward kept (`x`: the input, for an identity norm).
 Tensor norm_recompute(const Backend& be, const ModelConfig& c, const Norm& n, const NormSaved& s,
                       const Tensor& x) {
@@ -208,7 +224,7 @@ Tensor residual_linear_add(const Backend& be, const ModelConfig& c, Tensor x, co
   }
   if (ls && drop_input) drop_saved_input(*ls, in);
   in = Tensor{};
-  if (n.w) be.add(sum, norm_forward(be, c, n, y, ns), sum);
+  if (n.w) norm_forward_adding(be, c, n, y, sum, ns);
   return sum;
 }
 

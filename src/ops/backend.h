@@ -219,9 +219,11 @@ struct Backend {
   // RMSNorm over the last dim of w's size C (x viewed as [numel / C, C], so per-head norms of
   // q [T, H*D] use w of size D): y = xhat * (w + offset), xhat = x * rstd,
   // rstd = 1 / sqrt(mean(x^2) + eps); offset = 1 gives Gemma's (1 + w) form. rstd: [rows].
-  // `xhat` as for layernorm_forward.
+  // `xhat` as for layernorm_forward. With `accumulate`, y += the output instead (y: a residual
+  // stream that a post norm's output joins, so the sum needs no pass of its own).
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
-                               Tensor& rstd, Tensor* xhat = nullptr) const = 0;
+                               Tensor& rstd, Tensor* xhat = nullptr,
+                               bool accumulate = false) const = 0;
   // dx = rstd (g - xhat mean(g xhat)) with g = dy (w + offset); dw += sum dy xhat.
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, float offset,
                                 const Tensor& rstd, Tensor& dx, Tensor* dw) const = 0;

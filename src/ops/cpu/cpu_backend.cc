@@ -264,7 +264,7 @@ struct CpuBackend final : Backend {
   }
 
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
-                       Tensor& rstd, Tensor* xhat) const override {
+                       Tensor& rstd, Tensor* xhat, bool accumulate) const override {
     const int64_t n = w.numel(), r = x.numel() / n;
     ET_CHECK(x.numel() == r * n && y.numel() == x.numel() && rstd.numel() == r,
              "rmsnorm_forward: sizes do not match");
@@ -281,7 +281,7 @@ struct CpuBackend final : Backend {
       for (int64_t j = 0; j < n; ++j) {
         const float xh = row[j] * s;
         if (pxh) pxh[i * n + j] = xh;
-        py[i * n + j] = xh * (pw[j] + offset);
+        py[i * n + j] = (accumulate ? py[i * n + j] : 0.0f) + xh * (pw[j] + offset);
       }
     }
   }

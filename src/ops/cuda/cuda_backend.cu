@@ -341,7 +341,7 @@ __global__ void layernorm_backward_kernel(Ptr dy, Ptr x, const float* w, const f
 // RMSNorm: y = xhat (w + offset), xhat = x rstd, rstd = rsqrt(mean(x^2) + eps); one warp per
 // row; xhat written as in layernorm_forward_kernel.
 __global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, float eps, Ptr y,
-                                       float* rstd, Ptr xhat, int64_t rows, int n) {
+                                       float* rstd, Ptr xhat, int64_t rows, int n, int accumulate) {
   int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -354,7 +354,7 @@ __global__ void rmsnorm_forward_kernel(Ptr x, const float* w, float offset, floa
   for (int c = lane; c < n; c += 32) {
     const float xh = x.get(r * n + c) * rs;
     if (xhat.p) xhat.set(r * n + c, xh);
-    y.set(r * n + c, xh * (w[c] + offset));
+    y.set(r * n + c, (accumulate ? y.get(r * n + c) : 0.0f) + xh * (w[c] + offset));
   }
   if (lane == 0) rstd[r] = rs;
 }
@@ -1385,7 +1385,7 @@ struct CudaBackend final : Backend {
     layernorm_backward_any(dy, xhat, w, nullptr, rstd, dx, dw, db, accumulate, dx_copy);
   }
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
-                       Tensor& rstd, Tensor* xhat) const override {
+                       Tensor& rstd, Tensor* xhat, bool accumulate) const override {
     OpScope scope_(prof.get(), "rmsnorm_forward");
     const int n = static_cast<int>(w.numel());
     const int64_t rows = x.numel() / n;
@@ -1394,12 +1394,12 @@ struct CudaBackend final : Backend {
              "rmsnorm_forward: sizes do not match");
     const Ptr xh = optional_ptr(xhat);
     if (norm_rows_vectorised(n, {x.data, y.data, w.data, xh.p})) {
-      rmsnorm_forward_rows(P(x), F(w), offset, eps, P(y), W(rstd), xh, rows, n);
+      rmsnorm_forward_rows(P(x), F(w), offset, eps, P(y), W(rstd), xh, rows, n, accumulate);
       return;
     }
     if (rows > 0)
       rmsnorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(P(x), F(w), offset, eps, P(y),
-                                                                  W(rstd), xh, rows, n);
+                                                                  W(rstd), xh, rows, n, accumulate);
     ET_LAUNCH_CHECK();
   }
   void rmsnorm_backward_any(const Tensor& dy, const Tensor& x, bool normalized, const Tensor& w,

@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
 
 template <int V>
 __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float eps, Ptr y,
-                                    float* rstd, Ptr xhat, int64_t rows, int n) {
+                                    float* rstd, Ptr xhat, int64_t rows, int n, int accumulate) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -231,6 +231,12 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
     if (xhat.p) xhat.store8(r * n + c, v[k]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[k][j] *= wv[j];
+    if (accumulate) {
+      float sum[8];
+      y.load8(r * n + c, sum);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] += sum[j];
+    }
     y.store8(r * n + c, v[k]);
   }
   if (lane == 0) rstd[r] = rs;
@@ -373,11 +379,11 @@ void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, c
 }
 
 void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
-                          Ptr xhat, int64_t rows, int n) {
+                          Ptr xhat, int64_t rows, int n, bool accumulate) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
-    rmsnorm_forward_vec<decltype(v)::value>
-        <<<forward_blocks(rows), kWarps * 32>>>(x, w, offset, eps, y, rstd, xhat, rows, n);
+    rmsnorm_forward_vec<decltype(v)::value><<<forward_blocks(rows), kWarps * 32>>>(
+        x, w, offset, eps, y, rstd, xhat, rows, n, accumulate);
   });
   ET_LAUNCH_CHECK();
 }

@@ -40,8 +40,9 @@ void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Pt
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
                              NormGradOut dx, float* dw, float* db, int64_t rows, int n,
                              Ptr dropped = {nullptr, 0}, const DropoutSite& d = {});
+// With `accumulate`, y += the output (a residual stream that a post norm's output joins).
 void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
-                          Ptr xhat, int64_t rows, int n);
+                          Ptr xhat, int64_t rows, int n, bool accumulate = false);
 void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
                            const float* rstd, NormGradOut dx, float* dw, int64_t rows, int n);
 // y = xhat (w + offset) + b (b may be null) over rows of n; any n and alignment.
