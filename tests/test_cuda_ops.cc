@@ -1298,12 +1298,13 @@ TEST(CudaOps, AttentionForwardBackward) {
       {{256, 77}, 4, 2, 64, true, -1, false},
       {{300}, 2, 2, 64, false, 100, false},
       {{300, 129}, 4, 2, 128, true, -1, false},  // Qwen3's: causal, grouped-query, head dim 128
-      // head dim 256 (two blocks per key tile; fp32 inputs single-buffered, the bf16 pass
-      // below double-buffered where the device has the shared memory); with
-      // EMBEDTUNE_ATTENTION=gemm, sequences of 128+ tokens take the cuBLAS path, shorter ones
-      // the fp32 tiles
+      // head dim 256 (the backward's products split between two warp groups; fp32 inputs
+      // single-buffered, the bf16 pass below double-buffered where the device has the shared
+      // memory); with EMBEDTUNE_ATTENTION=gemm, sequences of 128+ tokens take the cuBLAS path,
+      // shorter ones the fp32 tiles
       {{200, 33, 1, 130}, 3, 1, 256, false, 8, false},  // EmbeddingGemma's shape
       {{150, 20}, 4, 2, 256, true, -1, false},
+      {{200, 17}, 2, 2, 256, false, -1, true},  // the relative bias's gradient from the dS group
       // cuBLAS buckets: lengths within 1/8 padded together (gathered, GQA), equal adjacent
       // lengths read in place, causal with padded keys
       {{150, 140, 20, 150, 129, 150}, 4, 2, 256, false, -1, false},

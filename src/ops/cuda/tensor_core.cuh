@@ -64,6 +64,16 @@ __device__ __forceinline__ void atomic_add2(float* dst, float a, float b) {
   atomicAdd(dst + 1, b);
 #endif
 }
+// Named barrier `id` (1-15; 0 is __syncthreads') over `threads` threads of the block: warps
+// that arrive go on, warps that sync wait for all `threads`. The arriving warps' earlier shared
+// memory writes are visible to the waiting ones (PTX ISA, bar / barrier: memory ordering), so
+// one warp group can hand a tile to another without stopping itself.
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);

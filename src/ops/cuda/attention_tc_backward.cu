@@ -1,0 +1,615 @@
+// Tensor-core variable-length attention, backward (the design in attention_tc.cu, which has
+// the forward; the shared tile helpers in attention_tiles.cuh).
+//
+// Backward: a block owns 64 key rows (16 per warp) of one key/value head and streams the query
+// tiles of every query head that uses it (grouped-query attention: `group` heads):
+//   S^T = K Q^T, P^T = exp(scale S^T + bias - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
+//   dV += P^T dO, dK += dS^T Q (register accumulators, summed over the group in place, so dK
+//   and dV are written once without atomics), dQ += dS K (fp32 atomic adds, since every key
+//   tile contributes to every query row). At head dim 256 a block of 8 warps splits the
+//   products of each tile between two warp groups (BwdSplitTile).
+// Dropout on the probabilities (kDropout; dropout_mask.h): the forward sums P before dropout
+// into the normaliser and the dropped P Z into the output (Z = keep / (1 - p)); the backward
+// regenerates Z: dV += (P Z)^T dO, dS^T = P^T (Z dP^T - D). The mask's row keys are per query
+// row: two per lane in the forward, and 64 per query tile in shared memory in the backward,
+// whose lanes see 16 query rows each.
+#include <cuda_bf16.h>
+
+#include "ops/cuda/attention.h"
+#include "ops/cuda/attention_tiles.cuh"
+#include "ops/cuda/cuda_common.h"
+#include "ops/cuda/tensor_core.cuh"
+#include "ops/relative_bucket.h"
+
+namespace et::cuda {
+
+namespace {
+
+using namespace attn_tc;
+
+// Backward tiles up to head dim 128: a block of 4 warps forms all D columns of dK, dV (and of
+// its dQ contributions) and double-buffers the query/dO tiles. Head dim 256 takes
+// attn_bwd_split_kernel (BwdSplitTile).
+template <int D>
+struct BwdTile {
+  static_assert(D <= 128, "one warp holds dK and dV of its 16 key rows");
+  static constexpr bool keep_kv = D <= 64;  // K, V A-fragments held in registers
+  static constexpr int LD = D + 8, LS = 64 + 8;
+  static constexpr size_t bytes =
+      sizeof(bf16) * (6 * 64 * LD + 64 * LS) + sizeof(float) * (5 * 64 + 64);
+};
+
+// Backward. Warp w owns key rows key0 + 16w .. +16 (this lane: rows g, g + 8); query tiles
+// (head by head of the group) stream through shared memory. dK, dV accumulate in registers;
+// dS^T goes through shared memory so that every warp can form its 16 query rows of dQ = dS K.
+template <int D, typename T, bool kDropout>
+__global__ void __launch_bounds__(NW * 32)
+    attn_bwd_tc_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
+                       const T* __restrict__ v, const float* __restrict__ lse,
+                       const T* __restrict__ dout, const float* __restrict__ delta,
+                       float* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
+                       float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
+                       const int32_t* __restrict__ cu) {
+  constexpr int LD = BwdTile<D>::LD, LS = BwdTile<D>::LS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + 64 * LD;
+  // query tiles and their dO, double-buffered: [K | V | Q0 | dO0 | Q1 | dO1 | dS^T]
+  auto qbuf = [&](int b) { return Vs + (1 + 2 * b) * 64 * LD; };
+  auto gbuf = [&](int b) { return Vs + (2 + 2 * b) * 64 * LD; };
+  bf16* dSt = Vs + 5 * 64 * LD;                                     // [64 keys][LS]
+  float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);           // [2][64]
+  float* del_b = lse_b + 128;                                       // [2][64]
+  float* bias_acc = del_b + 128;                                    // [64]
+  uint32_t* drop_key = reinterpret_cast<uint32_t*>(bias_acc + 64);  // [64] of the query tile
+  const int kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
+  const int64_t start = cu[seq];
+  const int len = cu[seq + 1] - cu[seq];
+  // K and V travel in the first cp.async group with the first query tile (one round trip to
+  // global memory before the first products instead of two)
+  load_tile_async<D>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
+  load_tile_async<D>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
+  if (d_bias)
+    for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) bias_acc[b] = 0;
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[nb][e] = dv_acc[nb][e] = 0;
+  // Head dims up to 64: this warp's K and V rows as A fragments, read from shared memory once
+  // they have landed (they are the same for every query tile); larger head dims reload them per
+  // tile, for lack of registers.
+  constexpr bool kKeepKV = BwdTile<D>::keep_kv;
+  uint32_t kfr[kKeepKV ? D / 16 : 1][4], vfr[kKeepKV ? D / 16 : 1][4];
+  const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
+  const float sl2 = p.scale * kLog2e;
+  int q_begin = 0, q_end = len;
+  if (p.causal) q_begin = key0 / BM * BM;
+  if (p.window >= 0) {
+    q_begin = max(q_begin, max(0, key0 - p.window) / BM * BM);
+    q_end = min(len, key0 + 64 + p.window);
+  }
+  const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
+  // Iteration it: query head kvh * group + it / n_q, query tile it % n_q.
+  auto head_of = [&](int it) { return kvh * p.group + it / n_q; };
+  // The next query tile, its dO, lse and delta (all asynchronous: a plain load of lse here
+  // would stall two warps on global memory at the top of every iteration).
+  auto issue = [&](int buf, int h, int c0) {
+    load_tile_async<D>(qbuf(buf), q + start * p.qs, p.qs, h * D, c0, len);
+    load_tile_async<D>(gbuf(buf), dout + start * p.qs, p.qs, h * D, c0, len);
+    if (threadIdx.x < 64) {
+      const int i = c0 + threadIdx.x;
+      const int64_t at = (start + min(i, len - 1)) * p.hq + h;
+      cp_async4(lse_b + buf * 64 + threadIdx.x, lse + at, i < len);
+      cp_async4(del_b + buf * 64 + threadIdx.x, delta + at, i < len);
+    }
+  };
+  const int n_it = n_q * p.group;
+  if (n_q > 0) issue(0, head_of(0), q_begin);
+  cp_async_commit();
+  for (int it = 0; it < n_it; ++it) {
+    const int h = head_of(it), c0 = q_begin + (it % n_q) * BM, buf = it & 1;
+    const bf16* Qs = qbuf(buf);
+    const bf16* Gs = gbuf(buf);
+    float* lse_s = lse_b + buf * 64;
+    const float* del_s = del_b + buf * 64;
+    if (it + 1 < n_it) issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
+    cp_async_commit();
+    cp_async_wait<1>();
+    if (threadIdx.x < 64) {
+      lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
+      // (the previous tile's keys were last read before its dS^T barrier)
+      if constexpr (kDropout)
+        drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
+    }
+    __syncthreads();
+    if constexpr (kKeepKV)
+      if (it == 0)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          ldsm_x4(kfr[kk], a_addr(Ks, LD, warp * 16, kk * 16, lane));
+          ldsm_x4(vfr[kk], a_addr(Vs, LD, warp * 16, kk * 16, lane));
+        }
+    float st[8][4], dpt[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4], va[4];
+      if constexpr (kKeepKV) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ka[e] = kfr[kk][e], va[e] = vfr[kk][e];
+      } else {
+        ldsm_x4(ka, a_addr(Ks, LD, warp * 16, kk * 16, lane));
+        ldsm_x4(va, a_addr(Vs, LD, warp * 16, kk * 16, lane));
+      }
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        ldsm_x4(b, bt_addr(Qs, LD, np * 16, kk * 16, lane));
+        mma16816(st[2 * np], ka, b[0], b[1]);
+        mma16816(st[2 * np + 1], ka, b[2], b[3]);
+        ldsm_x4(b, bt_addr(Gs, LD, np * 16, kk * 16, lane));
+        mma16816(dpt[2 * np], va, b[0], b[1]);
+        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
+      }
+    }
+    // Z = keep / (1 - p) of query qi of the tile and key `key` (1 without dropout)
+    auto dropout_factor = [&](int qi, int key) {
+      if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
+      return 1.0f;
+    };
+    // P^T (times Z) and dS^T (in place of S^T and dP^T); lse_s is in log2 units
+    if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
+      // Query rows past the end have zero Q and dO (and lse = delta = 0): P = 1, dP = 0, dS = 0.
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = 8 * j + 2 * t + (e & 1);
+          const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
+          const float z = dropout_factor(qi, jrow[e / 2]);
+          dpt[j][e] = pv * (dpt[j][e] * z - del_s[qi]);
+          st[j][e] = pv * z;
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
+          float pv = 0, ds = 0;
+          if (queries_seeing(p, key, len).contains(i)) {
+            float x = st[j][e] * sl2;
+            int bucket = 0;
+            if (p.bias) {
+              bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
+              x += kLog2e * p.bias[bucket * p.hq + h];
+            }
+            pv = fast_exp2(x - lse_s[qi]);
+            const float z = dropout_factor(qi, key);
+            ds = pv * (dpt[j][e] * z - del_s[qi]);
+            pv *= z;
+            if (d_bias) atomicAdd(&bias_acc[bucket], ds);
+          }
+          st[j][e] = pv;
+          dpt[j][e] = ds;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) =
+          pack2(dpt[j][0], dpt[j][1]);
+      *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g + 8) * LS + 8 * j + 2 * t) =
+          pack2(dpt[j][2], dpt[j][3]);
+    }
+    // dV_w += P^T dO,  dK_w += dS^T Q  (A fragments straight from the accumulators)
+#pragma unroll
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t pa[4] = {pack2(st[2 * kc][0], st[2 * kc][1]), pack2(st[2 * kc][2], st[2 * kc][3]),
+                        pack2(st[2 * kc + 1][0], st[2 * kc + 1][1]),
+                        pack2(st[2 * kc + 1][2], st[2 * kc + 1][3])};
+      uint32_t da[4] = {pack2(dpt[2 * kc][0], dpt[2 * kc][1]),
+                        pack2(dpt[2 * kc][2], dpt[2 * kc][3]),
+                        pack2(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
+                        pack2(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Gs, LD, kc * 16, np * 16, lane));
+        mma16816(dv_acc[2 * np], pa, b[0], b[1]);
+        mma16816(dv_acc[2 * np + 1], pa, b[2], b[3]);
+        ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, np * 16, lane));
+        mma16816(dk_acc[2 * np], da, b[0], b[1]);
+        mma16816(dk_acc[2 * np + 1], da, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // dS^T of all warps in place
+    // dQ rows c0 + 16w .. +16 = dS K: A = dS (from dS^T, transposed load), B = K [key][d]
+    float dq_acc[D / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb)
+      dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
+#pragma unroll
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t a[4];
+      ldsm_x4_t(a, at_addr(dSt, LS, kc * 16, warp * 16, lane));
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, np * 16, lane));
+        mma16816(dq_acc[2 * np], a, b[0], b[1]);
+        mma16816(dq_acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = c0 + warp * 16 + g + 8 * r;
+      if (i >= len) continue;
+      float* dqrow = dq + (start + i) * p.qs + h * D;
+#pragma unroll
+      for (int nb = 0; nb < D / 8; ++nb)
+        atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
+                    p.scale * dq_acc[nb][2 * r + 1]);
+    }
+    if (d_bias && (it + 1 == n_it || head_of(it + 1) != h)) {  // head done
+      __syncthreads();
+      for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) {
+        if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
+        bias_acc[b] = 0;
+      }
+    }
+  }
+  cp_async_wait<0>();  // a block without query tiles still has its K/V copies in flight
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int jj = jrow[r];
+    if (jj >= len) continue;
+    T* dkrow = dk + (start + jj) * p.ks + kvh * D;
+    T* dvrow = dv + (start + jj) * p.ks + kvh * D;
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      const int c = nb * 8 + 2 * t;
+      store2(dkrow + c, p.scale * dk_acc[nb][2 * r], p.scale * dk_acc[nb][2 * r + 1]);
+      store2(dvrow + c, dv_acc[nb][2 * r], dv_acc[nb][2 * r + 1]);
+    }
+  }
+}
+
+// Backward at head dim 256, with the tile products split between two warp groups: one warp
+// cannot hold both dK and dV of its 16 key rows (2 x 128 fp32 registers a lane). 8 warps share a
+// 64-key tile. Warp w < 4 (the P group) owns key rows 16w..16w+16 and forms S^T = K Q^T, P^T
+// and dV += (P Z)^T dO; warp w + 4 (the dS group) owns the same rows and forms dP^T = V dO^T,
+// then, with P^T handed over in shared memory (a named barrier: the P group does not wait),
+// dS^T = P^T (Z dP^T - D) and dK += dS^T Q. All eight form dQ = dS K (warp w: query rows
+// 16 (w % 4).., columns D/2 (w / 4)..). Five tile products per tile pair; the layout it replaced
+// split dK, dV, dQ by column halves between two blocks of 4 warps, each recomputing S^T and dP^T
+// (seven), one block an SM. Measured 6% faster at 64 x 512 (H100, bench/NOTES.md, session 20)
+// and 1.8x slower at head dim 128 (one block of 8 warps an SM against two of 4), so only 256
+// takes it. P^T goes through shared memory in fragment order ([warp][j][e][lane], fp32): each
+// dS lane reads back exactly the values its partner lane held, no bank conflicts, no rounding.
+template <int D>
+struct BwdSplitTile {
+  static constexpr int NW = 8, THREADS = NW * 32;
+  static constexpr int LD = D + 8, LS = 64 + 8;
+  static constexpr size_t bytes(int stages) {
+    return sizeof(bf16) * ((2 + 2 * stages) * 64 * LD + 64 * LS) + sizeof(float) * (5 * 64 + 64) +
+           sizeof(float) * 64 * 64;
+  }
+};
+
+template <int D, int kStages, typename T, bool kDropout>
+__global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
+    attn_bwd_split_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
+                          const T* __restrict__ v, const float* __restrict__ lse,
+                          const T* __restrict__ dout, const float* __restrict__ delta,
+                          float* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
+                          float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
+                          const int32_t* __restrict__ cu) {
+  static_assert(D % 128 == 0, "dQ passes of 64 columns over half the head dim");
+  constexpr int LD = BwdSplitTile<D>::LD, LS = BwdSplitTile<D>::LS;
+  constexpr int THREADS = BwdSplitTile<D>::THREADS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + 64 * LD;
+  // [K | V | Q0 | dO0 | (Q1 | dO1) | dS^T | lse | delta | bias | dropout keys | P^T]
+  auto qbuf = [&](int b) { return Vs + (1 + 2 * b) * 64 * LD; };
+  auto gbuf = [&](int b) { return Vs + (2 + 2 * b) * 64 * LD; };
+  bf16* dSt = Vs + (1 + 2 * kStages) * 64 * LD;                     // [64 keys][LS]
+  float* lse_b = reinterpret_cast<float*>(dSt + 64 * LS);           // [2][64]
+  float* del_b = lse_b + 128;                                       // [2][64]
+  float* bias_acc = del_b + 128;                                    // [64]
+  uint32_t* drop_key = reinterpret_cast<uint32_t*>(bias_acc + 64);  // [64] of the query tile
+  float* p_frags = reinterpret_cast<float*>(drop_key + 64);         // [4][8][4][32]
+  const int kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const bool p_group = warp < 4;
+  const int wk = warp % 4;  // key rows 16 wk .. 16 wk + 16 of the tile
+  float* my_p = p_frags + wk * 8 * 4 * 32;
+  const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
+  const int64_t start = cu[seq];
+  const int len = cu[seq + 1] - cu[seq];
+  load_tile_async<D, 64, THREADS>(Ks, k + start * p.ks, p.ks, kvh * D, key0, len);
+  load_tile_async<D, 64, THREADS>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
+  if (d_bias)
+    for (int b = threadIdx.x; b < p.buckets; b += THREADS) bias_acc[b] = 0;
+  float acc[D / 8][4];  // dV (P group) or dK (dS group) of this warp's 16 key rows
+#pragma unroll
+  for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nb][e] = 0;
+  const int jrow[2] = {key0 + wk * 16 + g, key0 + wk * 16 + g + 8};
+  const float sl2 = p.scale * kLog2e;
+  int q_begin = 0, q_end = len;
+  if (p.causal) q_begin = key0 / BM * BM;
+  if (p.window >= 0) {
+    q_begin = max(q_begin, max(0, key0 - p.window) / BM * BM);
+    q_end = min(len, key0 + 64 + p.window);
+  }
+  const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
+  auto head_of = [&](int it) { return kvh * p.group + it / n_q; };
+  auto issue = [&](int buf, int h, int c0) {
+    load_tile_async<D, 64, THREADS>(qbuf(buf), q + start * p.qs, p.qs, h * D, c0, len);
+    load_tile_async<D, 64, THREADS>(gbuf(buf), dout + start * p.qs, p.qs, h * D, c0, len);
+    if (threadIdx.x < 64) {
+      const int i = c0 + threadIdx.x;
+      const int64_t at = (start + min(i, len - 1)) * p.hq + h;
+      cp_async4(lse_b + buf * 64 + threadIdx.x, lse + at, i < len);
+      cp_async4(del_b + buf * 64 + threadIdx.x, delta + at, i < len);
+    }
+  };
+  const int n_it = n_q * p.group;
+  if (n_q > 0) issue(0, head_of(0), q_begin);
+  cp_async_commit();
+  for (int it = 0; it < n_it; ++it) {
+    const int h = head_of(it), c0 = q_begin + (it % n_q) * BM, buf = kStages == 2 ? it & 1 : 0;
+    const bf16* Qs = qbuf(buf);
+    const bf16* Gs = gbuf(buf);
+    float* lse_s = lse_b + buf * 64;
+    const float* del_s = del_b + buf * 64;
+    if constexpr (kStages == 2) {
+      if (it + 1 < n_it) issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    if (threadIdx.x < 64) {
+      lse_s[threadIdx.x] *= kLog2e;
+      if constexpr (kDropout)
+        drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
+    }
+    __syncthreads();
+    // S^T = K Q^T (P group) or dP^T = V dO^T (dS group): one product shape, warp-uniform operands
+    const bf16* As = p_group ? Ks : Vs;
+    const bf16* Bs = p_group ? Qs : Gs;
+    float sp[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sp[j][e] = 0;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldsm_x4(a, a_addr(As, LD, wk * 16, kk * 16, lane));
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        ldsm_x4(b, bt_addr(Bs, LD, np * 16, kk * 16, lane));
+        mma16816(sp[2 * np], a, b[0], b[1]);
+        mma16816(sp[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+    auto dropout_factor = [&](int qi, int key) {
+      if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
+      return 1.0f;
+    };
+    if (p_group) {
+      // P^T (lse_s in log2 units). Query rows past the end have zero Q and dO and lse = 0: P = 1
+      // there, harmless since dO = 0 and the dS group's delta is 0.
+      if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            sp[j][e] = fast_exp2(fmaf(sp[j][e], sl2, -lse_s[8 * j + 2 * t + (e & 1)]));
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
+            float pv = 0;
+            if (queries_seeing(p, key, len).contains(i)) {
+              float x = sp[j][e] * sl2;
+              if (p.bias)
+                x +=
+                    kLog2e *
+                    p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
+              pv = fast_exp2(x - lse_s[qi]);
+            }
+            sp[j][e] = pv;
+          }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) my_p[(4 * j + e) * 32 + lane] = sp[j][e];
+      named_barrier_arrive(1, THREADS);
+      // dV_w += (P Z)^T dO
+#pragma unroll
+      for (int kc = 0; kc < 4; ++kc) {
+        float pz[2][4];
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            pz[h2][e] = sp[2 * kc + h2][e] *
+                        dropout_factor(8 * (2 * kc + h2) + 2 * t + (e & 1), jrow[e / 2]);
+        const uint32_t pa[4] = {pack2(pz[0][0], pz[0][1]), pack2(pz[0][2], pz[0][3]),
+                                pack2(pz[1][0], pz[1][1]), pack2(pz[1][2], pz[1][3])};
+#pragma unroll
+        for (int np = 0; np < D / 16; ++np) {
+          uint32_t b[4];
+          ldsm_x4_t(b, b_addr(Gs, LD, kc * 16, np * 16, lane));
+          mma16816(acc[2 * np], pa, b[0], b[1]);
+          mma16816(acc[2 * np + 1], pa, b[2], b[3]);
+        }
+      }
+    } else {
+      named_barrier_sync(1, THREADS);  // the partner warp's P^T has landed
+      // dS^T = P^T (Z dP^T - D): zero wherever P is (masked keys, rows past the end)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = 8 * j + 2 * t + (e & 1), key = jrow[e / 2];
+          const float ds =
+              my_p[(4 * j + e) * 32 + lane] * (sp[j][e] * dropout_factor(qi, key) - del_s[qi]);
+          if (d_bias && ds != 0.0f)
+            atomicAdd(
+                &bias_acc[relative_position_bucket(key - (c0 + qi), p.buckets, p.max_distance)],
+                ds);
+          sp[j][e] = ds;
+        }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        *reinterpret_cast<uint32_t*>(dSt + (wk * 16 + g) * LS + 8 * j + 2 * t) =
+            pack2(sp[j][0], sp[j][1]);
+        *reinterpret_cast<uint32_t*>(dSt + (wk * 16 + g + 8) * LS + 8 * j + 2 * t) =
+            pack2(sp[j][2], sp[j][3]);
+      }
+      // dK_w += dS^T Q
+#pragma unroll
+      for (int kc = 0; kc < 4; ++kc) {
+        const uint32_t da[4] = {pack2(sp[2 * kc][0], sp[2 * kc][1]),
+                                pack2(sp[2 * kc][2], sp[2 * kc][3]),
+                                pack2(sp[2 * kc + 1][0], sp[2 * kc + 1][1]),
+                                pack2(sp[2 * kc + 1][2], sp[2 * kc + 1][3])};
+#pragma unroll
+        for (int np = 0; np < D / 16; ++np) {
+          uint32_t b[4];
+          ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, np * 16, lane));
+          mma16816(acc[2 * np], da, b[0], b[1]);
+          mma16816(acc[2 * np + 1], da, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // dS^T of all warps in place (single-buffered: Q, dO no longer read)
+    if constexpr (kStages == 1) {
+      if (it + 1 < n_it) issue(0, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
+      cp_async_commit();
+    }
+    // dQ rows c0 + 16 wk .. +16, columns [D/2 (warp / 4), + D/2) = dS K, in passes of 64 columns
+    uint32_t dsa[4][4];
+#pragma unroll
+    for (int kc = 0; kc < 4; ++kc) ldsm_x4_t(dsa[kc], at_addr(dSt, LS, kc * 16, wk * 16, lane));
+#pragma unroll
+    for (int pass = 0; pass < D / 128; ++pass) {
+      const int col0 = (warp / 4) * (D / 2) + pass * 64;
+      float dq_acc[8][4];
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb)
+        dq_acc[nb][0] = dq_acc[nb][1] = dq_acc[nb][2] = dq_acc[nb][3] = 0;
+#pragma unroll
+      for (int kc = 0; kc < 4; ++kc)
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          uint32_t b[4];
+          ldsm_x4_t(b, b_addr(Ks, LD, kc * 16, col0 + np * 16, lane));
+          mma16816(dq_acc[2 * np], dsa[kc], b[0], b[1]);
+          mma16816(dq_acc[2 * np + 1], dsa[kc], b[2], b[3]);
+        }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int i = c0 + wk * 16 + g + 8 * r;
+        if (i >= len) continue;
+        float* dqrow = dq + (start + i) * p.qs + h * D + col0;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+          atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
+                      p.scale * dq_acc[nb][2 * r + 1]);
+      }
+    }
+    if (d_bias && (it + 1 == n_it || head_of(it + 1) != h)) {  // head done
+      __syncthreads();
+      for (int b = threadIdx.x; b < p.buckets; b += THREADS) {
+        if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
+        bias_acc[b] = 0;
+      }
+    }
+  }
+  cp_async_wait<0>();  // a block without query tiles still has its K/V copies in flight
+  // the P group holds dV, the dS group dK (times the softmax scale)
+  T* const out = p_group ? dv : dk;
+  const float f = p_group ? 1.0f : p.scale;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int jj = jrow[r];
+    if (jj >= len) continue;
+    T* row = out + (start + jj) * p.ks + kvh * D;
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb)
+      store2(row + nb * 8 + 2 * t, f * acc[nb][2 * r], f * acc[nb][2 * r + 1]);
+  }
+}
+
+}  // namespace
+
+void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
+                           const void* dout, bool bf16_in, const float* lse, const float* delta,
+                           float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
+                           int n_tiles, const int32_t* cu) {
+  TcParams p = make_attn_params(a);
+  // head dim 256: two query/dO buffers where they fit (an H100's 227 KB; not an A100's 163 KB);
+  // fp32 inputs load synchronously, so a second buffer would gain them nothing
+  static const int smem_optin = [] {
+    int dev = 0, v = 0;
+    ET_CUDA(cudaGetDevice(&dev));
+    ET_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return v;
+  }();
+  dispatch_tc(a.head_dim, [&](auto dd) {
+    constexpr int D = decltype(dd)::value;
+    auto run = [&](auto kernel, size_t bytes, int threads, auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      // on every launch (a host call of about a microsecond): the one- and two-stage kernels
+      // share this lambda's instantiation, so a static here would set only the first of them
+      allow_dynamic_smem(kernel, bytes);
+      kernel<<<dim3(n_tiles, p.hk), threads, bytes>>>(
+          p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
+          static_cast<const T*>(dout), delta, dq, static_cast<T*>(dk), static_cast<T*>(dv),
+          d_rel_bias, tiles, cu);
+    };
+    auto pick = [&](auto dropout) {
+      constexpr bool kDrop = decltype(dropout)::value;
+      if constexpr (D <= 128) {
+        constexpr size_t bytes = BwdTile<D>::bytes;
+        if (bf16_in)
+          run(attn_bwd_tc_kernel<D, bf16, kDrop>, bytes, NW * 32, static_cast<bf16*>(nullptr));
+        else
+          run(attn_bwd_tc_kernel<D, float, kDrop>, bytes, NW * 32, static_cast<float*>(nullptr));
+      } else {
+        constexpr size_t one = BwdSplitTile<D>::bytes(1), two = BwdSplitTile<D>::bytes(2);
+        constexpr int th = BwdSplitTile<D>::THREADS;
+        if (bf16_in && static_cast<size_t>(smem_optin) >= two)
+          run(attn_bwd_split_kernel<D, 2, bf16, kDrop>, two, th, static_cast<bf16*>(nullptr));
+        else if (bf16_in)
+          run(attn_bwd_split_kernel<D, 1, bf16, kDrop>, one, th, static_cast<bf16*>(nullptr));
+        else
+          run(attn_bwd_split_kernel<D, 1, float, kDrop>, one, th, static_cast<float*>(nullptr));
+      }
+    };
+    if (p.dropout)
+      pick(std::true_type{});
+    else
+      pick(std::false_type{});
+  });
+  ET_LAUNCH_CHECK();
+}
+
+}  // namespace et::cuda
