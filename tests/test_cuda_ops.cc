@@ -1298,7 +1298,7 @@ TEST(CudaOps, AttentionForwardBackward) {
       {{256, 77}, 4, 2, 64, true, -1, false},
       {{300}, 2, 2, 64, false, 100, false},
       {{300, 129}, 4, 2, 128, true, -1, false},  // Qwen3's: causal, grouped-query, head dim 128
-      // head dim 256 (the backward's products split between two warp groups; fp32 inputs
+      // head dim 256 (the backward's warp pairs sharing each key row's dK and dV; fp32 inputs
       // single-buffered, the bf16 pass below double-buffered where the device has the shared
       // memory); with EMBEDTUNE_ATTENTION=gemm, sequences of 128+ tokens take the cuBLAS path,
       // shorter ones the fp32 tiles

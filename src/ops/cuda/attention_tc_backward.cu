@@ -6,8 +6,8 @@
 //   S^T = K Q^T, P^T = exp(scale S^T + bias - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //   dV += P^T dO, dK += dS^T Q (register accumulators, summed over the group in place, so dK
 //   and dV are written once without atomics), dQ += dS K (fp32 atomic adds, since every key
-//   tile contributes to every query row). At head dim 256 a block of 8 warps splits the
-//   products of each tile between two warp groups (BwdSplitTile).
+//   tile contributes to every query row). At head dim 256 a block of 8 warps shares each key
+//   row's dK and dV between a pair of warps (BwdPairTile).
 // Dropout on the probabilities (kDropout; dropout_mask.h): the forward sums P before dropout
 // into the normaliser and the dropped P Z into the output (Z = keep / (1 - p)); the backward
 // regenerates Z: dV += (P Z)^T dO, dS^T = P^T (Z dP^T - D). The mask's row keys are per query
@@ -29,7 +29,7 @@ using namespace attn_tc;
 
 // Backward tiles up to head dim 128: a block of 4 warps forms all D columns of dK, dV (and of
 // its dQ contributions) and double-buffers the query/dO tiles. Head dim 256 takes
-// attn_bwd_split_kernel (BwdSplitTile).
+// attn_bwd_pair_kernel (BwdPairTile).
 template <int D>
 struct BwdTile {
   static_assert(D <= 128, "one warp holds dK and dV of its 16 key rows");
@@ -280,43 +280,42 @@ __global__ void __launch_bounds__(NW * 32)
   }
 }
 
-// Backward at head dim 256, with the tile products split between two warp groups: one warp
-// cannot hold both dK and dV of its 16 key rows (2 x 128 fp32 registers a lane). 8 warps share a
-// 64-key tile. Warp w < 4 (the P group) owns key rows 16w..16w+16 and forms S^T = K Q^T, P^T
-// and dV += (P Z)^T dO; warp w + 4 (the dS group) owns the same rows and forms dP^T = V dO^T,
-// then, with P^T handed over in shared memory (a named barrier: the P group does not wait),
-// dS^T = P^T (Z dP^T - D) and dK += dS^T Q. All eight form dQ = dS K (warp w: query rows
-// 16 (w % 4).., columns D/2 (w / 4)..). Five tile products per tile pair; the layout it replaced
-// split dK, dV, dQ by column halves between two blocks of 4 warps, each recomputing S^T and dP^T
-// (seven), one block an SM. Measured 6% faster at 64 x 512 (H100, bench/NOTES.md, session 20)
-// and 1.8x slower at head dim 128 (one block of 8 warps an SM against two of 4), so only 256
-// takes it. P^T goes through shared memory in fragment order ([warp][j][e][lane], fp32): each
-// dS lane reads back exactly the values its partner lane held, no bank conflicts, no rounding.
+// Backward at head dim 256: one warp cannot hold both dK and dV of its 16 key rows (2 x 128
+// fp32 registers a lane), so a pair of warps shares them. 8 warps a 64-key tile; warps w and
+// w + 4 own key rows 16w..16w+16. Each forms S^T = K Q^T and dP^T = V dO^T for half of the
+// query tile's 64 columns (w: 0-31, w + 4: 32-63), then P^T Z and dS^T = P^T (Z dP^T - D) of
+// that half, and writes both (bf16) to shared memory; after a barrier of the pair, warp w adds
+// dV += (P Z)^T dO and warp w + 4 dK += dS^T Q over all 64 queries. All eight form dQ = dS K
+// (warp w: query rows 16 (w % 4).., columns D/2 (w / 4)..). Five tile products per tile pair;
+// the layout this replaced split dK, dV, dQ by column halves between two blocks of 4 warps,
+// each recomputing S^T and dP^T (seven), one block an SM (bench/NOTES.md, session 20). Up to
+// head dim 128 one warp holds both and the 4-warp kernel runs two blocks an SM; this kernel
+// there measured 1.13-1.16x its time (Qwen3's causal shape, 12 heads at 512 tokens).
 template <int D>
-struct BwdSplitTile {
+struct BwdPairTile {
   static constexpr int NW = 8, THREADS = NW * 32;
   static constexpr int LD = D + 8, LS = 64 + 8;
   static constexpr size_t bytes(int stages) {
-    return sizeof(bf16) * ((2 + 2 * stages) * 64 * LD + 64 * LS) + sizeof(float) * (5 * 64 + 64) +
-           sizeof(float) * 64 * 64;
+    return sizeof(bf16) * ((2 + 2 * stages) * 64 * LD + 2 * 64 * LS) +
+           sizeof(float) * (5 * 64 + 64);
   }
 };
 
 template <int D, int kStages, typename T, bool kDropout>
-__global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
-    attn_bwd_split_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
-                          const T* __restrict__ v, const float* __restrict__ lse,
-                          const T* __restrict__ dout, const float* __restrict__ delta,
-                          float* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
-                          float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
-                          const int32_t* __restrict__ cu) {
+__global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
+    attn_bwd_pair_kernel(TcParams p, const T* __restrict__ q, const T* __restrict__ k,
+                         const T* __restrict__ v, const float* __restrict__ lse,
+                         const T* __restrict__ dout, const float* __restrict__ delta,
+                         float* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
+                         float* __restrict__ d_bias, const int32_t* __restrict__ tiles,
+                         const int32_t* __restrict__ cu) {
   static_assert(D % 128 == 0, "dQ passes of 64 columns over half the head dim");
-  constexpr int LD = BwdSplitTile<D>::LD, LS = BwdSplitTile<D>::LS;
-  constexpr int THREADS = BwdSplitTile<D>::THREADS;
+  constexpr int LD = BwdPairTile<D>::LD, LS = BwdPairTile<D>::LS;
+  constexpr int THREADS = BwdPairTile<D>::THREADS;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + 64 * LD;
-  // [K | V | Q0 | dO0 | (Q1 | dO1) | dS^T | lse | delta | bias | dropout keys | P^T]
+  // [K | V | Q0 | dO0 | (Q1 | dO1) | dS^T | lse | delta | bias | dropout keys | P^T Z]
   auto qbuf = [&](int b) { return Vs + (1 + 2 * b) * 64 * LD; };
   auto gbuf = [&](int b) { return Vs + (2 + 2 * b) * 64 * LD; };
   bf16* dSt = Vs + (1 + 2 * kStages) * 64 * LD;                     // [64 keys][LS]
@@ -324,12 +323,12 @@ __global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
   float* del_b = lse_b + 128;                                       // [2][64]
   float* bias_acc = del_b + 128;                                    // [64]
   uint32_t* drop_key = reinterpret_cast<uint32_t*>(bias_acc + 64);  // [64] of the query tile
-  float* p_frags = reinterpret_cast<float*>(drop_key + 64);         // [4][8][4][32]
+  bf16* Pt = reinterpret_cast<bf16*>(drop_key + 64);                // [64 keys][LS]
   const int kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const bool p_group = warp < 4;
-  const int wk = warp % 4;  // key rows 16 wk .. 16 wk + 16 of the tile
-  float* my_p = p_frags + wk * 8 * 4 * 32;
+  const bool dv_warp = warp < 4;
+  const int wk = warp % 4;             // key rows 16 wk .. 16 wk + 16 of the tile
+  const int q_half = 32 * (warp / 4);  // this warp's query columns of each tile
   const int seq = tiles[2 * blockIdx.x], key0 = tiles[2 * blockIdx.x + 1];
   const int64_t start = cu[seq];
   const int len = cu[seq + 1] - cu[seq];
@@ -384,119 +383,95 @@ __global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
         drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
     }
     __syncthreads();
-    // S^T = K Q^T (P group) or dP^T = V dO^T (dS group): one product shape, warp-uniform operands
-    const bf16* As = p_group ? Ks : Vs;
-    const bf16* Bs = p_group ? Qs : Gs;
-    float sp[8][4];
+    // This warp's query columns of the tile: S^T = K Q^T and dP^T = V dO^T for its 16 key rows
+    float st[4][4], dpt[4][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) sp[j][e] = 0;
+      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_x4(a, a_addr(As, LD, wk * 16, kk * 16, lane));
+      uint32_t ka[4], va[4];
+      ldsm_x4(ka, a_addr(Ks, LD, wk * 16, kk * 16, lane));
+      ldsm_x4(va, a_addr(Vs, LD, wk * 16, kk * 16, lane));
 #pragma unroll
-      for (int np = 0; np < 4; ++np) {
+      for (int np = 0; np < 2; ++np) {
         uint32_t b[4];
-        ldsm_x4(b, bt_addr(Bs, LD, np * 16, kk * 16, lane));
-        mma16816(sp[2 * np], a, b[0], b[1]);
-        mma16816(sp[2 * np + 1], a, b[2], b[3]);
+        ldsm_x4(b, bt_addr(Qs, LD, q_half + np * 16, kk * 16, lane));
+        mma16816(st[2 * np], ka, b[0], b[1]);
+        mma16816(st[2 * np + 1], ka, b[2], b[3]);
+        ldsm_x4(b, bt_addr(Gs, LD, q_half + np * 16, kk * 16, lane));
+        mma16816(dpt[2 * np], va, b[0], b[1]);
+        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
       }
     }
     auto dropout_factor = [&](int qi, int key) {
       if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
       return 1.0f;
     };
-    if (p_group) {
-      // P^T (lse_s in log2 units). Query rows past the end have zero Q and dO and lse = 0: P = 1
-      // there, harmless since dO = 0 and the dS group's delta is 0.
-      if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
+    // P^T times Z (for dV) and scale dS^T = scale P^T (Z dP^T - D), in place of S^T and dP^T
+    // (the softmax scale of dK = scale dS^T Q and dQ = scale dS K applied once per score here
+    // rather than to every accumulator); lse_s is in log2 units. Query rows past the end have
+    // zero Q and dO and lse = delta = 0: P = 1, dS = 0.
+    if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            sp[j][e] = fast_exp2(fmaf(sp[j][e], sl2, -lse_s[8 * j + 2 * t + (e & 1)]));
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
-            float pv = 0;
-            if (queries_seeing(p, key, len).contains(i)) {
-              float x = sp[j][e] * sl2;
-              if (p.bias)
-                x +=
-                    kLog2e *
-                    p.bias[relative_position_bucket(key - i, p.buckets, p.max_distance) * p.hq + h];
-              pv = fast_exp2(x - lse_s[qi]);
-            }
-            sp[j][e] = pv;
-          }
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) my_p[(4 * j + e) * 32 + lane] = sp[j][e];
-      named_barrier_arrive(1, THREADS);
-      // dV_w += (P Z)^T dO
-#pragma unroll
-      for (int kc = 0; kc < 4; ++kc) {
-        float pz[2][4];
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            pz[h2][e] = sp[2 * kc + h2][e] *
-                        dropout_factor(8 * (2 * kc + h2) + 2 * t + (e & 1), jrow[e / 2]);
-        const uint32_t pa[4] = {pack2(pz[0][0], pz[0][1]), pack2(pz[0][2], pz[0][3]),
-                                pack2(pz[1][0], pz[1][1]), pack2(pz[1][2], pz[1][3])};
-#pragma unroll
-        for (int np = 0; np < D / 16; ++np) {
-          uint32_t b[4];
-          ldsm_x4_t(b, b_addr(Gs, LD, kc * 16, np * 16, lane));
-          mma16816(acc[2 * np], pa, b[0], b[1]);
-          mma16816(acc[2 * np + 1], pa, b[2], b[3]);
-        }
-      }
-    } else {
-      named_barrier_sync(1, THREADS);  // the partner warp's P^T has landed
-      // dS^T = P^T (Z dP^T - D): zero wherever P is (masked keys, rows past the end)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int qi = 8 * j + 2 * t + (e & 1), key = jrow[e / 2];
-          const float ds =
-              my_p[(4 * j + e) * 32 + lane] * (sp[j][e] * dropout_factor(qi, key) - del_s[qi]);
-          if (d_bias && ds != 0.0f)
-            atomicAdd(
-                &bias_acc[relative_position_bucket(key - (c0 + qi), p.buckets, p.max_distance)],
-                ds);
-          sp[j][e] = ds;
+          const int qi = q_half + 8 * j + 2 * t + (e & 1);
+          const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
+          const float z = dropout_factor(qi, jrow[e / 2]);
+          dpt[j][e] = pv * (dpt[j][e] * z - del_s[qi]) * p.scale;
+          st[j][e] = pv * z;
         }
+    } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        *reinterpret_cast<uint32_t*>(dSt + (wk * 16 + g) * LS + 8 * j + 2 * t) =
-            pack2(sp[j][0], sp[j][1]);
-        *reinterpret_cast<uint32_t*>(dSt + (wk * 16 + g + 8) * LS + 8 * j + 2 * t) =
-            pack2(sp[j][2], sp[j][3]);
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = q_half + 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
+          float pv = 0, ds = 0;
+          if (queries_seeing(p, key, len).contains(i)) {
+            float x = st[j][e] * sl2;
+            int bucket = 0;
+            if (p.bias) {
+              bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
+              x += kLog2e * p.bias[bucket * p.hq + h];
+            }
+            pv = fast_exp2(x - lse_s[qi]);
+            const float z = dropout_factor(qi, key);
+            ds = pv * (dpt[j][e] * z - del_s[qi]);
+            pv *= z;
+            if (d_bias) atomicAdd(&bias_acc[bucket], ds);
+          }
+          st[j][e] = pv;
+          dpt[j][e] = ds * p.scale;
+        }
+    }
+    // both halves of this warp pair's rows of P^T Z and dS^T, bf16, for dV, dK and dQ
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int at = (wk * 16 + g + 8 * r) * LS + q_half + 8 * j + 2 * t;
+        *reinterpret_cast<uint32_t*>(Pt + at) = pack2(st[j][2 * r], st[j][2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(dSt + at) = pack2(dpt[j][2 * r], dpt[j][2 * r + 1]);
       }
-      // dK_w += dS^T Q
+    named_barrier_sync(1 + wk, 64);  // the partner warp's half has landed
+    // dV_w += (P Z)^T dO (first warp of the pair) or dK_w += dS^T Q (second), over all 64
+    // queries of the tile: A from the shared tile, B from dO or Q
+    const bf16* As = dv_warp ? Pt : dSt;
+    const bf16* Bs = dv_warp ? Gs : Qs;
 #pragma unroll
-      for (int kc = 0; kc < 4; ++kc) {
-        const uint32_t da[4] = {pack2(sp[2 * kc][0], sp[2 * kc][1]),
-                                pack2(sp[2 * kc][2], sp[2 * kc][3]),
-                                pack2(sp[2 * kc + 1][0], sp[2 * kc + 1][1]),
-                                pack2(sp[2 * kc + 1][2], sp[2 * kc + 1][3])};
+    for (int kc = 0; kc < 4; ++kc) {
+      uint32_t a[4];
+      ldsm_x4(a, a_addr(As, LS, wk * 16, kc * 16, lane));
 #pragma unroll
-        for (int np = 0; np < D / 16; ++np) {
-          uint32_t b[4];
-          ldsm_x4_t(b, b_addr(Qs, LD, kc * 16, np * 16, lane));
-          mma16816(acc[2 * np], da, b[0], b[1]);
-          mma16816(acc[2 * np + 1], da, b[2], b[3]);
-        }
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, b_addr(Bs, LD, kc * 16, np * 16, lane));
+        mma16816(acc[2 * np], a, b[0], b[1]);
+        mma16816(acc[2 * np + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // dS^T of all warps in place (single-buffered: Q, dO no longer read)
@@ -531,8 +506,7 @@ __global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
         float* dqrow = dq + (start + i) * p.qs + h * D + col0;
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
-          atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
-                      p.scale * dq_acc[nb][2 * r + 1]);
+          atomic_add2(dqrow + nb * 8 + 2 * t, dq_acc[nb][2 * r], dq_acc[nb][2 * r + 1]);
       }
     }
     if (d_bias && (it + 1 == n_it || head_of(it + 1) != h)) {  // head done
@@ -544,9 +518,8 @@ __global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
     }
   }
   cp_async_wait<0>();  // a block without query tiles still has its K/V copies in flight
-  // the P group holds dV, the dS group dK (times the softmax scale)
-  T* const out = p_group ? dv : dk;
-  const float f = p_group ? 1.0f : p.scale;
+  // the first warp of each pair holds dV, the second dK
+  T* const out = dv_warp ? dv : dk;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int jj = jrow[r];
@@ -554,7 +527,7 @@ __global__ void __launch_bounds__(BwdSplitTile<D>::THREADS)
     T* row = out + (start + jj) * p.ks + kvh * D;
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb)
-      store2(row + nb * 8 + 2 * t, f * acc[nb][2 * r], f * acc[nb][2 * r + 1]);
+      store2(row + nb * 8 + 2 * t, acc[nb][2 * r], acc[nb][2 * r + 1]);
   }
 }
 
@@ -594,14 +567,14 @@ void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k,
         else
           run(attn_bwd_tc_kernel<D, float, kDrop>, bytes, NW * 32, static_cast<float*>(nullptr));
       } else {
-        constexpr size_t one = BwdSplitTile<D>::bytes(1), two = BwdSplitTile<D>::bytes(2);
-        constexpr int th = BwdSplitTile<D>::THREADS;
+        constexpr size_t one = BwdPairTile<D>::bytes(1), two = BwdPairTile<D>::bytes(2);
+        constexpr int th = BwdPairTile<D>::THREADS;
         if (bf16_in && static_cast<size_t>(smem_optin) >= two)
-          run(attn_bwd_split_kernel<D, 2, bf16, kDrop>, two, th, static_cast<bf16*>(nullptr));
+          run(attn_bwd_pair_kernel<D, 2, bf16, kDrop>, two, th, static_cast<bf16*>(nullptr));
         else if (bf16_in)
-          run(attn_bwd_split_kernel<D, 1, bf16, kDrop>, one, th, static_cast<bf16*>(nullptr));
+          run(attn_bwd_pair_kernel<D, 1, bf16, kDrop>, one, th, static_cast<bf16*>(nullptr));
         else
-          run(attn_bwd_split_kernel<D, 1, float, kDrop>, one, th, static_cast<float*>(nullptr));
+          run(attn_bwd_pair_kernel<D, 1, float, kDrop>, one, th, static_cast<float*>(nullptr));
       }
     };
     if (p.dropout)
