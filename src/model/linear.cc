@@ -215,6 +215,8 @@ LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e) {
     if (from->defined()) *to = from->rows(b, e);
   r.x_packed = s.x_packed;
   r.x_act = s.x_act;
+  r.x_lora_scale = s.x_lora_scale;
+  r.x_lora_offset = s.x_lora_offset;
   r.mask = s.mask;
   r.mask_row0 = s.mask_row0 + b;
   return r;
@@ -224,6 +226,22 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in) {
   s.x = in;
   if (!s.x_lora.defined()) s.x_lora = in;
   return s;
+}
+
+LinearSaved with_normalized_input(LinearSaved s, const Tensor& xhat, const Tensor& w,
+                                  float offset) {
+  if (!s.x_lora.defined()) {
+    s.x_lora = xhat;
+    s.x_lora_scale = w;
+    s.x_lora_offset = offset;
+  }
+  return s;
+}
+
+// d [r, in] = dxa^T x_lora as A's gradient needs it: for a normalized input (x_lora = xhat),
+// scaled per column by w + offset (with_normalized_input).
+static void lora_input_scale(const Backend& be, const LinearSaved& s, Tensor& d) {
+  if (s.x_lora_scale.defined()) be.norm_scale_shift(d, s.x_lora_scale, s.x_lora_offset, nullptr, d);
 }
 
 LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre, const Tensor& up,
@@ -341,12 +359,18 @@ void linear_backward(const Backend& be, const Linear& l, const LinearSaved& s, c
     if (l.lora_a->trainable) {
       ET_CHECK(s.x_lora.defined() || s.x_pre.defined(), "linear ", l.weight->name,
                ": LoRA's A gradient needs the layer input, which was not kept");
-      if (s.x_lora.defined())
+      if (s.x_lora.defined() && s.x_lora_scale.defined()) {
+        Tensor d = be.empty(l.lora_a->grad.shape, DType::F32);
+        be.matmul(dxa, true, s.x_lora, false, d);
+        lora_input_scale(be, s, d);
+        be.add(l.lora_a->grad, d, l.lora_a->grad);
+      } else if (s.x_lora.defined()) {
         be.matmul(dxa, true, s.x_lora, false, l.lora_a->grad, 1.0f, 1.0f);
-      else
+      } else {
         be.lora_act_input_grad(s.x_act, s.x_pre.reshape({n, s.x_packed ? 2 * l.in : l.in}),
                                s.x_up.defined() ? &s.x_up : nullptr, s.x_packed, dxa,
                                l.lora_a->grad);
+      }
     }
   }
   if (!dx) return;
@@ -426,7 +450,11 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
       linear_backward(be, *group[i], saved[i], dys[i], dx, accumulate || i > 0);
     return;
   }
-  const Tensor& x = saved[0].x;
+  // LoRA's input, shared by the members (grouped: no LoRA dropout); a norm's xhat when the
+  // members' inputs were handed over normalized (with_normalized_input)
+  const Tensor& x = saved[0].x_lora;
+  ET_CHECK(x.defined(), "linear group ", group[0]->weight->name,
+           ": LoRA's A gradient needs the layer input, which was not kept");
   const int64_t n = x.dim(0), in = group[0]->in;
   Tensor dxa_t = transposed_rank_buffer(be, a.dim(0), n, be.act_dtype());
   std::vector<Tensor> gs;
@@ -444,6 +472,7 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
   // linear_backward, every read of the saved input comes before dx is written
   Tensor da = be.empty({a.dim(0), in}, DType::F32);
   be.matmul(dxa_t, false, x, false, da);
+  lora_input_scale(be, saved[0], da);
   r0 = 0;
   for (const Linear* l : group) {
     const int64_t r = l->lora_a->value.dim(0);

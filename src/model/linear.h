@@ -53,7 +53,8 @@ Tensor linear_input(const Backend& be, const Linear& l, int64_t n);
 // LoRA branch (dropout(x)) and x_lora A^T, or (a group's forward, see linear_group_forward) its
 // transpose A x_lora^T [r, n] instead, a strided view (rows n rounded up to 8 apart).
 // An input that is act(x_pre), or a GLU's act(x_pre) * x_up (x_packed: x_pre = [gate | up]), may
-// be kept as those alone (with_activation_input).
+// be kept as those alone (with_activation_input); one that is a norm's output xhat (w + offset)
+// as xhat in x_lora with w in x_lora_scale (with_normalized_input).
 struct LinearSaved {
   Tensor x;
   DropoutSite mask;
@@ -65,6 +66,8 @@ struct LinearSaved {
   Tensor x_up;
   bool x_packed = false;
   Act x_act = Act::Identity;
+  Tensor x_lora_scale;
+  float x_lora_offset = 0;
 };
 
 // Not keeping the input: a layer that can recompute `in` cheaply (a norm's or an activation's
@@ -79,6 +82,11 @@ LinearSaved with_saved_input(LinearSaved s, const Tensor& in);
 // before), so the input need not be recomputed.
 LinearSaved with_activation_input(LinearSaved s, Act act, const Tensor& pre,
                                   const Tensor& up = Tensor{}, bool packed = false);
+// Or, for a Linear whose input is a norm's output xhat (w + offset) (no bias) and whose W is
+// frozen: its backward needs the input only for LoRA's A gradient, dA += dxa^T x =
+// (dxa^T xhat) diag(w + offset), so xhat (the norm's saved normalized input) serves and the
+// norm's output need not be recomputed. A kept LoRA dropout copy is used as before.
+LinearSaved with_normalized_input(LinearSaved s, const Tensor& xhat, const Tensor& w, float offset);
 // Rows [b, e) of what forward saved (every tensor of it is [n, ...]): the backward of those rows
 // alone, for a layer that runs a backward in row chunks.
 LinearSaved saved_rows(const LinearSaved& s, int64_t b, int64_t e);

@@ -149,6 +149,28 @@ Tensor norm_recompute(const Backend& be, const ModelConfig& c, const Norm& n, co
   return y;
 }
 
+// The input N(x) of Linears `readers` for their backward: recomputed from what norm_forward
+// kept, or, when none of their weights trains (LoRA) and N has a scale but no bias, handed over
+// as N's saved xhat (with_normalized_input: LoRA's A gradient takes N's scale per column), which
+// saves the recompute's pass over [T, hidden]. `x`: the input, for an identity norm.
+struct NormOutput {
+  const ModelConfig* c;
+  const Norm* n;
+  const NormSaved* s;
+  Tensor h;  // recomputed, or undefined when the readers take xhat
+  LinearSaved with(const LinearSaved& saved) const {
+    if (h.defined()) return with_saved_input(saved, h);
+    return with_normalized_input(saved, s->xhat, n->w->value, norm_offset(*c));
+  }
+};
+NormOutput norm_output_for(const Backend& be, const ModelConfig& c, const Norm& n,
+                           const NormSaved& s, const Tensor& x,
+                           std::initializer_list<const Linear*> readers) {
+  bool frozen = n.w && !n.b;
+  for (const Linear* l : readers) frozen = frozen && (!l->weight || !l->weight->trainable);
+  return {&c, &n, &s, frozen ? Tensor{} : norm_recompute(be, c, n, s, x)};
+}
+
 // dx of y = N(x) (a new tensor; dy itself for an identity norm); accumulates dw, db.
 Tensor norm_backward(const Backend& be, const ModelConfig& c, const Norm& n, const NormSaved& s,
                      const Tensor& dy) {
@@ -362,15 +384,15 @@ ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const Rot
   }
   down_term = LoraTerm{};
   m = s.g = s.u = Tensor{};
-  // the projections' input, recomputed: h2 = N_mlp(x1)
-  const Tensor h2 = norm_recompute(be, c, L.mlp_norm, s.mlp_norm, Tensor{});
+  // the projections' input h2 = N_mlp(x1), recomputed or as N_mlp's xhat
+  const NormOutput h2 =
+      norm_output_for(be, c, L.mlp_norm, s.mlp_norm, Tensor{}, {&L.wi, &L.gate, &L.up});
   Tensor dh2 = be.empty({T, H}, act);
   if (L.wi.weight) {
-    linear_backward(be, L.wi, with_saved_input(s.wi, h2), dwi, &dh2, false);
+    linear_backward(be, L.wi, h2.with(s.wi), dwi, &dh2, false);
   } else {
-    linear_group_backward(be, rotary_groups(L)[1],
-                          {with_saved_input(s.gate, h2), with_saved_input(s.up, h2)}, {dg, du},
-                          &dh2, false);
+    linear_group_backward(be, rotary_groups(L)[1], {h2.with(s.gate), h2.with(s.up)}, {dg, du}, &dh2,
+                          false);
     dg = Tensor{};
   }
   dwi = du = Tensor{};
@@ -445,16 +467,15 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
     be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
     dq = dk = dv = Tensor{};
   }
-  // the projections' input, recomputed once the q, k, v gradients are packed
-  const Tensor h = norm_recompute(be, c, L.attn_norm, s.attn_norm, s.x);
+  // the projections' input, recomputed once the q, k, v gradients are packed (or as xhat)
+  const NormOutput h =
+      norm_output_for(be, c, L.attn_norm, s.attn_norm, s.x, {&L.qkv, &L.q, &L.k, &L.v});
   Tensor dh = be.empty({T, H}, act);
   if (L.qkv.weight) {
-    linear_backward(be, L.qkv, with_saved_input(s.qkv, h), dqkv, &dh, false);
+    linear_backward(be, L.qkv, h.with(s.qkv), dqkv, &dh, false);
   } else {
-    linear_group_backward(
-        be, rotary_groups(L)[0],
-        {with_saved_input(s.q, h), with_saved_input(s.k, h), with_saved_input(s.v, h)},
-        {dq, dk, dv}, &dh, false);
+    linear_group_backward(be, rotary_groups(L)[0], {h.with(s.q), h.with(s.k), h.with(s.v)},
+                          {dq, dk, dv}, &dh, false);
     dq = dk = dv = Tensor{};
   }
   // d(x), in place; the MLP half of the layer below reads it next without a post-MLP norm
