@@ -64,13 +64,10 @@ __device__ __forceinline__ void atomic_add2(float* dst, float a, float b) {
   atomicAdd(dst + 1, b);
 #endif
 }
-// Named barrier `id` (1-15; 0 is __syncthreads') over `threads` threads of the block: warps
-// that arrive go on, warps that sync wait for all `threads`. The arriving warps' earlier shared
-// memory writes are visible to the waiting ones (PTX ISA, bar / barrier: memory ordering), so
-// one warp group can hand a tile to another without stopping itself.
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
+// Named barrier `id` (1-15; 0 is __syncthreads') over `threads` threads of the block (a
+// multiple of 32): each waits until all have arrived, and their earlier shared-memory writes
+// are then visible to one another (PTX ISA, bar / barrier: memory ordering), so a few warps can
+// trade tiles without stopping the rest of the block.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
