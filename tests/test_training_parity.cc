@@ -283,6 +283,87 @@ TEST(Linear, GroupedLoraEqualsLinearsOneByOne) {
   EXPECT_GT(rel_error(dx_one, dx0), 1e-3) << "dx was not accumulated";
 }
 
+// A frozen LoRA Linear whose input is a norm's output x = xhat (w + offset): handed xhat and the
+// norm's scale (with_normalized_input) instead of x, its backward gives the same dA, dB and dx,
+// alone and in a group (the grouped path scales the stacked dA once); with W trainable it
+// refuses, since dW needs x itself.
+TEST(Linear, NormalizedInputGivesTheNormOutputsGradients) {
+  auto be = make_cpu_backend();
+  Rng rng(5);
+  auto rand = [&](const Shape& s) { return uniform_tensor(rng, s); };
+  const int64_t n = 9, in = 8, r = 2;
+  const float offset = 1.0f;
+  ParamStore store;
+  std::vector<Linear> ls(2);
+  Tensor stacked = cpu_empty({2 * r, in});
+  for (size_t i = 0; i < ls.size(); ++i) {
+    Linear& l = ls[i];
+    l.name = "l" + std::to_string(i);
+    l.in = in;
+    l.out = 5 + static_cast<int64_t>(i);
+    l.weight = store.add(l.name + ".w", rand({l.out, in}));
+    l.lora_a = store.add(l.name + ".A", rand({r, in}));
+    l.lora_b = store.add(l.name + ".B", rand({l.out, r}));
+    l.lora_scaling = 2.0f;
+    for (Param* p : {l.lora_a, l.lora_b}) p->trainable = true;
+  }
+  const Tensor xhat = rand({n, in}), w = rand({in});
+  Tensor x = cpu_empty({n, in});
+  be->norm_scale_shift(xhat, w, offset, nullptr, x);
+  std::vector<Tensor> dys = {rand({n, 5}), rand({n, 6})};
+  // dA, dB of each Linear and dx, from x itself or from xhat
+  auto run = [&](bool grouped, bool normalized) {
+    std::vector<LinearSaved> saved(2);
+    if (grouped)
+      (void)linear_group_forward(*be, {&ls[0], &ls[1]}, x, {&saved[0], &saved[1]}, nullptr);
+    else
+      for (size_t i = 0; i < ls.size(); ++i)
+        (void)linear_forward(*be, ls[i], x, &saved[i], nullptr);
+    for (size_t i = 0; i < ls.size(); ++i) {
+      drop_saved_input(saved[i], x);  // as the model does with a recomputable input
+      saved[i] = normalized ? with_normalized_input(saved[i], xhat, w, offset)
+                            : with_saved_input(saved[i], x);
+      for (Param* p : {ls[i].lora_a, ls[i].lora_b}) p->grad = cpu_zeros(p->value.shape);
+    }
+    Tensor dx = cpu_zeros({n, in});
+    if (grouped) {
+      EXPECT_TRUE(saved[0].xa_t.defined()) << "the grouped path was not taken";
+      linear_group_backward(*be, {&ls[0], &ls[1]}, saved, dys, &dx, false);
+    } else {
+      for (size_t i = 0; i < ls.size(); ++i)
+        linear_backward(*be, ls[i], saved[i], dys[i], &dx, i > 0);
+    }
+    std::vector<Tensor> out = {dx};
+    for (const Linear& l : ls)
+      out.push_back(cpu_clone(l.lora_a->grad)), out.push_back(cpu_clone(l.lora_b->grad));
+    return out;
+  };
+  for (bool grouped : {false, true}) {
+    SCOPED_TRACE(grouped ? "grouped" : "one by one");
+    if (grouped)
+      for (size_t i = 0; i < ls.size(); ++i) {
+        Tensor rows = stacked.rows(static_cast<int64_t>(i) * r, static_cast<int64_t>(i + 1) * r);
+        std::copy_n(ls[i].lora_a->value.f32(), rows.numel(), rows.f32());
+        ls[i].lora_a->value_bf16 = rows;
+      }
+    const std::vector<Tensor> want = run(grouped, false), got = run(grouped, true);
+    EXPECT_LT(rel_error(got[0], want[0]), 1e-6) << "dx";
+    for (size_t i = 1; i < want.size(); ++i) {
+      EXPECT_LT(rel_error(got[i], want[i]), 1e-5) << (i % 2 ? "dA " : "dB ") << (i - 1) / 2;
+      EXPECT_GT(rel_error(want[i], cpu_zeros(want[i].shape)), 1e-3) << "no gradient " << i;
+    }
+  }
+  ls[0].weight->trainable = true;
+  ls[0].weight->grad = cpu_zeros(ls[0].weight->value.shape);
+  LinearSaved s;
+  (void)linear_forward(*be, ls[0], x, &s, nullptr);
+  drop_saved_input(s, x);
+  Tensor dx = cpu_zeros({n, in});
+  EXPECT_THROW(
+      linear_backward(*be, ls[0], with_normalized_input(s, xhat, w, offset), dys[0], &dx, false),
+      Error);
+}
+
 // "0.model.encoder.layer.0.attention.self.query.lora_A.default.weight" ->
 // "encoder.layer.0.attention.self.query.lora_A.weight" (our store's names).
 std::string store_name(std::string n) {
