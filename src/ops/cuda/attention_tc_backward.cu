@@ -288,9 +288,10 @@ __global__ void __launch_bounds__(NW * 32)
 // dV += (P Z)^T dO and warp w + 4 dK += dS^T Q over all 64 queries. All eight form dQ = dS K
 // (warp w: query rows 16 (w % 4).., columns D/2 (w / 4)..). Five tile products per tile pair;
 // the layout this replaced split dK, dV, dQ by column halves between two blocks of 4 warps,
-// each recomputing S^T and dP^T (seven), one block an SM (bench/NOTES.md, session 20). Up to
-// head dim 128 one warp holds both and the 4-warp kernel runs two blocks an SM; this kernel
-// there measured 1.13-1.16x its time (Qwen3's causal shape, 12 heads at 512 tokens).
+// each recomputing S^T and dP^T (seven), one block an SM (bench/NOTES.md, "Head-dim-256 attention
+// backward in warp pairs"). Up to head dim 128 one warp holds both and the 4-warp kernel runs two
+// blocks an SM; this kernel there measured 1.13-1.16x its time (Qwen3's causal shape, 12 heads at
+// 512 tokens).
 template <int D>
 struct BwdPairTile {
   static constexpr int NW = 8, THREADS = NW * 32;
@@ -336,7 +337,7 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
   load_tile_async<D, 64, THREADS>(Vs, v + start * p.ks, p.ks, kvh * D, key0, len);
   if (d_bias)
     for (int b = threadIdx.x; b < p.buckets; b += THREADS) bias_acc[b] = 0;
-  float acc[D / 8][4];  // dV (P group) or dK (dS group) of this warp's 16 key rows
+  float acc[D / 8][4];  // dV (warps 0-3) or dK (warps 4-7) of this warp's 16 key rows
 #pragma unroll
   for (int nb = 0; nb < D / 8; ++nb)
 #pragma unroll
