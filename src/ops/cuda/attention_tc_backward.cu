@@ -27,6 +27,62 @@ namespace {
 
 using namespace attn_tc;
 
+// The softmax's gradient on one lane's score tiles (both backward kernels): in place of S^T
+// (st) and dP^T (dpt) of this lane's key rows jrow and the query columns q0 + 8 j + 2 t (+1) of
+// the query tile at c0, P^T Z and ds_scale dS^T = ds_scale P^T (Z dP^T - D); lse_s (log2 units)
+// and del_s hold the tile's lse and delta, drop_key its dropout row keys (Z = keep / (1 - p),
+// dropout_mask.h). Tiles without masked or biased pairs take one FFMA and one ex2 a score; query
+// rows past the end have zero Q and dO and lse = delta = 0, so P = 1 and dS = 0 there. With
+// bias_acc, the relative bias's gradient (unscaled dS) is summed there by bucket.
+template <int NJ, bool kDropout>
+__device__ __forceinline__ void softmax_backward_tile(const TcParams& p, float (&st)[NJ][4],
+                                                      float (&dpt)[NJ][4], int q0, int t,
+                                                      const int (&jrow)[2], int key0, int c0,
+                                                      int len, int h, const float* lse_s,
+                                                      const float* del_s, const uint32_t* drop_key,
+                                                      float ds_scale, float* bias_acc) {
+  const float sl2 = p.scale * kLog2e;
+  auto dropout_factor = [&](int qi, int key) {
+    if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
+    return 1.0f;
+  };
+  if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = q0 + 8 * j + 2 * t + (e & 1);
+        const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
+        const float z = dropout_factor(qi, jrow[e / 2]);
+        dpt[j][e] = pv * (dpt[j][e] * z - del_s[qi]) * ds_scale;
+        st[j][e] = pv * z;
+      }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int qi = q0 + 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
+      float pv = 0, ds = 0;
+      if (queries_seeing(p, key, len).contains(i)) {
+        float x = st[j][e] * sl2;
+        int bucket = 0;
+        if (p.bias) {
+          bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
+          x += kLog2e * p.bias[bucket * p.hq + h];
+        }
+        pv = fast_exp2(x - lse_s[qi]);
+        const float z = dropout_factor(qi, key);
+        ds = pv * (dpt[j][e] * z - del_s[qi]);
+        pv *= z;
+        if (bias_acc) atomicAdd(&bias_acc[bucket], ds);
+      }
+      st[j][e] = pv;
+      dpt[j][e] = ds * ds_scale;
+    }
+}
+
 // Backward tiles up to head dim 128: a block of 4 warps forms all D columns of dK, dV (and of
 // its dQ contributions) and double-buffers the query/dO tiles. Head dim 256 takes
 // attn_bwd_pair_kernel (BwdPairTile).
@@ -84,7 +140,6 @@ __global__ void __launch_bounds__(NW * 32)
   constexpr bool kKeepKV = BwdTile<D>::keep_kv;
   uint32_t kfr[kKeepKV ? D / 16 : 1][4], vfr[kKeepKV ? D / 16 : 1][4];
   const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
-  const float sl2 = p.scale * kLog2e;
   int q_begin = 0, q_end = len;
   if (p.causal) q_begin = key0 / BM * BM;
   if (p.window >= 0) {
@@ -158,48 +213,9 @@ __global__ void __launch_bounds__(NW * 32)
         mma16816(dpt[2 * np + 1], va, b[2], b[3]);
       }
     }
-    // Z = keep / (1 - p) of query qi of the tile and key `key` (1 without dropout)
-    auto dropout_factor = [&](int qi, int key) {
-      if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
-      return 1.0f;
-    };
-    // P^T (times Z) and dS^T (in place of S^T and dP^T); lse_s is in log2 units
-    if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
-      // Query rows past the end have zero Q and dO (and lse = delta = 0): P = 1, dP = 0, dS = 0.
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = 8 * j + 2 * t + (e & 1);
-          const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
-          const float z = dropout_factor(qi, jrow[e / 2]);
-          dpt[j][e] = pv * (dpt[j][e] * z - del_s[qi]);
-          st[j][e] = pv * z;
-        }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
-          float pv = 0, ds = 0;
-          if (queries_seeing(p, key, len).contains(i)) {
-            float x = st[j][e] * sl2;
-            int bucket = 0;
-            if (p.bias) {
-              bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
-              x += kLog2e * p.bias[bucket * p.hq + h];
-            }
-            pv = fast_exp2(x - lse_s[qi]);
-            const float z = dropout_factor(qi, key);
-            ds = pv * (dpt[j][e] * z - del_s[qi]);
-            pv *= z;
-            if (d_bias) atomicAdd(&bias_acc[bucket], ds);
-          }
-          st[j][e] = pv;
-          dpt[j][e] = ds;
-        }
-    }
+    // P^T (times Z) and dS^T, in place of S^T and dP^T
+    softmax_backward_tile<8, kDropout>(p, st, dpt, 0, t, jrow, key0, c0, len, h, lse_s, del_s,
+                                       drop_key, 1.0f, d_bias ? bias_acc : nullptr);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + g) * LS + 8 * j + 2 * t) =
@@ -343,7 +359,6 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nb][e] = 0;
   const int jrow[2] = {key0 + wk * 16 + g, key0 + wk * 16 + g + 8};
-  const float sl2 = p.scale * kLog2e;
   int q_begin = 0, q_end = len;
   if (p.causal) q_begin = key0 / BM * BM;
   if (p.window >= 0) {
@@ -406,49 +421,11 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
         mma16816(dpt[2 * np + 1], va, b[2], b[3]);
       }
     }
-    auto dropout_factor = [&](int qi, int key) {
-      if constexpr (kDropout) return p.drop.factor(drop_key[qi], key);
-      return 1.0f;
-    };
-    // P^T times Z (for dV) and scale dS^T = scale P^T (Z dP^T - D), in place of S^T and dP^T
-    // (the softmax scale of dK = scale dS^T Q and dQ = scale dS K applied once per score here
-    // rather than to every accumulator); lse_s is in log2 units. Query rows past the end have
-    // zero Q and dO and lse = delta = 0: P = 1, dS = 0.
-    if (key0 + 64 <= len && !block_needs_mask(p, c0, 64, key0, 64)) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = q_half + 8 * j + 2 * t + (e & 1);
-          const float pv = fast_exp2(fmaf(st[j][e], sl2, -lse_s[qi]));
-          const float z = dropout_factor(qi, jrow[e / 2]);
-          dpt[j][e] = pv * (dpt[j][e] * z - del_s[qi]) * p.scale;
-          st[j][e] = pv * z;
-        }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = q_half + 8 * j + 2 * t + (e & 1), i = c0 + qi, key = jrow[e / 2];
-          float pv = 0, ds = 0;
-          if (queries_seeing(p, key, len).contains(i)) {
-            float x = st[j][e] * sl2;
-            int bucket = 0;
-            if (p.bias) {
-              bucket = relative_position_bucket(key - i, p.buckets, p.max_distance);
-              x += kLog2e * p.bias[bucket * p.hq + h];
-            }
-            pv = fast_exp2(x - lse_s[qi]);
-            const float z = dropout_factor(qi, key);
-            ds = pv * (dpt[j][e] * z - del_s[qi]);
-            pv *= z;
-            if (d_bias) atomicAdd(&bias_acc[bucket], ds);
-          }
-          st[j][e] = pv;
-          dpt[j][e] = ds * p.scale;
-        }
-    }
+    // P^T Z (for dV) and scale dS^T, in place of S^T and dP^T: the softmax scale of
+    // dK = scale dS^T Q and dQ = scale dS K applied once per score rather than to every
+    // accumulator
+    softmax_backward_tile<4, kDropout>(p, st, dpt, q_half, t, jrow, key0, c0, len, h, lse_s, del_s,
+                                       drop_key, p.scale, d_bias ? bias_acc : nullptr);
     // both halves of this warp pair's rows of P^T Z and dS^T, bf16, for dV, dK and dQ
 #pragma unroll
     for (int j = 0; j < 4; ++j)
