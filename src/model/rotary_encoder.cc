@@ -106,21 +106,31 @@ float norm_offset(const ModelConfig& c) {
   return c.layer_norm ? 0.0f : c.norm_offset;
 }
 
-// y = N(x) (a new tensor; x itself for an identity norm); with s, keeps xhat and rstd.
-Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
-                    NormSaved* s) {
-  if (!n.w) return x;
+// y = N(x) into y (N with a weight), or with `adding` y += N(x) (an RMSNorm only); with s,
+// keeps xhat and rstd.
+void norm_into(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x, Tensor& y,
+               bool adding, NormSaved* s) {
   const int64_t rows = x.numel() / n.w->value.numel();
-  Tensor y = be.empty(x.shape, be.act_dtype()), rstd = be.empty({rows}, DType::F32);
+  Tensor rstd = be.empty({rows}, DType::F32);
   Tensor xhat = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
   if (c.layer_norm) {
+    ET_CHECK(!adding, "norm ", n.w->name, ": a LayerNorm's forward does not add into its output");
     Tensor mean = be.empty({rows}, DType::F32);
     be.layernorm_forward(x, n.w->value, n.b ? &n.b->value : nullptr, c.norm_eps, y, mean, rstd,
                          s ? &xhat : nullptr);
   } else {
-    be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, y, rstd, s ? &xhat : nullptr);
+    be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, y, rstd, s ? &xhat : nullptr,
+                       adding);
   }
   if (s) *s = {xhat, rstd};
+}
+
+// y = N(x) (a new tensor; x itself for an identity norm); with s, keeps xhat and rstd.
+Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
+                    NormSaved* s) {
+  if (!n.w) return x;
+  Tensor y = be.empty(x.shape, be.act_dtype());
+  norm_into(be, c, n, x, y, false, s);
   return y;
 }
 
@@ -129,15 +139,10 @@ Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, cons
 // N(x) and adding it in a pass of its own); with s, keeps xhat and rstd as norm_forward does.
 void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
                          Tensor& sum, NormSaved* s) {
-  if (!n.w || c.layer_norm) {
+  if (!n.w || c.layer_norm)
     be.add(sum, norm_forward(be, c, n, x, s), sum);
-    return;
-  }
-  Tensor rstd = be.empty({x.numel() / n.w->value.numel()}, DType::F32);
-  Tensor xhat = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
-  be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, sum, rstd, s ? &xhat : nullptr,
-                     true);
-  if (s) *s = {xhat, rstd};
+  else
+    norm_into(be, c, n, x, sum, true, s);
 }
 
 // N(x) again from what norm_forward kept (`x`: the input, for an identity norm).
