@@ -46,6 +46,21 @@ struct FwdTile {
   static constexpr size_t bytes = sizeof(bf16) * (BM + 4 * BN) * LD;  // Q, then K, V twice
 };
 
+// o *= corr per accumulator row (a lane's rows g and g + 8 of a row tile).
+template <int NB>
+__device__ __forceinline__ void rescale_rows(float (&o)[NB][4], const float (&corr)[2]) {
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+    o[nb][0] *= corr[0];
+    o[nb][1] *= corr[0];
+    o[nb][2] *= corr[1];
+    o[nb][3] *= corr[1];
+  }
+}
+
+// How far (log2 units) a row's max may exceed the running max before o is rescaled.
+constexpr float kSlack = 8.0f;
+
 // Forward. Warp w owns query rows row0 + 16 MT w .. + 16 MT; of row tile mt this lane holds
 // rows g and g + 8, and of every 16x8 tile the columns 2t, 2t + 1.
 template <int D, typename T, bool kDropout>
@@ -163,7 +178,7 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const int irow[2] = {row0 + wrow + mt * 16 + g, row0 + wrow + mt * 16 + g + 8};
-      float mx[2] = {-INFINITY, -INFINITY}, corr[2];
+      float mx[2] = {-INFINITY, -INFINITY};
       if (full) {
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
@@ -173,10 +188,22 @@ __global__ void __launch_bounds__(NW * 32)
         for (int r = 0; r < 2; ++r) {
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-          const float m_new = fmaxf(m[mt][r], mx[r] * sl2);
-          corr[r] = fast_exp2(m[mt][r] - m_new);  // 0 while m was -inf (nothing accumulated)
-          m[mt][r] = m_new;
-          l[mt][r] *= corr[r];
+          mx[r] *= sl2;
+        }
+        // Lazy rescaling (FlashAttention-4's idea): the running max m only has to bound the
+        // exponents, not equal the row max. While no row of the warp grows past m + kSlack, m
+        // stays and the D / 2 multiplies of rescaling o are skipped (P <= 2^kSlack, exact in
+        // fp32 sums and bf16's relative precision); the final 1 / l and lse use the same m.
+        float corr[2];
+        if (__any_sync(0xffffffffu, mx[0] > m[mt][0] + kSlack || mx[1] > m[mt][1] + kSlack)) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const float m_new = fmaxf(m[mt][r], mx[r]);
+            corr[r] = fast_exp2(m[mt][r] - m_new);  // 0 while m was -inf (nothing accumulated)
+            m[mt][r] = m_new;
+            l[mt][r] *= corr[r];
+          }
+          rescale_rows(o[mt], corr);
         }
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
@@ -187,6 +214,7 @@ __global__ void __launch_bounds__(NW * 32)
             l[mt][e / 2] += pv;
           }
       } else {
+        float corr[2];
         const VisibleRange seen[2] = {keys_seen_by(p, irow[0], len), keys_seen_by(p, irow[1], len)};
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
@@ -213,6 +241,7 @@ __global__ void __launch_bounds__(NW * 32)
           m[mt][r] = m_new;
           l[mt][r] *= corr[r];
         }
+        rescale_rows(o[mt], corr);
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -222,13 +251,6 @@ __global__ void __launch_bounds__(NW * 32)
             s[mt][j][e] = dropped(mt, e, c0 + 8 * j + 2 * t + (e & 1), pv);
             l[mt][e / 2] += pv;
           }
-      }
-#pragma unroll
-      for (int nb = 0; nb < D / 8; ++nb) {
-        o[mt][nb][0] *= corr[0];
-        o[mt][nb][1] *= corr[0];
-        o[mt][nb][2] *= corr[1];
-        o[mt][nb][3] *= corr[1];
       }
     }
     // O += P V, P straight from the S accumulators
