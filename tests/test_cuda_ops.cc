@@ -291,6 +291,58 @@ TEST(CudaOps, DropoutFoldedIntoLayerNorm) {
 // fp32 residual gradient (with the sum's copy in the storage dtype). Row widths for the
 // vectorised (104, 768) and the generic kernels (100: n % 8 != 0; 1536: n > 1024). Tolerances: 1e-5
 // in fp32, 2e-2 with bf16 storage (xhat, y, dx rounded to 8 bits).
+// Gemma3's sandwich norms around the residual sum: sum += N1(x), y = N2(sum) and the backward
+// dsum += dN2(dy2), dx1 = dN1(dsum), one pass each on the GPU, against the CPU's two passes
+// (Backend's default). x, y, xhat, dy2, dx1 in bf16, the sum and its gradient fp32, (1 + w)
+// weights. Rows of 768 and 104 (vectorised: the fused kernels, also with lanes past the row's
+// end) and 100 (the two passes on the GPU too); frozen norms (fused backward) and trained ones.
+TEST(CudaOps, RmsNormPairAroundTheResidualSum) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t rows = 77;
+  const float offset = 1.0f, eps = 1e-6f;
+  for (int64_t C : {int64_t{768}, int64_t{104}, int64_t{100}})
+    for (bool grads : {false, true}) {
+      const std::string what = "C=" + std::to_string(C) + (grads ? " trained" : " frozen");
+      Tensor x = b.rounded(b.rand({rows, C}, -2, 3)), s0 = b.rand({rows, C}, -3, 3);
+      Tensor w1 = b.rand({C}, -0.5f, 0.5f), w2 = b.rand({C}, -0.5f, 0.5f);
+      Tensor sum_r = cpu_clone(s0), y_r = cpu_empty(x.shape), r1 = cpu_empty({rows}),
+             r2 = cpu_empty({rows}), xh1_r = cpu_empty(x.shape), xh2_r = cpu_empty(x.shape);
+      b.cpu->rmsnorm_add_rmsnorm_forward(x, w1, sum_r, r1, &xh1_r, w2, y_r, r2, &xh2_r, offset,
+                                         eps);
+      Tensor w1d = b.up(w1), w2d = b.up(w2), sum_d = b.up(s0);
+      Tensor y_d = b.poisoned(x.shape, DType::BF16), r1d = b.poisoned({rows}),
+             r2d = b.poisoned({rows}), xh1d = b.poisoned(x.shape, DType::BF16),
+             xh2d = b.poisoned(x.shape, DType::BF16);
+      b.gpu->rmsnorm_add_rmsnorm_forward(b.bf(x), w1d, sum_d, r1d, &xh1d, w2d, y_d, r2d, &xh2d,
+                                         offset, eps);
+      expect_close(b.down(sum_d), sum_r, 1e-5, what + " sum");
+      expect_close(b.down(r1d), r1, 1e-5, what + " rstd1");
+      expect_close(b.down(r2d), r2, 1e-5, what + " rstd2");
+      expect_close(b.down(y_d), y_r, 1e-2, what + " y");
+      expect_close(b.down(xh1d), xh1_r, 1e-2, what + " xhat1");
+      expect_close(b.down(xh2d), xh2_r, 1e-2, what + " xhat2");
+      // the backward from the GPU's saved state on both sides (bf16 xhat as training keeps it)
+      Tensor xh1 = b.down(xh1d), xh2 = b.down(xh2d), rs1 = b.down(r1d), rs2 = b.down(r2d);
+      Tensor dy2 = b.rounded(b.rand({rows, C})), d0 = b.rand({rows, C}, -2, 2);
+      Tensor dsum_r = cpu_clone(d0), dx1_r = cpu_empty(x.shape), dw1_r = cpu_zeros({C}),
+             dw2_r = cpu_zeros({C});
+      b.cpu->rmsnorm_add_rmsnorm_backward(dy2, xh2, w2, rs2, grads ? &dw2_r : nullptr, dsum_r, xh1,
+                                          w1, rs1, grads ? &dw1_r : nullptr, dx1_r, offset);
+      Tensor dsum_d = b.up(d0), dx1_d = b.poisoned(x.shape, DType::BF16), dw1_d = b.gpu->zeros({C}),
+             dw2_d = b.gpu->zeros({C});
+      b.gpu->rmsnorm_add_rmsnorm_backward(b.bf(dy2), xh2d, w2d, r2d, grads ? &dw2_d : nullptr,
+                                          dsum_d, xh1d, w1d, r1d, grads ? &dw1_d : nullptr, dx1_d,
+                                          offset);
+      expect_close(b.down(dsum_d), dsum_r, 1e-5, what + " dsum");
+      expect_close(b.down(dx1_d), dx1_r, 1e-2, what + " dx1");
+      if (grads) {
+        expect_close(b.down(dw1_d), dw1_r, 1e-4, what + " dw1");
+        expect_close(b.down(dw2_d), dw2_r, 1e-4, what + " dw2");
+      }
+    }
+}
+
 TEST(CudaOps, NormsFromNormalizedInput) {
   SKIP_WITHOUT_GPU();
   Both b;

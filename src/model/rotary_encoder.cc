@@ -134,15 +134,41 @@ Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, cons
   return y;
 }
 
+// The norm that reads the residual stream right after a sum into it (the next pre norm, or the
+// final norm), computed with the sum: its output y, and with s its saved state.
+struct NextNorm {
+  const Norm* n;
+  NormSaved* s;
+  Tensor y;  // set by the sum's function
+};
+
 // sum += N(x) (sum: the fp32 residual stream that a post norm's output joins), in the norm's
 // own pass for an RMSNorm (Gemma3's post norms: 12 bytes an element instead of the 16 of writing
 // N(x) and adding it in a pass of its own); with s, keeps xhat and rstd as norm_forward does.
-void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
-                         Tensor& sum, NormSaved* s) {
+// With `next`, also next->y = N_next(sum), in the same pass when both are RMSNorms with a weight
+// (16 bytes an element instead of 20: the sum is read once).
+// x is handed over: in two passes it is freed before N_next allocates.
+void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n, Tensor x,
+                         Tensor& sum, NormSaved* s, NextNorm* next) {
+  if (next && n.w && next->n->w && !c.layer_norm) {
+    const int64_t rows = x.numel() / n.w->value.numel();
+    Tensor rstd1 = be.empty({rows}, DType::F32), rstd2 = be.empty({rows}, DType::F32);
+    Tensor xhat1 = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
+    Tensor xhat2 = next->s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
+    next->y = be.empty(sum.shape, be.act_dtype());
+    be.rmsnorm_add_rmsnorm_forward(x, n.w->value, sum, rstd1, s ? &xhat1 : nullptr,
+                                   next->n->w->value, next->y, rstd2, next->s ? &xhat2 : nullptr,
+                                   c.norm_offset, c.norm_eps);
+    if (s) *s = {xhat1, rstd1};
+    if (next->s) *next->s = {xhat2, rstd2};
+    return;
+  }
   if (!n.w || c.layer_norm)
     be.add(sum, norm_forward(be, c, n, x, s), sum);
   else
     norm_into(be, c, n, x, sum, true, s);
+  x = Tensor{};
+  if (next) next->y = norm_forward(be, c, *next->n, sum, next->s);
 }
 
 // N(x) again from what norm_forward kept (`x`: the input, for an identity norm).
@@ -203,15 +229,34 @@ const Tensor& product_input(const ResidualGrad& g) {
   return g.operand.defined() ? g.operand : g.sum;
 }
 
+// A post norm (with a weight) whose output joined the residual stream that a pre norm reads
+// (Gemma3's sandwich norms), differentiated with that pre norm's backward (norm_backward_adding):
+// dx, the gradient of the post norm's input, from the residual gradient the pre norm completes.
+struct PostNormGrad {
+  const Norm* n;
+  const NormSaved* s;
+  Tensor dx;  // set by norm_backward_adding
+};
+
 // d.sum += dx of y = N(x) (x: the residual stream's value; d.sum fp32), in the norm's backward
 // pass (dy itself for an identity norm); with `operand`, d.operand is (re)made from the new sum.
+// With `post`, also post->dx from the new sum, in the same pass when both are RMSNorms (16 bytes
+// an element instead of 20: the sum is read once).
 void norm_backward_adding(const Backend& be, const ModelConfig& c, const Norm& n,
-                          const NormSaved& s, const Tensor& dy, ResidualGrad& d, bool operand) {
+                          const NormSaved& s, const Tensor& dy, ResidualGrad& d, bool operand,
+                          PostNormGrad* post) {
   Tensor* copy = nullptr;
   d.operand = Tensor{};
   if (operand && be.act_dtype() != d.sum.dtype) {
     d.operand = be.empty(d.sum.shape, be.act_dtype());
     copy = &d.operand;
+  }
+  if (post && n.w && !c.layer_norm && !copy) {
+    post->dx = be.empty(d.sum.shape, be.act_dtype());
+    be.rmsnorm_add_rmsnorm_backward(dy, s.xhat, n.w->value, s.rstd, grad_of(n.w), d.sum,
+                                    post->s->xhat, post->n->w->value, post->s->rstd,
+                                    grad_of(post->n->w), post->dx, c.norm_offset);
+    return;
   }
   if (!n.w) {
     be.add(d.sum, dy, d.sum);
@@ -223,6 +268,7 @@ void norm_backward_adding(const Backend& be, const ModelConfig& c, const Norm& n
     be.rmsnorm_backward_normalized(dy, s.xhat, n.w->value, c.norm_offset, s.rstd, d.sum,
                                    grad_of(n.w), true, copy);
   }
+  if (post) post->dx = norm_backward(be, c, *post->n, *post->s, d.sum);
 }
 
 Tensor columns(const Backend& be, const Tensor& src, int64_t col, int64_t width) {
@@ -238,10 +284,11 @@ double theta_of(const ModelConfig& c, const RotaryLayer& L) {
 // The residual sum x + N(linear(in)) in fp32 (see rotary_forward), into x's buffer when no one
 // else holds it; without the norm N the products sum into the residual in their epilogues.
 // `in` is handed over; with drop_input it is also dropped from the saved state (backward
-// recomputes it), so that it is freed before the norm allocates.
+// recomputes it), so that it is freed before the norm allocates. `next`: the norm that reads
+// the sum next (norm_forward_adding).
 Tensor residual_linear_add(const Backend& be, const ModelConfig& c, Tensor x, const Linear& l,
                            Tensor in, bool drop_input, const Norm& n, LinearSaved* ls,
-                           NormSaved* ns, Rng* rng) {
+                           NormSaved* ns, Rng* rng, NextNorm* next) {
   Tensor sum = residual_buffer(be, std::move(x), DType::F32);
   Tensor y;
   if (n.w) {
@@ -251,22 +298,27 @@ Tensor residual_linear_add(const Backend& be, const ModelConfig& c, Tensor x, co
   }
   if (ls && drop_input) drop_saved_input(*ls, in);
   in = Tensor{};
-  if (n.w) norm_forward_adding(be, c, n, y, sum, ns);
+  if (n.w)
+    norm_forward_adding(be, c, n, std::move(y), sum, ns, next);
+  else if (next)
+    next->y = norm_forward(be, c, *next->n, sum, next->s);
   return sum;
 }
 
 // x is taken by value: a caller that hands its input over lets the first residual sum reuse
 // its buffer. Temporaries are released as soon as they are consumed (h after the projections,
 // the attention's output after the sum, h2 and m after theirs): the last layer's forward, with
-// every layer's saved tensors alive, can be the step's peak.
+// every layer's saved tensors alive, can be the step's peak. `h`: N_attn(x) when the layer
+// below made it with its last sum (s->attn_norm then holds its state already), else undefined;
+// `next`: the norm that reads this layer's output (the next layer's, or the final norm).
 Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                     const AttentionArgs& attn, const Tensor& positions, Tensor x,
-                     RotaryLayerSaved* s, Rng* rng) {
+                     const AttentionArgs& attn, const Tensor& positions, Tensor x, Tensor h,
+                     RotaryLayerSaved* s, Rng* rng, NextNorm* next) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = x.dim(0), D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
-  Tensor h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr);
+  if (!h.defined()) h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr);
   if (s && !L.attn_norm.w) s->x = x;  // h is x itself
   Tensor q, k, v;
   const double theta = theta_of(c, L);
@@ -309,8 +361,10 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   }
   Tensor ctx = be.empty({T, qdim}, act), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
-  Tensor x1 = residual_linear_add(be, c, std::move(x), L.o, ctx, false, L.post_attn_norm,
-                                  s ? &s->o : nullptr, s ? &s->post_attn_norm : nullptr, rng);
+  NextNorm mlp_norm{&L.mlp_norm, s ? &s->mlp_norm : nullptr, Tensor{}};
+  Tensor x1 =
+      residual_linear_add(be, c, std::move(x), L.o, ctx, false, L.post_attn_norm,
+                          s ? &s->o : nullptr, s ? &s->post_attn_norm : nullptr, rng, &mlp_norm);
   if (s) {
     if (!L.q_norm) {  // no norm to recompute them from: keep q, k after RoPE
       s->qr = q;
@@ -321,7 +375,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     s->lse = lse;
   }
   q = k = v = ctx = Tensor{};
-  Tensor h2 = norm_forward(be, c, L.mlp_norm, x1, s ? &s->mlp_norm : nullptr);
+  Tensor h2 = std::move(mlp_norm.y);
   Tensor g, u;  // ModernBERT: g holds Wi's packed output (gate | up), u stays empty
   Tensor m = linear_input(be, L.down, T);
   if (L.wi.weight) {
@@ -342,21 +396,25 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   h2 = g = u = Tensor{};
   // m = act(g) * u is recomputed in backward: [T, intermediate] is the largest activation
   return residual_linear_add(be, c, std::move(x1), L.down, std::move(m), true, L.post_mlp_norm,
-                             s ? &s->down : nullptr, s ? &s->post_mlp_norm : nullptr, rng);
+                             s ? &s->down : nullptr, s ? &s->post_mlp_norm : nullptr, rng, next);
 }
 
 // The MLP half of a layer's backward: takes d(out) over (its buffer becomes d(x1), fp32). Its
 // [T, intermediate] temporaries are freed on return, before the attention half allocates its
 // own; each is dropped as soon as it is consumed (the saved GLU inputs too), and the
-// projections' input h2 is recomputed only once the GLU's gradient has replaced dm.
+// projections' input h2 is recomputed only once the GLU's gradient has replaced dm. `df`: the
+// gradient of the post-MLP norm's input when the layer above made it (PostNormGrad), else
+// undefined; `post_attn`: the post-attention norm, differentiated with the MLP's input norm.
 ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
-                          RotaryLayerSaved& s, ResidualGrad dout) {
+                          RotaryLayerSaved& s, ResidualGrad dout, Tensor df,
+                          PostNormGrad* post_attn) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.sum.dim(0), H = c.hidden, F = c.intermediate;
   const DType act = be.act_dtype();
   // x' = x1 + N_post_mlp(Wd m)
-  Tensor df = L.post_mlp_norm.w ? norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout.sum)
-                                : product_input(dout);
+  if (!df.defined())
+    df = L.post_mlp_norm.w ? norm_backward(be, c, L.post_mlp_norm, s.post_mlp_norm, dout.sum)
+                           : product_input(dout);
   dout.operand = Tensor{};
   // Wd's input m = act(g) * u is recomputed only when Wd trains (dW = d(f)^T m); LoRA's A
   // gradient takes g and u (Backend::lora_act_input_grad). m, when made, is read by Wd's backward
@@ -407,7 +465,7 @@ ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const Rot
     dout.sum = t;
   }
   // the attention half's output projection reads d(x1) next when there is no post-attention norm
-  norm_backward_adding(be, c, L.mlp_norm, s.mlp_norm, dh2, dout, !L.post_attn_norm.w);
+  norm_backward_adding(be, c, L.mlp_norm, s.mlp_norm, dh2, dout, !L.post_attn_norm.w, post_attn);
   s.wi = s.gate = s.up = s.down = LinearSaved{};
   s.mlp_norm = s.post_mlp_norm = NormSaved{};
   return dout;
@@ -418,18 +476,21 @@ ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const Rot
 // are consumed, and so are the tensors of s, each once read (the caller drops the rest): the
 // peak of a step is this layer's backward with every earlier layer's saved tensors alive, so
 // each tensor of the layer itself released early lowers it. `layer_below`: another layer's
-// backward follows, whose MLP half may read d(x) as a product operand (ResidualGrad).
+// backward follows, whose MLP half may read d(x) as a product operand (ResidualGrad). `df` as
+// for mlp_backward; `below`: the post-MLP norm of the layer below, differentiated with this
+// layer's input norm.
 ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const RotaryLayer& L,
                             const AttentionArgs& attn, const Tensor& positions, RotaryLayerSaved& s,
-                            ResidualGrad dout, bool layer_below) {
+                            ResidualGrad dout, Tensor df, bool layer_below, PostNormGrad* below) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = dout.sum.dim(0), H = c.hidden, D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
-  ResidualGrad dx1 = mlp_backward(be, enc, L, s, std::move(dout));
+  PostNormGrad post_attn{&L.post_attn_norm, &s.post_attn_norm, Tensor{}};
+  ResidualGrad dx1 = mlp_backward(be, enc, L, s, std::move(dout), std::move(df),
+                                  L.post_attn_norm.w ? &post_attn : nullptr);
   // x1 = x + N_post_attn(Wo attn(q, k, v))
-  Tensor da = L.post_attn_norm.w ? norm_backward(be, c, L.post_attn_norm, s.post_attn_norm, dx1.sum)
-                                 : product_input(dx1);
+  Tensor da = L.post_attn_norm.w ? std::move(post_attn.dx) : product_input(dx1);
   dx1.operand = Tensor{};
   Tensor dctx = be.empty({T, qdim}, act);
   linear_backward(be, L.o, s.o, da, &dctx, false);
@@ -484,7 +545,8 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
     dq = dk = dv = Tensor{};
   }
   // d(x), in place; the MLP half of the layer below reads it next without a post-MLP norm
-  norm_backward_adding(be, c, L.attn_norm, s.attn_norm, dh, dx1, layer_below && !L.post_mlp_norm.w);
+  norm_backward_adding(be, c, L.attn_norm, s.attn_norm, dh, dx1, layer_below && !L.post_mlp_norm.w,
+                       below);
   return dx1;
 }
 
@@ -535,25 +597,38 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
     saved->has_rng = rng != nullptr;
     saved->layers.assign(enc.layers.size(), RotaryLayerSaved{});
   }
+  // Each layer's last sum also makes the norm that reads it next (NextNorm): the next layer's
+  // input norm (its state kept here unless checkpointing recomputes the layer), or the final one.
+  Tensor h;  // N_attn of the next layer's input
   for (size_t i = 0; i < enc.layers.size(); ++i) {
     const RotaryLayer& L = enc.layers[i];
     const AttentionArgs& attn = L.sliding ? local : full;
     RotaryLayerSaved* s = saved ? &saved->layers[i] : nullptr;
+    const bool last = i + 1 == enc.layers.size();
+    NextNorm next{last ? &enc.final_norm : &enc.layers[i + 1].attn_norm, nullptr, Tensor{}};
+    if (saved && last)
+      next.s = &saved->final_norm;
+    else if (saved && !enc.gradient_checkpointing)
+      next.s = &saved->layers[i + 1].attn_norm;
     if (s && enc.gradient_checkpointing) {
       s->x = x;  // only the layer input (and the dropout RNG state); backward recomputes
       if (rng) s->rng = *rng;
-      x = layer_forward(be, enc, L, attn, positions, x, nullptr, rng);
+      x = layer_forward(be, enc, L, attn, positions, x, std::move(h), nullptr, rng, &next);
     } else {
-      x = layer_forward(be, enc, L, attn, positions, std::move(x), s, rng);
+      x = layer_forward(be, enc, L, attn, positions, std::move(x), std::move(h), s, rng, &next);
     }
+    h = std::move(next.y);
   }
-  return norm_forward(be, c, enc.final_norm, x, saved ? &saved->final_norm : nullptr);
+  if (enc.layers.empty())
+    h = norm_forward(be, c, enc.final_norm, x, saved ? &saved->final_norm : nullptr);
+  return h;
 }
 
 void rotary_backward(const Backend& be, const RotaryEncoder& enc, RotarySaved& saved,
                      Tensor d_hidden) {
   const ModelConfig& c = enc.cfg;
   ResidualGrad dx{norm_backward(be, c, enc.final_norm, saved.final_norm, d_hidden), Tensor{}};
+  Tensor df;  // d(the next layer's post-MLP norm input), made with the layer above's input norm
   d_hidden = Tensor{};
   saved.final_norm = NormSaved{};
   for (size_t i = enc.layers.size(); i-- > 0;) {
@@ -562,11 +637,18 @@ void rotary_backward(const Backend& be, const RotaryEncoder& enc, RotarySaved& s
     RotaryLayerSaved recomputed;
     if (enc.gradient_checkpointing) {
       Rng rng = saved.layers[i].rng;
-      layer_forward(be, enc, L, attn, saved.positions, saved.layers[i].x, &recomputed,
-                    saved.has_rng ? &rng : nullptr);
+      layer_forward(be, enc, L, attn, saved.positions, saved.layers[i].x, Tensor{}, &recomputed,
+                    saved.has_rng ? &rng : nullptr, nullptr);
     }
     RotaryLayerSaved& s = enc.gradient_checkpointing ? recomputed : saved.layers[i];
-    dx = layer_backward(be, enc, L, attn, saved.positions, s, std::move(dx), i > 0);
+    // the layer below's post-MLP norm goes with this layer's input norm where its state is kept
+    // (with checkpointing it is recomputed after this layer)
+    PostNormGrad below{i > 0 ? &enc.layers[i - 1].post_mlp_norm : nullptr,
+                       i > 0 ? &saved.layers[i - 1].post_mlp_norm : nullptr, Tensor{}};
+    const bool fuse_below = i > 0 && !enc.gradient_checkpointing && below.n->w;
+    dx = layer_backward(be, enc, L, attn, saved.positions, s, std::move(dx), std::move(df), i > 0,
+                        fuse_below ? &below : nullptr);
+    df = std::move(below.dx);
     saved.layers[i] = RotaryLayerSaved{};  // (with checkpointing: the layer input)
   }
   Tensor* dw = grad_of(enc.word);

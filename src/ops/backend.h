@@ -232,6 +232,28 @@ struct Backend {
                                            float offset, const Tensor& rstd, Tensor& dx, Tensor* dw,
                                            bool accumulate = false,
                                            Tensor* dx_copy = nullptr) const = 0;
+  // A post norm adding into the residual stream and the norm that reads the stream next
+  // (Gemma3's sandwich norms: post-attention then pre-feedforward, post-feedforward then the
+  // next layer's input norm or the final norm): sum += N1(x) as rmsnorm_forward with
+  // `accumulate`, then y = N2(sum) as rmsnorm_forward, in one pass where the backend fuses them.
+  virtual void rmsnorm_add_rmsnorm_forward(const Tensor& x, const Tensor& w1, Tensor& sum,
+                                           Tensor& rstd1, Tensor* xhat1, const Tensor& w2,
+                                           Tensor& y, Tensor& rstd2, Tensor* xhat2, float offset,
+                                           float eps) const {
+    rmsnorm_forward(x, w1, offset, eps, sum, rstd1, xhat1, true);
+    rmsnorm_forward(sum, w2, offset, eps, y, rstd2, xhat2);
+  }
+  // Its backward: dsum += the gradient of N2's input (rmsnorm_backward_normalized with
+  // `accumulate`), then dx1 = the gradient of N1's input at the new dsum; dw1, dw2 accumulate
+  // (null when frozen).
+  virtual void rmsnorm_add_rmsnorm_backward(const Tensor& dy2, const Tensor& xhat2,
+                                            const Tensor& w2, const Tensor& rstd2, Tensor* dw2,
+                                            Tensor& dsum, const Tensor& xhat1, const Tensor& w1,
+                                            const Tensor& rstd1, Tensor* dw1, Tensor& dx1,
+                                            float offset) const {
+    rmsnorm_backward_normalized(dy2, xhat2, w2, offset, rstd2, dsum, dw2, true);
+    rmsnorm_backward_normalized(dsum, xhat1, w1, offset, rstd1, dx1, dw1);
+  }
   // y = xhat * (w + offset) + b over rows of w's size (b optional): a norm's output recomputed
   // from its saved normalized input.
   virtual void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,

@@ -1445,6 +1445,47 @@ struct CudaBackend final : Backend {
                                    bool accumulate, Tensor* dx_copy) const override {
     rmsnorm_backward_any(dy, xhat, true, w, offset, rstd, dx, dw, accumulate, dx_copy);
   }
+  void rmsnorm_add_rmsnorm_forward(const Tensor& x, const Tensor& w1, Tensor& sum, Tensor& rstd1,
+                                   Tensor* xhat1, const Tensor& w2, Tensor& y, Tensor& rstd2,
+                                   Tensor* xhat2, float offset, float eps) const override {
+    const int n = static_cast<int>(w1.numel());
+    const int64_t rows = x.numel() / n;
+    ET_CHECK(w2.numel() == n && rows * n == x.numel() && sum.numel() == x.numel() &&
+                 y.numel() == x.numel() && rstd1.numel() == rows && rstd2.numel() == rows &&
+                 (!xhat1 || xhat1->numel() == x.numel()) && (!xhat2 || xhat2->numel() == x.numel()),
+             "rmsnorm_add_rmsnorm_forward: sizes do not match");
+    const Ptr xh1 = optional_ptr(xhat1), xh2 = optional_ptr(xhat2);
+    if (!norm_rows_vectorised(n, {x.data, sum.data, y.data, w1.data, w2.data, xh1.p, xh2.p})) {
+      Backend::rmsnorm_add_rmsnorm_forward(x, w1, sum, rstd1, xhat1, w2, y, rstd2, xhat2, offset,
+                                           eps);
+      return;
+    }
+    OpScope scope_(prof.get(), "rmsnorm_add_rmsnorm_forward");
+    rmsnorm_add_rmsnorm_forward_rows(P(x), F(w1), P(sum), W(rstd1), xh1, F(w2), P(y), W(rstd2), xh2,
+                                     offset, eps, rows, n);
+  }
+  void rmsnorm_add_rmsnorm_backward(const Tensor& dy2, const Tensor& xhat2, const Tensor& w2,
+                                    const Tensor& rstd2, Tensor* dw2, Tensor& dsum,
+                                    const Tensor& xhat1, const Tensor& w1, const Tensor& rstd1,
+                                    Tensor* dw1, Tensor& dx1, float offset) const override {
+    const int n = static_cast<int>(w1.numel());
+    const int64_t rows = dy2.numel() / n;
+    ET_CHECK(w2.numel() == n && rows * n == dy2.numel() && xhat2.numel() == dy2.numel() &&
+                 dsum.numel() == dy2.numel() && xhat1.numel() == dy2.numel() &&
+                 dx1.numel() == dy2.numel() && rstd1.numel() == rows && rstd2.numel() == rows,
+             "rmsnorm_add_rmsnorm_backward: sizes do not match");
+    // trainable norm weights take the two passes (their column sums live in those kernels)
+    if (dw1 || dw2 ||
+        !norm_rows_vectorised(
+            n, {dy2.data, xhat2.data, dsum.data, xhat1.data, dx1.data, w1.data, w2.data})) {
+      Backend::rmsnorm_add_rmsnorm_backward(dy2, xhat2, w2, rstd2, dw2, dsum, xhat1, w1, rstd1, dw1,
+                                            dx1, offset);
+      return;
+    }
+    OpScope scope_(prof.get(), "rmsnorm_add_rmsnorm_backward");
+    rmsnorm_add_rmsnorm_backward_rows(P(dy2), P(xhat2), F(w2), F(rstd2), P(dsum), P(xhat1), F(w1),
+                                      F(rstd1), P(dx1), offset, rows, n);
+  }
   void norm_scale_shift(const Tensor& xhat, const Tensor& w, float offset, const Tensor* b,
                         Tensor& y) const override {
     OpScope scope_(prof.get(), "norm_scale_shift");
