@@ -495,8 +495,12 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
   Tensor dctx = be.empty({T, qdim}, act);
   linear_backward(be, L.o, s.o, da, &dctx, false);
   da = Tensor{};
-  Tensor dq = be.empty({T, qdim}, act), dk = be.empty({T, kvdim}, act),
-         dv = be.empty({T, kvdim}, act);
+  // dq in fp32 where what reads it next takes fp32 (the q norm's backward, the rotation into
+  // dqkv): the attention backward accumulates dq in fp32 and would otherwise convert it to the
+  // activation dtype in a pass of its own (read 4 + write 2 bytes an element, for the 2 more
+  // that the reader reads)
+  Tensor dq = be.empty({T, qdim}, L.q_norm || L.qkv.weight ? DType::F32 : act),
+         dk = be.empty({T, kvdim}, act), dv = be.empty({T, kvdim}, act);
   const double theta = theta_of(c, L);
   Tensor qr = s.qr, kr = s.kr;
   if (L.q_norm) {  // q, k after norm and RoPE, recomputed
