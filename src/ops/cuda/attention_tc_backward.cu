@@ -83,6 +83,92 @@ __device__ __forceinline__ void softmax_backward_tile(const TcParams& p, float (
     }
 }
 
+// The query tiles that see the key block at key0 (causal: from the block's own tile on; window:
+// within the window of its rows): returns their number and sets q_begin, the first one's row.
+__device__ __forceinline__ int query_tiles_for_keys(const TcParams& p, int key0, int len,
+                                                    int& q_begin) {
+  int q_end = len;
+  q_begin = 0;
+  if (p.causal) q_begin = key0 / BM * BM;
+  if (p.window >= 0) {
+    q_begin = max(q_begin, max(0, key0 - p.window) / BM * BM);
+    q_end = min(len, key0 + 64 + p.window);
+  }
+  return q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
+}
+
+// Query head h's tile at row c0: Q and dO into shared memory, and its lse and delta (all
+// asynchronous: a plain load of lse would stall the warps on global memory at the top of every
+// iteration; rows past len read row len - 1's, zero-filled).
+template <int D, int THREADS, typename T>
+__device__ __forceinline__ void issue_query_tile(bf16* Qs, bf16* Gs, float* lse_s, float* del_s,
+                                                 const T* q, const T* dout, const float* lse,
+                                                 const float* delta, const TcParams& p,
+                                                 int64_t start, int h, int c0, int len) {
+  load_tile_async<D, 64, THREADS>(Qs, q + start * p.qs, p.qs, h * D, c0, len);
+  load_tile_async<D, 64, THREADS>(Gs, dout + start * p.qs, p.qs, h * D, c0, len);
+  if (threadIdx.x < 64) {
+    const int i = c0 + threadIdx.x;
+    const int64_t at = (start + min(i, len - 1)) * p.hq + h;
+    cp_async4(lse_s + threadIdx.x, lse + at, i < len);
+    cp_async4(del_s + threadIdx.x, delta + at, i < len);
+  }
+}
+
+// Once the tile at c0 has landed and before the barrier that shows it to every warp: its lse in
+// log2 units, and with dropout the mask's row keys of its 64 query rows (each thread its own
+// copy; the previous tile's keys were last read before the previous tile's barriers).
+template <bool kDropout>
+__device__ __forceinline__ void prepare_query_tile(const TcParams& p, float* lse_s,
+                                                   uint32_t* drop_key, int64_t start, int c0,
+                                                   int h) {
+  if (threadIdx.x >= 64) return;
+  lse_s[threadIdx.x] *= kLog2e;
+  if constexpr (kDropout)
+    drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
+}
+
+// S^T = K Q^T and dP^T = V dO^T of a warp's 16 key rows against query columns q0 .. q0 + 16 NP
+// of the tile (Qs, Gs: Q and dO, [64][D + 8]); kv(kk, ka, va) gives the K and V A-fragments of
+// the rows' columns 16 kk .. + 16 (from shared memory, or registers where they are kept).
+template <int D, int NP, typename KvFragments>
+__device__ __forceinline__ void scores_transposed(const KvFragments& kv, const bf16* Qs,
+                                                  const bf16* Gs, int q0, int lane,
+                                                  float (&st)[2 * NP][4], float (&dpt)[2 * NP][4]) {
+  constexpr int LD = D + 8;
+#pragma unroll
+  for (int j = 0; j < 2 * NP; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t ka[4], va[4];
+    kv(kk, ka, va);
+#pragma unroll
+    for (int np = 0; np < NP; ++np) {
+      uint32_t b[4];
+      ldsm_x4(b, bt_addr(Qs, LD, q0 + np * 16, kk * 16, lane));
+      mma16816(st[2 * np], ka, b[0], b[1]);
+      mma16816(st[2 * np + 1], ka, b[2], b[3]);
+      ldsm_x4(b, bt_addr(Gs, LD, q0 + np * 16, kk * 16, lane));
+      mma16816(dpt[2 * np], va, b[0], b[1]);
+      mma16816(dpt[2 * np + 1], va, b[2], b[3]);
+    }
+  }
+}
+
+// After the last query tile of head h: the block's relative-bias gradient sums (by bucket) into
+// d_bias, and zero again for the next head.
+template <int THREADS>
+__device__ __forceinline__ void flush_bias_grad(const TcParams& p, float* bias_acc, float* d_bias,
+                                                int h) {
+  __syncthreads();
+  for (int b = threadIdx.x; b < p.buckets; b += THREADS) {
+    if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
+    bias_acc[b] = 0;
+  }
+}
+
 // Backward tiles up to head dim 128: a block of 4 warps forms all D columns of dK, dV (and of
 // its dQ contributions) and double-buffers the query/dO tiles. Head dim 256 takes
 // attn_bwd_pair_kernel (BwdPairTile).
@@ -140,26 +226,13 @@ __global__ void __launch_bounds__(NW * 32)
   constexpr bool kKeepKV = BwdTile<D>::keep_kv;
   uint32_t kfr[kKeepKV ? D / 16 : 1][4], vfr[kKeepKV ? D / 16 : 1][4];
   const int jrow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
-  int q_begin = 0, q_end = len;
-  if (p.causal) q_begin = key0 / BM * BM;
-  if (p.window >= 0) {
-    q_begin = max(q_begin, max(0, key0 - p.window) / BM * BM);
-    q_end = min(len, key0 + 64 + p.window);
-  }
-  const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
+  int q_begin;
+  const int n_q = query_tiles_for_keys(p, key0, len, q_begin);
   // Iteration it: query head kvh * group + it / n_q, query tile it % n_q.
   auto head_of = [&](int it) { return kvh * p.group + it / n_q; };
-  // The next query tile, its dO, lse and delta (all asynchronous: a plain load of lse here
-  // would stall two warps on global memory at the top of every iteration).
   auto issue = [&](int buf, int h, int c0) {
-    load_tile_async<D>(qbuf(buf), q + start * p.qs, p.qs, h * D, c0, len);
-    load_tile_async<D>(gbuf(buf), dout + start * p.qs, p.qs, h * D, c0, len);
-    if (threadIdx.x < 64) {
-      const int i = c0 + threadIdx.x;
-      const int64_t at = (start + min(i, len - 1)) * p.hq + h;
-      cp_async4(lse_b + buf * 64 + threadIdx.x, lse + at, i < len);
-      cp_async4(del_b + buf * 64 + threadIdx.x, delta + at, i < len);
-    }
+    issue_query_tile<D, NW * 32>(qbuf(buf), gbuf(buf), lse_b + buf * 64, del_b + buf * 64, q, dout,
+                                 lse, delta, p, start, h, c0, len);
   };
   const int n_it = n_q * p.group;
   if (n_q > 0) issue(0, head_of(0), q_begin);
@@ -173,12 +246,7 @@ __global__ void __launch_bounds__(NW * 32)
     if (it + 1 < n_it) issue((it + 1) & 1, head_of(it + 1), q_begin + ((it + 1) % n_q) * BM);
     cp_async_commit();
     cp_async_wait<1>();
-    if (threadIdx.x < 64) {
-      lse_s[threadIdx.x] *= kLog2e;  // this thread's own copy has landed
-      // (the previous tile's keys were last read before its dS^T barrier)
-      if constexpr (kDropout)
-        drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
-    }
+    prepare_query_tile<kDropout>(p, lse_s, drop_key, start, c0, h);
     __syncthreads();
     if constexpr (kKeepKV)
       if (it == 0)
@@ -188,31 +256,17 @@ __global__ void __launch_bounds__(NW * 32)
           ldsm_x4(vfr[kk], a_addr(Vs, LD, warp * 16, kk * 16, lane));
         }
     float st[8][4], dpt[8][4];
+    scores_transposed<D, 4>(
+        [&](int kk, uint32_t(&ka)[4], uint32_t(&va)[4]) {
+          if constexpr (kKeepKV) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ka[4], va[4];
-      if constexpr (kKeepKV) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) ka[e] = kfr[kk][e], va[e] = vfr[kk][e];
-      } else {
-        ldsm_x4(ka, a_addr(Ks, LD, warp * 16, kk * 16, lane));
-        ldsm_x4(va, a_addr(Vs, LD, warp * 16, kk * 16, lane));
-      }
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t b[4];
-        ldsm_x4(b, bt_addr(Qs, LD, np * 16, kk * 16, lane));
-        mma16816(st[2 * np], ka, b[0], b[1]);
-        mma16816(st[2 * np + 1], ka, b[2], b[3]);
-        ldsm_x4(b, bt_addr(Gs, LD, np * 16, kk * 16, lane));
-        mma16816(dpt[2 * np], va, b[0], b[1]);
-        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
-      }
-    }
+            for (int e = 0; e < 4; ++e) ka[e] = kfr[kk][e], va[e] = vfr[kk][e];
+          } else {
+            ldsm_x4(ka, a_addr(Ks, LD, warp * 16, kk * 16, lane));
+            ldsm_x4(va, a_addr(Vs, LD, warp * 16, kk * 16, lane));
+          }
+        },
+        Qs, Gs, 0, lane, st, dpt);
     // P^T (times Z) and dS^T, in place of S^T and dP^T
     softmax_backward_tile<8, kDropout>(p, st, dpt, 0, t, jrow, key0, c0, len, h, lse_s, del_s,
                                        drop_key, 1.0f, d_bias ? bias_acc : nullptr);
@@ -272,13 +326,8 @@ __global__ void __launch_bounds__(NW * 32)
         atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
                     p.scale * dq_acc[nb][2 * r + 1]);
     }
-    if (d_bias && (it + 1 == n_it || head_of(it + 1) != h)) {  // head done
-      __syncthreads();
-      for (int b = threadIdx.x; b < p.buckets; b += blockDim.x) {
-        if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
-        bias_acc[b] = 0;
-      }
-    }
+    if (d_bias && (it + 1 == n_it || head_of(it + 1) != h))  // head done
+      flush_bias_grad<NW * 32>(p, bias_acc, d_bias, h);
   }
   cp_async_wait<0>();  // a block without query tiles still has its K/V copies in flight
 #pragma unroll
@@ -359,23 +408,12 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nb][e] = 0;
   const int jrow[2] = {key0 + wk * 16 + g, key0 + wk * 16 + g + 8};
-  int q_begin = 0, q_end = len;
-  if (p.causal) q_begin = key0 / BM * BM;
-  if (p.window >= 0) {
-    q_begin = max(q_begin, max(0, key0 - p.window) / BM * BM);
-    q_end = min(len, key0 + 64 + p.window);
-  }
-  const int n_q = q_end > q_begin ? (q_end - q_begin + BM - 1) / BM : 0;
+  int q_begin;
+  const int n_q = query_tiles_for_keys(p, key0, len, q_begin);
   auto head_of = [&](int it) { return kvh * p.group + it / n_q; };
   auto issue = [&](int buf, int h, int c0) {
-    load_tile_async<D, 64, THREADS>(qbuf(buf), q + start * p.qs, p.qs, h * D, c0, len);
-    load_tile_async<D, 64, THREADS>(gbuf(buf), dout + start * p.qs, p.qs, h * D, c0, len);
-    if (threadIdx.x < 64) {
-      const int i = c0 + threadIdx.x;
-      const int64_t at = (start + min(i, len - 1)) * p.hq + h;
-      cp_async4(lse_b + buf * 64 + threadIdx.x, lse + at, i < len);
-      cp_async4(del_b + buf * 64 + threadIdx.x, delta + at, i < len);
-    }
+    issue_query_tile<D, THREADS>(qbuf(buf), gbuf(buf), lse_b + buf * 64, del_b + buf * 64, q, dout,
+                                 lse, delta, p, start, h, c0, len);
   };
   const int n_it = n_q * p.group;
   if (n_q > 0) issue(0, head_of(0), q_begin);
@@ -393,34 +431,16 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
     } else {
       cp_async_wait<0>();
     }
-    if (threadIdx.x < 64) {
-      lse_s[threadIdx.x] *= kLog2e;
-      if constexpr (kDropout)
-        drop_key[threadIdx.x] = p.drop.row_key((start + c0 + threadIdx.x) * p.hq + h);
-    }
+    prepare_query_tile<kDropout>(p, lse_s, drop_key, start, c0, h);
     __syncthreads();
     // This warp's query columns of the tile: S^T = K Q^T and dP^T = V dO^T for its 16 key rows
     float st[4][4], dpt[4][4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, a_addr(Ks, LD, wk * 16, kk * 16, lane));
-      ldsm_x4(va, a_addr(Vs, LD, wk * 16, kk * 16, lane));
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t b[4];
-        ldsm_x4(b, bt_addr(Qs, LD, q_half + np * 16, kk * 16, lane));
-        mma16816(st[2 * np], ka, b[0], b[1]);
-        mma16816(st[2 * np + 1], ka, b[2], b[3]);
-        ldsm_x4(b, bt_addr(Gs, LD, q_half + np * 16, kk * 16, lane));
-        mma16816(dpt[2 * np], va, b[0], b[1]);
-        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
-      }
-    }
+    scores_transposed<D, 2>(
+        [&](int kk, uint32_t(&ka)[4], uint32_t(&va)[4]) {
+          ldsm_x4(ka, a_addr(Ks, LD, wk * 16, kk * 16, lane));
+          ldsm_x4(va, a_addr(Vs, LD, wk * 16, kk * 16, lane));
+        },
+        Qs, Gs, q_half, lane, st, dpt);
     // P^T Z (for dV) and scale dS^T, in place of S^T and dP^T: the softmax scale of
     // dK = scale dS^T Q and dQ = scale dS K applied once per score rather than to every
     // accumulator
@@ -487,13 +507,8 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
           atomic_add2(dqrow + nb * 8 + 2 * t, dq_acc[nb][2 * r], dq_acc[nb][2 * r + 1]);
       }
     }
-    if (d_bias && (it + 1 == n_it || head_of(it + 1) != h)) {  // head done
-      __syncthreads();
-      for (int b = threadIdx.x; b < p.buckets; b += THREADS) {
-        if (bias_acc[b] != 0.0f) atomicAdd(&d_bias[b * p.hq + h], bias_acc[b]);
-        bias_acc[b] = 0;
-      }
-    }
+    if (d_bias && (it + 1 == n_it || head_of(it + 1) != h))  // head done
+      flush_bias_grad<THREADS>(p, bias_acc, d_bias, h);
   }
   cp_async_wait<0>();  // a block without query tiles still has its K/V copies in flight
   // the first warp of each pair holds dV, the second dK
