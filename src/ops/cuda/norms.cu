@@ -204,22 +204,36 @@ __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
   }
 }
 
+// Row r's chunks of this lane (norms.h's layout) into v; chunks past n are left unset.
 template <int V>
-__global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float eps, Ptr y,
-                                    float* rstd, Ptr xhat, int64_t rows, int n, int accumulate) {
-  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (r >= rows) return;
-  float v[V][8], ss = 0;
+__device__ __forceinline__ void load_row_chunks(Ptr x, int64_t r, int n, int lane,
+                                                float (&v)[V][8]) {
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int c = 8 * (lane + 32 * k);
-    if (c >= n) continue;
-    x.load8(r * n + c, v[k]);
+    if (c < n) x.load8(r * n + c, v[k]);
+  }
+}
+
+// 1 / sqrt(mean(v^2) + eps) over the warp's row held in v.
+template <int V>
+__device__ __forceinline__ float rms_rstd(const float (&v)[V][8], int n, int lane, float eps) {
+  float ss = 0;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    if (8 * (lane + 32 * k) >= n) continue;
 #pragma unroll
     for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
   }
-  const float rs = rsqrtf(warp_sum(ss) / n + eps);
+  return rsqrtf(warp_sum(ss) / n + eps);
+}
+
+// An RMSNorm's outputs from its input row in v (overwritten): xhat = v rstd (when xhat.p is
+// set), y = xhat (w + offset), or with `accumulate` y += that.
+template <int V>
+__device__ __forceinline__ void store_rmsnorm_row(float (&v)[V][8], float rs, const float* w,
+                                                  float offset, Ptr xhat, Ptr y, bool accumulate,
+                                                  int64_t r, int n, int lane) {
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int c = 8 * (lane + 32 * k);
@@ -239,6 +253,18 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
     }
     y.store8(r * n + c, v[k]);
   }
+}
+
+template <int V>
+__global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float eps, Ptr y,
+                                    float* rstd, Ptr xhat, int64_t rows, int n, int accumulate) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  float v[V][8];
+  load_row_chunks<V>(x, r, n, lane, v);
+  const float rs = rms_rstd<V>(v, n, lane, eps);
+  store_rmsnorm_row<V>(v, rs, w, offset, xhat, y, accumulate, r, n, lane);
   if (lane == 0) rstd[r] = rs;
 }
 
@@ -254,17 +280,9 @@ __global__ void rmsnorm_add_rmsnorm_forward_vec(Ptr x, const float* w1, Ptr sum,
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  float v[V][8], ss = 0;
-#pragma unroll
-  for (int k = 0; k < V; ++k) {
-    const int c = 8 * (lane + 32 * k);
-    if (c >= n) continue;
-    x.load8(r * n + c, v[k]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
-  }
-  const float rs1 = rsqrtf(warp_sum(ss) / n + eps);
-  ss = 0;
+  float v[V][8];
+  load_row_chunks<V>(x, r, n, lane, v);
+  const float rs1 = rms_rstd<V>(v, n, lane, eps);
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int c = 8 * (lane + 32 * k);
@@ -279,24 +297,11 @@ __global__ void rmsnorm_add_rmsnorm_forward_vec(Ptr x, const float* w1, Ptr sum,
     for (int j = 0; j < 8; ++j) {
       v[k][j] = __fmaf_rn(v[k][j], wv[j], sv[j]);
       if (sum.bf) v[k][j] = __bfloat162float(__float2bfloat16(v[k][j]));
-      ss += v[k][j] * v[k][j];
     }
     sum.store8(r * n + c, v[k]);
   }
-  const float rs2 = rsqrtf(warp_sum(ss) / n + eps);
-#pragma unroll
-  for (int k = 0; k < V; ++k) {
-    const int c = 8 * (lane + 32 * k);
-    if (c >= n) continue;
-    float wv[8];
-    load_w8(w2, c, offset, wv);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[k][j] *= rs2;
-    if (xhat2.p) xhat2.store8(r * n + c, v[k]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[k][j] *= wv[j];
-    y.store8(r * n + c, v[k]);
-  }
+  const float rs2 = rms_rstd<V>(v, n, lane, eps);
+  store_rmsnorm_row<V>(v, rs2, w2, offset, xhat2, y, false, r, n, lane);
   if (lane == 0) rstd1[r] = rs1, rstd2[r] = rs2;
 }
 
