@@ -106,23 +106,28 @@ float norm_offset(const ModelConfig& c) {
   return c.layer_norm ? 0.0f : c.norm_offset;
 }
 
+// A norm's forward state for input x: rstd [rows], and xhat when it is kept (`keep`).
+NormSaved norm_state(const Backend& be, const Norm& n, const Tensor& x, bool keep) {
+  return {keep ? be.empty(x.shape, be.act_dtype()) : Tensor{},
+          be.empty({x.numel() / n.w->value.numel()}, DType::F32)};
+}
+
 // y = N(x) into y (N with a weight), or with `adding` y += N(x) (an RMSNorm only); with s,
 // keeps xhat and rstd.
 void norm_into(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x, Tensor& y,
                bool adding, NormSaved* s) {
-  const int64_t rows = x.numel() / n.w->value.numel();
-  Tensor rstd = be.empty({rows}, DType::F32);
-  Tensor xhat = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
+  NormSaved st = norm_state(be, n, x, s != nullptr);
+  Tensor &xhat = st.xhat, &rstd = st.rstd;
   if (c.layer_norm) {
     ET_CHECK(!adding, "norm ", n.w->name, ": a LayerNorm's forward does not add into its output");
-    Tensor mean = be.empty({rows}, DType::F32);
+    Tensor mean = be.empty(rstd.shape, DType::F32);
     be.layernorm_forward(x, n.w->value, n.b ? &n.b->value : nullptr, c.norm_eps, y, mean, rstd,
                          s ? &xhat : nullptr);
   } else {
     be.rmsnorm_forward(x, n.w->value, c.norm_offset, c.norm_eps, y, rstd, s ? &xhat : nullptr,
                        adding);
   }
-  if (s) *s = {xhat, rstd};
+  if (s) *s = st;
 }
 
 // y = N(x) (a new tensor; x itself for an identity norm); with s, keeps xhat and rstd.
@@ -151,16 +156,14 @@ struct NextNorm {
 void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n, Tensor x,
                          Tensor& sum, NormSaved* s, NextNorm* next) {
   if (next && n.w && next->n->w && !c.layer_norm) {
-    const int64_t rows = x.numel() / n.w->value.numel();
-    Tensor rstd1 = be.empty({rows}, DType::F32), rstd2 = be.empty({rows}, DType::F32);
-    Tensor xhat1 = s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
-    Tensor xhat2 = next->s ? be.empty(x.shape, be.act_dtype()) : Tensor{};
+    NormSaved s1 = norm_state(be, n, x, s != nullptr),
+              s2 = norm_state(be, *next->n, sum, next->s != nullptr);
     next->y = be.empty(sum.shape, be.act_dtype());
-    be.rmsnorm_add_rmsnorm_forward(x, n.w->value, sum, rstd1, s ? &xhat1 : nullptr,
-                                   next->n->w->value, next->y, rstd2, next->s ? &xhat2 : nullptr,
-                                   c.norm_offset, c.norm_eps);
-    if (s) *s = {xhat1, rstd1};
-    if (next->s) *next->s = {xhat2, rstd2};
+    be.rmsnorm_add_rmsnorm_forward(x, n.w->value, sum, s1.rstd, s ? &s1.xhat : nullptr,
+                                   next->n->w->value, next->y, s2.rstd,
+                                   next->s ? &s2.xhat : nullptr, c.norm_offset, c.norm_eps);
+    if (s) *s = s1;
+    if (next->s) *next->s = s2;
     return;
   }
   if (!n.w || c.layer_norm)
