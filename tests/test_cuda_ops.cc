@@ -764,6 +764,7 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
   struct Case {
     int64_t n, out, r;
     bool xa_t, dxa_t, db;
+    bool xa_share = false;  // xa [n, r] as a strided view (a group's share along K, pitch 3 r)
   };
   const auto transposed = [](const Tensor& t) {
     Tensor o = cpu_empty({t.dim(1), t.dim(0)});
@@ -776,14 +777,19 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
   const auto pitch_of = [](const Case& c, bool transposed) {
     return transposed && c.n % 8 ? (c.n + 7) / 8 * 8 : int64_t{0};
   };
+  const auto xa_pitch_of = [&](const Case& c) {
+    return c.xa_share ? 3 * c.r : pitch_of(c, c.xa_t);
+  };
   for (const Case& c :
        {Case{1000, 768, 16, false, false, true}, Case{333, 200, 16, true, true, true},
         Case{70000, 64, 16, false, false, true}, Case{140000, 40, 16, true, false, true},
         Case{517, 384, 32, false, true, false}, Case{70000, 96, 32, true, true, true},
         Case{300, 128, 8, false, false, true}, Case{50, 100, 16, true, true, true},
         Case{70001, 768, 16, true, true, true}, Case{1003, 96, 32, true, true, false},
-        Case{140000, 392, 16, false, true, true}}) {
-    const int64_t xa_pitch = pitch_of(c, c.xa_t), dxa_pitch = pitch_of(c, c.dxa_t);
+        Case{140000, 392, 16, false, true, true}, Case{1001, 768, 16, false, true, true, true},
+        Case{70001, 256, 16, false, true, true, true},
+        Case{517, 384, 32, false, true, true, true}}) {
+    const int64_t xa_pitch = xa_pitch_of(c), dxa_pitch = pitch_of(c, c.dxa_t);
     const std::string what = "n=" + std::to_string(c.n) + " out=" + std::to_string(c.out) +
                              " r=" + std::to_string(c.r) + (c.xa_t ? " xa^T" : "") +
                              (c.dxa_t ? " dxa^T" : "") + (c.db ? "" : " frozen B") +
@@ -796,7 +802,7 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
     b.cpu->lora_output_grad(g, bm, xa, false, s, dxa_ref, false, &db_ref);
     const Tensor xa_host = c.xa_t ? transposed(xa) : xa;
     const Tensor xa_dev =
-        xa_pitch ? b.bf(with_gap(xa_host, xa_pitch)).leading_cols(c.n) : b.bf(xa_host);
+        xa_pitch ? b.bf(with_gap(xa_host, xa_pitch)).leading_cols(xa_host.dim(1)) : b.bf(xa_host);
     Tensor dxa_full = b.poisoned(
         c.dxa_t ? Shape{c.r, dxa_pitch ? dxa_pitch : c.n} : Shape{c.n, c.r}, DType::BF16);
     Tensor dxa = dxa_pitch ? dxa_full.leading_cols(c.n) : dxa_full;
@@ -932,8 +938,9 @@ TEST(CudaOps, LoraActMatchesProductThenActivation) {
 // strided in fp32; the gap columns of C must stay poisoned (never written).
 // The GLU's output is a Linear's input (linear_input): glu_forward, apart and packed, writes into
 // a strided view, leaving the spare columns after each row as they were (NaN here), at widths the
-// 16-byte kernel takes (f % 8 == 0) and others (through a contiguous temporary). copy_all writes
-// s * B, converted, into such columns.
+// 16-byte kernel takes (f % 8 == 0) and others (through a contiguous temporary); so do the RMSNorm
+// and the sandwich pair, whose output is a group's input (group_input). copy_all writes s * B,
+// converted, into such columns.
 TEST(CudaOps, OutputsIntoStridedViews) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -964,6 +971,24 @@ TEST(CudaOps, OutputsIntoStridedViews) {
       Tensor y2 = strided_out(&whole);
       b.gpu->glu_packed_forward(Act::SiLU, b.bf(side_by_side(g0, u0)), y2);
       check(whole, ref, "glu_packed_forward");
+    }
+    {  // a norm's output is a group's input (group_input): the RMSNorm and the sandwich pair
+      const Tensor x = b.rand({n, f}, -2, 3), s0 = b.rand({n, f}, -3, 3);
+      const Tensor w1 = b.rand({f}, -0.5f, 0.5f), w2 = b.rand({f}, -0.5f, 0.5f);
+      Tensor ref = cpu_empty({n, f}), rs = cpu_empty({n});
+      b.cpu->rmsnorm_forward(x, w1, 1.0f, 1e-6f, ref, rs);
+      Tensor rsd = b.poisoned({n});
+      Tensor y = strided_out(&whole);
+      b.gpu->rmsnorm_forward(b.up(x), b.up(w1), 1.0f, 1e-6f, y, rsd);
+      check(whole, ref, "rmsnorm_forward");
+      Tensor sum = cpu_clone(s0), rs1 = cpu_empty({n});
+      b.cpu->rmsnorm_add_rmsnorm_forward(b.rounded(x), w1, sum, rs1, nullptr, w2, ref, rs, nullptr,
+                                         1.0f, 1e-6f);
+      Tensor sum_d = b.up(s0), rs1d = b.poisoned({n});
+      Tensor y2 = strided_out(&whole);
+      b.gpu->rmsnorm_add_rmsnorm_forward(b.bf(b.rounded(x)), b.up(w1), sum_d, rs1d, nullptr,
+                                         b.up(w2), y2, rsd, nullptr, 1.0f, 1e-6f);
+      check(whole, ref, "rmsnorm_add_rmsnorm_forward");
     }
     {
       const Tensor src = b.rand({n, r});
@@ -1686,7 +1711,7 @@ TEST(CudaTraining, LoraAlongKEqualsTheRankProduct) {
       p->grad = gpu->zeros(p->value.shape);
     }
     l.input_from_model = along_k;
-    store_frozen_weight_bf16(*gpu, l);
+    store_frozen_weights_bf16(*gpu, {&l}, {});
     return l;
   };
   Linear k_form = make("along_k", true), apart = make("apart", false);
@@ -1728,6 +1753,107 @@ TEST(CudaTraining, LoraAlongKEqualsTheRankProduct) {
   expect_close(b.down(dx_k), b.down(dx_apart), 1e-2, "dx");
   expect_close(b.down(k_form.lora_a->grad), b.down(apart.lora_a->grad), 1e-2, "dA");
   expect_close(b.down(k_form.lora_b->grad), b.down(apart.lora_b->grad), 1e-2, "dB");
+}
+
+// LoRA along K for a group (linear.h, group_takes_rank_along_k): members reading one input that
+// the model makes share its spare columns [x | xa_1 | xa_2 | xa_3]; their outputs, input gradient
+// (summed over the members) and LoRA gradients equal those of the same group run with the
+// rank-r products apart (the stacked A x^T form), within bf16 rounding. Ranks 16, 8, 16 (shares
+// starting 16 bytes apart without padding), a member with a bias; xa lands in the spare columns.
+// A rank that is not a multiple of 8 keeps the group apart, with plain weights.
+TEST(CudaTraining, LoraGroupAlongKEqualsTheRankProducts) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  b.gpu = make_cuda_backend(0, DType::BF16);  // one backend (one stream) for every op
+  Backend* gpu = b.gpu.get();
+  const int64_t n = 301, in = 96;
+  const int64_t outs[3] = {80, 48, 48}, ranks[3] = {16, 8, 16};
+  const int64_t c = 16 + 8 + 16;
+  ParamStore store;
+  std::vector<Tensor> w, a, bm;
+  for (int i = 0; i < 3; ++i) {
+    w.push_back(b.rand({outs[i], in}));
+    a.push_back(b.rand({ranks[i], in}));
+    bm.push_back(b.rand({outs[i], ranks[i]}));
+  }
+  const Tensor bias = b.rand({outs[0]});
+  auto make = [&](const std::string& name, bool from_model, int64_t rank0) {
+    std::vector<Linear> ls(3);
+    for (int i = 0; i < 3; ++i) {
+      Linear& l = ls[i];
+      const std::string p = name + std::to_string(i);
+      const int64_t r = i == 0 ? rank0 : ranks[i];
+      l.name = p;
+      l.in = in;
+      l.out = outs[i];
+      l.weight = store.add(p + ".weight", gpu->upload(w[i]));
+      if (i == 0) l.bias = store.add(p + ".bias", gpu->upload(bias));
+      l.lora_a = store.add(p + ".A", gpu->upload(r == ranks[i] ? a[i] : b.rand({r, in})));
+      l.lora_b = store.add(p + ".B", gpu->upload(r == ranks[i] ? bm[i] : b.rand({outs[i], r})));
+      l.lora_scaling = 2.0f - 0.5f * i;
+      for (Param* q : {l.lora_a, l.lora_b}) {
+        q->trainable = true;
+        q->grad = gpu->zeros(q->value.shape);
+      }
+      l.input_from_model = from_model;
+    }
+    return ls;
+  };
+  auto group_of = [](const std::vector<Linear>& ls) { return LinearGroup{&ls[0], &ls[1], &ls[2]}; };
+  auto store_all = [&](std::vector<Linear>& ls) {
+    store_frozen_weights_bf16(*gpu, {}, {group_of(ls)});
+    refresh_product_copies(*gpu, {&ls[0], &ls[1], &ls[2]}, {group_of(ls)});
+  };
+  std::vector<Linear> k_form = make("along_k", true, ranks[0]), apart = make("apart", false, 16);
+  store_all(k_form);
+  store_all(apart);
+  ASSERT_TRUE(group_takes_rank_along_k(group_of(k_form)));
+  ASSERT_FALSE(group_takes_rank_along_k(group_of(apart)));
+  for (const Linear& l : k_form) EXPECT_EQ(l.weight->value.pitch, in + c) << l.name;
+
+  const Tensor x_host = b.rounded(b.rand({n, in}));
+  const Tensor x = b.bf(x_host);
+  Tensor x_k = group_input(*gpu, group_of(k_form), n);
+  ASSERT_EQ(x_k.pitch, in + c);
+  Tensor x_k_rows = x_k.pitch_rows();
+  gpu->copy_columns(x, 0, x_k_rows, 0, in);
+  EXPECT_EQ(group_input(*gpu, group_of(apart), n).pitch, 0);
+
+  std::vector<LinearSaved> s_k(3), s_apart(3);
+  const std::vector<Tensor> y_k =
+      linear_group_forward(*gpu, group_of(k_form), x_k, {&s_k[0], &s_k[1], &s_k[2]}, nullptr);
+  const std::vector<Tensor> y_apart = linear_group_forward(
+      *gpu, group_of(apart), x, {&s_apart[0], &s_apart[1], &s_apart[2]}, nullptr);
+  EXPECT_TRUE(s_apart[0].xa_t.defined()) << "the reference runs the stacked A x^T form";
+  const Tensor x_k_host = b.down(x_k_rows);
+  int64_t c0 = 0;
+  for (int i = 0; i < 3; ++i) {
+    const std::string m = " of member " + std::to_string(i);
+    expect_close(b.down(y_k[i]), b.down(y_apart[i]), 1e-2, "y" + m);
+    Tensor xa_ref = cpu_empty({n, ranks[i]});
+    b.cpu->matmul(x_host, false, b.rounded(a[i]), true, xa_ref);
+    expect_close(col_range(x_k_host, in + c0, in + c0 + ranks[i]), xa_ref, 1e-2,
+                 "xa in the spare columns" + m);
+    c0 += ranks[i];
+  }
+  std::vector<Tensor> dys;
+  for (int i = 0; i < 3; ++i) dys.push_back(b.bf(b.rand({n, outs[i]})));
+  Tensor dx_k = b.poisoned({n, in}, DType::BF16), dx_apart = b.poisoned({n, in}, DType::BF16);
+  linear_group_backward(*gpu, group_of(k_form), s_k, dys, &dx_k, false);
+  linear_group_backward(*gpu, group_of(apart), s_apart, dys, &dx_apart, false);
+  expect_close(b.down(dx_k), b.down(dx_apart), 1e-2, "dx");
+  for (int i = 0; i < 3; ++i) {
+    const std::string m = " of member " + std::to_string(i);
+    expect_close(b.down(k_form[i].lora_a->grad), b.down(apart[i].lora_a->grad), 1e-2, "dA" + m);
+    expect_close(b.down(k_form[i].lora_b->grad), b.down(apart[i].lora_b->grad), 1e-2, "dB" + m);
+  }
+
+  // rank 12 (not a multiple of 8): apart, and the members' weights plain
+  std::vector<Linear> odd = make("odd", true, 12);
+  store_all(odd);
+  EXPECT_FALSE(group_takes_rank_along_k(group_of(odd)));
+  for (const Linear& l : odd) EXPECT_EQ(l.weight->value.pitch, 0) << l.name;
+  EXPECT_EQ(group_input(*gpu, group_of(odd), n).pitch, 0);
 }
 
 // Products read LoRA factors and biases through bf16 copies refreshed at each forward: a value

@@ -62,16 +62,19 @@ void set_model_dropout(Encoder& e, bool on) {
            "); train with --model_dropout off");
 }
 
-Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
-                       EncoderSaved* saved, Rng* rng) {
-  // Linears that read one input: BERT's q, k, v; the rotary families' q, k, v and gate, up.
+std::vector<LinearGroup> encoder_groups(const Encoder& e) {
   std::vector<LinearGroup> groups;
   if (e.rotary)
     for (const RotaryLayer& L : e.rotary_enc.layers)
       for (const LinearGroup& g : rotary_groups(L)) groups.push_back(g);
   else
     for (const BertLayer& L : e.bert.layers) groups.push_back(bert_qkv(L));
-  refresh_product_copies(be, encoder_linears(e), groups);
+  return groups;
+}
+
+Tensor encoder_forward(const Backend& be, const Encoder& e, const PackedBatch& batch,
+                       EncoderSaved* saved, Rng* rng) {
+  refresh_product_copies(be, encoder_linears(e), encoder_groups(e));
   if (e.rotary)
     return rotary_forward(be, e.rotary_enc, batch, saved ? &saved->rotary : nullptr, rng);
   return bert_forward(be, e.bert, batch, saved ? &saved->bert : nullptr, rng);

@@ -25,6 +25,9 @@ Encoder bind_encoder(const ModelConfig& cfg, ParamStore& store, const std::strin
 // Every Linear (LoRA targets, merging), in a stable order.
 std::vector<Linear*> encoder_linears(Encoder& e);
 std::vector<const Linear*> encoder_linears(const Encoder& e);
+// Linears that read one input (linear_group_forward): BERT's q, k, v; the rotary families' q, k,
+// v and gate, up.
+std::vector<LinearGroup> encoder_groups(const Encoder& e);
 // Whether sentence embeddings never use `l` (BERT's pooler): it gets no gradient and no
 // optimizer update, as in PyTorch where its grad stays None.
 bool unused_by_embeddings(const Encoder& e, const Linear* l);

@@ -1,5 +1,6 @@
 #include "model/linear.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "core/error.h"
@@ -7,13 +8,19 @@
 
 namespace et {
 
-// y = beta * y + x W^T + b. The bf16 bias copy serves bf16 outputs (as torch's bf16 addmm: the
-// bias rounded to bf16, added to the fp32 accumulator); an fp32 output takes the fp32 bias.
-static void base_product(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y,
-                         float beta) {
+// y = beta * y + x w^T + b, w = W (or W's buffer with LoRA along K, x then the input with its
+// spare columns). The bf16 bias copy serves bf16 outputs (as torch's bf16 addmm: the bias
+// rounded to bf16, added to the fp32 accumulator); an fp32 output takes the fp32 bias.
+static void product_with_bias(const Backend& be, const Linear& l, const Tensor& x2, const Tensor& w,
+                              Tensor& y, float beta) {
   const Tensor* bias = nullptr;
   if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
-  be.matmul(x2, false, l.weight->value, true, y, 1.0f, beta, bias);
+  be.matmul(x2, false, w, true, y, 1.0f, beta, bias);
+}
+
+static void base_product(const Backend& be, const Linear& l, const Tensor& x2, Tensor& y,
+                         float beta) {
+  product_with_bias(be, l, x2, l.weight->value, y, beta);
 }
 
 static int64_t lora_rank(const Linear& l) {
@@ -39,36 +46,111 @@ bool takes_rank_along_k(const Linear& l) {
 //   rows [out, out + r):  [ A | 0 ]         (A's bf16 copy, refresh_product_copies)
 //   rows [out + r, ...):  0
 // so that x [A; 0]^T writes xa and zeros into all c spare columns of the input at once.
-static Tensor weight_buffer(const Linear& l) {
+// (A group's member's buffer has W's rows only: [out, in + C], see linear_group_forward.)
+static Tensor weight_buffer(const Linear& l, int64_t rows) {
   Tensor w = l.weight->value;
-  const int64_t c = w.pitch - l.in;
-  w.shape = {l.out + c, w.pitch};
+  w.shape = {rows, w.pitch};
   w.pitch = 0;
   return w;
 }
+static Tensor weight_buffer(const Linear& l) {
+  return weight_buffer(l, l.out + l.weight->value.pitch - l.in);
+}
 
-void store_frozen_weight_bf16(const Backend& be, Linear& l) {
-  Param* p = l.weight;
-  if (p->trainable || p->value.dtype != DType::F32 || p->host_f32.defined()) return;
-  p->host_f32 = be.download(p->value);
-  const int64_t r = lora_rank(l);
-  if (l.input_from_model && r > 0 && l.lora_dropout == 0.0f) {
-    const int64_t c = along_k_columns(r);
-    Tensor buffer = be.empty({l.out + c, l.in + c}, DType::BF16);
-    be.fill(buffer, 0.0f);
-    Tensor w_rows = buffer.rows(0, l.out);
-    be.copy_columns(p->value, 0, w_rows, 0, l.in);
-    p->value = w_rows.leading_cols(l.in);
-  } else {
-    Tensor v = be.empty(p->value.shape, DType::BF16);
-    be.copy(v, p->value);
-    p->value = v;
+static bool frozen_f32_weight(const Linear& l) {
+  const Param* p = l.weight;
+  return !p->trainable && p->value.dtype == DType::F32 && !p->host_f32.defined();
+}
+
+// A group's spare columns for LoRA along K: C = sum of its members' ranks when every member has
+// LoRA without dropout, a rank that is a multiple of 8 (the shares then start 16 bytes apart with
+// no padding between them, and the stacked A of refresh_product_copies is [C, in] as it is) and
+// an input the model makes, all of one width; else 0.
+static int64_t group_spare_columns(const LinearGroup& group) {
+  if (group.size() < 2) return 0;
+  int64_t c = 0;
+  for (const Linear* l : group) {
+    const int64_t r = lora_rank(*l);
+    if (r == 0 || r % 8 != 0 || !l->input_from_model || l->lora_dropout != 0.0f ||
+        l->in != group[0]->in)
+      return 0;
+    c += r;
+  }
+  return c;
+}
+
+bool group_takes_rank_along_k(const LinearGroup& group) {
+  const int64_t c = group_spare_columns(group);
+  if (c == 0) return false;
+  for (const Linear* l : group)
+    if (l->weight->value.dtype != DType::BF16 || l->weight->value.pitch != l->in + c) return false;
+  return true;
+}
+
+void store_frozen_weights_bf16(const Backend& be, const std::vector<const Linear*>& linears,
+                               const std::vector<LinearGroup>& groups) {
+  // [rows, cols] of each weight's buffer, W in its first `out` rows and `in` columns
+  struct Slot {
+    const Linear* l;
+    int64_t rows, cols;
+  };
+  std::vector<Slot> slots;
+  std::vector<const Linear*> placed;
+  auto planned = [&](const Linear* l) {
+    return std::find(placed.begin(), placed.end(), l) != placed.end();
+  };
+  for (const LinearGroup& group : groups) {
+    bool made_input = !group.empty();  // by the model, in group_input's buffer
+    for (const Linear* l : group) made_input = made_input && l->input_from_model;
+    if (!made_input) continue;
+    const int64_t c = group_spare_columns(group);  // 0: the members' plain copies
+    for (const Linear* l : group) {
+      if (!frozen_f32_weight(*l) || planned(l)) continue;
+      slots.push_back({l, l->out, l->in + c});
+      placed.push_back(l);
+    }
+  }
+  for (const Linear* l : linears) {
+    if (!frozen_f32_weight(*l) || planned(l)) continue;
+    const int64_t r = lora_rank(*l);
+    const int64_t c =
+        l->input_from_model && r > 0 && l->lora_dropout == 0.0f ? along_k_columns(r) : 0;
+    slots.push_back({l, l->out + c, l->in + c});
+    placed.push_back(l);
+  }
+  if (slots.empty()) return;
+  // one buffer for all, each weight at a multiple of 64 elements (128 bytes): one block per
+  // weight would be rounded up to the memory pool's granularity each (2 MiB: a wide layout of a
+  // 2 MiB weight would take 4)
+  auto aligned = [](int64_t n) { return (n + 63) / 64 * 64; };
+  int64_t total = 0;
+  for (const Slot& sl : slots) total += aligned(sl.rows * sl.cols);
+  Tensor all = be.empty({total}, DType::BF16);
+  be.fill(all, 0.0f);
+  int64_t at = 0;
+  for (const Slot& sl : slots) {
+    Param* p = sl.l->weight;
+    Tensor buffer = all.rows(at, at + sl.rows * sl.cols).reshape({sl.rows, sl.cols});
+    at += aligned(sl.rows * sl.cols);
+    p->host_f32 = be.download(p->value);
+    Tensor w_rows = buffer.rows(0, sl.l->out);
+    if (sl.cols == sl.l->in)
+      be.copy(w_rows, p->value);
+    else
+      be.copy_columns(p->value, 0, w_rows, 0, sl.l->in);
+    p->value = w_rows.leading_cols(sl.l->in);
   }
 }
 
 Tensor linear_input(const Backend& be, const Linear& l, int64_t n) {
   if (!takes_rank_along_k(l)) return be.empty({n, l.in}, be.act_dtype());
   return be.empty({n, l.in + along_k_columns(lora_rank(l))}, be.act_dtype()).leading_cols(l.in);
+}
+
+Tensor group_input(const Backend& be, const LinearGroup& group, int64_t n) {
+  const int64_t in = group[0]->in;
+  if (!group_takes_rank_along_k(group)) return be.empty({n, in}, be.act_dtype());
+  return be.empty({n, in + group_spare_columns(group)}, be.act_dtype()).leading_cols(in);
 }
 
 // y = beta * y + [x | x A^T | 0] [W | s B | 0]^T + b (takes_rank_along_k; x2 from
@@ -83,9 +165,7 @@ static void linear_along_k(const Backend& be, const Linear& l, const Tensor& x2,
   be.matmul(x2, false, buffer.rows(l.out, l.out + c).leading_cols(l.in), true, spare);
   Tensor xa = be.empty({n, r}, x2.dtype);
   be.copy_columns(x_wide, l.in, xa, 0, r);
-  const Tensor* bias = nullptr;
-  if (l.bias) bias = y.dtype == DType::BF16 ? &product_operand(*l.bias) : &l.bias->value;
-  be.matmul(x_wide, false, buffer.rows(0, l.out), true, y, 1.0f, beta, bias);
+  product_with_bias(be, l, x_wide, buffer.rows(0, l.out), y, beta);
   if (saved) {
     saved->x = saved->x_lora = x2;
     saved->xa = xa;
@@ -295,8 +375,22 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
     }
   }
   std::vector<Backend::CopySlot> slots;
-  std::vector<Tensor> beside_w;  // s B and A in W's buffer where the term rides along K
-  beside_w.reserve(2 * linears.size());
+  std::vector<Tensor> beside_w;  // s B (and A) in W's buffer where the term rides along K
+  size_t members = 0;
+  for (const LinearGroup& group : groups) members += group.size();
+  beside_w.reserve(2 * linears.size() + members);
+  for (const LinearGroup& group : groups) {  // s B at the member's share of the spare columns
+    if (!group_takes_rank_along_k(group)) continue;
+    int64_t c0 = 0;
+    for (const Linear* l : group) {
+      const int64_t r = lora_rank(*l);
+      if (l->lora_b->value.dtype == DType::F32) {
+        beside_w.push_back(weight_buffer(*l, l->out).column_view(l->in + c0, l->in + c0 + r));
+        slots.push_back({&l->lora_b->value, &beside_w.back(), l->lora_scaling});
+      }
+      c0 += r;
+    }
+  }
   for (const Linear* l : linears) {
     for (Param* p : {l->lora_a, l->lora_b, l->bias}) {
       if (!p || p->value.dtype != DType::F32) continue;
@@ -415,7 +509,31 @@ std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& g
     return ys;
   }
   const Tensor x2 = rows_of_input(*group[0], x);
-  const int64_t n = x2.dim(0);
+  const int64_t n = x2.dim(0), in = group[0]->in, c = a.dim(0);
+  if (x2.pitch == in + c && group_takes_rank_along_k(group)) {
+    // along K: [x | x A_stacked^T] [W_i | 0 | s B_i | 0]^T, one product per member (no rank-r
+    // product writing y for the base product's epilogue to read back); xa copied out of the
+    // spare columns, contiguous [n, C], for backward (each member's share a column range)
+    Tensor x_wide = x2.pitch_rows();
+    Tensor spare = x_wide.column_view(in, in + c);
+    be.matmul(x2, false, a, true, spare);
+    Tensor xa = be.empty({n, c}, x2.dtype);
+    be.copy_columns(x_wide, in, xa, 0, c);
+    int64_t c0 = 0;
+    for (size_t i = 0; i < group.size(); ++i) {
+      const Linear& l = *group[i];
+      const int64_t r = lora_rank(l);
+      Tensor y = be.empty({n, l.out}, x.dtype);
+      product_with_bias(be, l, x_wide, weight_buffer(l, l.out), y, 0.0f);
+      if (saved[i]) {
+        saved[i]->x = saved[i]->x_lora = x2;
+        saved[i]->xa = xa.column_view(c0, c0 + r);
+      }
+      c0 += r;
+      ys.push_back(y);
+    }
+    return ys;
+  }
   Tensor xa_t = transposed_rank_buffer(be, a.dim(0), n, x2.dtype);
   be.matmul(a, false, x2, true, xa_t);  // [sum r, n] = A_stacked x^T
   int64_t r0 = 0;
@@ -442,9 +560,12 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
   ET_CHECK(saved.size() == group.size() && dys.size() == group.size(),
            "linear_group_backward: ", group.size(), " Linears, ", saved.size(), " saved states, ",
            dys.size(), " gradients");
+  // grouped: stacked A copies and no LoRA dropout (xa_t from a grouped forward, or xa: its shares
+  // along K, or the members' own)
   const Tensor a = stacked_lora_a(group);
   bool grouped = a.defined();
-  for (const LinearSaved& s : saved) grouped = grouped && s.xa_t.defined();
+  for (const LinearSaved& s : saved)
+    grouped = grouped && (s.xa_t.defined() || (s.xa.defined() && !s.mask.active()));
   if (!grouped) {
     for (size_t i = 0; i < group.size(); ++i)
       linear_backward(be, *group[i], saved[i], dys[i], dx, accumulate || i > 0);
@@ -465,8 +586,10 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
     gs.push_back(output_gradient(be, l, saved[i], dys[i]));
     Tensor share = dxa_t.rows(r0, r0 + r);  // [r, n] = s B^T g^T = (s g B)^T
     r0 += r;
-    be.lora_output_grad(gs[i], product_operand(*l.lora_b), saved[i].xa_t, true, l.lora_scaling,
-                        share, true, l.lora_b->trainable ? &l.lora_b->grad : nullptr);
+    const bool xa_t = saved[i].xa_t.defined();
+    be.lora_output_grad(gs[i], product_operand(*l.lora_b), xa_t ? saved[i].xa_t : saved[i].xa, xa_t,
+                        l.lora_scaling, share, true,
+                        l.lora_b->trainable ? &l.lora_b->grad : nullptr);
   }
   // dA_stacked = dxa_t x [sum r, in], then each member's rows into its own gradient; like
   // linear_backward, every read of the saved input comes before dx is written

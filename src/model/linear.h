@@ -25,9 +25,13 @@ struct Linear {
   float lora_dropout = 0.0f;
   int64_t in = 0, out = 0;
   // Set by the model where it makes this Linear's input itself, in a buffer from linear_input (a
-  // GLU's output): LoRA's rank-r term may then ride along K (takes_rank_along_k).
+  // GLU's output), or a group's (linear_group_forward) in one from group_input (a norm's output):
+  // LoRA's rank-r term may then ride along K (takes_rank_along_k, group_takes_rank_along_k).
   bool input_from_model = false;
 };
+
+// Linears that read one input (a layer's q, k and v projections).
+using LinearGroup = std::vector<const Linear*>;
 
 // LoRA along K: y = [x | xa] [W | s B]^T, one product with K = in + r, instead of a rank-r
 // product writing y (s xa B^T) and the base product's epilogue reading it back (or, into an fp32
@@ -35,22 +39,29 @@ struct Linear {
 // row of the input, and s B in spare columns after each row of W (r rounded up to 8, zeros past
 // r). Taken where the model makes the input (Linear::input_from_model: the rotary families'
 // down_proj, whose output joins the fp32 residual stream; BERT's W2 measured slower) and W is a
-// frozen bf16 copy laid out with the spare columns (store_frozen_weight_bf16), without LoRA
+// frozen bf16 copy laid out with the spare columns (store_frozen_weights_bf16), without LoRA
 // dropout; the saved state is as without it.
 bool takes_rank_along_k(const Linear& l);
-// On a backend whose products run in bf16, for a frozen Linear with LoRA (no dropout) whose input
-// the model makes: W's bf16 copy as the first `in` columns and rows of an [out + c, in + c]
-// buffer (c: r rounded up to 8) whose spare columns hold s B and spare rows A, both written by
-// refresh_product_copies (layout at weight_buffer, linear.cc). Other Linears: W's plain bf16
-// copy. Either way the fp32 values stay on the host (Param::host_f32).
-void store_frozen_weight_bf16(const Backend& be, Linear& l);
+// On a backend whose products run in bf16: every frozen fp32 W of `linears` and of `groups`
+// (their members) as a bf16 copy, all in one device buffer; the fp32 values stay on the host
+// (Param::host_f32). Laid out as LoRA along K asks:
+//  - a group's members whose input the model makes: as group_takes_rank_along_k describes, or
+//    plain where the group does not qualify;
+//  - another Linear with LoRA (no dropout) whose input the model makes: W as the first `in`
+//    columns and rows of an [out + c, in + c] buffer (c: r rounded up to 8) whose spare columns
+//    hold s B and spare rows A (layout at weight_buffer, linear.cc);
+//  - the rest: W's plain copy.
+// s B and A are written by refresh_product_copies. Weights already stored are left as they are.
+void store_frozen_weights_bf16(const Backend& be, const std::vector<const Linear*>& linears,
+                               const std::vector<LinearGroup>& groups);
 // The buffer a model makes l's input in: [n, in], rows in + c apart when l takes its LoRA term
 // along K (the spare columns are the Linear's), else contiguous.
 Tensor linear_input(const Backend& be, const Linear& l, int64_t n);
 
 // What backward needs: the input, the LoRA dropout site (p = 0 without dropout; its mask is
 // regenerated, dropout_mask.h, and these rows start at row mask_row0 of it), the input of the
-// LoRA branch (dropout(x)) and x_lora A^T, or (a group's forward, see linear_group_forward) its
+// LoRA branch (dropout(x)) and x_lora A^T (a group's forward along K: a strided view, the
+// member's columns of the group's), or (a group's other forward, see linear_group_forward) its
 // transpose A x_lora^T [r, n] instead, a strided view (rows n rounded up to 8 apart).
 // An input that is act(x_pre), or a GLU's act(x_pre) * x_up (x_packed: x_pre = [gate | up]), may
 // be kept as those alone (with_activation_input); one that is a norm's output xhat (w + offset)
@@ -130,8 +141,17 @@ void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Ten
 // A residual stream's buffer that linear_forward_add may sum into: x itself when it is already
 // in `dtype` and no one else holds it (a layer's handed-over input, an earlier sum), else a copy.
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype);
-// Linears that read one input (a layer's q, k and v projections).
-using LinearGroup = std::vector<const Linear*>;
+
+// LoRA along K for a group whose input the model makes (every member's input_from_model): the
+// members share C spare columns after each input row, [x | xa_1 | xa_2 | ...] with
+// xa_i = x A_i^T, C = sum r_i; member i's W is the first `in` columns of an [out_i, in + C]
+// buffer [W_i | 0 | s B_i | 0], s B_i at columns in + sum_{j<i} r_j (refresh_product_copies).
+// Taken when every member has LoRA without dropout, a rank that is a multiple of 8 and a frozen
+// bf16 W in that layout (store_frozen_weights_bf16).
+bool group_takes_rank_along_k(const LinearGroup& group);
+// The buffer a model makes a group's input in: [n, in], rows in + C apart when the group takes
+// its LoRA terms along K, else contiguous.
+Tensor group_input(const Backend& be, const LinearGroup& group, int64_t n);
 
 // Keeps Param::value_bf16 of every LoRA factor and bias of `linears` equal to its fp32 value on a
 // backend whose products run in bf16 (one multi-tensor conversion instead of one per product:
@@ -143,9 +163,12 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
 
 // linear_forward of every member of a group on the one input x. Where every member has LoRA
 // without dropout and bf16 product copies stacked by refresh_product_copies, the down-projections
-// run as one product over the stacked A, A x^T [sum r, n] (transposed so that each member's
-// share is a row range), reading x once instead of once per member; otherwise each member runs
-// alone. saved[i] may be null (no backward).
+// run as one product over the stacked A, reading x once instead of once per member: along K
+// when x is group_input's buffer and the group takes that form (x A^T [n, C] into the spare
+// columns, then one product per member, without the rank-r products), else A x^T [sum r, n]
+// (transposed so that each member's share is a row range) and each member's rank-r product
+// writing y before its base product adds into it. Otherwise each member runs alone.
+// saved[i] may be null (no backward).
 std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& group,
                                          const Tensor& x, const std::vector<LinearSaved*>& saved,
                                          Rng* rng);

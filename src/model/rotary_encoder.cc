@@ -66,6 +66,8 @@ RotaryEncoder bind_rotary_encoder(const ModelConfig& cfg, ParamStore& store,
       L.down = b.linear(p + "mlp.down_proj", f, h, false);
     }
     L.down.input_from_model = true;  // the GLU's output, made in linear_input's buffer
+    // the norms' outputs, made in group_input's buffers
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.gate, &L.up}) l->input_from_model = !modern;
     e.layers.push_back(L);
   }
   e.final_norm = norm(modern ? "final_norm" : "norm", h);
@@ -130,20 +132,34 @@ void norm_into(const Backend& be, const ModelConfig& c, const Norm& n, const Ten
   if (s) *s = st;
 }
 
-// y = N(x) (a new tensor; x itself for an identity norm); with s, keeps xhat and rstd.
+// The buffer of a norm's output [rows, cols] that the Linears `readers` read: their group's
+// input buffer (group_input: spare columns for LoRA along K), or a plain one.
+Tensor norm_output_buffer(const Backend& be, const LinearGroup& readers, int64_t rows,
+                          int64_t cols) {
+  if (readers.empty()) return be.empty({rows, cols}, be.act_dtype());
+  ET_CHECK(readers[0]->in == cols, "norm output of ", cols, " columns read by ",
+           readers[0]->weight->name, " of ", readers[0]->in);
+  return group_input(be, readers, rows);
+}
+
+// y = N(x) (a new tensor, in the buffer `readers` read, norm_output_buffer; x itself for an
+// identity norm); with s, keeps xhat and rstd.
 Tensor norm_forward(const Backend& be, const ModelConfig& c, const Norm& n, const Tensor& x,
-                    NormSaved* s) {
+                    NormSaved* s, const LinearGroup& readers = {}) {
   if (!n.w) return x;
-  Tensor y = be.empty(x.shape, be.act_dtype());
+  const int64_t cols = n.w->value.numel();
+  Tensor y = norm_output_buffer(be, readers, x.numel() / cols, cols);
   norm_into(be, c, n, x, y, false, s);
   return y;
 }
 
 // The norm that reads the residual stream right after a sum into it (the next pre norm, or the
-// final norm), computed with the sum: its output y, and with s its saved state.
+// final norm), computed with the sum: its output y (in the buffer of `readers`, the Linears that
+// read it: norm_output_buffer), and with s its saved state.
 struct NextNorm {
   const Norm* n;
   NormSaved* s;
+  LinearGroup readers;
   Tensor y;  // set by the sum's function
 };
 
@@ -158,7 +174,7 @@ void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n,
   if (next && n.w && next->n->w && !c.layer_norm) {
     NormSaved s1 = norm_state(be, n, x, s != nullptr),
               s2 = norm_state(be, *next->n, sum, next->s != nullptr);
-    next->y = be.empty(sum.shape, be.act_dtype());
+    next->y = norm_output_buffer(be, next->readers, sum.dim(0), sum.dim(1));
     be.rmsnorm_add_rmsnorm_forward(x, n.w->value, sum, s1.rstd, s ? &s1.xhat : nullptr,
                                    next->n->w->value, next->y, s2.rstd,
                                    next->s ? &s2.xhat : nullptr, c.norm_offset, c.norm_eps);
@@ -171,7 +187,7 @@ void norm_forward_adding(const Backend& be, const ModelConfig& c, const Norm& n,
   else
     norm_into(be, c, n, x, sum, true, s);
   x = Tensor{};
-  if (next) next->y = norm_forward(be, c, *next->n, sum, next->s);
+  if (next) next->y = norm_forward(be, c, *next->n, sum, next->s, next->readers);
 }
 
 // N(x) again from what norm_forward kept (`x`: the input, for an identity norm).
@@ -304,7 +320,7 @@ Tensor residual_linear_add(const Backend& be, const ModelConfig& c, Tensor x, co
   if (n.w)
     norm_forward_adding(be, c, n, std::move(y), sum, ns, next);
   else if (next)
-    next->y = norm_forward(be, c, *next->n, sum, next->s);
+    next->y = norm_forward(be, c, *next->n, sum, next->s, next->readers);
   return sum;
 }
 
@@ -321,7 +337,8 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   const int64_t T = x.dim(0), D = c.head_dim;
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
-  if (!h.defined()) h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr);
+  if (!h.defined())
+    h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr, rotary_qkv(L));
   if (s && !L.attn_norm.w) s->x = x;  // h is x itself
   Tensor q, k, v;
   const double theta = theta_of(c, L);
@@ -334,9 +351,8 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     be.rope_columns(qkv, qdim, k, 0, positions, c.kv_heads, static_cast<int>(D), theta, false);
     v = columns(be, qkv, qdim + kvdim, kvdim);
   } else {
-    std::vector<Tensor> ys =
-        linear_group_forward(be, rotary_groups(L)[0], h,
-                             {s ? &s->q : nullptr, s ? &s->k : nullptr, s ? &s->v : nullptr}, rng);
+    std::vector<Tensor> ys = linear_group_forward(
+        be, rotary_qkv(L), h, {s ? &s->q : nullptr, s ? &s->k : nullptr, s ? &s->v : nullptr}, rng);
     q = ys[0], k = ys[1], v = ys[2];
   }
   // h = N_attn(x) is recomputed in backward
@@ -364,7 +380,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   }
   Tensor ctx = be.empty({T, qdim}, act), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
-  NextNorm mlp_norm{&L.mlp_norm, s ? &s->mlp_norm : nullptr, Tensor{}};
+  NextNorm mlp_norm{&L.mlp_norm, s ? &s->mlp_norm : nullptr, rotary_glu(L), Tensor{}};
   Tensor x1 =
       residual_linear_add(be, c, std::move(x), L.o, ctx, false, L.post_attn_norm,
                           s ? &s->o : nullptr, s ? &s->post_attn_norm : nullptr, rng, &mlp_norm);
@@ -386,7 +402,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     be.glu_packed_forward(c.act, g, m);
   } else {
     std::vector<Tensor> ys = linear_group_forward(
-        be, rotary_groups(L)[1], h2, {s ? &s->gate : nullptr, s ? &s->up : nullptr}, rng);
+        be, rotary_glu(L), h2, {s ? &s->gate : nullptr, s ? &s->up : nullptr}, rng);
     g = ys[0], u = ys[1];
     be.glu_forward(c.act, g, u, m);
   }
@@ -457,7 +473,7 @@ ResidualGrad mlp_backward(const Backend& be, const RotaryEncoder& enc, const Rot
   if (L.wi.weight) {
     linear_backward(be, L.wi, h2.with(s.wi), dwi, &dh2, false);
   } else {
-    linear_group_backward(be, rotary_groups(L)[1], {h2.with(s.gate), h2.with(s.up)}, {dg, du}, &dh2,
+    linear_group_backward(be, rotary_glu(L), {h2.with(s.gate), h2.with(s.up)}, {dg, du}, &dh2,
                           false);
     dg = Tensor{};
   }
@@ -547,8 +563,8 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
   if (L.qkv.weight) {
     linear_backward(be, L.qkv, h.with(s.qkv), dqkv, &dh, false);
   } else {
-    linear_group_backward(be, rotary_groups(L)[0], {h.with(s.q), h.with(s.k), h.with(s.v)},
-                          {dq, dk, dv}, &dh, false);
+    linear_group_backward(be, rotary_qkv(L), {h.with(s.q), h.with(s.k), h.with(s.v)}, {dq, dk, dv},
+                          &dh, false);
     dq = dk = dv = Tensor{};
   }
   // d(x), in place; the MLP half of the layer below reads it next without a post-MLP norm
@@ -612,7 +628,8 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
     const AttentionArgs& attn = L.sliding ? local : full;
     RotaryLayerSaved* s = saved ? &saved->layers[i] : nullptr;
     const bool last = i + 1 == enc.layers.size();
-    NextNorm next{last ? &enc.final_norm : &enc.layers[i + 1].attn_norm, nullptr, Tensor{}};
+    NextNorm next{last ? &enc.final_norm : &enc.layers[i + 1].attn_norm, nullptr,
+                  last ? LinearGroup{} : rotary_qkv(enc.layers[i + 1]), Tensor{}};
     if (saved && last)
       next.s = &saved->final_norm;
     else if (saved && !enc.gradient_checkpointing)

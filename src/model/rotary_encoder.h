@@ -92,10 +92,19 @@ std::vector<Linear*> rotary_linears(RotaryEncoder& enc);
 std::vector<Param*> rotary_params(RotaryEncoder& enc);
 
 // Projections of one layer that read the same input, run as groups (linear_group_forward):
-// Qwen3's and Gemma3's q, k, v and gate, up; none for ModernBERT, whose are fused already.
+// Qwen3's and Gemma3's q, k, v (reading N_attn(x)) and gate, up (reading N_mlp(x1)); none for
+// ModernBERT, whose are fused already (empty groups).
+inline LinearGroup rotary_qkv(const RotaryLayer& L) {
+  if (L.qkv.weight) return {};
+  return {&L.q, &L.k, &L.v};
+}
+inline LinearGroup rotary_glu(const RotaryLayer& L) {
+  if (L.wi.weight) return {};
+  return {&L.gate, &L.up};
+}
 inline std::vector<LinearGroup> rotary_groups(const RotaryLayer& L) {
   if (L.qkv.weight) return {};
-  return {{&L.q, &L.k, &L.v}, {&L.gate, &L.up}};
+  return {rotary_qkv(L), rotary_glu(L)};
 }
 
 Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedBatch& batch,

@@ -16,7 +16,8 @@ void restore_f32_weight(const Backend& be, Param& p) {
 
 void store_frozen_weights_bf16(const Backend& be, SentenceModel& m) {
   if (be.act_dtype() != DType::BF16) return;
-  for (Linear* l : encoder_linears(m.encoder)) store_frozen_weight_bf16(be, *l);
+  const SentenceModel& cm = m;
+  store_frozen_weights_bf16(be, encoder_linears(cm.encoder), encoder_groups(cm.encoder));
 }
 
 std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode mode) {

@@ -23,7 +23,7 @@ std::vector<Param*> set_trainable(const Backend& be, SentenceModel& m, TrainMode
 // (Param::host_f32): every product reads them in bf16 (the backend rounds an fp32 operand the
 // same way on each call), so training computes the same values with half the weight memory and
 // no conversion per product (laid out with LoRA's spare columns where its term rides along K:
-// store_frozen_weight_bf16). restore_f32_weights puts the fp32 values back on the device.
+// model/linear.h, in one buffer). restore_f32_weights puts the fp32 values back on the device.
 void store_frozen_weights_bf16(const Backend& be, SentenceModel& m);
 void restore_f32_weight(const Backend& be, Param& p);
 void zero_grads(const Backend& be, const std::vector<Param*>& params);

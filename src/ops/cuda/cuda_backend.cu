@@ -709,6 +709,17 @@ Ptr P(const Tensor& t) {
            "CUDA op: expected an F32 or BF16 tensor, got ", dtype_name(t.dtype));
   return Ptr{t.data, t.dtype == DType::BF16};
 }
+// An activation whose rows may lie a pitch apart (a 2-D view, Tensor::pitch) with n columns:
+// its pointer, and its row pitch in ld.
+Ptr P_rows(const Tensor& t, int64_t n, int64_t& ld) {
+  check_device_strided(t);
+  ET_CHECK(!t.pitch || (t.ndim() == 2 && t.dim(1) == n), "CUDA op: a strided view ",
+           shape_str(t.shape), " where rows of ", n, " values are expected");
+  ET_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16,
+           "CUDA op: expected an F32 or BF16 tensor, got ", dtype_name(t.dtype));
+  ld = t.pitch ? t.pitch : n;
+  return Ptr{t.data, t.dtype == DType::BF16};
+}
 const int32_t* I(const Tensor& t) {
   check_device(t);
   ET_CHECK(t.dtype == DType::I32, "CUDA op: expected an I32 tensor");
@@ -1065,19 +1076,19 @@ struct CudaBackend final : Backend {
       return;
     }
     const int64_t n = g.dim(0), out = g.dim(1), r = b.dim(1);
-    // [n, r], or [r, n] when transposed (2-D then: it may be a strided view)
+    // [n, r], or [r, n] when transposed (2-D when strided: xa may be a view either way, dxa when
+    // transposed; a grouped forward's shares)
     auto fits = [&](const Tensor& t, bool transposed) {
-      return transposed ? t.ndim() == 2 && t.dim(0) == r && t.dim(1) == n : t.numel() == n * r;
+      if (transposed) return t.ndim() == 2 && t.dim(0) == r && t.dim(1) == n;
+      return t.pitch ? t.ndim() == 2 && t.dim(0) == n && t.dim(1) == r : t.numel() == n * r;
     };
     ET_CHECK(b.dim(0) == out && fits(xa, xa_transposed) && fits(dxa, dxa_transposed) &&
                  (!db || db->numel() == out * r),
              "lora_output_grad: g ", shape_str(g.shape), ", B ", shape_str(b.shape), ", xa ",
              shape_str(xa.shape), ", dxa ", shape_str(dxa.shape), " do not match");
     for (const Tensor* t : {&g, &b}) check_device(*t);
-    // the transposed [r, n] layouts may be strided views (a grouped forward's shares)
     check_device_strided(xa);
     check_device_strided(dxa);
-    if (!xa_transposed) check_contiguous(xa);
     if (!dxa_transposed) check_contiguous(dxa);
     cuda::LoraOutputGradArgs a;
     a.g = B16(g);
@@ -1091,7 +1102,7 @@ struct CudaBackend final : Backend {
     a.scale = scale;
     a.xa_transposed = xa_transposed;
     a.dxa_transposed = dxa_transposed;
-    a.xa_ld = xa.row_pitch();
+    a.xa_ld = xa_transposed || xa.pitch ? xa.row_pitch() : r;
     a.dxa_ld = dxa.row_pitch();
     if (!cuda::lora_output_grad_supported(a)) {
       Backend::lora_output_grad(g, b, xa, xa_transposed, scale, dxa, dxa_transposed, db);
@@ -1384,6 +1395,7 @@ struct CudaBackend final : Backend {
                                      bool accumulate, Tensor* dx_copy) const override {
     layernorm_backward_any(dy, xhat, w, nullptr, rstd, dx, dw, db, accumulate, dx_copy);
   }
+  // y may be a strided view (a Linear's input with spare columns, linear.h), written at its pitch
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float offset, float eps, Tensor& y,
                        Tensor& rstd, Tensor* xhat, bool accumulate) const override {
     OpScope scope_(prof.get(), "rmsnorm_forward");
@@ -1393,8 +1405,17 @@ struct CudaBackend final : Backend {
                  (!xhat || xhat->numel() == x.numel()),
              "rmsnorm_forward: sizes do not match");
     const Ptr xh = optional_ptr(xhat);
-    if (norm_rows_vectorised(n, {x.data, y.data, w.data, xh.p})) {
-      rmsnorm_forward_rows(P(x), F(w), offset, eps, P(y), W(rstd), xh, rows, n, accumulate);
+    int64_t ldy = 0;
+    const Ptr yp = P_rows(y, n, ldy);
+    if (ldy % 8 == 0 && norm_rows_vectorised(n, {x.data, y.data, w.data, xh.p})) {
+      rmsnorm_forward_rows(P(x), F(w), offset, eps, yp, ldy, W(rstd), xh, rows, n, accumulate);
+      return;
+    }
+    if (y.pitch) {
+      via_contiguous(y, [&](Tensor& t) {
+        if (accumulate) copy_columns(y.pitch_rows(), 0, t, 0, n);
+        rmsnorm_forward(x, w, offset, eps, t, rstd, xhat, accumulate);
+      });
       return;
     }
     if (rows > 0)
@@ -1455,14 +1476,17 @@ struct CudaBackend final : Backend {
                  (!xhat1 || xhat1->numel() == x.numel()) && (!xhat2 || xhat2->numel() == x.numel()),
              "rmsnorm_add_rmsnorm_forward: sizes do not match");
     const Ptr xh1 = optional_ptr(xhat1), xh2 = optional_ptr(xhat2);
-    if (!norm_rows_vectorised(n, {x.data, sum.data, y.data, w1.data, w2.data, xh1.p, xh2.p})) {
+    int64_t ldy = 0;
+    const Ptr yp = P_rows(y, n, ldy);  // y may be a strided view, as for rmsnorm_forward
+    if (ldy % 8 != 0 ||
+        !norm_rows_vectorised(n, {x.data, sum.data, y.data, w1.data, w2.data, xh1.p, xh2.p})) {
       Backend::rmsnorm_add_rmsnorm_forward(x, w1, sum, rstd1, xhat1, w2, y, rstd2, xhat2, offset,
                                            eps);
       return;
     }
     OpScope scope_(prof.get(), "rmsnorm_add_rmsnorm_forward");
-    rmsnorm_add_rmsnorm_forward_rows(P(x), F(w1), P(sum), W(rstd1), xh1, F(w2), P(y), W(rstd2), xh2,
-                                     offset, eps, rows, n);
+    rmsnorm_add_rmsnorm_forward_rows(P(x), F(w1), P(sum), W(rstd1), xh1, F(w2), yp, ldy, W(rstd2),
+                                     xh2, offset, eps, rows, n);
   }
   void rmsnorm_add_rmsnorm_backward(const Tensor& dy2, const Tensor& xhat2, const Tensor& w2,
                                     const Tensor& rstd2, Tensor* dw2, Tensor& dsum,

@@ -83,7 +83,7 @@ __device__ __forceinline__ void load_rank_rows(__nv_bfloat16* dst, const __nv_bf
     const int t = transposed ? i % RB : i / R, j = transposed ? i / RB : i % R;
     const int64_t row = t0 + t;
     __nv_bfloat16 v = __float2bfloat16(0.0f);
-    if (row < n) v = transposed ? src[j * ld + row] : src[row * R + j];
+    if (row < n) v = transposed ? src[j * ld + row] : src[row * ld + j];
     dst[t * padded_rank(R) + j] = v;
   }
 }
@@ -308,8 +308,8 @@ void launch(const LoraOutputGradArgs& a) {
 
 bool lora_output_grad_supported(const LoraOutputGradArgs& a) {
   return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 &&
-         (!a.xa_transposed || a.xa_ld >= a.n) && (!a.dxa_transposed || a.dxa_ld >= a.n) &&
-         vec8_aligned(a.g) && vec8_aligned(a.b) &&
+         (a.xa_transposed ? a.xa_ld >= a.n : a.xa_ld >= a.r) &&
+         (!a.dxa_transposed || a.dxa_ld >= a.n) && vec8_aligned(a.g) && vec8_aligned(a.b) &&
          (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
          (!a.db || reinterpret_cast<uintptr_t>(a.db) % 8 == 0);
 }

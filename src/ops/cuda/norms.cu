@@ -229,11 +229,11 @@ __device__ __forceinline__ float rms_rstd(const float (&v)[V][8], int n, int lan
 }
 
 // An RMSNorm's outputs from its input row in v (overwritten): xhat = v rstd (when xhat.p is
-// set), y = xhat (w + offset), or with `accumulate` y += that.
+// set), y = xhat (w + offset), or with `accumulate` y += that; y's rows ldy apart.
 template <int V>
 __device__ __forceinline__ void store_rmsnorm_row(float (&v)[V][8], float rs, const float* w,
-                                                  float offset, Ptr xhat, Ptr y, bool accumulate,
-                                                  int64_t r, int n, int lane) {
+                                                  float offset, Ptr xhat, Ptr y, int64_t ldy,
+                                                  bool accumulate, int64_t r, int n, int lane) {
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int c = 8 * (lane + 32 * k);
@@ -247,24 +247,25 @@ __device__ __forceinline__ void store_rmsnorm_row(float (&v)[V][8], float rs, co
     for (int j = 0; j < 8; ++j) v[k][j] *= wv[j];
     if (accumulate) {
       float sum[8];
-      y.load8(r * n + c, sum);
+      y.load8(r * ldy + c, sum);
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[k][j] += sum[j];
     }
-    y.store8(r * n + c, v[k]);
+    y.store8(r * ldy + c, v[k]);
   }
 }
 
 template <int V>
 __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float eps, Ptr y,
-                                    float* rstd, Ptr xhat, int64_t rows, int n, int accumulate) {
+                                    int64_t ldy, float* rstd, Ptr xhat, int64_t rows, int n,
+                                    int accumulate) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   float v[V][8];
   load_row_chunks<V>(x, r, n, lane, v);
   const float rs = rms_rstd<V>(v, n, lane, eps);
-  store_rmsnorm_row<V>(v, rs, w, offset, xhat, y, accumulate, r, n, lane);
+  store_rmsnorm_row<V>(v, rs, w, offset, xhat, y, ldy, accumulate, r, n, lane);
   if (lane == 0) rstd[r] = rs;
 }
 
@@ -274,9 +275,9 @@ __global__ void rmsnorm_forward_vec(Ptr x, const float* w, float offset, float e
 // sum is bf16): 16 bytes an element with an fp32 sum instead of 20 in two passes.
 template <int V>
 __global__ void rmsnorm_add_rmsnorm_forward_vec(Ptr x, const float* w1, Ptr sum, float* rstd1,
-                                                Ptr xhat1, const float* w2, Ptr y, float* rstd2,
-                                                Ptr xhat2, float offset, float eps, int64_t rows,
-                                                int n) {
+                                                Ptr xhat1, const float* w2, Ptr y, int64_t ldy,
+                                                float* rstd2, Ptr xhat2, float offset, float eps,
+                                                int64_t rows, int n) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -301,7 +302,7 @@ __global__ void rmsnorm_add_rmsnorm_forward_vec(Ptr x, const float* w1, Ptr sum,
     sum.store8(r * n + c, v[k]);
   }
   const float rs2 = rms_rstd<V>(v, n, lane, eps);
-  store_rmsnorm_row<V>(v, rs2, w2, offset, xhat2, y, false, r, n, lane);
+  store_rmsnorm_row<V>(v, rs2, w2, offset, xhat2, y, ldy, false, r, n, lane);
   if (lane == 0) rstd1[r] = rs1, rstd2[r] = rs2;
 }
 
@@ -501,12 +502,12 @@ void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, c
   ET_LAUNCH_CHECK();
 }
 
-void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
-                          Ptr xhat, int64_t rows, int n, bool accumulate) {
+void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, int64_t ldy,
+                          float* rstd, Ptr xhat, int64_t rows, int n, bool accumulate) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
     rmsnorm_forward_vec<decltype(v)::value><<<forward_blocks(rows), kWarps * 32>>>(
-        x, w, offset, eps, y, rstd, xhat, rows, n, accumulate);
+        x, w, offset, eps, y, ldy, rstd, xhat, rows, n, accumulate);
   });
   ET_LAUNCH_CHECK();
 }
@@ -528,12 +529,12 @@ void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float
 }
 
 void rmsnorm_add_rmsnorm_forward_rows(Ptr x, const float* w1, Ptr sum, float* rstd1, Ptr xhat1,
-                                      const float* w2, Ptr y, float* rstd2, Ptr xhat2, float offset,
-                                      float eps, int64_t rows, int n) {
+                                      const float* w2, Ptr y, int64_t ldy, float* rstd2, Ptr xhat2,
+                                      float offset, float eps, int64_t rows, int n) {
   if (rows == 0) return;
   dispatch_chunks(n, [&](auto v) {
     rmsnorm_add_rmsnorm_forward_vec<decltype(v)::value><<<forward_blocks(rows), kWarps * 32>>>(
-        x, w1, sum, rstd1, xhat1, w2, y, rstd2, xhat2, offset, eps, rows, n);
+        x, w1, sum, rstd1, xhat1, w2, y, ldy, rstd2, xhat2, offset, eps, rows, n);
   });
   ET_LAUNCH_CHECK();
 }

@@ -40,17 +40,20 @@ void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Pt
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
                              NormGradOut dx, float* dw, float* db, int64_t rows, int n,
                              Ptr dropped = {nullptr, 0}, const DropoutSite& d = {});
-// With `accumulate`, y += the output (a residual stream that a post norm's output joins).
-void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, float* rstd,
-                          Ptr xhat, int64_t rows, int n, bool accumulate = false);
+// y's rows lie ldy >= n elements apart (a Linear's input with spare columns, model/linear.h;
+// ldy % 8 == 0 and y 16-byte aligned, as norm_rows_vectorised asks). With `accumulate`,
+// y += the output (a residual stream that a post norm's output joins).
+void rmsnorm_forward_rows(Ptr x, const float* w, float offset, float eps, Ptr y, int64_t ldy,
+                          float* rstd, Ptr xhat, int64_t rows, int n, bool accumulate = false);
 void rmsnorm_backward_rows(Ptr dy, Ptr x, bool normalized, const float* w, float offset,
                            const float* rstd, NormGradOut dx, float* dw, int64_t rows, int n);
 // A post RMSNorm adding into the residual stream, then the RMSNorm that reads the stream next,
-// in one pass: sum += N1(x), y = N2(sum) (xhat1, xhat2 optional); and its backward with frozen
-// norms: dsum += dN2(dy2), dx1 = dN1(dsum). Vectorised rows only (norm_rows_vectorised).
+// in one pass: sum += N1(x), y = N2(sum) (xhat1, xhat2 optional; y's rows ldy apart, as for
+// rmsnorm_forward_rows); and its backward with frozen norms: dsum += dN2(dy2), dx1 = dN1(dsum).
+// Vectorised rows only (norm_rows_vectorised).
 void rmsnorm_add_rmsnorm_forward_rows(Ptr x, const float* w1, Ptr sum, float* rstd1, Ptr xhat1,
-                                      const float* w2, Ptr y, float* rstd2, Ptr xhat2, float offset,
-                                      float eps, int64_t rows, int n);
+                                      const float* w2, Ptr y, int64_t ldy, float* rstd2, Ptr xhat2,
+                                      float offset, float eps, int64_t rows, int n);
 void rmsnorm_add_rmsnorm_backward_rows(Ptr dy2, Ptr xhat2, const float* w2, const float* rstd2,
                                        Ptr dsum, Ptr xhat1, const float* w1, const float* rstd1,
                                        Ptr dx1, float offset, int64_t rows, int n);
