@@ -541,6 +541,18 @@ TEST(CudaOps, RotaryFamilyOps) {
       b.gpu->rmsnorm_rope_backward(b.up(dyq), b.up(xq), b.up(w), offset, sd, p_dev, nh, 1e6, dxd2,
                                    nullptr);
       expect_close(b.down(dxd2), dxr, 2e-5, what + " dx, frozen");
+      // into a strided view (a q/k/v group's output-gradient buffer, linear.h): the gap columns
+      // stay poisoned
+      const int64_t cols = nh * hd, pitch = cols + 40;
+      Tensor whole = b.poisoned({T, pitch}, DType::BF16);
+      Tensor dx_view = whole.leading_cols(cols);
+      b.gpu->rmsnorm_rope_backward(b.up(dyq), b.up(xq), b.up(w), offset, sd, p_dev, nh, 1e6,
+                                   dx_view, nullptr);
+      const Tensor got = b.down(whole);
+      expect_close(first_cols(got, cols), dxr, 1e-2, what + " dx into a strided view");
+      const Tensor gap = col_range(got, cols, pitch);
+      for (int64_t i = 0; i < gap.numel(); ++i)
+        ASSERT_TRUE(std::isnan(gap.f32()[i])) << what << ": a gap column was written";
     }
   // Positions past the kernels' angle table (4096 rows) have their angles computed in the
   // kernel, in fp32 like the table's: the fused op equals the GPU's separate RMSNorm and RoPE
@@ -764,7 +776,9 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
   struct Case {
     int64_t n, out, r;
     bool xa_t, dxa_t, db;
-    bool xa_share = false;  // xa [n, r] as a strided view (a group's share along K, pitch 3 r)
+    // xa [n, r] as a strided view (a group's share along K, pitch 3 r); and then g too (pitch
+    // out + 24), and a dxa [n, r] too (pitch 3 r: the share of a group's output-gradient buffer)
+    bool xa_share = false;
   };
   const auto transposed = [](const Tensor& t) {
     Tensor o = cpu_empty({t.dim(1), t.dim(0)});
@@ -780,6 +794,9 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
   const auto xa_pitch_of = [&](const Case& c) {
     return c.xa_share ? 3 * c.r : pitch_of(c, c.xa_t);
   };
+  const auto dxa_pitch_of = [&](const Case& c) {
+    return c.xa_share && !c.dxa_t ? 3 * c.r : pitch_of(c, c.dxa_t);
+  };
   for (const Case& c :
        {Case{1000, 768, 16, false, false, true}, Case{333, 200, 16, true, true, true},
         Case{70000, 64, 16, false, false, true}, Case{140000, 40, 16, true, false, true},
@@ -787,13 +804,15 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
         Case{300, 128, 8, false, false, true}, Case{50, 100, 16, true, true, true},
         Case{70001, 768, 16, true, true, true}, Case{1003, 96, 32, true, true, false},
         Case{140000, 392, 16, false, true, true}, Case{1001, 768, 16, false, true, true, true},
-        Case{70001, 256, 16, false, true, true, true},
-        Case{517, 384, 32, false, true, true, true}}) {
-    const int64_t xa_pitch = xa_pitch_of(c), dxa_pitch = pitch_of(c, c.dxa_t);
+        Case{70001, 256, 16, false, true, true, true}, Case{517, 384, 32, false, true, true, true},
+        Case{1001, 768, 16, false, false, true, true},
+        Case{70001, 256, 32, false, false, true, true}}) {
+    const int64_t xa_pitch = xa_pitch_of(c), dxa_pitch = dxa_pitch_of(c);
+    const int64_t g_pitch = c.xa_share ? c.out + 24 : 0;
     const std::string what = "n=" + std::to_string(c.n) + " out=" + std::to_string(c.out) +
                              " r=" + std::to_string(c.r) + (c.xa_t ? " xa^T" : "") +
                              (c.dxa_t ? " dxa^T" : "") + (c.db ? "" : " frozen B") +
-                             (xa_pitch || dxa_pitch ? " strided" : "");
+                             (xa_pitch || dxa_pitch || g_pitch ? " strided" : "");
     SCOPED_TRACE(what);
     const float s = 2.0f;
     Tensor g = b.rounded(b.rand({c.n, c.out})), bm = b.rounded(b.rand({c.out, c.r}));
@@ -803,17 +822,17 @@ TEST(CudaOps, LoraOutputGradMatchesTwoProducts) {
     const Tensor xa_host = c.xa_t ? transposed(xa) : xa;
     const Tensor xa_dev =
         xa_pitch ? b.bf(with_gap(xa_host, xa_pitch)).leading_cols(xa_host.dim(1)) : b.bf(xa_host);
-    Tensor dxa_full = b.poisoned(
-        c.dxa_t ? Shape{c.r, dxa_pitch ? dxa_pitch : c.n} : Shape{c.n, c.r}, DType::BF16);
-    Tensor dxa = dxa_pitch ? dxa_full.leading_cols(c.n) : dxa_full;
+    const Shape dxa_shape = c.dxa_t ? Shape{c.r, c.n} : Shape{c.n, c.r};
+    Tensor dxa_full = b.poisoned({dxa_shape[0], dxa_pitch ? dxa_pitch : dxa_shape[1]}, DType::BF16);
+    Tensor dxa = dxa_pitch ? dxa_full.leading_cols(dxa_shape[1]) : dxa_full;
+    const Tensor g_dev = g_pitch ? b.bf(with_gap(g, g_pitch)).leading_cols(c.out) : b.bf(g);
     Tensor db = b.up(db0);
-    b.gpu->lora_output_grad(b.bf(g), b.bf(bm), xa_dev, c.xa_t, s, dxa, c.dxa_t,
-                            c.db ? &db : nullptr);
+    b.gpu->lora_output_grad(g_dev, b.bf(bm), xa_dev, c.xa_t, s, dxa, c.dxa_t, c.db ? &db : nullptr);
     const Tensor got = b.down(dxa_full);
-    expect_close(dxa_pitch ? first_cols(got, c.n) : got, c.dxa_t ? transposed(dxa_ref) : dxa_ref,
-                 5e-3, "dxa");
-    for (int64_t i = 0; dxa_pitch && i < c.r; ++i)
-      for (int64_t j = c.n; j < dxa_pitch; ++j)
+    expect_close(dxa_pitch ? first_cols(got, dxa_shape[1]) : got,
+                 c.dxa_t ? transposed(dxa_ref) : dxa_ref, 5e-3, "dxa");
+    for (int64_t i = 0; dxa_pitch && i < dxa_shape[0]; ++i)
+      for (int64_t j = dxa_shape[1]; j < dxa_pitch; ++j)
         EXPECT_TRUE(std::isnan(got.f32()[i * dxa_pitch + j]));
     expect_close(b.down(db), c.db ? db_ref : db0, c.db ? 1e-4 : 1e-12, "dB");
   }
@@ -1760,7 +1779,8 @@ TEST(CudaTraining, LoraAlongKEqualsTheRankProduct) {
 // (summed over the members) and LoRA gradients equal those of the same group run with the
 // rank-r products apart (the stacked A x^T form), within bf16 rounding. Ranks 16, 8, 16 (shares
 // starting 16 bytes apart without padding), a member with a bias; xa lands in the spare columns.
-// A rank that is not a multiple of 8 keeps the group apart, with plain weights.
+// The same with the output gradients in one buffer (group_output_grad: dx as one product). A
+// rank that is not a multiple of 8 keeps the group apart, with plain weights.
 TEST(CudaTraining, LoraGroupAlongKEqualsTheRankProducts) {
   SKIP_WITHOUT_GPU();
   Both b;
@@ -1846,6 +1866,35 @@ TEST(CudaTraining, LoraGroupAlongKEqualsTheRankProducts) {
     const std::string m = " of member " + std::to_string(i);
     expect_close(b.down(k_form[i].lora_a->grad), b.down(apart[i].lora_a->grad), 1e-2, "dA" + m);
     expect_close(b.down(k_form[i].lora_b->grad), b.down(apart[i].lora_b->grad), 1e-2, "dB" + m);
+  }
+
+  // the output gradients in group_output_grad's buffer [dy_1 | dy_2 | dy_3 | .]: dx as one
+  // product, dxa in the buffer's last columns; the same gradients
+  std::vector<Linear> packed = make("packed", true, ranks[0]);
+  store_all(packed);
+  EXPECT_FALSE(group_output_grad(*gpu, group_of(apart), n).defined());
+  Tensor g_all = group_output_grad(*gpu, group_of(packed), n);
+  ASSERT_TRUE(g_all.defined());
+  ASSERT_EQ(g_all.dim(1), outs[0] + outs[1] + outs[2] + c);
+  Tensor x_p = group_input(*gpu, group_of(packed), n);
+  Tensor x_p_rows = x_p.pitch_rows();
+  gpu->copy_columns(x, 0, x_p_rows, 0, in);
+  std::vector<LinearSaved> s_p(3);
+  linear_group_forward(*gpu, group_of(packed), x_p, {&s_p[0], &s_p[1], &s_p[2]}, nullptr);
+  std::vector<Tensor> dys_p;
+  int64_t o0 = 0;
+  for (int i = 0; i < 3; ++i) {
+    gpu->copy_columns(dys[i], 0, g_all, o0, outs[i]);
+    dys_p.push_back(g_all.column_view(o0, o0 + outs[i]));
+    o0 += outs[i];
+  }
+  Tensor dx_p = b.poisoned({n, in}, DType::BF16);
+  linear_group_backward(*gpu, group_of(packed), s_p, dys_p, &dx_p, false);
+  expect_close(b.down(dx_p), b.down(dx_apart), 1e-2, "dx, packed");
+  for (int i = 0; i < 3; ++i) {
+    const std::string m = " of member " + std::to_string(i) + ", packed";
+    expect_close(b.down(packed[i].lora_a->grad), b.down(apart[i].lora_a->grad), 1e-2, "dA" + m);
+    expect_close(b.down(packed[i].lora_b->grad), b.down(apart[i].lora_b->grad), 1e-2, "dB" + m);
   }
 
   // rank 12 (not a multiple of 8): apart, and the members' weights plain

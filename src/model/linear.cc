@@ -89,9 +89,10 @@ bool group_takes_rank_along_k(const LinearGroup& group) {
 
 void store_frozen_weights_bf16(const Backend& be, const std::vector<const Linear*>& linears,
                                const std::vector<LinearGroup>& groups) {
-  // [rows, cols] of each weight's buffer, W in its first `out` rows and `in` columns
+  // [rows, cols] buffers, each holding its Linears' W one after another in its first rows and
+  // `in` columns: a group along K (group_weight_rows' layout) or a Linear alone
   struct Slot {
-    const Linear* l;
+    LinearGroup members;
     int64_t rows, cols;
   };
   std::vector<Slot> slots;
@@ -101,25 +102,28 @@ void store_frozen_weights_bf16(const Backend& be, const std::vector<const Linear
   };
   for (const LinearGroup& group : groups) {
     bool made_input = !group.empty();  // by the model, in group_input's buffer
-    for (const Linear* l : group) made_input = made_input && l->input_from_model;
+    for (const Linear* l : group)
+      made_input = made_input && l->input_from_model && frozen_f32_weight(*l) && !planned(l);
     if (!made_input) continue;
-    const int64_t c = group_spare_columns(group);  // 0: the members' plain copies
-    for (const Linear* l : group) {
-      if (!frozen_f32_weight(*l) || planned(l)) continue;
-      slots.push_back({l, l->out, l->in + c});
-      placed.push_back(l);
-    }
+    const int64_t c = group_spare_columns(group);
+    int64_t rows = c;
+    for (const Linear* l : group) rows += l->out;
+    if (c > 0)
+      slots.push_back({group, rows, group[0]->in + c});
+    else  // the members' plain copies
+      for (const Linear* l : group) slots.push_back({{l}, l->out, l->in});
+    placed.insert(placed.end(), group.begin(), group.end());
   }
   for (const Linear* l : linears) {
     if (!frozen_f32_weight(*l) || planned(l)) continue;
     const int64_t r = lora_rank(*l);
     const int64_t c =
         l->input_from_model && r > 0 && l->lora_dropout == 0.0f ? along_k_columns(r) : 0;
-    slots.push_back({l, l->out + c, l->in + c});
+    slots.push_back({{l}, l->out + c, l->in + c});
     placed.push_back(l);
   }
   if (slots.empty()) return;
-  // one buffer for all, each weight at a multiple of 64 elements (128 bytes): one block per
+  // one buffer for all, each slot at a multiple of 64 elements (128 bytes): one block per
   // weight would be rounded up to the memory pool's granularity each (2 MiB: a wide layout of a
   // 2 MiB weight would take 4)
   auto aligned = [](int64_t n) { return (n + 63) / 64 * 64; };
@@ -129,17 +133,47 @@ void store_frozen_weights_bf16(const Backend& be, const std::vector<const Linear
   be.fill(all, 0.0f);
   int64_t at = 0;
   for (const Slot& sl : slots) {
-    Param* p = sl.l->weight;
     Tensor buffer = all.rows(at, at + sl.rows * sl.cols).reshape({sl.rows, sl.cols});
     at += aligned(sl.rows * sl.cols);
-    p->host_f32 = be.download(p->value);
-    Tensor w_rows = buffer.rows(0, sl.l->out);
-    if (sl.cols == sl.l->in)
-      be.copy(w_rows, p->value);
-    else
-      be.copy_columns(p->value, 0, w_rows, 0, sl.l->in);
-    p->value = w_rows.leading_cols(sl.l->in);
+    int64_t row0 = 0;
+    for (const Linear* l : sl.members) {
+      Param* p = l->weight;
+      p->host_f32 = be.download(p->value);
+      Tensor w_rows = buffer.rows(row0, row0 + l->out);
+      row0 += l->out;
+      if (sl.cols == l->in)
+        be.copy(w_rows, p->value);
+      else
+        be.copy_columns(p->value, 0, w_rows, 0, l->in);
+      p->value = w_rows.leading_cols(l->in);
+    }
   }
+}
+
+// A group's weight buffer along K as one matrix [sum out + C, in] (rows in + C apart): the
+// members' W one after another, then their A factors stacked (written by
+// refresh_product_copies), zeros in the spare columns but for each member's s B:
+//   [ W_1 | s B_1 |   0   ]
+//   [ W_2 |   0   | s B_2 ]
+//   [ A_1 |       0       ]
+//   [ A_2 |       0       ]
+// Undefined unless the group takes its LoRA terms along K (stored so by
+// store_frozen_weights_bf16).
+static Tensor group_weight_rows(const LinearGroup& group) {
+  if (!group_takes_rank_along_k(group)) return Tensor{};
+  const Tensor& w0 = group[0]->weight->value;
+  const int64_t c = group_spare_columns(group), pitch = w0.pitch;
+  int64_t rows = 0;
+  for (const Linear* l : group) {
+    const Tensor& w = l->weight->value;
+    if (w.owner != w0.owner ||
+        w.data != static_cast<const char*>(w0.data) + rows * pitch * dtype_size(w0.dtype))
+      return Tensor{};
+    rows += l->out;
+  }
+  Tensor all = w0;
+  all.shape = {rows + c, group[0]->in};
+  return all;
 }
 
 Tensor linear_input(const Backend& be, const Linear& l, int64_t n) {
@@ -378,17 +412,25 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
   std::vector<Tensor> beside_w;  // s B (and A) in W's buffer where the term rides along K
   size_t members = 0;
   for (const LinearGroup& group : groups) members += group.size();
-  beside_w.reserve(2 * linears.size() + members);
-  for (const LinearGroup& group : groups) {  // s B at the member's share of the spare columns
+  beside_w.reserve(2 * (linears.size() + members));  // (slots point into it: no reallocation)
+  // along K: s B at the member's share of the spare columns, A in the group's rows after W's
+  // (group_weight_rows)
+  for (const LinearGroup& group : groups) {
+    const Tensor all = group_weight_rows(group);
     if (!group_takes_rank_along_k(group)) continue;
-    int64_t c0 = 0;
+    int64_t c0 = 0, a0 = all.defined() ? all.dim(0) - group_spare_columns(group) : 0;
     for (const Linear* l : group) {
       const int64_t r = lora_rank(*l);
       if (l->lora_b->value.dtype == DType::F32) {
         beside_w.push_back(weight_buffer(*l, l->out).column_view(l->in + c0, l->in + c0 + r));
         slots.push_back({&l->lora_b->value, &beside_w.back(), l->lora_scaling});
       }
+      if (all.defined() && l->lora_a->value.dtype == DType::F32) {
+        beside_w.push_back(all.rows(a0, a0 + r));
+        slots.push_back({&l->lora_a->value, &beside_w.back()});
+      }
       c0 += r;
+      a0 += r;
     }
   }
   for (const Linear* l : linears) {
@@ -554,6 +596,34 @@ std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& g
   return ys;
 }
 
+Tensor group_output_grad(const Backend& be, const LinearGroup& group, int64_t n) {
+  const Tensor w = group_weight_rows(group);
+  if (!w.defined()) return Tensor{};
+  return be.empty({n, w.dim(0)}, be.act_dtype());
+}
+
+// G [n, sum out + C] when dys are the members' column ranges of group_output_grad's buffer, in
+// order, and nothing of theirs needs an output gradient of its own (no trained bias or W; the
+// products' dtype); else undefined.
+static Tensor packed_output_grad(const LinearGroup& group, const std::vector<Tensor>& dys,
+                                 int64_t n) {
+  const Tensor w = group_weight_rows(group);
+  if (!w.defined()) return Tensor{};
+  const Tensor& d0 = dys[0];
+  int64_t col = 0;
+  for (size_t i = 0; i < group.size(); ++i) {
+    const Linear& l = *group[i];
+    const Tensor& d = dys[i];
+    if (d.ndim() != 2 || d.dim(0) != n || d.dim(1) != l.out || d.pitch != w.dim(0) ||
+        d.owner != d0.owner || d.dtype != d0.dtype ||
+        d.data != static_cast<const char*>(d0.data) + col * dtype_size(d.dtype) ||
+        (l.bias && l.bias->trainable) || l.weight->trainable)
+      return Tensor{};
+    col += l.out;
+  }
+  return d0.pitch_rows();
+}
+
 void linear_group_backward(const Backend& be, const LinearGroup& group,
                            const std::vector<LinearSaved>& saved, const std::vector<Tensor>& dys,
                            Tensor* dx, bool accumulate) {
@@ -576,25 +646,29 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
   const Tensor& x = saved[0].x_lora;
   ET_CHECK(x.defined(), "linear group ", group[0]->weight->name,
            ": LoRA's A gradient needs the layer input, which was not kept");
-  const int64_t n = x.dim(0), in = group[0]->in;
-  Tensor dxa_t = transposed_rank_buffer(be, a.dim(0), n, be.act_dtype());
+  const int64_t n = x.dim(0), in = group[0]->in, c = a.dim(0);
+  // packed (group_output_grad): dxa [n, C] goes to G's last columns, and dx is one product
+  const Tensor g_all = packed_output_grad(group, dys, n);
+  Tensor dxa = g_all.defined() ? g_all.column_view(g_all.dim(1) - c, g_all.dim(1))
+                               : transposed_rank_buffer(be, c, n, be.act_dtype());
   std::vector<Tensor> gs;
   int64_t r0 = 0;
   for (size_t i = 0; i < group.size(); ++i) {
     const Linear& l = *group[i];
     const int64_t r = l.lora_a->value.dim(0);
-    gs.push_back(output_gradient(be, l, saved[i], dys[i]));
-    Tensor share = dxa_t.rows(r0, r0 + r);  // [r, n] = s B^T g^T = (s g B)^T
+    gs.push_back(g_all.defined() ? dys[i] : output_gradient(be, l, saved[i], dys[i]));
+    // [n, r] = s g B, or its transpose [r, n]
+    Tensor share = g_all.defined() ? dxa.column_view(r0, r0 + r) : dxa.rows(r0, r0 + r);
     r0 += r;
     const bool xa_t = saved[i].xa_t.defined();
     be.lora_output_grad(gs[i], product_operand(*l.lora_b), xa_t ? saved[i].xa_t : saved[i].xa, xa_t,
-                        l.lora_scaling, share, true,
+                        l.lora_scaling, share, !g_all.defined(),
                         l.lora_b->trainable ? &l.lora_b->grad : nullptr);
   }
-  // dA_stacked = dxa_t x [sum r, in], then each member's rows into its own gradient; like
+  // dA_stacked = dxa^T x [sum r, in], then each member's rows into its own gradient; like
   // linear_backward, every read of the saved input comes before dx is written
-  Tensor da = be.empty({a.dim(0), in}, DType::F32);
-  be.matmul(dxa_t, false, x, false, da);
+  Tensor da = be.empty({c, in}, DType::F32);
+  be.matmul(dxa, g_all.defined(), x, false, da);
   lora_input_scale(be, saved[0], da);
   r0 = 0;
   for (const Linear* l : group) {
@@ -604,7 +678,12 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
   }
   if (!dx) return;
   Tensor d2 = dx->reshape({n, in});
-  be.matmul(dxa_t, true, a, false, d2, 1.0f, accumulate ? 1.0f : 0.0f);
+  const float beta = accumulate ? 1.0f : 0.0f;
+  if (g_all.defined()) {  // [g_1 | g_2 | ... | dxa] [W_1; W_2; ...; A]
+    be.matmul(g_all, false, group_weight_rows(group), false, d2, 1.0f, beta);
+    return;
+  }
+  be.matmul(dxa, true, a, false, d2, 1.0f, beta);
   for (size_t i = 0; i < group.size(); ++i)
     be.matmul(gs[i], false, group[i]->weight->value, false, d2, 1.0f, 1.0f);
 }

@@ -172,9 +172,17 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
 std::vector<Tensor> linear_group_forward(const Backend& be, const LinearGroup& group,
                                          const Tensor& x, const std::vector<LinearSaved*>& saved,
                                          Rng* rng);
+// For a group that takes its LoRA terms along K: a buffer G [n, sum out + C] in the products'
+// dtype whose column ranges [o_i, o_i + out_i) (o_i = out_1 + ... + out_{i-1}) the caller
+// writes the members' output gradients into, for linear_group_backward; undefined for other
+// groups (the caller makes its gradients as it likes).
+Tensor group_output_grad(const Backend& be, const LinearGroup& group, int64_t n);
 // linear_backward of every member with dx = sum_i d(x)_i (written, or added to when
 // `accumulate`). After a grouped forward the stacked dA and the rank-r part of dx are one product
-// each: dA = (s B^T dy^T)_stacked x, dx = (s dy B)_stacked A_stacked.
+// each: dA = (s B^T dy^T)_stacked x, dx = (s dy B)_stacked A_stacked. With dys in
+// group_output_grad's buffer G, (s dy B)_stacked goes to its last C columns and dx is one
+// product: dx = G [W_1; ...; W_k; A_stacked] (K = sum out + C), instead of one per member, each
+// reading and rewriting dx.
 void linear_group_backward(const Backend& be, const LinearGroup& group,
                            const std::vector<LinearSaved>& saved, const std::vector<Tensor>& dys,
                            Tensor* dx, bool accumulate);

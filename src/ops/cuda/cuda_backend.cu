@@ -1076,8 +1076,8 @@ struct CudaBackend final : Backend {
       return;
     }
     const int64_t n = g.dim(0), out = g.dim(1), r = b.dim(1);
-    // [n, r], or [r, n] when transposed (2-D when strided: xa may be a view either way, dxa when
-    // transposed; a grouped forward's shares)
+    // [n, r], or [r, n] when transposed; 2-D when strided (g, xa and dxa may be views: a group's
+    // shares of its buffers)
     auto fits = [&](const Tensor& t, bool transposed) {
       if (transposed) return t.ndim() == 2 && t.dim(0) == r && t.dim(1) == n;
       return t.pitch ? t.ndim() == 2 && t.dim(0) == n && t.dim(1) == r : t.numel() == n * r;
@@ -1086,10 +1086,8 @@ struct CudaBackend final : Backend {
                  (!db || db->numel() == out * r),
              "lora_output_grad: g ", shape_str(g.shape), ", B ", shape_str(b.shape), ", xa ",
              shape_str(xa.shape), ", dxa ", shape_str(dxa.shape), " do not match");
-    for (const Tensor* t : {&g, &b}) check_device(*t);
-    check_device_strided(xa);
-    check_device_strided(dxa);
-    if (!dxa_transposed) check_contiguous(dxa);
+    check_device(b);
+    for (const Tensor* t : {&g, &xa, static_cast<const Tensor*>(&dxa)}) check_device_strided(*t);
     cuda::LoraOutputGradArgs a;
     a.g = B16(g);
     a.b = B16(b);
@@ -1102,8 +1100,9 @@ struct CudaBackend final : Backend {
     a.scale = scale;
     a.xa_transposed = xa_transposed;
     a.dxa_transposed = dxa_transposed;
+    a.g_ld = g.row_pitch();
     a.xa_ld = xa_transposed || xa.pitch ? xa.row_pitch() : r;
-    a.dxa_ld = dxa.row_pitch();
+    a.dxa_ld = dxa_transposed || dxa.pitch ? dxa.row_pitch() : r;
     if (!cuda::lora_output_grad_supported(a)) {
       Backend::lora_output_grad(g, b, xa, xa_transposed, scale, dxa, dxa_transposed, db);
       return;
@@ -1560,15 +1559,23 @@ struct CudaBackend final : Backend {
                              Tensor& dx, Tensor* dw) const override {
     const int D = static_cast<int>(w.numel()), half = D / 2;
     const int64_t rows = positions.numel() * heads;
+    int64_t ldx = 0;  // dx may be a strided view [T, heads D] (a group's share, linear.h)
+    const Ptr dxp = P_rows(dx, int64_t{heads} * D, ldx);
     if (D % 2 != 0 || x.numel() != rows * D || dy.numel() != x.numel() || dx.numel() != x.numel() ||
-        !cuda::rmsnorm_rope_fused(half, {dy.data, x.data, dx.data, w.data})) {
+        ldx % 2 != 0 || !cuda::rmsnorm_rope_fused(half, {dy.data, x.data, dx.data, w.data})) {
+      if (dx.pitch) {
+        via_contiguous(dx, [&](Tensor& t) {
+          rmsnorm_rope_backward(dy, x, w, offset, rstd, positions, heads, theta, t, dw);
+        });
+        return;
+      }
       Backend::rmsnorm_rope_backward(dy, x, w, offset, rstd, positions, heads, theta, dx, dw);
       return;
     }
     OpScope scope_(prof.get(), "rmsnorm_rope_backward");
     const float log_theta = static_cast<float>(std::log(theta));
     cuda::rmsnorm_rope_backward_rows(P(dy), P(x), F(w), offset, F(rstd), I(positions), heads, half,
-                                     log_theta, rope_table(log_theta, half), P(dx),
+                                     log_theta, rope_table(log_theta, half), dxp, ldx,
                                      dw ? W(*dw) : nullptr, rows);
   }
   // y may be a strided view (a Linear's input with spare columns, linear.h), written at its pitch

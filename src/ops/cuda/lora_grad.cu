@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
   const auto issue = [&](int i) {
     if (i < tiles) {
       const int chunk = i / kRowTiles, rt = i % kRowTiles;
-      load_tile_async(gs + (i % kStages) * kTile * kGld, a.g, a.n, a.out, a.out, t0 + rt * kTile,
+      load_tile_async(gs + (i % kStages) * kTile * kGld, a.g, a.n, a.out, a.g_ld, t0 + rt * kTile,
                       chunk * kCols, tid);
       if (rt == 0)
         load_rank_rows_async<R, kCols>(bs + (chunk % kBufs) * kCols * kUl, a.b, a.out,
@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) lora_output_grad_kernel(LoraOutputGr
           a.dxa[j * a.dxa_ld + row] = __float2bfloat16(v0);
           a.dxa[(j + 1) * a.dxa_ld + row] = __float2bfloat16(v1);
         } else {
-          *reinterpret_cast<uint32_t*>(a.dxa + row * R + j) = pack2(v0, v1);
+          *reinterpret_cast<uint32_t*>(a.dxa + row * a.dxa_ld + j) = pack2(v0, v1);
         }
       }
     }
@@ -309,7 +309,8 @@ void launch(const LoraOutputGradArgs& a) {
 bool lora_output_grad_supported(const LoraOutputGradArgs& a) {
   return (a.r == 16 || a.r == 32) && a.out % 8 == 0 && a.out > 0 &&
          (a.xa_transposed ? a.xa_ld >= a.n : a.xa_ld >= a.r) &&
-         (!a.dxa_transposed || a.dxa_ld >= a.n) && vec8_aligned(a.g) && vec8_aligned(a.b) &&
+         (a.dxa_transposed ? a.dxa_ld >= a.n : a.dxa_ld >= a.r && a.dxa_ld % 2 == 0) &&
+         a.g_ld >= a.out && a.g_ld % 8 == 0 && vec8_aligned(a.g) && vec8_aligned(a.b) &&
          (a.dxa_transposed || reinterpret_cast<uintptr_t>(a.dxa) % 4 == 0) &&
          (!a.db || reinterpret_cast<uintptr_t>(a.db) % 8 == 0);
 }

@@ -15,15 +15,15 @@
 namespace et::cuda {
 
 struct LoraOutputGradArgs {
-  const __nv_bfloat16* g = nullptr;   // [n, out]
+  const __nv_bfloat16* g = nullptr;   // [n, out] at row pitch g_ld
   const __nv_bfloat16* b = nullptr;   // [out, r]
   const __nv_bfloat16* xa = nullptr;  // [n, r], or [r, n] when xa_transposed (at row pitch xa_ld)
-  __nv_bfloat16* dxa = nullptr;       // [n, r], or [r, n] when dxa_transposed
+  __nv_bfloat16* dxa = nullptr;       // [n, r], or [r, n] when dxa_transposed (pitch dxa_ld)
   float* db = nullptr;                // [out, r] fp32, accumulated; null: not trainable
   int64_t n = 0;
-  // row pitches (elements): xa's in either layout (>= r, or >= n transposed: a group's xa shares
-  // are strided views), dxa's in the transposed one (>= n)
-  int64_t xa_ld = 0, dxa_ld = 0;
+  // row pitches (elements) of g (>= out, a multiple of 8), xa and dxa (>= r, or >= n transposed):
+  // a group's operands may be strided views (column ranges of its shared buffers)
+  int64_t g_ld = 0, xa_ld = 0, dxa_ld = 0;
   int out = 0, r = 0;
   float scale = 1.0f;
   bool xa_transposed = false, dxa_transposed = false;

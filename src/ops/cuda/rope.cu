@@ -105,7 +105,7 @@ template <int J>
 __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
                                              const float* rstd, const int32_t* pos, int heads,
                                              int half, float log_theta, RopeTable table, Ptr dx,
-                                             float* dw, int64_t rows) {
+                                             int64_t ldx, float* dw, int64_t rows) {
   extern __shared__ float acc[];  // [2 half]
   for (int c = threadIdx.x; c < 2 * half; c += blockDim.x) acc[c] = 0;
   __syncthreads();
@@ -114,6 +114,7 @@ __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, floa
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     const int64_t base = r * 2 * half;
+    const int64_t dx_base = r / heads * ldx + r % heads * 2 * half;  // token r / heads's row
     const float rs = rstd[r];
     const int p = pos[r / heads];
     float ga[J][2], gb[J][2], xa[J][2], xb[J][2], wa[J][2], wb[J][2], dot = 0;
@@ -153,8 +154,8 @@ __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, floa
         da[e] = rs * (ga[j][e] * wa[j][e] - xa[j][e] * dot);
         db[e] = rs * (gb[j][e] * wb[j][e] - xb[j][e] * dot);
       }
-      dx.store2(base + i, da);
-      dx.store2(base + half + i, db);
+      dx.store2(dx_base + i, da);
+      dx.store2(dx_base + half + i, db);
     }
   }
   if (dw) {
@@ -220,14 +221,14 @@ void rmsnorm_rope_forward_rows(Ptr x, const float* w, float offset, float eps, c
 
 void rmsnorm_rope_backward_rows(Ptr dy, Ptr x, const float* w, float offset, const float* rstd,
                                 const int32_t* pos, int heads, int half, float log_theta,
-                                RopeTable table, Ptr dx, float* dw, int64_t rows) {
+                                RopeTable table, Ptr dx, int64_t ldx, float* dw, int64_t rows) {
   if (rows == 0) return;
   // At most 8 blocks per H100 SM (3-4 fit at once at 53-68 registers a thread): equal shares of
   // rows per block, and few dw partial sums to add
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1056));
   dispatch_pairs(half, [&](auto j) {
     rmsnorm_rope_backward_kernel<decltype(j)::value><<<blocks, 256, sizeof(float) * 2 * half>>>(
-        dy, x, w, offset, rstd, pos, heads, half, log_theta, table, dx, dw, rows);
+        dy, x, w, offset, rstd, pos, heads, half, log_theta, table, dx, ldx, dw, rows);
   });
   ET_LAUNCH_CHECK();
 }

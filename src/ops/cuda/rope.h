@@ -37,12 +37,13 @@ bool rmsnorm_rope_fused(int half, std::initializer_list<const void*> operands);
 // Per-head RMSNorm then RoPE (Qwen3's and Gemma3's q and k) over rows = T * heads rows of D:
 //   forward:  y = rope(x rstd (w + offset)), rstd = 1 / sqrt(mean(x^2) + eps);
 //   backward: g = rope^T(dy), dx = rstd (g w' - x rstd^2 mean(g w' x)), w' = w + offset,
-//             dw += sum_rows g x rstd (dw may be null).
+//             dw += sum_rows g x rstd (dw may be null); dx's token rows ldx >= heads D apart (an
+//             even pitch: a group's share of its output-gradient buffer, model/linear.h).
 void rmsnorm_rope_forward_rows(Ptr x, const float* w, float offset, float eps, const int32_t* pos,
                                int heads, int half, float log_theta, RopeTable table, Ptr y,
                                float* rstd, int64_t rows);
 void rmsnorm_rope_backward_rows(Ptr dy, Ptr x, const float* w, float offset, const float* rstd,
                                 const int32_t* pos, int heads, int half, float log_theta,
-                                RopeTable table, Ptr dx, float* dw, int64_t rows);
+                                RopeTable table, Ptr dx, int64_t ldx, float* dw, int64_t rows);
 
 }  // namespace et::cuda
