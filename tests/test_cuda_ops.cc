@@ -1905,6 +1905,98 @@ TEST(CudaTraining, LoraGroupAlongKEqualsTheRankProducts) {
   EXPECT_EQ(group_input(*gpu, group_of(odd), n).pitch, 0);
 }
 
+// LoRA at rank 16 on Qwen3 and Gemma3 (the fixtures' adapters have rank 4, which keeps the
+// q/k/v and gate/up groups in their stacked A x^T form): on the GPU the groups take their terms
+// along K and the q/k/v input gradient is one product over the packed output gradients. The
+// step's loss and gradients match the CPU's fp32 step (tolerances as Models/CudaModel's bf16
+// ones), and the GPU's own step with gradient checkpointing (each layer recomputed in backward,
+// its norms writing into the groups' buffers again) and with GradCache (mini-batches of 3 texts,
+// other token counts) gives the same loss and gradients to 1e-2. B is random (PEFT starts it at
+// zero, which would leave A without a gradient).
+TEST(CudaTraining, RotaryGroupsAlongKMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const std::string arch : {"qwen3", "gemma3"}) {
+    SCOPED_TRACE(arch);
+    std::string root = model_fixture(arch);
+    SKIP_WITHOUT_FIXTURES(root);
+    std::vector<PackedBatch> cols = fixture_columns(root);
+    auto cpu = make_cpu_backend();
+    auto gpu = make_cuda_backend(0, DType::BF16);
+    std::mt19937 gen(7);
+    std::vector<Tensor> b_values;  // one random B per adapted Linear, in encoder_linears order
+    struct Run {
+      double loss;
+      std::vector<Tensor> grads;
+    };
+    // variant 0: CPU; 1: GPU; 2: GPU with checkpointing; 3: GPU with GradCache
+    auto run = [&](int variant) {
+      Backend& be = variant == 0 ? *cpu : *gpu;
+      auto m = load_sentence_model(root + "/model", be);
+      LoraConfig c;
+      c.r = 16;
+      c.alpha = 32;
+      c.target_modules = default_lora_targets(m->cfg.family);
+      apply_lora(be, *m, c, 5);
+      size_t i = 0;
+      for (Linear* l : encoder_linears(m->encoder)) {
+        if (!l->lora_b) continue;
+        if (b_values.size() == i) {
+          Tensor t = cpu_empty(l->lora_b->value.shape);
+          std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+          for (int64_t k = 0; k < t.numel(); ++k) t.f32()[k] = u(gen);
+          b_values.push_back(t);
+        }
+        be.copy(l->lora_b->value, be.upload(b_values[i++]));
+      }
+      set_gradient_checkpointing(m->encoder, variant == 2);
+      auto params = set_trainable(be, *m, TrainMode::Lora);
+      if (variant > 0) {
+        int along_k = 0;
+        for (const LinearGroup& g : encoder_groups(m->encoder))
+          along_k += group_takes_rank_along_k(g);
+        EXPECT_EQ(along_k, static_cast<int>(encoder_groups(m->encoder).size()))
+            << "every q/k/v and gate/up group takes LoRA along K";
+      }
+      LossSpec spec;
+      spec.mini_batch_size = variant == 3 ? 3 : 0;
+      Run r{train_step_grads(be, *m, cols, spec, 1.0, nullptr)(), {}};
+      for (Param* p : params)
+        r.grads.push_back(variant == 0 ? cpu_clone(p->grad) : be.download(p->grad));
+      return r;
+    };
+    const Run ref = run(0), plain = run(1);
+    auto all_grads_error = [](const Run& a, const Run& b) {
+      double num = 0, den = 0;
+      for (size_t i = 0; i < b.grads.size(); ++i) {
+        const Tensor& x = a.grads[i];
+        const Tensor& y = b.grads[i];
+        for (int64_t k = 0; k < y.numel(); ++k) {
+          const double d = x.f32()[k] - y.f32()[k];
+          num += d * d;
+          den += static_cast<double>(y.f32()[k]) * y.f32()[k];
+        }
+      }
+      return std::sqrt(num / den);
+    };
+    ASSERT_EQ(plain.grads.size(), ref.grads.size());
+    EXPECT_NEAR(plain.loss, ref.loss, 1e-2 * std::abs(ref.loss));
+    const double tol = arch == "gemma3" ? 6e-2 : 4e-2;
+    const double e = all_grads_error(plain, ref);
+    EXPECT_LT(e, tol) << "GPU against CPU, all gradients";
+    std::printf("%s LoRA r16 along K: loss %.6f / CPU %.6f, all gradients rel err %.4f\n",
+                arch.c_str(), plain.loss, ref.loss, e);
+    for (int variant : {2, 3}) {
+      const Run other = run(variant);
+      const char* what = variant == 2 ? "checkpointing" : "GradCache";
+      EXPECT_NEAR(other.loss, plain.loss, 1e-3 * std::abs(plain.loss)) << what;
+      const double ev = all_grads_error(other, plain);
+      EXPECT_LT(ev, 1e-2) << what << ", all gradients";
+      std::printf("%s LoRA r16 along K, %s: loss %.6f / %.6f, all gradients rel err %.2e\n",
+                  arch.c_str(), what, other.loss, plain.loss, ev);
+    }
+  }
+}
+
 // Products read LoRA factors and biases through bf16 copies refreshed at each forward: a value
 // written between forwards (here B doubled, as an optimizer step or a checkpoint load writes
 // them) must reach the next forward, which then equals a fresh model's forward with that value
