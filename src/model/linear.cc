@@ -182,6 +182,7 @@ Tensor linear_input(const Backend& be, const Linear& l, int64_t n) {
 }
 
 Tensor group_input(const Backend& be, const LinearGroup& group, int64_t n) {
+  ET_CHECK(!group.empty(), "group_input: a group of no Linears");
   const int64_t in = group[0]->in;
   if (!group_takes_rank_along_k(group)) return be.empty({n, in}, be.act_dtype());
   return be.empty({n, in + group_spare_columns(group)}, be.act_dtype()).leading_cols(in);

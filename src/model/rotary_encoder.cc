@@ -538,7 +538,7 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
   if (L.q_norm) {
     // into the columns of one buffer [dq | dk | dv | .] where the projections take LoRA along K
     // (group_output_grad: then their input gradient is one product)
-    const Tensor g = group_output_grad(be, rotary_qkv(L), T);
+    Tensor g = group_output_grad(be, rotary_qkv(L), T);
     Tensor dq_pre = g.defined() ? g.column_view(0, qdim) : be.empty({T, qdim}, act),
            dk_pre = g.defined() ? g.column_view(qdim, qdim + kvdim) : be.empty({T, kvdim}, act);
     be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, c.norm_offset, s.q_rstd, positions,
@@ -548,8 +548,7 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
     dq = dq_pre;
     dk = dk_pre;
     if (g.defined()) {
-      Tensor rows = g;
-      be.copy_columns(dv, 0, rows, qdim + kvdim, kvdim);
+      be.copy_columns(dv, 0, g, qdim + kvdim, kvdim);
       dv = g.column_view(qdim + kvdim, qdim + 2 * kvdim);
     }
     s.q_pre = s.k_pre = s.q_rstd = s.k_rstd = Tensor{};
