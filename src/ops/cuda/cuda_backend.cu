@@ -1562,7 +1562,7 @@ struct CudaBackend final : Backend {
     int64_t ldx = 0;  // dx may be a strided view [T, heads D] (a group's share, linear.h)
     const Ptr dxp = P_rows(dx, int64_t{heads} * D, ldx);
     if (D % 2 != 0 || x.numel() != rows * D || dy.numel() != x.numel() || dx.numel() != x.numel() ||
-        ldx % 2 != 0 || !cuda::rmsnorm_rope_fused(half, {dy.data, x.data, dx.data, w.data})) {
+        ldx % 8 != 0 || !cuda::rmsnorm_rope_fused(half, {dy.data, x.data, dx.data, w.data})) {
       if (dx.pitch) {
         via_contiguous(dx, [&](Tensor& t) {
           rmsnorm_rope_backward(dy, x, w, offset, rstd, positions, heads, theta, t, dw);

@@ -16,18 +16,40 @@ __device__ __forceinline__ float2 rope_angle_cs(int p, int i, int half, float lo
   return make_float2(cs, sn);
 }
 
-// (cos, sin) of pairs i and i + 1 (i even): one 16-byte table read, or computed past the table.
-__device__ __forceinline__ void rope_cs2(RopeTable t, int p, int i, int half, float log_theta,
+// (cos, sin) of pairs i .. i + 7 (i a multiple of 8): four 16-byte table reads, or computed
+// past the table.
+__device__ __forceinline__ void rope_cs8(RopeTable t, int p, int i, int half, float log_theta,
                                          float* c, float* s) {
   if (p < t.rows) {
-    const float4 v =
-        __ldg(reinterpret_cast<const float4*>(t.cs + static_cast<int64_t>(p) * half + i));
-    c[0] = v.x, s[0] = v.y, c[1] = v.z, s[1] = v.w;
+    const float4* q = reinterpret_cast<const float4*>(t.cs + static_cast<int64_t>(p) * half + i);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float4 v = __ldg(q + k);
+      c[2 * k] = v.x, s[2 * k] = v.y, c[2 * k + 1] = v.z, s[2 * k + 1] = v.w;
+    }
   } else {
-    const float2 a = rope_angle_cs(p, i, half, log_theta),
-                 b = rope_angle_cs(p, i + 1, half, log_theta);
-    c[0] = a.x, s[0] = a.y, c[1] = b.x, s[1] = b.y;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float2 a = rope_angle_cs(p, i + e, half, log_theta);
+      c[e] = a.x, s[e] = a.y;
+    }
   }
+}
+
+// w[i .. i + 7] + offset (fp32, 16-byte aligned)
+__device__ __forceinline__ void load_w8_offset(const float* w, int i, float offset, float* v) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(w + i)),
+               b = __ldg(reinterpret_cast<const float4*>(w + i + 4));
+  v[0] = a.x + offset, v[1] = a.y + offset, v[2] = a.z + offset, v[3] = a.w + offset;
+  v[4] = b.x + offset, v[5] = b.y + offset, v[6] = b.z + offset, v[7] = b.w + offset;
+}
+
+// Sum over the L lanes of a row (aligned groups of L lanes; every lane of the warp takes part).
+template <int L>
+__device__ __forceinline__ float row_sum(float v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
 }
 
 __global__ void rope_table_kernel(float2* cs, int rows, int half, float log_theta) {
@@ -54,54 +76,47 @@ __global__ void rope_columns_kernel(Ptr src, int64_t sc, int64_t s0, Ptr dst, in
   }
 }
 
-// One warp per (token, head) row of D = 2 half: lane l holds the pairs (i, i + half) and
-// (i + 1, i + 1 + half) for i = 2 l + 64 j, j < J = ceil(half / 64), two adjacent columns per
-// access, so the rotation stays in registers.
-template <int J>
+// L = half / 8 lanes per (token, head) row of D = 2 half, 32 / L rows a warp: lane l of a row
+// holds the pairs (i + e, i + e + half), e < 8, for i = 8 (l % L), so that the rotation stays
+// in registers and every access is 16 bytes (bf16). The lanes past the last row take part in
+// the row sums' shuffles and store nothing.
+template <int L>
 __global__ void rmsnorm_rope_forward_kernel(Ptr x, const float* w, float offset, float eps,
                                             const int32_t* pos, int heads, int half,
                                             float log_theta, RopeTable table, Ptr y, float* rstd,
                                             int64_t rows) {
-  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (r >= rows) return;
+  const int lane = threadIdx.x % 32, i = 8 * (lane % L);
+  const int64_t r =
+      (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32 * (32 / L) + lane / L;
+  const bool live = r < rows;
   const int64_t base = r * 2 * half;
-  float a[J][2], b[J][2], ss = 0;
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int i = 2 * lane + 64 * j;
-    a[j][0] = a[j][1] = b[j][0] = b[j][1] = 0.0f;
-    if (i >= half) continue;
-    x.load2(base + i, a[j]);
-    x.load2(base + half + i, b[j]);
-    ss += a[j][0] * a[j][0] + a[j][1] * a[j][1] + b[j][0] * b[j][0] + b[j][1] * b[j][1];
+  float a[8] = {}, b[8] = {}, ss = 0;
+  if (live) {
+    x.load8(base + i, a);
+    x.load8(base + half + i, b);
   }
-  const float rs = rsqrtf(warp_sum(ss) / (2 * half) + eps);
-  const int p = pos[r / heads];
 #pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int i = 2 * lane + 64 * j;
-    if (i >= half) continue;
-    float c[2], s[2], ya[2], yb[2];
-    rope_cs2(table, p, i, half, log_theta, c, s);
-    const float2 wa = __ldg(reinterpret_cast<const float2*>(w + i)),
-                 wb = __ldg(reinterpret_cast<const float2*>(w + half + i));
-    const float wav[2] = {wa.x + offset, wa.y + offset}, wbv[2] = {wb.x + offset, wb.y + offset};
+  for (int e = 0; e < 8; ++e) ss += a[e] * a[e] + b[e] * b[e];
+  const float rs = rsqrtf(row_sum<L>(ss) / (2 * half) + eps);
+  if (!live) return;
+  float c[8], s[8], wa[8], wb[8], ya[8], yb[8];
+  rope_cs8(table, pos[r / heads], i, half, log_theta, c, s);
+  load_w8_offset(w, i, offset, wa);
+  load_w8_offset(w, half + i, offset, wb);
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const float na = a[j][e] * rs * wav[e], nb = b[j][e] * rs * wbv[e];
-      ya[e] = na * c[e] - nb * s[e];
-      yb[e] = nb * c[e] + na * s[e];
-    }
-    y.store2(base + i, ya);
-    y.store2(base + half + i, yb);
+  for (int e = 0; e < 8; ++e) {
+    const float na = a[e] * rs * wa[e], nb = b[e] * rs * wb[e];
+    ya[e] = na * c[e] - nb * s[e];
+    yb[e] = nb * c[e] + na * s[e];
   }
-  if (lane == 0) rstd[r] = rs;
+  y.store8(base + i, ya);
+  y.store8(base + half + i, yb);
+  if (i == 0) rstd[r] = rs;
 }
 
-// Same lane layout; rows visited by a grid-stride loop so that each lane keeps its dw sums in
-// registers across rows (then once per block through shared memory).
-template <int J>
+// Same lane layout; each warp visits groups of 32 / L rows by a grid-stride loop, so that each
+// lane keeps its dw sums in registers across rows (then once per block through shared memory).
+template <int L>
 __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, float offset,
                                              const float* rstd, const int32_t* pos, int heads,
                                              int half, float log_theta, RopeTable table, Ptr dx,
@@ -109,65 +124,52 @@ __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, floa
   extern __shared__ float acc[];  // [2 half]
   for (int c = threadIdx.x; c < 2 * half; c += blockDim.x) acc[c] = 0;
   __syncthreads();
+  constexpr int kRows = 32 / L;  // rows a warp
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float wsa[J][2] = {}, wsb[J][2] = {};
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
-       r += static_cast<int64_t>(gridDim.x) * warps) {
+  const int i = 8 * (lane % L);
+  float wa[8], wb[8], wsa[8] = {}, wsb[8] = {};
+  load_w8_offset(w, i, offset, wa);
+  load_w8_offset(w, half + i, offset, wb);
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * warps + warp) * kRows; r0 < rows;
+       r0 += static_cast<int64_t>(gridDim.x) * warps * kRows) {
+    const int64_t r = r0 + lane / L;
+    const bool live = r < rows;
     const int64_t base = r * 2 * half;
+    float ga[8] = {}, gb[8] = {}, xa[8] = {}, xb[8] = {}, dot = 0, rs = 0;
+    if (live) {
+      float c[8], s[8], d1[8], d2[8];
+      rs = rstd[r];
+      rope_cs8(table, pos[r / heads], i, half, log_theta, c, s);
+      dy.load8(base + i, d1);
+      dy.load8(base + half + i, d2);
+      x.load8(base + i, xa);
+      x.load8(base + half + i, xb);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        ga[e] = d1[e] * c[e] + d2[e] * s[e];
+        gb[e] = d2[e] * c[e] - d1[e] * s[e];
+        dot += ga[e] * wa[e] * xa[e] + gb[e] * wb[e] * xb[e];
+        wsa[e] += ga[e] * xa[e] * rs;
+        wsb[e] += gb[e] * xb[e] * rs;
+      }
+    }
+    dot = row_sum<L>(dot) / (2 * half) * rs * rs;
+    if (!live) continue;
+    float da[8], db[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      da[e] = rs * (ga[e] * wa[e] - xa[e] * dot);
+      db[e] = rs * (gb[e] * wb[e] - xb[e] * dot);
+    }
     const int64_t dx_base = r / heads * ldx + r % heads * 2 * half;  // token r / heads's row
-    const float rs = rstd[r];
-    const int p = pos[r / heads];
-    float ga[J][2], gb[J][2], xa[J][2], xb[J][2], wa[J][2], wb[J][2], dot = 0;
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int i = 2 * lane + 64 * j;
-      for (int e = 0; e < 2; ++e)
-        ga[j][e] = gb[j][e] = xa[j][e] = xb[j][e] = wa[j][e] = wb[j][e] = 0;
-      if (i >= half) continue;
-      float c[2], s[2], d1[2], d2[2];
-      rope_cs2(table, p, i, half, log_theta, c, s);
-      dy.load2(base + i, d1);
-      dy.load2(base + half + i, d2);
-      x.load2(base + i, xa[j]);
-      x.load2(base + half + i, xb[j]);
-      const float2 w1 = __ldg(reinterpret_cast<const float2*>(w + i)),
-                   w2 = __ldg(reinterpret_cast<const float2*>(w + half + i));
-      wa[j][0] = w1.x + offset, wa[j][1] = w1.y + offset;
-      wb[j][0] = w2.x + offset, wb[j][1] = w2.y + offset;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        ga[j][e] = d1[e] * c[e] + d2[e] * s[e];
-        gb[j][e] = d2[e] * c[e] - d1[e] * s[e];
-        dot += ga[j][e] * wa[j][e] * xa[j][e] + gb[j][e] * wb[j][e] * xb[j][e];
-        wsa[j][e] += ga[j][e] * xa[j][e] * rs;
-        wsb[j][e] += gb[j][e] * xb[j][e] * rs;
-      }
-    }
-    dot = warp_sum(dot) / (2 * half) * rs * rs;
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int i = 2 * lane + 64 * j;
-      if (i >= half) continue;
-      float da[2], db[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        da[e] = rs * (ga[j][e] * wa[j][e] - xa[j][e] * dot);
-        db[e] = rs * (gb[j][e] * wb[j][e] - xb[j][e] * dot);
-      }
-      dx.store2(dx_base + i, da);
-      dx.store2(dx_base + half + i, db);
-    }
+    dx.store8(dx_base + i, da);
+    dx.store8(dx_base + half + i, db);
   }
   if (dw) {
 #pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int i = 2 * lane + 64 * j;
-      if (i >= half) continue;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        atomicAdd(&acc[i + e], wsa[j][e]);
-        atomicAdd(&acc[half + i + e], wsb[j][e]);
-      }
+    for (int e = 0; e < 8; ++e) {
+      atomicAdd(&acc[i + e], wsa[e]);
+      atomicAdd(&acc[half + i + e], wsb[e]);
     }
   }
   __syncthreads();
@@ -175,12 +177,26 @@ __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, floa
     for (int c = threadIdx.x; c < 2 * half; c += blockDim.x) atomicAdd(&dw[c], acc[c]);
 }
 
+// L = half / 8 lanes a row (half 8, 16, 32, 64 or 128: rmsnorm_rope_fused)
 template <typename F>
-void dispatch_pairs(int half, F&& f) {
-  if (half <= 64)
-    f(std::integral_constant<int, 1>{});
-  else
-    f(std::integral_constant<int, 2>{});
+void dispatch_lanes(int half, F&& f) {
+  switch (half / 8) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 8:
+      f(std::integral_constant<int, 8>{});
+      break;
+    default:
+      f(std::integral_constant<int, 16>{});
+      break;
+  }
 }
 
 }  // namespace
@@ -202,9 +218,9 @@ void rope_columns_rows(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc, int
 }
 
 bool rmsnorm_rope_fused(int half, std::initializer_list<const void*> operands) {
-  if (half <= 0 || half % 2 != 0 || half > 128) return false;
+  if (half != 8 && half != 16 && half != 32 && half != 64 && half != 128) return false;
   for (const void* p : operands)
-    if (reinterpret_cast<uintptr_t>(p) % 8 != 0) return false;
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
 }
 
@@ -212,9 +228,10 @@ void rmsnorm_rope_forward_rows(Ptr x, const float* w, float offset, float eps, c
                                int heads, int half, float log_theta, RopeTable table, Ptr y,
                                float* rstd, int64_t rows) {
   if (rows == 0) return;
-  dispatch_pairs(half, [&](auto j) {
-    rmsnorm_rope_forward_kernel<decltype(j)::value><<<blocks_for(rows * 32, 256), 256>>>(
-        x, w, offset, eps, pos, heads, half, log_theta, table, y, rstd, rows);
+  dispatch_lanes(half, [&](auto l) {
+    rmsnorm_rope_forward_kernel<decltype(l)::value>
+        <<<blocks_for(rows * decltype(l)::value, 256), 256>>>(x, w, offset, eps, pos, heads, half,
+                                                              log_theta, table, y, rstd, rows);
   });
   ET_LAUNCH_CHECK();
 }
@@ -226,8 +243,8 @@ void rmsnorm_rope_backward_rows(Ptr dy, Ptr x, const float* w, float offset, con
   // At most 8 blocks per H100 SM (3-4 fit at once at 53-68 registers a thread): equal shares of
   // rows per block, and few dw partial sums to add
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1056));
-  dispatch_pairs(half, [&](auto j) {
-    rmsnorm_rope_backward_kernel<decltype(j)::value><<<blocks, 256, sizeof(float) * 2 * half>>>(
+  dispatch_lanes(half, [&](auto l) {
+    rmsnorm_rope_backward_kernel<decltype(l)::value><<<blocks, 256, sizeof(float) * 2 * half>>>(
         dy, x, w, offset, rstd, pos, heads, half, log_theta, table, dx, ldx, dw, rows);
   });
   ET_LAUNCH_CHECK();

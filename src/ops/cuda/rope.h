@@ -31,14 +31,15 @@ void rope_columns_rows(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc, int
                        float sign);
 
 // Whether the fused per-head RMSNorm + RoPE kernels take head dim D = 2 half with these
-// operands: half even and at most 128, 8-byte aligned bases (pairs of columns per access).
+// operands: half 8, 16, 32, 64 or 128 (half / 8 lanes a row), 16-byte aligned bases (8 columns
+// per access).
 bool rmsnorm_rope_fused(int half, std::initializer_list<const void*> operands);
 
 // Per-head RMSNorm then RoPE (Qwen3's and Gemma3's q and k) over rows = T * heads rows of D:
 //   forward:  y = rope(x rstd (w + offset)), rstd = 1 / sqrt(mean(x^2) + eps);
 //   backward: g = rope^T(dy), dx = rstd (g w' - x rstd^2 mean(g w' x)), w' = w + offset,
-//             dw += sum_rows g x rstd (dw may be null); dx's token rows ldx >= heads D apart (an
-//             even pitch: a group's share of its output-gradient buffer, model/linear.h).
+//             dw += sum_rows g x rstd (dw may be null); dx's token rows ldx >= heads D apart (a
+//             multiple of 8: a group's share of its output-gradient buffer, model/linear.h).
 void rmsnorm_rope_forward_rows(Ptr x, const float* w, float offset, float eps, const int32_t* pos,
                                int heads, int half, float log_theta, RopeTable table, Ptr y,
                                float* rstd, int64_t rows);
