@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "ops/cuda/cuda_common.h"
 
 namespace et::cuda {
 
@@ -61,25 +62,17 @@ __device__ __forceinline__ float act_df(int act, float x) {
   }
 }
 
-// Calls f(std::integral_constant<int, code>) for the one of Codes equal to code (kernels
-// templated on the activation, instantiated for those codes only); false, calling nothing, when
-// code is not among them.
-template <int... Codes, typename F>
-bool with_act_code_in(int code, F&& f) {
-  return ((code == Codes && (f(std::integral_constant<int, Codes>{}), true)) || ...);
-}
-
-// The same over the FFN activations (ReLU, GELU erf and tanh, SiLU) alone: the kernels that fuse
-// an activation into a LoRA product are built for these.
+// with_constant_in over the FFN activations' codes (ReLU, GELU erf and tanh, SiLU): the kernels
+// that fuse an activation into a LoRA product are built for these.
 template <typename F>
 bool with_ffn_act(int code, F&& f) {
-  return with_act_code_in<2, 4, 5, 6>(code, f);
+  return with_constant_in<2, 4, 5, 6>(code, f);
 }
 
 // The same over every activation code (et::Act's seven).
 template <typename F>
 void with_act_code(int code, F&& f) {
-  const bool known = with_act_code_in<0, 1, 2, 3, 4, 5, 6>(code, f);
+  const bool known = with_constant_in<0, 1, 2, 3, 4, 5, 6>(code, f);
   ET_CHECK(known, "activation code ", code, " is not one of et::Act's");
 }
 

@@ -4,6 +4,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "core/error.h"
 
 #define ET_CUDA(call)                                                                             \
@@ -35,6 +37,14 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+
+// Calls f(std::integral_constant<int, v>) for the one of Values equal to v (kernels templated on
+// a small int, instantiated for those values only); false, calling nothing, when v is not among
+// them.
+template <int... Values, typename F>
+bool with_constant_in(int v, F&& f) {
+  return ((v == Values && (f(std::integral_constant<int, Values>{}), true)) || ...);
 }
 
 // A kernel may use more than the default 48 KB of dynamic shared memory only after this.

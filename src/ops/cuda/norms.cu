@@ -427,20 +427,7 @@ __global__ void __launch_bounds__(kWarps * 32, kGrads ? 2 : 4)
 // V = ceil(n / 256) chunks of 8 columns per lane, 1..4.
 template <typename F>
 void dispatch_chunks(int n, F&& f) {
-  switch ((n + 255) / 256) {
-    case 1:
-      f(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      break;
-    case 3:
-      f(std::integral_constant<int, 3>{});
-      break;
-    default:
-      f(std::integral_constant<int, 4>{});
-      break;
-  }
+  with_constant_in<1, 2, 3, 4>(std::min((n + 255) / 256, 4), f);
 }
 
 unsigned forward_blocks(int64_t rows) {

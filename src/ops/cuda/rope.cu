@@ -180,23 +180,8 @@ __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, floa
 // L = half / 8 lanes a row (half 8, 16, 32, 64 or 128: rmsnorm_rope_fused)
 template <typename F>
 void dispatch_lanes(int half, F&& f) {
-  switch (half / 8) {
-    case 1:
-      f(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      break;
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      break;
-    case 8:
-      f(std::integral_constant<int, 8>{});
-      break;
-    default:
-      f(std::integral_constant<int, 16>{});
-      break;
-  }
+  const bool built = with_constant_in<1, 2, 4, 8, 16>(half / 8, f);
+  ET_CHECK(built, "rmsnorm_rope: head dim ", 2 * half, " has no kernel");
 }
 
 }  // namespace
