@@ -417,8 +417,8 @@ void refresh_product_copies(const Backend& be, const std::vector<const Linear*>&
   // along K: s B at the member's share of the spare columns, A in the group's rows after W's
   // (group_weight_rows)
   for (const LinearGroup& group : groups) {
-    const Tensor all = group_weight_rows(group);
     if (!group_takes_rank_along_k(group)) continue;
+    const Tensor all = group_weight_rows(group);
     int64_t c0 = 0, a0 = all.defined() ? all.dim(0) - group_spare_columns(group) : 0;
     for (const Linear* l : group) {
       const int64_t r = lora_rank(*l);
@@ -606,9 +606,9 @@ Tensor group_output_grad(const Backend& be, const LinearGroup& group, int64_t n)
 // G [n, sum out + C] when dys are the members' column ranges of group_output_grad's buffer, in
 // order, and nothing of theirs needs an output gradient of its own (no trained bias or W; the
 // products' dtype); else undefined.
-static Tensor packed_output_grad(const LinearGroup& group, const std::vector<Tensor>& dys,
-                                 int64_t n) {
-  const Tensor w = group_weight_rows(group);
+// (w: group_weight_rows(group).)
+static Tensor packed_output_grad(const LinearGroup& group, const Tensor& w,
+                                 const std::vector<Tensor>& dys, int64_t n) {
   if (!w.defined()) return Tensor{};
   const Tensor& d0 = dys[0];
   int64_t col = 0;
@@ -649,7 +649,8 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
            ": LoRA's A gradient needs the layer input, which was not kept");
   const int64_t n = x.dim(0), in = group[0]->in, c = a.dim(0);
   // packed (group_output_grad): dxa [n, C] goes to G's last columns, and dx is one product
-  const Tensor g_all = packed_output_grad(group, dys, n);
+  const Tensor w_all = group_weight_rows(group);
+  const Tensor g_all = packed_output_grad(group, w_all, dys, n);
   Tensor dxa = g_all.defined() ? g_all.column_view(g_all.dim(1) - c, g_all.dim(1))
                                : transposed_rank_buffer(be, c, n, be.act_dtype());
   std::vector<Tensor> gs;
@@ -681,7 +682,7 @@ void linear_group_backward(const Backend& be, const LinearGroup& group,
   Tensor d2 = dx->reshape({n, in});
   const float beta = accumulate ? 1.0f : 0.0f;
   if (g_all.defined()) {  // [g_1 | g_2 | ... | dxa] [W_1; W_2; ...; A]
-    be.matmul(g_all, false, group_weight_rows(group), false, d2, 1.0f, beta);
+    be.matmul(g_all, false, w_all, false, d2, 1.0f, beta);
     return;
   }
   be.matmul(dxa, true, a, false, d2, 1.0f, beta);
