@@ -606,6 +606,35 @@ TEST(CudaOps, RotaryFamilyOps) {
                         static_cast<int>(D), 160000.0, true);
     expect_close(b.down(backd), back, 2e-5, "rope_columns inverse into columns");
   }
+  // bf16 16-byte rotation at ModernBERT's head dim (64), q and k out of a q|k|v row: against
+  // the CPU on the same bf16 inputs (about 1e-2), forward, then back in place
+  {
+    const int nh = 3, hd = 64;
+    Tensor qkv = b.rounded(b.rand({T, 3 * nh * hd}, -2, 2)), kr = cpu_empty({T, nh * hd});
+    Tensor kd = b.gpu->empty({T, nh * hd}, DType::BF16);
+    b.cpu->rope_columns(qkv, nh * hd, kr, 0, p_host, nh, hd, 160000.0, false);
+    b.gpu->rope_columns(b.bf(qkv), nh * hd, kd, 0, p_dev, nh, hd, 160000.0, false);
+    expect_close(b.down(kd), kr, 1e-2, "bf16 rope_columns D=64");
+    b.gpu->rope(kd, p_dev, nh, hd, 160000.0, true);
+    expect_close(b.down(kd), col_range(qkv, nh * hd, 2 * nh * hd), 1e-2,
+                 "bf16 rope_columns D=64 back in place");
+  }
+  // Positions past the angle table (4096 rows) have their angles computed in the kernel; a
+  // destination column off the 16-byte grid (4) takes the per-pair kernel, which computes every
+  // angle: the two agree to fp32 rounding. Positions up to 6000.
+  {
+    const int64_t T2 = 2400, nh = 6, hd = 128, cols = nh * hd;
+    std::vector<int32_t> pos2(static_cast<size_t>(T2));
+    for (int64_t t = 0; t < T2; ++t)
+      pos2[static_cast<size_t>(t)] = static_cast<int32_t>((t * 37) % 6000);
+    Tensor p2 = b.up(cpu_from_i32(pos2, {T2}));
+    Tensor src = b.up(b.rand({T2, 8 + cols}, -2, 2));
+    Tensor vec = b.poisoned({T2, cols}), scalar = b.poisoned({T2, 4 + cols});
+    b.gpu->rope_columns(src, 8, vec, 0, p2, nh, hd, 1e4, false);
+    b.gpu->rope_columns(src, 8, scalar, 4, p2, nh, hd, 1e4, false);
+    expect_close(b.down(vec), col_range(b.down(scalar), 4, 4 + cols), 1e-6,
+                 "rope_columns past the table");
+  }
   Tensor big = b.rand({T, 96}), dst0 = b.rand({T, 40});
   Tensor dr = cpu_clone(dst0), dd = b.up(dst0);
   b.cpu->copy_columns(big, 17, dr, 5, 30);

@@ -1524,8 +1524,9 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "rope");
     const int64_t T = positions.numel();
     check_rope_columns(src, src_col, dst, dst_col, T, heads, head_dim);
+    const float log_theta = static_cast<float>(std::log(theta));
     cuda::rope_columns_rows(P(src), src.dim(1), src_col, P(dst), dst.dim(1), dst_col, I(positions),
-                            T, heads, head_dim / 2, static_cast<float>(std::log(theta)),
+                            T, heads, head_dim / 2, log_theta, rope_table(log_theta, head_dim / 2),
                             inverse ? -1.0f : 1.0f);
   }
   // The (cos, sin) table of one theta and head dim, built on first use and kept (at most a

@@ -25,10 +25,12 @@ constexpr int kRopeTableRows = 4096;  // positions covered by a table (4 MB at D
 void rope_table_fill(float2* cs, int rows, int half, float log_theta);
 
 // Rotation of `heads` pairs (i, i + D/2) per token, from columns s0.. of src (row stride sc)
-// to columns d0.. of dst (dc); sign -1 rotates back (the transpose, for gradients).
+// to columns d0.. of dst (dc), in place when they are the same; sign -1 rotates back (the
+// transpose, for gradients). Half 8-128 with 16-byte aligned bases and strides and offsets in
+// multiples of 8 take 16-byte accesses and the table; others a thread per (token, pair).
 void rope_columns_rows(Ptr src, int64_t sc, int64_t s0, Ptr dst, int64_t dc, int64_t d0,
                        const int32_t* pos, int64_t T, int heads, int half, float log_theta,
-                       float sign);
+                       RopeTable table, float sign);
 
 // Whether the fused per-head RMSNorm + RoPE kernels take head dim D = 2 half with these
 // operands: half 8, 16, 32, 64 or 128 (half / 8 lanes a row), 16-byte aligned bases (8 columns
