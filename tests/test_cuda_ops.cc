@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "fixtures.h"
 #include "io/safetensors.h"
@@ -1532,6 +1533,46 @@ TEST(CudaOps, AttentionForwardBackward) {
 }
 
 #ifdef EMBEDTUNE_HAVE_CUDA
+// The attention's output into a view whose rows lie a pitch apart (the output projection's
+// input buffer with spare columns, linear_input): the tensor-core forward stores at the pitch
+// and the backward reads it there for delta; the fp32 tile path goes through a contiguous copy.
+// Same values as with a contiguous output, and the spare columns stay untouched.
+TEST(CudaOps, AttentionOutputIntoStridedView) {
+  SKIP_WITHOUT_GPU();
+  Both b;
+  const int64_t T = 199, hq = 4, hk = 2, d = 64, qdim = hq * d, pitch = qdim + 16;
+  AttentionArgs a;
+  a.cu_seqlens = {0, 70, T};
+  a.n_heads = hq;
+  a.n_kv_heads = hk;
+  a.head_dim = d;
+  a.scale = 0.125f;
+  Tensor q = b.up(b.rand({T, qdim}, -2, 2)), k = b.up(b.rand({T, hk * d}, -2, 2)),
+         v = b.up(b.rand({T, hk * d})), dout = b.up(b.rand({T, qdim}));
+  for (const char* path : {"tc", "scalar"}) {
+    setenv("EMBEDTUNE_ATTENTION", path, 1);
+    const std::string what = std::string("attention ") + path + " out at a pitch";
+    Tensor out = b.poisoned({T, qdim}), lse = b.poisoned({T, hq});
+    b.gpu->attention_forward(a, q, k, v, out, lse);
+    Tensor whole = b.poisoned({T, pitch}), lse2 = b.poisoned({T, hq});
+    Tensor view = whole.leading_cols(qdim);
+    b.gpu->attention_forward(a, q, k, v, view, lse2);
+    const Tensor got = b.down(whole);
+    expect_close(first_cols(got, qdim), b.down(out), 1e-6, what);
+    const Tensor gap = col_range(got, qdim, pitch);
+    for (int64_t i = 0; i < gap.numel(); ++i)
+      ASSERT_TRUE(std::isnan(gap.f32()[i])) << what << ": a spare column was written";
+    Tensor dq = b.poisoned(q.shape), dk = b.poisoned(k.shape), dv = b.poisoned(v.shape);
+    Tensor dq2 = b.poisoned(q.shape), dk2 = b.poisoned(k.shape), dv2 = b.poisoned(v.shape);
+    b.gpu->attention_backward(a, q, k, v, out, lse, dout, dq, dk, dv, nullptr);
+    b.gpu->attention_backward(a, q, k, v, view, lse2, dout, dq2, dk2, dv2, nullptr);
+    expect_close(b.down(dq2), b.down(dq), 1e-5, what + " dq");
+    expect_close(b.down(dk2), b.down(dk), 1e-5, what + " dk");
+    expect_close(b.down(dv2), b.down(dv), 1e-5, what + " dv");
+  }
+  unsetenv("EMBEDTUNE_ATTENTION");
+}
+
 // The cuBLAS attention path's buckets (host code, no GPU needed): every sequence of at least
 // min_len tokens exactly once, padding within 1/8 of the bucket's length, in-place reading only
 // for adjacent sequences of the bucket's exact length, the scratch budget respected.
@@ -1934,9 +1975,11 @@ TEST(CudaTraining, LoraGroupAlongKEqualsTheRankProducts) {
   EXPECT_EQ(group_input(*gpu, group_of(odd), n).pitch, 0);
 }
 
-// LoRA at rank 16 on Qwen3 and Gemma3 (the fixtures' adapters have rank 4, which keeps the
-// q/k/v and gate/up groups in their stacked A x^T form): on the GPU the groups take their terms
-// along K and the q/k/v input gradient is one product over the packed output gradients. The
+// LoRA at rank 16 on Qwen3, Gemma3 and ModernBERT (the fixtures' adapters have rank 4, which
+// keeps the q/k/v and gate/up groups in their stacked A x^T form): on the GPU the groups take
+// their terms along K and the q/k/v input gradient is one product over the packed output
+// gradients; the output projections take theirs along K too, the attention writing its output
+// into their input buffers at a row pitch, and the MLPs' down projections likewise. The
 // step's loss and gradients match the CPU's fp32 step (tolerances as Models/CudaModel's bf16
 // ones), and the GPU's own step with gradient checkpointing (each layer recomputed in backward,
 // its norms writing into the groups' buffers again) and with GradCache (mini-batches of 3 texts,
@@ -1944,7 +1987,7 @@ TEST(CudaTraining, LoraGroupAlongKEqualsTheRankProducts) {
 // zero, which would leave A without a gradient).
 TEST(CudaTraining, RotaryGroupsAlongKMatchCpu) {
   SKIP_WITHOUT_GPU();
-  for (const std::string arch : {"qwen3", "gemma3"}) {
+  for (const std::string arch : {"qwen3", "gemma3", "modernbert"}) {
     SCOPED_TRACE(arch);
     std::string root = model_fixture(arch);
     SKIP_WITHOUT_FIXTURES(root);
@@ -1985,6 +2028,15 @@ TEST(CudaTraining, RotaryGroupsAlongKMatchCpu) {
           along_k += group_takes_rank_along_k(g);
         EXPECT_EQ(along_k, static_cast<int>(encoder_groups(m->encoder).size()))
             << "every q/k/v and gate/up group takes LoRA along K";
+        std::set<const Linear*> members;
+        for (const LinearGroup& g : encoder_groups(m->encoder)) members.insert(g.begin(), g.end());
+        int inputs_made = 0;
+        for (Linear* l : encoder_linears(m->encoder))
+          if (l->lora_b && l->input_from_model && !members.count(l)) {
+            EXPECT_TRUE(takes_rank_along_k(*l)) << l->weight->name;
+            ++inputs_made;
+          }
+        EXPECT_GT(inputs_made, 0) << "the output and down projections take LoRA along K";
       }
       LossSpec spec;
       spec.mini_batch_size = variant == 3 ? 3 : 0;

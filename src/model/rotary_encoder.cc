@@ -65,7 +65,8 @@ RotaryEncoder bind_rotary_encoder(const ModelConfig& cfg, ParamStore& store,
       L.up = b.linear(p + "mlp.up_proj", h, f, false);
       L.down = b.linear(p + "mlp.down_proj", f, h, false);
     }
-    L.down.input_from_model = true;  // the GLU's output, made in linear_input's buffer
+    // the GLU's output and the attention's, made in linear_input's buffers
+    L.down.input_from_model = L.o.input_from_model = true;
     // the norms' outputs, made in group_input's buffers
     for (Linear* l : {&L.q, &L.k, &L.v, &L.gate, &L.up}) l->input_from_model = !modern;
     e.layers.push_back(L);
@@ -378,7 +379,9 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
     be.rope(q, positions, c.heads, static_cast<int>(D), theta, false);
     be.rope(k, positions, c.kv_heads, static_cast<int>(D), theta, false);
   }
-  Tensor ctx = be.empty({T, qdim}, act), lse = be.empty({T, c.heads}, DType::F32);
+  // the attention's output in the output projection's input buffer (LoRA along K: the rank
+  // product adds no pass over the residual sum it feeds)
+  Tensor ctx = linear_input(be, L.o, T), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
   NextNorm mlp_norm{&L.mlp_norm, s ? &s->mlp_norm : nullptr, rotary_glu(L), Tensor{}};
   Tensor x1 =

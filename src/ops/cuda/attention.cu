@@ -152,12 +152,13 @@ __global__ void attn_fwd_kernel(Params p, const float* __restrict__ q, const flo
 
 // delta[t, h] = dO[t, h, :] . O[t, h, :]
 template <typename T>
-__global__ void attn_delta_kernel(const T* __restrict__ out, const T* __restrict__ dout,
-                                  float* __restrict__ delta, int64_t rows, int hq, int d) {
+__global__ void attn_delta_kernel(const T* __restrict__ out, int64_t ldo,
+                                  const T* __restrict__ dout, float* __restrict__ delta,
+                                  int64_t rows, int hq, int d) {
   int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
   if (w >= rows * hq) return;
-  const T* o = out + w * d;
+  const T* o = out + w / hq * ldo + w % hq * d;
   const T* g = dout + w * d;
   float s = 0;
   for (int c = lane; c < d; c += 32) s += static_cast<float>(o[c]) * static_cast<float>(g[c]);
@@ -170,8 +171,8 @@ __global__ void attn_delta_kernel(const T* __restrict__ out, const T* __restrict
 // shuffles (G a power of two <= 32, so groups never straddle a warp). One scalar load of 2
 // bytes per lane (the kernel above) kept the memory system at about 45% of bandwidth.
 template <int G>
-__global__ void attn_delta_bf16x8_kernel(const __nv_bfloat16* __restrict__ out,
-                                         const __nv_bfloat16* __restrict__ dout,
+__global__ void attn_delta_bf16x8_kernel(const __nv_bfloat16* __restrict__ out, int64_t ldo,
+                                         int64_t width, const __nv_bfloat16* __restrict__ dout,
                                          float* __restrict__ delta, int64_t vecs) {
   // grid-stride with a block-uniform base, so every lane of a warp takes the same trips (the
   // shuffles need all 32)
@@ -181,7 +182,7 @@ __global__ void attn_delta_bf16x8_kernel(const __nv_bfloat16* __restrict__ out,
     float s = 0;
     if (i < vecs) {
       float o[8], g[8];
-      load_bf16x8(out + 8 * i, o);
+      load_bf16x8(out + 8 * i / width * ldo + 8 * i % width, o);
       load_bf16x8(dout + 8 * i, g);
 #pragma unroll
       for (int j = 0; j < 8; ++j) s += o[j] * g[j];
@@ -411,6 +412,7 @@ AttnParams make_attn_params(const AttentionArgs& a) {
   p.group = a.n_heads / a.n_kv_heads;
   p.qs = static_cast<int64_t>(p.hq) * p.d;
   p.ks = static_cast<int64_t>(p.hk) * p.d;
+  p.os = p.qs;
   p.scale = a.scale;
   p.causal = a.causal;
   p.window = a.window;
@@ -423,19 +425,20 @@ AttnParams make_attn_params(const AttentionArgs& a) {
   return p;
 }
 
-void attention_delta(const void* out, const void* dout, bool bf16, float* delta, int64_t rows,
-                     int heads, int head_dim) {
-  const int64_t vecs = rows * heads * head_dim / 8;
+void attention_delta(const void* out, int64_t ldo, const void* dout, bool bf16, float* delta,
+                     int64_t rows, int heads, int head_dim) {
+  const int64_t width = static_cast<int64_t>(heads) * head_dim, vecs = rows * width / 8;
   const int lanes = head_dim / 8;  // per (row, head) in the vectorised kernel
   if (bf16 && head_dim % 8 == 0 && lanes >= 1 && lanes <= 32 && (lanes & (lanes - 1)) == 0 &&
-      vec8_aligned(out) && vec8_aligned(dout)) {
+      vec8_aligned(out) && vec8_aligned(dout) && ldo % 8 == 0) {
     const auto* o = static_cast<const __nv_bfloat16*>(out);
     const auto* g = static_cast<const __nv_bfloat16*>(dout);
     const unsigned vgrid = blocks_for(vecs, 256);
     // the kernel for G = lanes (a power of two in [1, 32], checked above)
     const auto take = [&](auto group) {
       if (decltype(group)::value != lanes) return false;
-      attn_delta_bf16x8_kernel<decltype(group)::value><<<vgrid, 256>>>(o, g, delta, vecs);
+      attn_delta_bf16x8_kernel<decltype(group)::value>
+          <<<vgrid, 256>>>(o, ldo, width, g, delta, vecs);
       return true;
     };
     take(std::integral_constant<int, 1>{}) || take(std::integral_constant<int, 2>{}) ||
@@ -446,11 +449,11 @@ void attention_delta(const void* out, const void* dout, bool bf16, float* delta,
   }
   const unsigned grid = blocks_for(rows * heads * 32, 256);
   if (bf16)
-    attn_delta_kernel<<<grid, 256>>>(static_cast<const __nv_bfloat16*>(out),
+    attn_delta_kernel<<<grid, 256>>>(static_cast<const __nv_bfloat16*>(out), ldo,
                                      static_cast<const __nv_bfloat16*>(dout), delta, rows, heads,
                                      head_dim);
   else
-    attn_delta_kernel<<<grid, 256>>>(static_cast<const float*>(out),
+    attn_delta_kernel<<<grid, 256>>>(static_cast<const float*>(out), ldo,
                                      static_cast<const float*>(dout), delta, rows, heads, head_dim);
   ET_LAUNCH_CHECK();
 }
@@ -487,7 +490,7 @@ void attention_backward(const AttentionArgs& a, const float* q, const float* k, 
            " not supported (at most ", kMaxHeadDim, ")");
   Params p = make_attn_params(a);
   const int64_t rows = a.cu_seqlens.back();
-  attention_delta(out, dout, false, delta, rows, p.hq, p.d);
+  attention_delta(out, p.qs, dout, false, delta, rows, p.hq, p.d);
   size_t smem_q = sizeof(float) *
                   (2 * kAttnTileRows * p.d + 2 * kChunk * (p.d + 1) + (d_rel_bias ? p.buckets : 0));
   dispatch_dim(p.d, [&](auto dpl) {

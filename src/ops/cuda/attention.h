@@ -9,6 +9,9 @@ namespace et::cuda {
 struct AttnParams {
   int hq, hk, d, group;
   int64_t qs, ks;  // row strides of q/out/dq and of k/v/dk/dv
+  // row stride of the tensor-core forward's out: qs, or the pitch of a view with spare columns
+  // (linear_input's buffer of the output projection, which takes LoRA along K)
+  int64_t os;
   float scale;
   int causal, window;
   const float* bias;  // MPNet relative bias table [buckets, hq] or null
@@ -38,15 +41,16 @@ bool attention_tc_supported(const AttentionArgs& a);
 // backward's by kAttnTileRows).
 int attention_tc_forward_rows(int head_dim);
 void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
-                          void* out, bool bf16, float* lse, const int32_t* tiles, int n_tiles,
-                          const int32_t* cu_seqlens);
+                          void* out, int64_t out_stride, bool bf16, float* lse,
+                          const int32_t* tiles, int n_tiles, const int32_t* cu_seqlens);
 void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
                            const void* dout, bool bf16, const float* lse, const float* delta,
                            float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
                            int n_tiles, const int32_t* cu_seqlens);
-// delta[t, h] = dO[t, h, :] . O[t, h, :] for fp32 or bf16 tensors.
-void attention_delta(const void* out, const void* dout, bool bf16, float* delta, int64_t rows,
-                     int heads, int head_dim);
+// delta[t, h] = dO[t, h, :] . O[t, h, :] for fp32 or bf16 tensors; O's rows ldo apart (>= heads
+// head_dim), dO's contiguous.
+void attention_delta(const void* out, int64_t ldo, const void* dout, bool bf16, float* delta,
+                     int64_t rows, int heads, int head_dim);
 // Set EMBEDTUNE_ATTENTION=scalar to force the fp32 CUDA-core kernels, =gemm the cuBLAS path
 // for head dims above 128 (for comparisons).
 bool attention_use_tc(const AttentionArgs& a);

@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(NW * 32)
       const int i = row0 + wrow + mt * 16 + g + 8 * r;
       if (i >= len) continue;
       const float inv = lr > 0 ? (kDropout ? p.drop.keep_scale : 1.0f) / lr : 0.0f;
-      T* orow = out + (start + i) * p.qs + h * D;
+      T* orow = out + (start + i) * p.os + h * D;
 #pragma unroll
       for (int nb = 0; nb < D / 8; ++nb)
         store2(orow + nb * 8 + 2 * t, o[mt][nb][2 * r] * inv, o[mt][nb][2 * r + 1] * inv);
@@ -309,9 +309,10 @@ bool attention_tc_supported(const AttentionArgs& a) {
 }
 
 void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
-                          void* out, bool bf16_io, float* lse, const int32_t* tiles, int n_tiles,
-                          const int32_t* cu) {
+                          void* out, int64_t out_stride, bool bf16_io, float* lse,
+                          const int32_t* tiles, int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
+  p.os = out_stride;
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag, auto dropout) {

@@ -1773,9 +1773,13 @@ struct CudaBackend final : Backend {
   }
   void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                          Tensor& out, Tensor& lse) const override {
+    const bool tc = attention_use_tc(a);
+    if (out.pitch && !tc) {  // rows a pitch apart: the tensor-core kernel's stores only
+      via_contiguous(out, [&](Tensor& t) { attention_forward(a, q, k, v, t, lse); });
+      return;
+    }
     OpScope scope_(prof.get(), "attention_forward");
     int n = 0;
-    const bool tc = attention_use_tc(a);
     Tensor tiles = tiles_of(a, &n, INT32_MAX,
                             tc ? attention_tc_forward_rows(a.head_dim) : kAttnTileRows),
            cu = cu_of(a);
@@ -1785,7 +1789,10 @@ struct CudaBackend final : Backend {
              "attention: q, k, v and out must share a dtype");
     if (tc) {
       P(q);
-      attention_forward_tc(a, q.data, k.data, v.data, out.data, bf, W(lse), I(tiles), n, I(cu));
+      int64_t ldo = 0;
+      P_rows(out, cols_of(q), ldo);
+      attention_forward_tc(a, q.data, k.data, v.data, out.data, ldo, bf, W(lse), I(tiles), n,
+                           I(cu));
       return;
     }
     // Other head dims above 128 (256 has the tensor-core forward): sequences of kGemmMinLen
@@ -1809,6 +1816,13 @@ struct CudaBackend final : Backend {
   void attention_backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
                           Tensor& dk, Tensor& dv, Tensor* d_rel_bias) const override {
+    const bool tc = attention_use_tc(a);
+    if (out.pitch && !tc) {  // the tile and cuBLAS paths read out contiguous
+      Tensor o = empty(out.shape, out.dtype);
+      copy_columns(out.pitch_rows(), 0, o, 0, out.dim(1));
+      attention_backward(a, q, k, v, o, lse, dout, dq, dk, dv, d_rel_bias);
+      return;
+    }
     OpScope scope_(prof.get(), "attention_backward");
     int n = 0;
     Tensor tiles = tiles_of(a, &n), cu = cu_of(a);
@@ -1820,7 +1834,7 @@ struct CudaBackend final : Backend {
     auto f32_out = [&](Tensor& t) {
       return t.dtype == DType::F32 ? t : empty(t.shape, DType::F32);
     };
-    if (attention_use_tc(a)) {
+    if (tc) {
       P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
@@ -1828,7 +1842,10 @@ struct CudaBackend final : Backend {
       // in fp32 (atomic adds) and is converted after.
       auto io_out = [&](Tensor& t) { return t.dtype == q.dtype ? t : empty(t.shape, q.dtype); };
       Tensor dq32 = f32_out(dq), dkt = io_out(dk), dvt = io_out(dv);
-      attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
+      int64_t ldo = 0;
+      P_rows(out, cols_of(out), ldo);
+      P(dout);
+      attention_delta(out.data, ldo, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
       ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));  // dq takes atomic adds
       attention_backward_tc(a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
                             dkt.data, dvt.data, dbias, I(tiles), n, I(cu));
@@ -1850,7 +1867,8 @@ struct CudaBackend final : Backend {
                                W(dv32), dbias, W(delta), I(tiles), n, I(cu));
     }
     if (gemm) {
-      attention_delta(out.data, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
+      attention_delta(out.data, cols_of(out), dout.data, bf, W(delta), rows_of(out), a.n_heads,
+                      a.head_dim);
       GemmRun r = gemm_run(a, true, q.dtype);
       attention_backward_gemm(blas, a, r.plan, I(r.seq), q.data, k.data, v.data, dout.data, bf,
                               F(lse), F(delta), W(dq32), W(dk32), W(dv32), r.workspace.data);
