@@ -77,6 +77,7 @@ BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const s
       L.ln2_w = b.vec(p + "output.LayerNorm.weight", h);
       L.ln2_b = b.vec(p + "output.LayerNorm.bias", h);
     }
+    L.o.input_from_model = true;  // the attention's output, made in linear_input's buffer
     e.layers.push_back(L);
   }
   if (b.maybe("pooler.dense.weight")) {
@@ -163,7 +164,9 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   // x and x1 are recomputed from the norm inputs in backward (see BertLayerSaved)
   if (s)
     for (LinearSaved* ls : {&s->q, &s->k, &s->v}) drop_saved_input(*ls, x);
-  Tensor ctx = be.empty({T, H}, act), lse = be.empty({T, c.heads}, DType::F32);
+  // the attention's output in Wo's input buffer (LoRA along K: no rank-r product writing y for
+  // the base product's epilogue to read back)
+  Tensor ctx = linear_input(be, L.o, T), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(with_dropout(attn, drop_attn), q, k, v, ctx, lse);
   // res1 = x + drop(Wo ctx), summed in the products' epilogues without dropout (into x's buffer
   // when it is ours), with it in LN1's pass
