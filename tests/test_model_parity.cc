@@ -74,6 +74,43 @@ TEST_P(Parity, PackedBatchEqualsOneAtATime) {
   }
 }
 
+// Appending a batch equals adding its sequences one by one, prompt lengths included where only
+// one side has them; token ids outside the table are named.
+TEST(PackedBatchTest, AppendEqualsAddingEachSequence) {
+  const std::vector<std::vector<int32_t>> first{{1, 2, 3}, {4}}, second{{5, 6}, {7, 8, 9, 10}};
+  for (bool prompts_first : {false, true})
+    for (bool prompts_second : {false, true}) {
+      PackedBatch a, b, one_by_one;
+      for (size_t i = 0; i < first.size(); ++i) {
+        const int32_t p = prompts_first ? static_cast<int32_t>(i + 1) : 0;
+        a.add(first[i], p);
+        one_by_one.add(first[i], p);
+      }
+      for (size_t i = 0; i < second.size(); ++i) {
+        const int32_t p = prompts_second ? static_cast<int32_t>(i + 2) : 0;
+        b.add(second[i], p);
+        one_by_one.add(second[i], p);
+      }
+      a.append(b);
+      EXPECT_EQ(a.ids, one_by_one.ids);
+      EXPECT_EQ(a.cu_seqlens, one_by_one.cu_seqlens);
+      EXPECT_EQ(a.max_seqlen, one_by_one.max_seqlen);
+      EXPECT_EQ(a.prompt_lengths, one_by_one.prompt_lengths)
+          << "prompts first " << prompts_first << ", second " << prompts_second;
+    }
+  PackedBatch bad;
+  bad.add({3, 2});
+  bad.add({1, 11, 4});
+  EXPECT_NO_THROW(check_token_ids(bad, 12));
+  try {
+    check_token_ids(bad, 11);
+    FAIL() << "an id past the table passed";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 11 at position 3"), std::string::npos)
+        << e.what();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, Parity, ::testing::ValuesIn(cases()), [](const auto& info) {
   std::string n = info.param.arch + "_" + info.param.layout;
   for (char& ch : n)

@@ -13,8 +13,36 @@ void PackedBatch::add(const std::vector<int32_t>& seq, int32_t prompt_length) {
   ids.insert(ids.end(), seq.begin(), seq.end());
   cu_seqlens.push_back(static_cast<int32_t>(ids.size()));
   max_seqlen = std::max(max_seqlen, static_cast<int>(seq.size()));
+  // lengths are kept from the first sequence with a prompt on (zeros for those before it)
+  const bool track = prompt_length > 0 || !prompt_lengths.empty();
   if (prompt_length > 0 && prompt_lengths.empty()) prompt_lengths.assign(size() - 1, 0);
-  if (!prompt_lengths.empty()) prompt_lengths.push_back(prompt_length);
+  if (track) prompt_lengths.push_back(prompt_length);
+}
+
+void PackedBatch::append(const PackedBatch& other) {
+  const int32_t base = static_cast<int32_t>(ids.size());
+  const bool prompts = !prompt_lengths.empty() || !other.prompt_lengths.empty();
+  if (prompts && prompt_lengths.empty()) prompt_lengths.assign(size(), 0);
+  ids.insert(ids.end(), other.ids.begin(), other.ids.end());
+  for (int s = 1; s <= other.size(); ++s) cu_seqlens.push_back(base + other.cu_seqlens[s]);
+  max_seqlen = std::max(max_seqlen, other.max_seqlen);
+  if (prompts) {
+    if (other.prompt_lengths.empty())
+      prompt_lengths.resize(prompt_lengths.size() + other.size(), 0);
+    else
+      prompt_lengths.insert(prompt_lengths.end(), other.prompt_lengths.begin(),
+                            other.prompt_lengths.end());
+  }
+}
+
+// One pass for the range (vectorised), a second only to name the first id outside it.
+void check_token_ids(const PackedBatch& batch, int64_t vocab) {
+  if (batch.ids.empty()) return;
+  const auto [lo, hi] = std::minmax_element(batch.ids.begin(), batch.ids.end());
+  if (*lo >= 0 && *hi < vocab) return;
+  for (size_t t = 0; t < batch.ids.size(); ++t)
+    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ",
+             t, " is outside the embedding table of ", vocab, " rows");
 }
 
 BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const std::string& where) {

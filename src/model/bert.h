@@ -34,7 +34,12 @@ struct PackedBatch {
   int size() const { return static_cast<int>(cu_seqlens.size()) - 1; }
   int64_t tokens() const { return static_cast<int64_t>(ids.size()); }
   void add(const std::vector<int32_t>& seq, int32_t prompt_length = 0);
+  // Every sequence of `other`, after this batch's.
+  void append(const PackedBatch& other);
 };
+
+// Every token id of the batch within [0, vocab): else an error naming the first one outside.
+void check_token_ids(const PackedBatch& batch, int64_t vocab);
 
 struct BertLayer {
   Linear q, k, v, o, ffn_in, ffn_out;
