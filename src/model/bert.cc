@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "core/error.h"
@@ -127,6 +128,11 @@ std::vector<Linear*> bert_linears(BertEncoder& enc) {
 // non-padding tokens from pad_id + 1 and gives padding tokens pad_id.
 static std::vector<int32_t> position_ids(const ModelConfig& cfg, const PackedBatch& b) {
   std::vector<int32_t> pos(b.ids.size());
+  if (cfg.position_offset == 0) {
+    for (int s = 0; s < b.size(); ++s)
+      std::iota(pos.begin() + b.cu_seqlens[s], pos.begin() + b.cu_seqlens[s + 1], 0);
+    return pos;
+  }
   for (int s = 0; s < b.size(); ++s) {
     int32_t count = 0;
     for (int32_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) {
@@ -254,16 +260,13 @@ Tensor bert_forward(const Backend& be, const BertEncoder& enc, const PackedBatch
   const int64_t T = batch.tokens(), H = c.hidden;
   std::vector<int32_t> pos = position_ids(c, batch);
   const int64_t max_pos = enc.pos->value.dim(0);
-  for (size_t t = 0; t < pos.size(); ++t) {
-    ET_CHECK(pos[t] < max_pos, "sequence too long for ", family_name(c.family), ": position ",
-             pos[t], " needs more than the model's ", max_pos,
+  if (!pos.empty()) {
+    const int32_t last = *std::max_element(pos.begin(), pos.end());
+    ET_CHECK(last < max_pos, "sequence too long for ", family_name(c.family), ": position ", last,
+             " needs more than the model's ", max_pos,
              " position embeddings (lower max_seq_length)");
   }
-  const int64_t vocab = enc.word->value.dim(0);
-  for (size_t t = 0; t < batch.ids.size(); ++t) {
-    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ",
-             t, " is outside the embedding table of ", vocab, " rows");
-  }
+  check_token_ids(batch, enc.word->value.dim(0));
   Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
   Tensor positions = be.upload(cpu_from_i32(pos, {T}));
   Tensor types;

@@ -1,6 +1,7 @@
 #include "model/rotary_encoder.h"
 
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "core/error.h"
@@ -590,17 +591,13 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
                       RotarySaved* saved, Rng* rng) {
   const ModelConfig& c = enc.cfg;
   const int64_t T = batch.tokens(), H = c.hidden;
-  const int64_t vocab = enc.word->value.dim(0);
-  for (size_t t = 0; t < batch.ids.size(); ++t)
-    ET_CHECK(batch.ids[t] >= 0 && batch.ids[t] < vocab, "token id ", batch.ids[t], " at position ",
-             t, " is outside the embedding table of ", vocab, " rows");
+  check_token_ids(batch, enc.word->value.dim(0));
   ET_CHECK(batch.max_seqlen <= c.max_positions, "sequence of ", batch.max_seqlen,
            " tokens is longer than the model's max_position_embeddings ", c.max_positions,
            " (lower max_seq_length)");
   std::vector<int32_t> pos(batch.ids.size());
   for (int b = 0; b < batch.size(); ++b)
-    for (int32_t t = batch.cu_seqlens[b]; t < batch.cu_seqlens[b + 1]; ++t)
-      pos[t] = t - batch.cu_seqlens[b];
+    std::iota(pos.begin() + batch.cu_seqlens[b], pos.begin() + batch.cu_seqlens[b + 1], 0);
   Tensor ids = be.upload(cpu_from_i32(batch.ids, {T}));
   Tensor positions = be.upload(cpu_from_i32(pos, {T}));
   // The residual stream (and its gradient) is kept in fp32 while every matrix operand is bf16:

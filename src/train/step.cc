@@ -178,6 +178,11 @@ LossValue train_step_grads(const Backend& be, SentenceModel& m,
   int64_t n = 0;
   for (const PackedBatch& c : cols) {
     ET_CHECK(c.size() == rows, "training batch columns have different row counts");
+    if (spec.mini_batch_size <= 0) {  // one batch of every text: whole columns at once
+      mini_batches.back().append(c);
+      n += c.size();
+      continue;
+    }
     for (int i = 0; i < c.size(); ++i, ++n) {
       if (spec.mini_batch_size > 0 && mini_batches.back().size() == spec.mini_batch_size)
         mini_batches.emplace_back();
