@@ -1533,42 +1533,61 @@ TEST(CudaOps, AttentionForwardBackward) {
 }
 
 #ifdef EMBEDTUNE_HAVE_CUDA
-// The attention's output into a view whose rows lie a pitch apart (the output projection's
-// input buffer with spare columns, linear_input): the tensor-core forward stores at the pitch
-// and the backward reads it there for delta; the fp32 tile path goes through a contiguous copy.
-// Same values as with a contiguous output, and the spare columns stay untouched.
-TEST(CudaOps, AttentionOutputIntoStridedView) {
+// The attention's operands as column views of wider buffers (Tensor::pitch), as the models hand
+// them over: q, k, v out of one fused projection output (ModernBERT), out into the output
+// projection's input buffer with spare columns (linear_input), dK and dV into the columns of a
+// gradient buffer. The tensor-core kernels read and write them at their row pitches, the fp32
+// tile path through contiguous copies. Same values as with contiguous tensors, and the columns
+// around the views stay untouched.
+TEST(CudaOps, AttentionOnStridedViews) {
   SKIP_WITHOUT_GPU();
   Both b;
-  const int64_t T = 199, hq = 4, hk = 2, d = 64, qdim = hq * d, pitch = qdim + 16;
+  const int64_t T = 199, hq = 4, hk = 2, d = 64, qdim = hq * d, kvdim = hk * d;
+  const int64_t wide = qdim + 2 * kvdim + 8, opitch = qdim + 16;
   AttentionArgs a;
   a.cu_seqlens = {0, 70, T};
   a.n_heads = hq;
   a.n_kv_heads = hk;
   a.head_dim = d;
   a.scale = 0.125f;
-  Tensor q = b.up(b.rand({T, qdim}, -2, 2)), k = b.up(b.rand({T, hk * d}, -2, 2)),
-         v = b.up(b.rand({T, hk * d})), dout = b.up(b.rand({T, qdim}));
+  Tensor qkv = b.up(b.rand({T, wide}, -2, 2)), dout = b.up(b.rand({T, qdim}));
+  Tensor q = qkv.column_view(0, qdim), k = qkv.column_view(qdim, qdim + kvdim),
+         v = qkv.column_view(qdim + kvdim, qdim + 2 * kvdim);
+  auto dense = [&](const Tensor& t) {
+    Tensor c = b.poisoned(t.shape);
+    b.gpu->copy_columns(t.pitch_rows(), 0, c, 0, t.dim(1));
+    return c;
+  };
+  const Tensor qc = dense(q), kc = dense(k), vc = dense(v);
+  auto untouched = [](const Tensor& host, int64_t from, int64_t to, const std::string& what) {
+    const Tensor gap = col_range(host, from, to);
+    for (int64_t i = 0; i < gap.numel(); ++i)
+      ASSERT_TRUE(std::isnan(gap.f32()[i])) << what << ": a column outside the view was written";
+  };
   for (const char* path : {"tc", "scalar"}) {
     setenv("EMBEDTUNE_ATTENTION", path, 1);
-    const std::string what = std::string("attention ") + path + " out at a pitch";
+    const std::string what = std::string("attention ") + path + " on views";
     Tensor out = b.poisoned({T, qdim}), lse = b.poisoned({T, hq});
-    b.gpu->attention_forward(a, q, k, v, out, lse);
-    Tensor whole = b.poisoned({T, pitch}), lse2 = b.poisoned({T, hq});
-    Tensor view = whole.leading_cols(qdim);
-    b.gpu->attention_forward(a, q, k, v, view, lse2);
-    const Tensor got = b.down(whole);
-    expect_close(first_cols(got, qdim), b.down(out), 1e-6, what);
-    const Tensor gap = col_range(got, qdim, pitch);
-    for (int64_t i = 0; i < gap.numel(); ++i)
-      ASSERT_TRUE(std::isnan(gap.f32()[i])) << what << ": a spare column was written";
+    b.gpu->attention_forward(a, qc, kc, vc, out, lse);
+    Tensor out_buf = b.poisoned({T, opitch}), lse2 = b.poisoned({T, hq});
+    Tensor out_view = out_buf.leading_cols(qdim);
+    b.gpu->attention_forward(a, q, k, v, out_view, lse2);
+    const Tensor got = b.down(out_buf);
+    expect_close(first_cols(got, qdim), b.down(out), 1e-6, what + " out");
+    expect_close(b.down(lse2), b.down(lse), 1e-6, what + " lse");
+    untouched(got, qdim, opitch, what + " out");
     Tensor dq = b.poisoned(q.shape), dk = b.poisoned(k.shape), dv = b.poisoned(v.shape);
-    Tensor dq2 = b.poisoned(q.shape), dk2 = b.poisoned(k.shape), dv2 = b.poisoned(v.shape);
-    b.gpu->attention_backward(a, q, k, v, out, lse, dout, dq, dk, dv, nullptr);
-    b.gpu->attention_backward(a, q, k, v, view, lse2, dout, dq2, dk2, dv2, nullptr);
+    b.gpu->attention_backward(a, qc, kc, vc, out, lse, dout, dq, dk, dv, nullptr);
+    Tensor dq2 = b.poisoned(q.shape), grad = b.poisoned({T, wide});
+    Tensor dk2 = grad.column_view(qdim, qdim + kvdim),
+           dv2 = grad.column_view(qdim + kvdim, qdim + 2 * kvdim);
+    b.gpu->attention_backward(a, q, k, v, out_view, lse2, dout, dq2, dk2, dv2, nullptr);
+    const Tensor g = b.down(grad);
     expect_close(b.down(dq2), b.down(dq), 1e-5, what + " dq");
-    expect_close(b.down(dk2), b.down(dk), 1e-5, what + " dk");
-    expect_close(b.down(dv2), b.down(dv), 1e-5, what + " dv");
+    expect_close(col_range(g, qdim, qdim + kvdim), b.down(dk), 1e-5, what + " dk");
+    expect_close(col_range(g, qdim + kvdim, qdim + 2 * kvdim), b.down(dv), 1e-5, what + " dv");
+    untouched(g, 0, qdim, what + " dq columns of the gradient buffer");
+    untouched(g, qdim + 2 * kvdim, wide, what + " gradient buffer");
   }
   unsetenv("EMBEDTUNE_ATTENTION");
 }

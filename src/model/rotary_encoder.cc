@@ -292,12 +292,6 @@ void norm_backward_adding(const Backend& be, const ModelConfig& c, const Norm& n
   if (post) post->dx = norm_backward(be, c, *post->n, *post->s, d.sum);
 }
 
-Tensor columns(const Backend& be, const Tensor& src, int64_t col, int64_t width) {
-  Tensor out = be.empty({src.dim(0), width}, src.dtype);
-  be.copy_columns(src, col, out, 0, width);
-  return out;
-}
-
 double theta_of(const ModelConfig& c, const RotaryLayer& L) {
   return L.sliding ? c.rope_theta_local : c.rope_theta;
 }
@@ -345,13 +339,14 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   Tensor q, k, v;
   const double theta = theta_of(c, L);
   if (L.qkv.weight) {
-    // split the fused projection, q and k rotated on the way
+    // q and k rotated in place in the fused projection's output; the attention reads q, k, v as
+    // column views of it (rows qdim + 2 kvdim apart)
     Tensor qkv = linear_forward(be, L.qkv, h, s ? &s->qkv : nullptr, rng);
-    q = be.empty({T, qdim}, act);
-    k = be.empty({T, kvdim}, act);
-    be.rope_columns(qkv, 0, q, 0, positions, c.heads, static_cast<int>(D), theta, false);
-    be.rope_columns(qkv, qdim, k, 0, positions, c.kv_heads, static_cast<int>(D), theta, false);
-    v = columns(be, qkv, qdim + kvdim, kvdim);
+    be.rope_columns(qkv, 0, qkv, 0, positions, c.heads, static_cast<int>(D), theta, false);
+    be.rope_columns(qkv, qdim, qkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta, false);
+    q = qkv.column_view(0, qdim);
+    k = qkv.column_view(qdim, qdim + kvdim);
+    v = qkv.column_view(qdim + kvdim, qdim + 2 * kvdim);
   } else {
     std::vector<Tensor> ys = linear_group_forward(
         be, rotary_qkv(L), h, {s ? &s->q : nullptr, s ? &s->k : nullptr, s ? &s->v : nullptr}, rng);
@@ -522,8 +517,16 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
   // dqkv): the attention backward accumulates dq in fp32 and would otherwise convert it to the
   // activation dtype in a pass of its own (read 4 + write 2 bytes an element, for the 2 more
   // that the reader reads)
-  Tensor dq = be.empty({T, qdim}, L.q_norm || L.qkv.weight ? DType::F32 : act),
-         dk = be.empty({T, kvdim}, act), dv = be.empty({T, kvdim}, act);
+  Tensor dq = be.empty({T, qdim}, L.q_norm || L.qkv.weight ? DType::F32 : act);
+  // dk and dv straight into the columns of the buffers that take them next: ModernBERT's dqkv
+  // (dk rotated back in place there), the q/k/v group's packed output gradient (dv; dk goes
+  // through the k norm's backward first)
+  Tensor dqkv = L.qkv.weight ? be.empty({T, qdim + 2 * kvdim}, act) : Tensor{};
+  Tensor g = L.q_norm ? group_output_grad(be, rotary_qkv(L), T) : Tensor{};
+  Tensor dk = dqkv.defined() ? dqkv.column_view(qdim, qdim + kvdim) : be.empty({T, kvdim}, act);
+  Tensor dv = dqkv.defined() ? dqkv.column_view(qdim + kvdim, qdim + 2 * kvdim)
+              : g.defined()  ? g.column_view(qdim + kvdim, qdim + 2 * kvdim)
+                             : be.empty({T, kvdim}, act);
   const double theta = theta_of(c, L);
   Tensor qr = s.qr, kr = s.kr;
   if (L.q_norm) {  // q, k after norm and RoPE, recomputed
@@ -542,7 +545,6 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
   if (L.q_norm) {
     // into the columns of one buffer [dq | dk | dv | .] where the projections take LoRA along K
     // (group_output_grad: then their input gradient is one product)
-    Tensor g = group_output_grad(be, rotary_qkv(L), T);
     Tensor dq_pre = g.defined() ? g.column_view(0, qdim) : be.empty({T, qdim}, act),
            dk_pre = g.defined() ? g.column_view(qdim, qdim + kvdim) : be.empty({T, kvdim}, act);
     be.rmsnorm_rope_backward(dq, s.q_pre, L.q_norm->value, c.norm_offset, s.q_rstd, positions,
@@ -551,21 +553,15 @@ ResidualGrad layer_backward(const Backend& be, const RotaryEncoder& enc, const R
                              c.kv_heads, theta, dk_pre, grad_of(L.k_norm));
     dq = dq_pre;
     dk = dk_pre;
-    if (g.defined()) {
-      be.copy_columns(dv, 0, g, qdim + kvdim, kvdim);
-      dv = g.column_view(qdim + kvdim, qdim + 2 * kvdim);
-    }
     s.q_pre = s.k_pre = s.q_rstd = s.k_rstd = Tensor{};
   } else if (!L.qkv.weight) {
     be.rope(dq, positions, c.heads, static_cast<int>(D), theta, true);
     be.rope(dk, positions, c.kv_heads, static_cast<int>(D), theta, true);
   }
-  Tensor dqkv;
-  if (L.qkv.weight) {
-    dqkv = be.empty({T, qdim + 2 * kvdim}, act);  // rotated back on the way
+  if (L.qkv.weight) {  // dq rotated back into dqkv, dk in place there
     be.rope_columns(dq, 0, dqkv, 0, positions, c.heads, static_cast<int>(D), theta, true);
-    be.rope_columns(dk, 0, dqkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta, true);
-    be.copy_columns(dv, 0, dqkv, qdim + kvdim, kvdim);
+    be.rope_columns(dqkv, qdim, dqkv, qdim, positions, c.kv_heads, static_cast<int>(D), theta,
+                    true);
     dq = dk = dv = Tensor{};
   }
   // the projections' input, recomputed once the q, k, v gradients are packed (or as xhat)

@@ -488,12 +488,31 @@ struct CpuBackend final : Backend {
     }
   }
 
+  // fp32 data of a tensor or of a 2-D view whose rows lie row_pitch() apart
+  static float* f32_rows(const Tensor& t) {
+    ET_CHECK(t.dtype == DType::F32, "tensor dtype is ", dtype_name(t.dtype), ", expected F32");
+    ET_CHECK(!t.pitch || t.ndim() == 2, "a strided view ", shape_str(t.shape), " of ", t.ndim(),
+             " dimensions");
+    return static_cast<float*>(t.data);
+  }
+  // k's and v's row stride (one for both)
+  static int64_t kv_stride(const Tensor& k, const Tensor& v) {
+    ET_CHECK(k.row_pitch() == v.row_pitch(), "attention: k and v rows ", k.row_pitch(), " and ",
+             v.row_pitch(), " apart");
+    return k.row_pitch();
+  }
+  // zeros in every row of a tensor or 2-D view (not in the spare columns between a view's rows)
+  static void zero_rows(Tensor& t) {
+    const int64_t rows = rows_of(t), cols = cols_of(t), pitch = t.row_pitch();
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(f32_rows(t) + r * pitch, cols, 0.0f);
+  }
   void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                          Tensor& out, Tensor& lse) const override {
     const int hq = a.n_heads, hk = a.n_kv_heads, d = a.head_dim, group = hq / hk;
-    const int64_t qs = static_cast<int64_t>(hq) * d, ks = static_cast<int64_t>(hk) * d;
-    const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32();
-    float *po = out.f32(), *pl = lse.f32();
+    // rows of q, k/v and out (2-D views of wider buffers too: Tensor::pitch)
+    const int64_t qs = q.row_pitch(), ks = kv_stride(k, v), os = out.row_pitch();
+    const float *pq = f32_rows(q), *pk = f32_rows(k), *pv = f32_rows(v);
+    float *po = f32_rows(out), *pl = lse.f32();
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
     const DropoutMask drop = dropout_mask(a.dropout, "attention");
 #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -510,7 +529,7 @@ struct CpuBackend final : Backend {
           for (int j = 0; j < len; ++j) m = std::max(m, s[j]);
           double l = 0;
           for (int j = 0; j < len; ++j) l += (s[j] = std::exp(s[j] - m));
-          float* oi = po + (start + i) * qs + h * d;
+          float* oi = po + (start + i) * os + h * d;
           std::fill(oi, oi + d, 0.0f);
           const uint32_t key = drop.row_key((start + i) * hq + h);
           for (int j = 0; j < len; ++j) {
@@ -533,14 +552,15 @@ struct CpuBackend final : Backend {
                           const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
                           Tensor& dk, Tensor& dv, Tensor* d_rel_bias) const override {
     const int hq = a.n_heads, hk = a.n_kv_heads, d = a.head_dim, group = hq / hk;
-    const int64_t qs = static_cast<int64_t>(hq) * d, ks = static_cast<int64_t>(hk) * d;
-    const float *pq = q.f32(), *pk = k.f32(), *pv = v.f32(), *po = out.f32(), *pl = lse.f32(),
-                *pdo = dout.f32();
-    float *pdq = dq.f32(), *pdk = dk.f32(), *pdv = dv.f32();
+    // rows of each operand (2-D views of wider buffers too: Tensor::pitch)
+    const int64_t qs = q.row_pitch(), ks = kv_stride(k, v), os = out.row_pitch(),
+                  gs = dout.row_pitch(), dqs = dq.row_pitch(), dks = dk.row_pitch(),
+                  dvs = dv.row_pitch();
+    const float *pq = f32_rows(q), *pk = f32_rows(k), *pv = f32_rows(v), *po = f32_rows(out),
+                *pl = lse.f32(), *pdo = f32_rows(dout);
+    float *pdq = f32_rows(dq), *pdk = f32_rows(dk), *pdv = f32_rows(dv);
     float* pdb = d_rel_bias ? d_rel_bias->f32() : nullptr;
-    fill(dq, 0);
-    fill(dk, 0);
-    fill(dv, 0);
+    for (Tensor* t : {&dq, &dk, &dv}) zero_rows(*t);
     const int nseq = static_cast<int>(a.cu_seqlens.size()) - 1;
     const DropoutMask drop = dropout_mask(a.dropout, "attention");
     // Parallel over sequences only: heads of one group write the same dK/dV rows. The bias
@@ -557,13 +577,13 @@ struct CpuBackend final : Backend {
         const int kvh = h / group;
         for (int i = 0; i < len; ++i) {
           const float* qi = pq + (start + i) * qs + h * d;
-          const float* oi = po + (start + i) * qs + h * d;
-          const float* doi = pdo + (start + i) * qs + h * d;
+          const float* oi = po + (start + i) * os + h * d;
+          const float* doi = pdo + (start + i) * gs + h * d;
           scores_row(a, qi, pk + start * ks + kvh * d, ks, len, i, h, s.data());
           const float li = pl[(start + i) * hq + h];
           float dsum = 0;
           for (int c = 0; c < d; ++c) dsum += doi[c] * oi[c];
-          float* dqi = pdq + (start + i) * qs + h * d;
+          float* dqi = pdq + (start + i) * dqs + h * d;
           const uint32_t key = drop.row_key((start + i) * hq + h);
           for (int j = 0; j < len; ++j) {
             if (std::isinf(s[j])) continue;
@@ -575,8 +595,8 @@ struct CpuBackend final : Backend {
             float z = 1.0f;  // dropout's keep / (1 - p)
             if (a.dropout.active()) z = drop.factor(key, j);
             float ds = p * (dp * z - dsum);
-            float* dkj = pdk + (start + j) * ks + kvh * d;
-            float* dvj = pdv + (start + j) * ks + kvh * d;
+            float* dkj = pdk + (start + j) * dks + kvh * d;
+            float* dvj = pdv + (start + j) * dvs + kvh * d;
             for (int c = 0; c < d; ++c) {
               dqi[c] += a.scale * ds * kj[c];
               dkj[c] += a.scale * ds * qi[c];

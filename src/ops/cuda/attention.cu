@@ -413,6 +413,7 @@ AttnParams make_attn_params(const AttentionArgs& a) {
   p.qs = static_cast<int64_t>(p.hq) * p.d;
   p.ks = static_cast<int64_t>(p.hk) * p.d;
   p.os = p.qs;
+  p.dks = p.dvs = p.ks;
   p.scale = a.scale;
   p.causal = a.causal;
   p.window = a.window;

@@ -308,11 +308,11 @@ bool attention_tc_supported(const AttentionArgs& a) {
   return dispatch_tc(a.head_dim, [](auto) {}) && (!a.rel_bias || a.rel_buckets <= 64);
 }
 
-void attention_forward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
-                          void* out, int64_t out_stride, bool bf16_io, float* lse,
+void attention_forward_tc(const AttentionArgs& a, const AttnStrides& st, const void* q,
+                          const void* k, const void* v, void* out, bool bf16_io, float* lse,
                           const int32_t* tiles, int n_tiles, const int32_t* cu) {
   TcParams p = make_attn_params(a);
-  p.os = out_stride;
+  p.qs = st.q, p.ks = st.kv, p.os = st.out;
   dispatch_tc(a.head_dim, [&](auto dd) {
     constexpr int D = decltype(dd)::value;
     auto launch = [&](auto* tag, auto dropout) {

@@ -106,7 +106,7 @@ __device__ __forceinline__ void issue_query_tile(bf16* Qs, bf16* Gs, float* lse_
                                                  const float* delta, const TcParams& p,
                                                  int64_t start, int h, int c0, int len) {
   load_tile_async<D, 64, THREADS>(Qs, q + start * p.qs, p.qs, h * D, c0, len);
-  load_tile_async<D, 64, THREADS>(Gs, dout + start * p.qs, p.qs, h * D, c0, len);
+  load_tile_async<D, 64, THREADS>(Gs, dout + start * p.os, p.os, h * D, c0, len);
   if (threadIdx.x < 64) {
     const int i = c0 + threadIdx.x;
     const int64_t at = (start + min(i, len - 1)) * p.hq + h;
@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(NW * 32)
     for (int r = 0; r < 2; ++r) {
       const int i = c0 + warp * 16 + g + 8 * r;
       if (i >= len) continue;
-      float* dqrow = dq + (start + i) * p.qs + h * D;
+      float* dqrow = dq + (start + i) * p.os + h * D;
 #pragma unroll
       for (int nb = 0; nb < D / 8; ++nb)
         atomic_add2(dqrow + nb * 8 + 2 * t, p.scale * dq_acc[nb][2 * r],
@@ -334,8 +334,8 @@ __global__ void __launch_bounds__(NW * 32)
   for (int r = 0; r < 2; ++r) {
     const int jj = jrow[r];
     if (jj >= len) continue;
-    T* dkrow = dk + (start + jj) * p.ks + kvh * D;
-    T* dvrow = dv + (start + jj) * p.ks + kvh * D;
+    T* dkrow = dk + (start + jj) * p.dks + kvh * D;
+    T* dvrow = dv + (start + jj) * p.dvs + kvh * D;
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb) {
       const int c = nb * 8 + 2 * t;
@@ -501,7 +501,7 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
       for (int r = 0; r < 2; ++r) {
         const int i = c0 + wk * 16 + g + 8 * r;
         if (i >= len) continue;
-        float* dqrow = dq + (start + i) * p.qs + h * D + col0;
+        float* dqrow = dq + (start + i) * p.os + h * D + col0;
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
           atomic_add2(dqrow + nb * 8 + 2 * t, dq_acc[nb][2 * r], dq_acc[nb][2 * r + 1]);
@@ -517,7 +517,7 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
   for (int r = 0; r < 2; ++r) {
     const int jj = jrow[r];
     if (jj >= len) continue;
-    T* row = out + (start + jj) * p.ks + kvh * D;
+    T* row = out + (start + jj) * (dv_warp ? p.dvs : p.dks) + kvh * D;
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb)
       store2(row + nb * 8 + 2 * t, acc[nb][2 * r], acc[nb][2 * r + 1]);
@@ -526,11 +526,13 @@ __global__ void __launch_bounds__(BwdPairTile<D>::THREADS)
 
 }  // namespace
 
-void attention_backward_tc(const AttentionArgs& a, const void* q, const void* k, const void* v,
-                           const void* dout, bool bf16_in, const float* lse, const float* delta,
-                           float* dq, void* dk, void* dv, float* d_rel_bias, const int32_t* tiles,
-                           int n_tiles, const int32_t* cu) {
+void attention_backward_tc(const AttentionArgs& a, const AttnStrides& st, const void* q,
+                           const void* k, const void* v, const void* dout, bool bf16_in,
+                           const float* lse, const float* delta, float* dq, void* dk, void* dv,
+                           float* d_rel_bias, const int32_t* tiles, int n_tiles,
+                           const int32_t* cu) {
   TcParams p = make_attn_params(a);
+  p.qs = st.q, p.ks = st.kv, p.os = st.out, p.dks = st.dk, p.dvs = st.dv;
   // head dim 256: two query/dO buffers where they fit (an H100's 227 KB; not an A100's 163 KB);
   // fp32 inputs load synchronously, so a second buffer would gain them nothing
   static const int smem_optin = [] {

@@ -1771,11 +1771,46 @@ struct CudaBackend final : Backend {
     if (a.cu_seqlens_dev.defined()) return a.cu_seqlens_dev;
     return upload(cpu_from_i32(a.cu_seqlens, {static_cast<int64_t>(a.cu_seqlens.size())}));
   }
+  // A contiguous copy of a 2-D view (Tensor::pitch), or the tensor itself when it is contiguous.
+  Tensor dense(const Tensor& t) const {
+    if (!t.pitch) return t;
+    Tensor c = empty(t.shape, t.dtype);
+    copy_columns(t.pitch_rows(), 0, c, 0, t.dim(1));
+    return c;
+  }
+  // Whether the tensor-core attention kernels take these operands as they lie: rows a multiple
+  // of 8 elements apart from 16-byte aligned starts (their 16-byte tile copies), k and v (ins
+  // 1 and 2) one row stride.
+  static bool attention_tc_views(std::initializer_list<const Tensor*> ins,
+                                 std::initializer_list<const Tensor*> outs) {
+    for (auto list : {ins, outs})
+      for (const Tensor* t : list)
+        if (t->row_pitch() % 8 != 0 || !cuda::vec8_aligned(t->data) || (t->pitch && t->ndim() != 2))
+          return false;
+    return ins.begin()[1]->row_pitch() == ins.begin()[2]->row_pitch();
+  }
+  // q's and k/v's row strides (the operands checked as views of rows of their own width)
+  static AttnStrides attention_strides(const Tensor& q, const Tensor& k, const Tensor& v) {
+    AttnStrides st{};
+    int64_t ldv = 0;
+    P_rows(q, cols_of(q), st.q);
+    P_rows(k, cols_of(k), st.kv);
+    P_rows(v, cols_of(v), ldv);
+    ET_CHECK(ldv == st.kv, "attention: k and v rows ", st.kv, " and ", ldv, " apart");
+    st.out = st.dk = st.dv = st.kv;
+    return st;
+  }
   void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                          Tensor& out, Tensor& lse) const override {
     const bool tc = attention_use_tc(a);
-    if (out.pitch && !tc) {  // rows a pitch apart: the tensor-core kernel's stores only
-      via_contiguous(out, [&](Tensor& t) { attention_forward(a, q, k, v, t, lse); });
+    const bool views = q.pitch || k.pitch || v.pitch || out.pitch;
+    if (views && !(tc && attention_tc_views({&q, &k, &v}, {&out}))) {
+      // the other paths read and write contiguous tensors
+      const Tensor qc = dense(q), kc = dense(k), vc = dense(v);
+      if (out.pitch)
+        via_contiguous(out, [&](Tensor& t) { attention_forward(a, qc, kc, vc, t, lse); });
+      else
+        attention_forward(a, qc, kc, vc, out, lse);
       return;
     }
     OpScope scope_(prof.get(), "attention_forward");
@@ -1788,11 +1823,9 @@ struct CudaBackend final : Backend {
     ET_CHECK(k.dtype == q.dtype && v.dtype == q.dtype && out.dtype == q.dtype,
              "attention: q, k, v and out must share a dtype");
     if (tc) {
-      P(q);
-      int64_t ldo = 0;
-      P_rows(out, cols_of(q), ldo);
-      attention_forward_tc(a, q.data, k.data, v.data, out.data, ldo, bf, W(lse), I(tiles), n,
-                           I(cu));
+      AttnStrides st = attention_strides(q, k, v);
+      P_rows(out, cols_of(q), st.out);
+      attention_forward_tc(a, st, q.data, k.data, v.data, out.data, bf, W(lse), I(tiles), n, I(cu));
       return;
     }
     // Other head dims above 128 (256 has the tensor-core forward): sequences of kGemmMinLen
@@ -1817,10 +1850,23 @@ struct CudaBackend final : Backend {
                           const Tensor& out, const Tensor& lse, const Tensor& dout, Tensor& dq,
                           Tensor& dk, Tensor& dv, Tensor* d_rel_bias) const override {
     const bool tc = attention_use_tc(a);
-    if (out.pitch && !tc) {  // the tile and cuBLAS paths read out contiguous
-      Tensor o = empty(out.shape, out.dtype);
-      copy_columns(out.pitch_rows(), 0, o, 0, out.dim(1));
-      attention_backward(a, q, k, v, o, lse, dout, dq, dk, dv, d_rel_bias);
+    const bool views = q.pitch || k.pitch || v.pitch || out.pitch || dout.pitch || dq.pitch ||
+                       dk.pitch || dv.pitch;
+    // The tensor-core kernels take q, k, v, out, dK and dV as views (dK and dV in q's dtype:
+    // they are stored as they are); dO and dQ contiguous.
+    const bool tc_views = tc && !dout.pitch && !dq.pitch && (!dk.pitch || dk.dtype == q.dtype) &&
+                          (!dv.pitch || dv.dtype == q.dtype) &&
+                          attention_tc_views({&q, &k, &v}, {&out, &dk, &dv});
+    if (views && !tc_views) {  // the other paths read and write contiguous tensors
+      auto dense_out = [&](Tensor& t) { return t.pitch ? empty(t.shape, t.dtype) : t; };
+      Tensor dqc = dense_out(dq), dkc = dense_out(dk), dvc = dense_out(dv);
+      attention_backward(a, dense(q), dense(k), dense(v), dense(out), lse, dense(dout), dqc, dkc,
+                         dvc, d_rel_bias);
+      for (auto [from, to] : {std::pair{&dqc, &dq}, std::pair{&dkc, &dk}, std::pair{&dvc, &dv}})
+        if (to->pitch) {
+          Tensor rows = to->pitch_rows();
+          copy_columns(*from, 0, rows, 0, to->dim(1));
+        }
       return;
     }
     OpScope scope_(prof.get(), "attention_backward");
@@ -1835,19 +1881,22 @@ struct CudaBackend final : Backend {
       return t.dtype == DType::F32 ? t : empty(t.shape, DType::F32);
     };
     if (tc) {
-      P(q);
       ET_CHECK(out.dtype == q.dtype && dout.dtype == q.dtype,
                "attention: out, dout dtype mismatch");
       // dk, dv come out of the kernel in the activation dtype (plain stores); dq accumulates
       // in fp32 (atomic adds) and is converted after.
       auto io_out = [&](Tensor& t) { return t.dtype == q.dtype ? t : empty(t.shape, q.dtype); };
       Tensor dq32 = f32_out(dq), dkt = io_out(dk), dvt = io_out(dv);
+      AttnStrides st = attention_strides(q, k, v);
+      st.out = cols_of(dout);  // dO's and dQ's rows (contiguous)
+      P_rows(dkt, cols_of(dkt), st.dk);
+      P_rows(dvt, cols_of(dvt), st.dv);
       int64_t ldo = 0;
       P_rows(out, cols_of(out), ldo);
       P(dout);
       attention_delta(out.data, ldo, dout.data, bf, W(delta), rows_of(out), a.n_heads, a.head_dim);
-      ET_CUDA(cudaMemsetAsync(dq32.data, 0, dq32.nbytes()));  // dq takes atomic adds
-      attention_backward_tc(a, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
+      ET_CUDA(cudaMemsetAsync(W(dq32), 0, dq32.nbytes()));  // dq takes atomic adds
+      attention_backward_tc(a, st, q.data, k.data, v.data, dout.data, bf, F(lse), F(delta), W(dq32),
                             dkt.data, dvt.data, dbias, I(tiles), n, I(cu));
       if (dq.dtype != DType::F32) copy(dq, dq32);
       if (dkt.data != dk.data) copy(dk, dkt);
