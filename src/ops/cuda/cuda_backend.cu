@@ -1797,7 +1797,8 @@ struct CudaBackend final : Backend {
     P_rows(k, cols_of(k), st.kv);
     P_rows(v, cols_of(v), ldv);
     ET_CHECK(ldv == st.kv, "attention: k and v rows ", st.kv, " and ", ldv, " apart");
-    st.out = st.dk = st.dv = st.kv;
+    st.out = st.q;  // the callers set the output-side strides
+    st.dk = st.dv = st.kv;
     return st;
   }
   void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
