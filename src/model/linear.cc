@@ -310,9 +310,14 @@ void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Ten
 }
 
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype) {
-  if (x.dtype == dtype && x.owner.use_count() == 1) return x;
+  if (x.dtype == dtype && x.owner.use_count() == 1 && !x.pitch) return x;
   Tensor y = be.empty(x.shape, dtype);
-  be.copy(y, x);
+  if (x.pitch) {  // a Linear's input with spare columns (linear_input)
+    Tensor rows = x.pitch_rows();
+    be.copy_columns(rows, 0, y, 0, x.dim(1));
+  } else {
+    be.copy(y, x);
+  }
   return y;
 }
 

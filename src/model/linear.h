@@ -139,7 +139,8 @@ void glu_backward_adding(const Backend& be, Act act, const LoraTerm& term, const
 void linear_forward_add(const Backend& be, const Linear& l, const Tensor& x, Tensor& out,
                         LinearSaved* saved, Rng* rng);
 // A residual stream's buffer that linear_forward_add may sum into: x itself when it is already
-// in `dtype` and no one else holds it (a layer's handed-over input, an earlier sum), else a copy.
+// in `dtype`, contiguous and no one else holds it (a layer's handed-over input, an earlier sum),
+// else a copy.
 Tensor residual_buffer(const Backend& be, Tensor x, DType dtype);
 
 // LoRA along K for a group whose input the model makes (every member's input_from_model): the

@@ -68,8 +68,10 @@ RotaryEncoder bind_rotary_encoder(const ModelConfig& cfg, ParamStore& store,
     }
     // the GLU's output and the attention's, made in linear_input's buffers
     L.down.input_from_model = L.o.input_from_model = true;
-    // the norms' outputs, made in group_input's buffers
+    // the norms' outputs, made in group_input's buffers (ModernBERT: linear_input's of its fused
+    // projections)
     for (Linear* l : {&L.q, &L.k, &L.v, &L.gate, &L.up}) l->input_from_model = !modern;
+    L.qkv.input_from_model = L.wi.input_from_model = modern;
     e.layers.push_back(L);
   }
   e.final_norm = norm(modern ? "final_norm" : "norm", h);
@@ -135,13 +137,24 @@ void norm_into(const Backend& be, const ModelConfig& c, const Norm& n, const Ten
 }
 
 // The buffer of a norm's output [rows, cols] that the Linears `readers` read: their group's
-// input buffer (group_input: spare columns for LoRA along K), or a plain one.
+// input buffer (group_input: spare columns for LoRA along K), one Linear's (linear_input), or
+// a plain one.
 Tensor norm_output_buffer(const Backend& be, const LinearGroup& readers, int64_t rows,
                           int64_t cols) {
   if (readers.empty()) return be.empty({rows, cols}, be.act_dtype());
   ET_CHECK(readers[0]->in == cols, "norm output of ", cols, " columns read by ",
            readers[0]->weight->name, " of ", readers[0]->in);
+  if (readers.size() == 1) return linear_input(be, *readers[0], rows);
   return group_input(be, readers, rows);
+}
+
+// The Linears that read a layer's pre-attention and pre-MLP norms: the q/k/v and gate/up
+// groups, or ModernBERT's fused Wqkv and Wi.
+LinearGroup attn_norm_readers(const RotaryLayer& L) {
+  return L.qkv.weight ? LinearGroup{&L.qkv} : rotary_qkv(L);
+}
+LinearGroup mlp_norm_readers(const RotaryLayer& L) {
+  return L.wi.weight ? LinearGroup{&L.wi} : rotary_glu(L);
 }
 
 // y = N(x) (a new tensor, in the buffer `readers` read, norm_output_buffer; x itself for an
@@ -334,7 +347,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   const int64_t qdim = c.heads * D, kvdim = c.kv_heads * D;
   const DType act = be.act_dtype();
   if (!h.defined())
-    h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr, rotary_qkv(L));
+    h = norm_forward(be, c, L.attn_norm, x, s ? &s->attn_norm : nullptr, attn_norm_readers(L));
   if (s && !L.attn_norm.w) s->x = x;  // h is x itself
   Tensor q, k, v;
   const double theta = theta_of(c, L);
@@ -379,7 +392,7 @@ Tensor layer_forward(const Backend& be, const RotaryEncoder& enc, const RotaryLa
   // product adds no pass over the residual sum it feeds)
   Tensor ctx = linear_input(be, L.o, T), lse = be.empty({T, c.heads}, DType::F32);
   be.attention_forward(attn, q, k, v, ctx, lse);
-  NextNorm mlp_norm{&L.mlp_norm, s ? &s->mlp_norm : nullptr, rotary_glu(L), Tensor{}};
+  NextNorm mlp_norm{&L.mlp_norm, s ? &s->mlp_norm : nullptr, mlp_norm_readers(L), Tensor{}};
   Tensor x1 =
       residual_linear_add(be, c, std::move(x), L.o, ctx, false, L.post_attn_norm,
                           s ? &s->o : nullptr, s ? &s->post_attn_norm : nullptr, rng, &mlp_norm);
@@ -602,7 +615,11 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
   Tensor x = be.empty({T, H}, DType::F32);
   be.embedding_forward(ids, enc.word->value, x, false);
   if (c.emb_scale != 1.0f) be.scale(x, c.emb_scale);
-  x = norm_forward(be, c, enc.emb_norm, x, saved ? &saved->emb_norm : nullptr);
+  // ModernBERT's first layer has no attention norm: its Wqkv reads the embedding norm's output,
+  // made in its input buffer then (LoRA along K; every layer's Wqkv runs the same products)
+  const bool first_reads = !enc.layers.empty() && !enc.layers[0].attn_norm.w;
+  x = norm_forward(be, c, enc.emb_norm, x, saved ? &saved->emb_norm : nullptr,
+                   first_reads ? attn_norm_readers(enc.layers[0]) : LinearGroup{});
 
   AttentionArgs full;
   full.cu_seqlens = batch.cu_seqlens;
@@ -633,7 +650,7 @@ Tensor rotary_forward(const Backend& be, const RotaryEncoder& enc, const PackedB
     RotaryLayerSaved* s = saved ? &saved->layers[i] : nullptr;
     const bool last = i + 1 == enc.layers.size();
     NextNorm next{last ? &enc.final_norm : &enc.layers[i + 1].attn_norm, nullptr,
-                  last ? LinearGroup{} : rotary_qkv(enc.layers[i + 1]), Tensor{}};
+                  last ? LinearGroup{} : attn_norm_readers(enc.layers[i + 1]), Tensor{}};
     if (saved && last)
       next.s = &saved->final_norm;
     else if (saved && !enc.gradient_checkpointing)

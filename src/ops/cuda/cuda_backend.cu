@@ -1293,9 +1293,16 @@ struct CudaBackend final : Backend {
     int n = static_cast<int>(cols_of(x));
     ET_CHECK(!xhat || xhat->numel() == x.numel(), "layernorm_forward: xhat size mismatch");
     const Ptr xh = optional_ptr(xhat);
-    if (norm_rows_vectorised(n, {x.data, y.data, w.data, b ? b->data : nullptr, xh.p})) {
-      layernorm_forward_rows(P(x), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd), xh, rows,
-                             n);
+    int64_t ldy = 0;
+    const Ptr yp = P_rows(y, n, ldy);
+    if (ldy % 8 == 0 &&
+        norm_rows_vectorised(n, {x.data, y.data, w.data, b ? b->data : nullptr, xh.p})) {
+      layernorm_forward_rows(P(x), F(w), b ? F(*b) : nullptr, eps, yp, ldy, W(mean), W(rstd), xh,
+                             rows, n);
+      return;
+    }
+    if (y.pitch) {  // a Linear's input with spare columns (model/linear.h)
+      via_contiguous(y, [&](Tensor& t) { layernorm_forward(x, w, b, eps, t, mean, rstd, xhat); });
       return;
     }
     layernorm_forward_kernel<<<blocks_for(rows * 32, 256), 256>>>(
@@ -1313,7 +1320,7 @@ struct CudaBackend final : Backend {
     OpScope scope_(prof.get(), "dropout_add_layernorm_forward");
     ET_CHECK(branch.numel() == res.numel() && y.numel() == res.numel(),
              "dropout_add_layernorm_forward: size mismatch");
-    layernorm_forward_rows(P(res), F(w), b ? F(*b) : nullptr, eps, P(y), W(mean), W(rstd),
+    layernorm_forward_rows(P(res), F(w), b ? F(*b) : nullptr, eps, P(y), n, W(mean), W(rstd),
                            Ptr{nullptr, 0}, rows_of(res), n, P(branch), d);
   }
   void layernorm_backward_dropout(const Tensor& dy, const Tensor& x, const Tensor& w,

@@ -75,8 +75,8 @@ __device__ __forceinline__ void store_grad8(const NormGradOut& out, int64_t i, c
 
 template <int V, bool kDrop>
 __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, float eps, Ptr y,
-                                      float* mean, float* rstd, Ptr xhat, int64_t rows, int n,
-                                      NormDropout drop) {
+                                      int64_t ldy, float* mean, float* rstd, Ptr xhat, int64_t rows,
+                                      int n, NormDropout drop) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -118,7 +118,7 @@ __global__ void layernorm_forward_vec(Ptr x, const float* w, const float* b, flo
     if (xhat.p) xhat.store8(r * n + c, v[k]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[k][j] = __fmaf_rn(v[k][j], wv[j], bv[j]);
-    y.store8(r * n + c, v[k]);
+    y.store8(r * ldy + c, v[k]);
   }
   if (lane == 0) mean[r] = mu, rstd[r] = rs;
 }
@@ -448,19 +448,19 @@ bool norm_rows_vectorised(int n, std::initializer_list<const void*> operands) {
   return true;
 }
 
-void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
-                            float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch,
+void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, int64_t ldy,
+                            float* mean, float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch,
                             const DropoutSite& d) {
   if (rows == 0) return;
   const NormDropout drop{branch, dropout_mask(d, "dropout_add_layernorm_forward")};
   dispatch_chunks(n, [&](auto v) {
     constexpr int kV = decltype(v)::value;
     if (branch.p)
-      layernorm_forward_vec<kV, true>
-          <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, xhat, rows, n, drop);
+      layernorm_forward_vec<kV, true><<<forward_blocks(rows), kWarps * 32>>>(
+          x, w, b, eps, y, ldy, mean, rstd, xhat, rows, n, drop);
     else
-      layernorm_forward_vec<kV, false>
-          <<<forward_blocks(rows), kWarps * 32>>>(x, w, b, eps, y, mean, rstd, xhat, rows, n, drop);
+      layernorm_forward_vec<kV, false><<<forward_blocks(rows), kWarps * 32>>>(
+          x, w, b, eps, y, ldy, mean, rstd, xhat, rows, n, drop);
   });
   ET_LAUNCH_CHECK();
 }

@@ -34,9 +34,10 @@ struct NormGradOut {
 // With branch.p set, the forward first sums x += dropout(branch) (the mask of dropout_mask.h,
 // rows from 0) into x, and normalises that sum as stored; with dropped.p set, the backward also
 // writes dropout(dx) there (model dropout's residual sums folded into the norms next to them).
-void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, float* mean,
-                            float* rstd, Ptr xhat, int64_t rows, int n, Ptr branch = {nullptr, 0},
-                            const DropoutSite& d = {});
+// The forward's y rows lie ldy >= n apart, as rmsnorm_forward_rows's below.
+void layernorm_forward_rows(Ptr x, const float* w, const float* b, float eps, Ptr y, int64_t ldy,
+                            float* mean, float* rstd, Ptr xhat, int64_t rows, int n,
+                            Ptr branch = {nullptr, 0}, const DropoutSite& d = {});
 void layernorm_backward_rows(Ptr dy, Ptr x, const float* w, const float* mean, const float* rstd,
                              NormGradOut dx, float* dw, float* db, int64_t rows, int n,
                              Ptr dropped = {nullptr, 0}, const DropoutSite& d = {});
