@@ -1030,6 +1030,14 @@ TEST(CudaOps, OutputsIntoStridedViews) {
       Tensor y = strided_out(&whole);
       b.gpu->rmsnorm_forward(b.up(x), b.up(w1), 1.0f, 1e-6f, y, rsd);
       check(whole, ref, "rmsnorm_forward");
+      // ModernBERT's LayerNorms before Wqkv and Wi (no bias), and with one
+      Tensor mean = cpu_empty({n}), md = b.poisoned({n});
+      for (bool bias : {false, true}) {
+        b.cpu->layernorm_forward(x, w1, bias ? &w2 : nullptr, 1e-5f, ref, mean, rs);
+        Tensor w2d = b.up(w2), yl = strided_out(&whole);
+        b.gpu->layernorm_forward(b.up(x), b.up(w1), bias ? &w2d : nullptr, 1e-5f, yl, md, rsd);
+        check(whole, ref, bias ? "layernorm_forward with bias" : "layernorm_forward");
+      }
       Tensor sum = cpu_clone(s0), rs1 = cpu_empty({n});
       b.cpu->rmsnorm_add_rmsnorm_forward(b.rounded(x), w1, sum, rs1, nullptr, w2, ref, rs, nullptr,
                                          1.0f, 1e-6f);
