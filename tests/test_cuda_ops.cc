@@ -944,6 +944,17 @@ TEST(CudaOps, LoraActMatchesProductThenActivation) {
       b.gpu->lora_act_forward(c.act, pre, b.bf(xa), b.bf(bm), scale, y);
       expect_close(b.down(pre), pre_ref, 1e-2, "pre");
       expect_close(b.down(y), y_ref, 1e-2, "act(pre)");
+      // y into the next Linear's input buffer with spare columns (linear_input): rows a pitch
+      // apart (the fallbacks through a contiguous copy), the spare columns untouched
+      const int64_t pitch = c.f + 24;
+      Tensor whole = b.poisoned({c.n, pitch}, DType::BF16), pre2 = b.bf(pre0);
+      Tensor yv = whole.leading_cols(c.f);
+      b.gpu->lora_act_forward(c.act, pre2, b.bf(xa), b.bf(bm), scale, yv);
+      const Tensor got = b.down(whole);
+      expect_close(first_cols(got, c.f), y_ref, 1e-2, "act(pre) into a strided view");
+      const Tensor gap = col_range(got, c.f, pitch);
+      for (int64_t i = 0; i < gap.numel(); ++i)
+        ASSERT_TRUE(std::isnan(gap.f32()[i])) << "a spare column was written";
     }
     {
       Tensor dy_ref = cpu_clone(dy0), dx_ref = cpu_empty({c.n, c.f});

@@ -106,7 +106,8 @@ BertEncoder bind_bert_encoder(const ModelConfig& cfg, ParamStore& store, const s
       L.ln2_w = b.vec(p + "output.LayerNorm.weight", h);
       L.ln2_b = b.vec(p + "output.LayerNorm.bias", h);
     }
-    L.o.input_from_model = true;  // the attention's output, made in linear_input's buffer
+    // the attention's and the activation's outputs, made in linear_input's buffers
+    L.o.input_from_model = L.ffn_out.input_from_model = true;
     e.layers.push_back(L);
   }
   if (b.maybe("pooler.dense.weight")) {
@@ -218,7 +219,7 @@ static Tensor bert_layer_forward(const Backend& be, const BertEncoder& enc, cons
   Tensor h_pre = linear_forward(be, L.ffn_in, x1, s ? &s->ffn_in : nullptr, rng,
                                 lora_term_slot(be, L.ffn_in, c.act, w1_term));
   if (s) drop_saved_input(s->ffn_in, x1);
-  Tensor h = be.empty(h_pre.shape, act);
+  Tensor h = linear_input(be, L.ffn_out, T);  // W2's input buffer (LoRA along K)
   act_forward_adding(be, c.act, w1_term, h_pre, h);
   w1_term = LoraTerm{};
   Tensor res2 = residual_buffer(be, std::move(x1), act), f;

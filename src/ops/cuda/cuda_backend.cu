@@ -1175,14 +1175,19 @@ struct CudaBackend final : Backend {
              shape_str(pre.shape), " and y ", shape_str(y.shape), " must be one [n, f] shape");
     cuda::LoraActArgs a;
     a.pre = B16(pre);
-    a.y = B16(y);
     a.n = pre.dim(0);
     a.f = static_cast<int>(pre.dim(1));
     a.ld = a.f;
+    // y's rows may lie a pitch apart (the next Linear's input with spare columns, linear_input)
+    P_rows(y, a.f, a.ldy);
+    a.y = y.dtype == DType::BF16 ? static_cast<bf16*>(y.data) : nullptr;
     a.scale = scale;
     a.act = static_cast<int>(act);
     a.mode = cuda::LoraActMode::Forward;
-    if (!lora_act(a, {&pre, &y}, xa, b, "lora_act_forward"))
+    if (lora_act(a, {&pre}, xa, b, "lora_act_forward")) return;
+    if (y.pitch)
+      via_contiguous(y, [&](Tensor& t) { Backend::lora_act_forward(act, pre, xa, b, scale, t); });
+    else
       Backend::lora_act_forward(act, pre, xa, b, scale, y);
   }
   void lora_act_backward(Act act, const Tensor& x, Tensor& dy, const Tensor& dxa, const Tensor& am,
@@ -1702,6 +1707,10 @@ struct CudaBackend final : Backend {
     ET_LAUNCH_CHECK();
   }
   void act_forward(Act a, const Tensor& x, Tensor& y) const override {
+    if (y.pitch) {  // the next Linear's input with spare columns (linear_input)
+      via_contiguous(y, [&](Tensor& t) { act_forward(a, x, t); });
+      return;
+    }
     OpScope scope_(prof.get(), "act_forward");
     if (bf16x8({&x, &y})) {
       with_act_code(static_cast<int>(a), [&](auto A) {

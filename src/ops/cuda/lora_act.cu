@@ -136,6 +136,8 @@ __global__ void __launch_bounds__(kThreads) lora_act_kernel(LoraActArgs a) {
       store_bf16x8(a.pre + at, v);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = act_f(A, v[e]);
+      store_bf16x8(a.y + (row0 + row) * (a.ldy ? a.ldy : a.ld) + col0 + c8, v);
+      continue;
     }
     store_bf16x8(a.y + at, v);
   }
@@ -180,8 +182,9 @@ bool lora_act_supported(const LoraActArgs& a) {
                         (!glu || (a.up && a.y2));
   const auto aligned = [](const void* p) { return !p || vec8_aligned(p); };
   return operands && lora_act_takes(a.act, a.r) && a.f % 8 == 0 && a.f > 0 && a.ld >= a.f &&
-         a.ld % 8 == 0 && (a.n + kTile - 1) / kTile <= 65535 && aligned(a.pre) && aligned(a.up) &&
-         aligned(a.y) && aligned(a.y2) && aligned(a.dy) && aligned(a.xr) && aligned(a.w);
+         a.ld % 8 == 0 && (a.ldy == 0 || (a.ldy >= a.f && a.ldy % 8 == 0)) &&
+         (a.n + kTile - 1) / kTile <= 65535 && aligned(a.pre) && aligned(a.up) && aligned(a.y) &&
+         aligned(a.y2) && aligned(a.dy) && aligned(a.xr) && aligned(a.w);
 }
 
 void lora_act(const LoraActArgs& a) {

@@ -27,6 +27,7 @@ struct LoraActArgs {
   const __nv_bfloat16* xr = nullptr;  // [n, r]: xa (forward) or dxa (backward)
   const __nv_bfloat16* w = nullptr;   // B [f, r] (forward) or A [r, f] (backward)
   int64_t n = 0, ld = 0;              // ld: row pitch of pre, up, y and y2 (>= f)
+  int64_t ldy = 0;  // forward: y's own row pitch (a Linear's input with spare columns); 0: ld
   int f = 0, r = 0;
   float scale = 1.0f;  // s (forward); backward takes dxa with s in it already
   int act = 0;         // et::Act as int (ops/cuda/activation.cuh)
