@@ -13,13 +13,6 @@ constexpr int kWarps = 8;  // rows in flight per block
 // to add; without them every warp takes one row, as in forward.
 constexpr int kMaxBackwardBlocks = 528;
 
-__device__ __forceinline__ void load_w8(const float* w, int c, float off, float* v) {
-  const float4 a = __ldg(reinterpret_cast<const float4*>(w + c)),
-               b = __ldg(reinterpret_cast<const float4*>(w + c) + 1);
-  v[0] = a.x + off, v[1] = a.y + off, v[2] = a.z + off, v[3] = a.w + off;
-  v[4] = b.x + off, v[5] = b.y + off, v[6] = b.z + off, v[7] = b.w + off;
-}
-
 // y = xhat (w + offset) + b, 8 columns per thread (n % 8 == 0, aligned operands).
 __global__ void norm_scale_shift_vec(Ptr xhat, const float* w, float offset, const float* b, Ptr y,
                                      int64_t n8, int cols8) {

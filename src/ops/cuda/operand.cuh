@@ -28,6 +28,15 @@ __device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* v) {
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// v = w[c .. c + 7] + off: a norm's fp32 weights (or bias, off 0), two 16-byte reads through the
+// read-only cache (w + c 16-byte aligned).
+__device__ __forceinline__ void load_w8(const float* w, int c, float off, float* v) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(w + c)),
+               b = __ldg(reinterpret_cast<const float4*>(w + c) + 1);
+  v[0] = a.x + off, v[1] = a.y + off, v[2] = a.z + off, v[3] = a.w + off;
+  v[4] = b.x + off, v[5] = b.y + off, v[6] = b.z + off, v[7] = b.w + off;
+}
+
 struct Ptr {
   void* p;
   int bf;

@@ -36,14 +36,6 @@ __device__ __forceinline__ void rope_cs8(RopeTable t, int p, int i, int half, fl
   }
 }
 
-// w[i .. i + 7] + offset (fp32, 16-byte aligned)
-__device__ __forceinline__ void load_w8_offset(const float* w, int i, float offset, float* v) {
-  const float4 a = __ldg(reinterpret_cast<const float4*>(w + i)),
-               b = __ldg(reinterpret_cast<const float4*>(w + i + 4));
-  v[0] = a.x + offset, v[1] = a.y + offset, v[2] = a.z + offset, v[3] = a.w + offset;
-  v[4] = b.x + offset, v[5] = b.y + offset, v[6] = b.z + offset, v[7] = b.w + offset;
-}
-
 // Sum over the L lanes of a row (aligned groups of L lanes; every lane of the warp takes part).
 template <int L>
 __device__ __forceinline__ float row_sum(float v) {
@@ -131,8 +123,8 @@ __global__ void rmsnorm_rope_forward_kernel(Ptr x, const float* w, float offset,
   if (!live) return;
   float c[8], s[8], wa[8], wb[8], ya[8], yb[8];
   rope_cs8(table, pos[r / heads], i, half, log_theta, c, s);
-  load_w8_offset(w, i, offset, wa);
-  load_w8_offset(w, half + i, offset, wb);
+  load_w8(w, i, offset, wa);
+  load_w8(w, half + i, offset, wb);
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     const float na = a[e] * rs * wa[e], nb = b[e] * rs * wb[e];
@@ -158,8 +150,8 @@ __global__ void rmsnorm_rope_backward_kernel(Ptr dy, Ptr x, const float* w, floa
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int i = 8 * (lane % L);
   float wa[8], wb[8], wsa[8] = {}, wsb[8] = {};
-  load_w8_offset(w, i, offset, wa);
-  load_w8_offset(w, half + i, offset, wb);
+  load_w8(w, i, offset, wa);
+  load_w8(w, half + i, offset, wb);
   for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * warps + warp) * kRows; r0 < rows;
        r0 += static_cast<int64_t>(gridDim.x) * warps * kRows) {
     const int64_t r = r0 + lane / L;
