@@ -504,7 +504,8 @@ struct CpuBackend final : Backend {
   // zeros in every row of a tensor or 2-D view (not in the spare columns between a view's rows)
   static void zero_rows(Tensor& t) {
     const int64_t rows = rows_of(t), cols = cols_of(t), pitch = t.row_pitch();
-    for (int64_t r = 0; r < rows; ++r) std::fill_n(f32_rows(t) + r * pitch, cols, 0.0f);
+    float* p = f32_rows(t);
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(p + r * pitch, cols, 0.0f);
   }
   void attention_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
                          Tensor& out, Tensor& lse) const override {

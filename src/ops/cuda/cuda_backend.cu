@@ -1686,8 +1686,12 @@ struct CudaBackend final : Backend {
   void via_contiguous(Tensor& y, F&& op) const {
     Tensor t = empty(y.shape, y.dtype);
     op(t);
-    Tensor rows = y.pitch_rows();
-    copy_columns(t, 0, rows, 0, y.dim(1));
+    copy_into_view(t, y);
+  }
+  // A contiguous tensor's values into a 2-D view of the same shape (rows a pitch apart).
+  void copy_into_view(const Tensor& t, Tensor& view) const {
+    Tensor rows = view.pitch_rows();
+    copy_columns(t, 0, rows, 0, view.dim(1));
   }
   void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                     int64_t width) const override {
@@ -1880,10 +1884,7 @@ struct CudaBackend final : Backend {
       attention_backward(a, dense(q), dense(k), dense(v), dense(out), lse, dense(dout), dqc, dkc,
                          dvc, d_rel_bias);
       for (auto [from, to] : {std::pair{&dqc, &dq}, std::pair{&dkc, &dk}, std::pair{&dvc, &dv}})
-        if (to->pitch) {
-          Tensor rows = to->pitch_rows();
-          copy_columns(*from, 0, rows, 0, to->dim(1));
-        }
+        if (to->pitch) copy_into_view(*from, *to);
       return;
     }
     OpScope scope_(prof.get(), "attention_backward");

@@ -115,6 +115,8 @@ __global__ void __launch_bounds__(kThreads) lora_act_kernel(LoraActArgs a) {
     const int row = piece_row(tid, k), c8 = piece_col(tid, k);
     if (row0 + row >= a.n || col0 + c8 >= a.f) continue;
     const int64_t at = (row0 + row) * a.ld + col0 + c8;
+    // the forward's y may have its own row pitch
+    const int64_t y_at = kBackward || !a.ldy ? at : (row0 + row) * a.ldy + col0 + c8;
     float v[8];
     load_bf16x8(ts + row * kGld + c8, v);
     if constexpr (kMode == kGluBackward) {
@@ -136,10 +138,8 @@ __global__ void __launch_bounds__(kThreads) lora_act_kernel(LoraActArgs a) {
       store_bf16x8(a.pre + at, v);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = act_f(A, v[e]);
-      store_bf16x8(a.y + (row0 + row) * (a.ldy ? a.ldy : a.ld) + col0 + c8, v);
-      continue;
     }
-    store_bf16x8(a.y + at, v);
+    store_bf16x8(a.y + y_at, v);
   }
 }
 
